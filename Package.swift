@@ -1,0 +1,58 @@
+// swift-tools-version: 6.0
+// Swiftlet: a KVM virtualization stack in Swift. Targets follow the layers of
+// the VMM, dependencies flowing one way: CKVM -> HostSystem -> KVM / GuestMemory
+// -> Boot / ACPI / ArchX86 -> Devices -> VMM -> command-line front ends.
+import PackageDescription
+
+let package = Package(
+    name: "Swiftlet",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "swiftlet-vmm", targets: ["swiftlet-vmm"]),
+        .executable(name: "swiftlet", targets: ["swiftlet"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // <linux/kvm.h> and ioctl request numbers as Swift-visible constants.
+        .target(name: "CKVM"),
+        // Syscall wrapper (EINTR retry, typed errno), fds, eventfd, epoll, mmap.
+        .target(name: "HostSystem", dependencies: ["CKVM"]),
+        // System / VM / vCPU handles over the KVM ioctls.
+        .target(name: "KVM", dependencies: ["CKVM", "HostSystem"]),
+        // GuestAddress and bounds-checked guest memory.
+        .target(name: "GuestMemory", dependencies: ["HostSystem"]),
+        // Kernel loaders (bzImage, ELF/PVH), boot parameters, command line.
+        .target(name: "Boot", dependencies: ["GuestMemory"]),
+        // ACPI tables as pure bytes.
+        .target(name: "ACPI"),
+        // x86_64 layout, GDT, page tables, CPUID, MSRs, registers.
+        .target(name: "ArchX86", dependencies: ["KVM", "GuestMemory", "ACPI", "Boot"]),
+        // Port-I/O and MMIO buses, legacy devices.
+        .target(name: "Devices", dependencies: ["HostSystem", "GuestMemory"]),
+        // Building and running a VM.
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem"]),
+        // Command-line front end of the VMM, shared by swiftlet-vmm and `swiftlet run`.
+        .target(name: "VMMCommand", dependencies: [
+            "VMM",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "swiftlet-vmm", dependencies: ["VMMCommand"]),
+        .executableTarget(name: "swiftlet", dependencies: [
+            "VMMCommand",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "HostSystemTests", dependencies: ["HostSystem"]),
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
+        .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory"]),
+        .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
+        .testTarget(name: "ArchX86Tests", dependencies: ["ArchX86", "GuestMemory"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory"]),
+        .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM"]),
+        // Boots guest-kit programs on /dev/kvm.
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,1 @@
+// The ACPI module; see the files beside this one.

@@ -1,0 +1,80 @@
+import GuestMemory
+
+/// Every guest physical address and port the VMM places something at, in one
+/// place. Guests find these through the boot protocol, e820 and ACPI; nothing
+/// else in the VMM hard-codes an address.
+public enum Layout {
+    // MARK: Low memory (below 1 MiB)
+
+    /// Boot GDT (flat code/data segments used by the first instructions).
+    public static let gdtStart = GuestAddress(0x500)
+    /// Boot IDT (empty: the guest installs its own before enabling interrupts).
+    public static let idtStart = GuestAddress(0x520)
+    /// PVH `hvm_start_info`, its module list and its memory map.
+    public static let pvhStartInfo = GuestAddress(0x6000)
+    public static let pvhModuleList = GuestAddress(0x6040)
+    public static let pvhMemoryMap = GuestAddress(0x6100)
+    public static let pvhMemoryMapMaxEntries = 128
+    /// Linux `boot_params` ("zero page") for the 64-bit boot protocol.
+    public static let zeroPage = GuestAddress(0x7000)
+    /// Initial stack pointer for the boot vCPU.
+    public static let bootStackPointer = GuestAddress(0x8FF0)
+    /// Identity page tables for 64-bit entry: PML4, PDPT, and one PD per GiB.
+    public static let pml4Start = GuestAddress(0x9000)
+    public static let pdptStart = GuestAddress(0xA000)
+    public static let pdStart = GuestAddress(0xB000)
+    /// Identity-mapped range for 64-bit entry (2 MiB pages).
+    public static let identityMappedSize: UInt64 = 4 << 30
+    /// Kernel command line (up to `commandLineMaxSize` bytes with its NUL).
+    public static let commandLineStart = GuestAddress(0x20000)
+    public static let commandLineMaxSize = 0x10000
+    /// End of usable conventional memory: the EBDA and BIOS area follow.
+    public static let ebdaStart = GuestAddress(0x9FC00)
+    /// ACPI: RSDP where guests scan for it, tables after it, up to 1 MiB.
+    public static let rsdpStart = GuestAddress(0xE0000)
+    public static let acpiTablesStart = GuestAddress(0xE0100)
+    public static let acpiTablesEnd = GuestAddress(0x100000)
+
+    // MARK: Kernel and RAM
+
+    /// Where 64-bit kernels are loaded when they do not say otherwise.
+    public static let highMemoryStart = GuestAddress(0x100000)
+
+    // MARK: The 32-bit MMIO hole below 4 GiB
+
+    /// RAM stops here and resumes at `ramAbove4GStart` for guests this large.
+    public static let mmioHoleStart = GuestAddress(0xC000_0000)
+    public static let ramAbove4GStart = GuestAddress(0x1_0000_0000)
+    /// PCI ECAM (configuration space), 256 MiB for buses 0-255.
+    public static let pciECAMStart = GuestAddress(0xE000_0000)
+    public static let pciECAMSize: UInt64 = 0x1000_0000
+    /// 32-bit window for PCI BARs.
+    public static let pciMMIO32Start = GuestAddress(0xC000_0000)
+    public static let pciMMIO32Size: UInt64 = 0x2000_0000
+    /// KVM's identity-map page and TSS (three pages) for real-mode emulation on Intel.
+    public static let kvmIdentityMapStart = GuestAddress(0xFFFB_C000)
+    public static let kvmTSSStart = GuestAddress(0xFFFB_D000)
+    /// Local APIC and IO-APIC (fixed by the architecture).
+    public static let ioAPICStart = GuestAddress(0xFEC0_0000)
+    public static let localAPICStart = GuestAddress(0xFEE0_0000)
+
+    // MARK: Port I/O
+
+    /// 8250 UART COM1 and its IRQ line.
+    public static let com1Port: UInt16 = 0x3F8
+    public static let com1IRQ: UInt32 = 4
+    /// i8042 keyboard controller data and command/status ports (reset line).
+    public static let i8042DataPort: UInt16 = 0x60
+    public static let i8042CommandPort: UInt16 = 0x64
+    /// ACPI hardware-reduced sleep control and status registers (FADT
+    /// SLEEP_CONTROL_REG / SLEEP_STATUS_REG), and the reset register.
+    public static let acpiSleepControlPort: UInt16 = 0x600
+    public static let acpiSleepStatusPort: UInt16 = 0x601
+    public static let acpiResetPort: UInt16 = 0x602
+    /// Value written to the reset register to reset the machine.
+    public static let acpiResetValue: UInt8 = 0x01
+    /// SLP_TYP announced for S5 (soft off) in the DSDT's \_S5 package.
+    public static let acpiS5SleepType: UInt8 = 5
+    /// SCI interrupt announced in the FADT (unused by hardware-reduced ACPI).
+    public static let acpiSCIInterrupt: UInt16 = 9
+}

@@ -1,0 +1,1 @@
+// The Boot module; see the files beside this one.

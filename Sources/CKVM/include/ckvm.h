@@ -1,0 +1,76 @@
+// C shim over <linux/kvm.h>: Swift cannot import the _IO*/_IOW* request
+// macros, so each request number is re-exported as a constant, and ioctl's
+// variadic signature is wrapped in fixed-arity functions.
+#ifndef CKVM_H
+#define CKVM_H
+
+#include <linux/kvm.h>
+#include <linux/if_tun.h>
+#include <linux/if.h>
+#include <sys/ioctl.h>
+#include <sys/eventfd.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <stdint.h>
+
+// System ioctls.
+static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long CKVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+
+// VM ioctls.
+static const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long CKVM_IRQFD = KVM_IRQFD;
+static const unsigned long CKVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned long CKVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
+static const unsigned long CKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+static const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
+
+// vCPU ioctls.
+static const unsigned long CKVM_RUN = KVM_RUN;
+static const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long CKVM_SET_SIGNAL_MASK = KVM_SET_SIGNAL_MASK;
+static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+
+// TUN/TAP.
+static const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
+static const unsigned long CKVM_TUNSETOFFLOAD = TUNSETOFFLOAD;
+static const unsigned long CKVM_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+
+// ioctl is variadic in C; Swift needs fixed signatures.
+static inline int ckvm_ioctl_pointer(int fd, unsigned long request, void *argument) {
+    return ioctl(fd, request, argument);
+}
+static inline int ckvm_ioctl_value(int fd, unsigned long request, unsigned long argument) {
+    return ioctl(fd, request, argument);
+}
+
+// struct kvm_cpuid2 and struct kvm_msrs end in flexible arrays; these give
+// their header sizes so Swift can size the allocations.
+static inline unsigned long ckvm_cpuid2_header_size(void) { return sizeof(struct kvm_cpuid2); }
+static inline unsigned long ckvm_msrs_header_size(void) { return sizeof(struct kvm_msrs); }
+static inline unsigned long ckvm_msr_list_header_size(void) { return sizeof(struct kvm_msr_list); }
+static inline unsigned long ckvm_irq_routing_header_size(void) { return sizeof(struct kvm_irq_routing); }
+
+#endif

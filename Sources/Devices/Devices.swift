@@ -1,0 +1,1 @@
+// The Devices module; see the files beside this one.

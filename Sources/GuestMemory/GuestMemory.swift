@@ -1,0 +1,176 @@
+import HostSystem
+
+/// Plain-old-data types that may be copied to and from guest memory byte for
+/// byte: fixed layout, no references, every bit pattern valid.
+public protocol GuestMemoryValue: BitwiseCopyable {}
+extension UInt8: GuestMemoryValue {}
+extension UInt16: GuestMemoryValue {}
+extension UInt32: GuestMemoryValue {}
+extension UInt64: GuestMemoryValue {}
+extension Int8: GuestMemoryValue {}
+extension Int16: GuestMemoryValue {}
+extension Int32: GuestMemoryValue {}
+extension Int64: GuestMemoryValue {}
+
+public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// `length` bytes at `address` are not inside one RAM region.
+    case outOfBounds(address: GuestAddress, length: UInt64)
+    /// The regions asked for overlap or are empty.
+    case invalidLayout(String)
+    /// The host refused the mapping.
+    case mappingFailed(start: GuestAddress, size: UInt64, cause: SystemCallError)
+
+    public var description: String {
+        switch self {
+        case let .outOfBounds(address, length):
+            "guest access of \(length) bytes at \(address) is outside guest RAM"
+        case let .invalidLayout(reason):
+            "invalid guest memory layout: \(reason)"
+        case let .mappingFailed(start, size, cause):
+            "mapping \(size) bytes of guest RAM at \(start) failed: \(cause)"
+        }
+    }
+}
+
+/// One contiguous range of guest RAM backed by one host mapping.
+public struct GuestMemoryRegion: Sendable {
+    public let start: GuestAddress
+    public let size: UInt64
+    let mapping: MemoryMapping
+
+    /// Host address of the region's first byte, for KVM_SET_USER_MEMORY_REGION.
+    public var hostAddress: UnsafeMutableRawPointer { mapping.address }
+
+    /// The first address past the region.
+    public var end: UInt64 { start.rawValue + size }
+
+    func contains(_ address: GuestAddress, length: UInt64) -> Bool {
+        guard address >= start else { return false }
+        let offset = address.rawValue - start.rawValue
+        return offset <= size && length <= size - offset
+    }
+}
+
+/// Guest RAM: a set of non-overlapping regions. Every access is bounds-checked
+/// against one region and fails with `GuestMemoryError.outOfBounds` instead of
+/// touching host memory outside it.
+public final class GuestMemory: Sendable {
+    public let regions: [GuestMemoryRegion]
+
+    /// Maps anonymous memory for each `(start, size)` range.
+    public init(ranges: [(start: GuestAddress, size: UInt64)]) throws(GuestMemoryError) {
+        let sorted = ranges.sorted { $0.start < $1.start }
+        var regions: [GuestMemoryRegion] = []
+        var previousEnd: UInt64 = 0
+        for range in sorted {
+            guard range.size > 0 else { throw .invalidLayout("region at \(range.start) is empty") }
+            guard range.start.adding(range.size) != nil else {
+                throw .invalidLayout("region at \(range.start) of \(range.size) bytes wraps past 2^64")
+            }
+            guard regions.isEmpty || range.start.rawValue >= previousEnd else {
+                throw .invalidLayout("region at \(range.start) overlaps the one before it")
+            }
+            guard let byteCount = Int(exactly: range.size) else {
+                throw .invalidLayout("region of \(range.size) bytes is too large for this host")
+            }
+            let mapping: MemoryMapping
+            do {
+                mapping = try MemoryMapping(anonymousSize: byteCount)
+            } catch {
+                throw .mappingFailed(start: range.start, size: range.size, cause: error)
+            }
+            regions.append(GuestMemoryRegion(start: range.start, size: range.size, mapping: mapping))
+            previousEnd = range.start.rawValue + range.size
+        }
+        self.regions = regions
+    }
+
+    /// Total bytes of RAM.
+    public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
+
+    /// True if all `length` bytes at `address` are RAM in one region.
+    public func contains(_ address: GuestAddress, length: UInt64 = 1) -> Bool {
+        regions.contains { $0.contains(address, length: length) }
+    }
+
+    /// Gives `body` the host bytes backing `length` guest bytes at `address`,
+    /// after checking that they lie inside one region. Device back ends use
+    /// this to read or write guest buffers without a copy.
+    public func withHostBytes<Result, Failure: Error>(
+        at address: GuestAddress, length: UInt64,
+        _ body: (UnsafeMutableRawBufferPointer) throws(Failure) -> Result
+    ) throws(GuestMemoryErrorOr<Failure>) -> Result {
+        guard let region = regions.first(where: { $0.contains(address, length: length) }) else {
+            throw .memory(.outOfBounds(address: address, length: length))
+        }
+        let offset = Int(address.rawValue - region.start.rawValue)
+        // SAFETY: contains() proved [offset, offset+length) lies inside the region's mapping.
+        let buffer = UnsafeMutableRawBufferPointer(start: region.mapping.address + offset, count: Int(length))
+        do {
+            return try body(buffer)
+        } catch {
+            throw .body(error)
+        }
+    }
+
+    /// Reads a plain value at `address` (unaligned access is fine).
+    public func read<T: GuestMemoryValue>(_ type: T.Type = T.self, at address: GuestAddress) throws(GuestMemoryError) -> T {
+        let pointer = try hostPointer(at: address, length: UInt64(MemoryLayout<T>.size))
+        // SAFETY: hostPointer checked that size-of-T bytes are in bounds; T is plain data.
+        return pointer.loadUnaligned(as: T.self)
+    }
+
+    /// Writes a plain value at `address`.
+    public func write<T: GuestMemoryValue>(_ value: T, at address: GuestAddress) throws(GuestMemoryError) {
+        let pointer = try hostPointer(at: address, length: UInt64(MemoryLayout<T>.size))
+        // SAFETY: hostPointer checked that size-of-T bytes are in bounds; T is plain data.
+        pointer.storeBytes(of: value, as: T.self)
+    }
+
+    /// Copies `bytes` into guest memory at `address`.
+    public func write(bytes: UnsafeRawBufferPointer, at address: GuestAddress) throws(GuestMemoryError) {
+        guard bytes.count > 0, let source = bytes.baseAddress else { return }
+        let pointer = try hostPointer(at: address, length: UInt64(bytes.count))
+        // SAFETY: hostPointer checked the destination range; source is a valid buffer of that size.
+        pointer.copyMemory(from: source, byteCount: bytes.count)
+    }
+
+    /// Copies an array of bytes into guest memory at `address`.
+    public func write(bytes: some Collection<UInt8>, at address: GuestAddress) throws(GuestMemoryError) {
+        let array = Array(bytes)
+        // SAFETY: the buffer pointer is used only within this call.
+        try array.withUnsafeBytes { raw in
+            Result { () throws(GuestMemoryError) in try write(bytes: raw, at: address) }
+        }.get()
+    }
+
+    /// Reads `count` bytes at `address`.
+    public func readBytes(at address: GuestAddress, count: Int) throws(GuestMemoryError) -> [UInt8] {
+        guard count > 0 else { return [] }
+        let pointer = try hostPointer(at: address, length: UInt64(count))
+        // SAFETY: hostPointer checked that count bytes are in bounds.
+        return Array(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+
+    /// Sets `count` bytes at `address` to zero.
+    public func zero(at address: GuestAddress, count: UInt64) throws(GuestMemoryError) {
+        guard count > 0 else { return }
+        let pointer = try hostPointer(at: address, length: count)
+        // SAFETY: hostPointer checked that count bytes are in bounds.
+        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: Int(count))
+    }
+
+    private func hostPointer(at address: GuestAddress, length: UInt64) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+        // Most guests have one or two regions; a linear scan beats anything cleverer.
+        for region in regions where region.contains(address, length: length) {
+            return region.mapping.address + Int(address.rawValue - region.start.rawValue)
+        }
+        throw .outOfBounds(address: address, length: length)
+    }
+}
+
+/// The error of `withHostBytes`: the range was out of bounds, or the body threw.
+public enum GuestMemoryErrorOr<Failure: Error>: Error {
+    case memory(GuestMemoryError)
+    case body(Failure)
+}

@@ -1,0 +1,1 @@
+// KVM handles; see the files beside this one.

@@ -1,0 +1,1 @@
+// The VMMCommand module; see the files beside this one.

@@ -1,0 +1,1 @@
+print("swiftlet-vmm: not yet")
