@@ -28,14 +28,14 @@ let package = Package(
         // ACPI tables as pure bytes.
         .target(name: "ACPI"),
         // x86_64 layout, GDT, page tables, CPUID, MSRs, registers.
-        .target(name: "ArchX86", dependencies: ["KVM", "GuestMemory", "ACPI", "Boot"]),
+        .target(name: "ArchX86", dependencies: ["CKVM", "KVM", "GuestMemory", "ACPI", "Boot"]),
         // Port-I/O and MMIO buses, legacy devices.
         .target(name: "Devices", dependencies: ["HostSystem", "GuestMemory"]),
         // Building and running a VM.
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem"]),
+        .target(name: "VMM", dependencies: ["CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem"]),
         // Command-line front end of the VMM, shared by swiftlet-vmm and `swiftlet run`.
         .target(name: "VMMCommand", dependencies: [
-            "VMM",
+            "VMM", "HostSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "swiftlet-vmm", dependencies: ["VMMCommand"]),
@@ -50,7 +50,7 @@ let package = Package(
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "ArchX86Tests", dependencies: ["ArchX86", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory"]),
-        .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM"]),
+        .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "swiftlet-vmm"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
     ],

@@ -1,1 +1,3 @@
-print("swiftlet-vmm: not yet")
+import VMMCommand
+
+SwiftletVMMCommand.main()

@@ -53,6 +53,8 @@ static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long CKVM_SET_SIGNAL_MASK = KVM_SET_SIGNAL_MASK;
 static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 
+static const uint32_t CKVM_IOEVENTFD_FLAG_PIO = KVM_IOEVENTFD_FLAG_PIO;
+
 // TUN/TAP.
 static const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
 static const unsigned long CKVM_TUNSETOFFLOAD = TUNSETOFFLOAD;
@@ -72,5 +74,33 @@ static inline unsigned long ckvm_cpuid2_header_size(void) { return sizeof(struct
 static inline unsigned long ckvm_msrs_header_size(void) { return sizeof(struct kvm_msrs); }
 static inline unsigned long ckvm_msr_list_header_size(void) { return sizeof(struct kvm_msr_list); }
 static inline unsigned long ckvm_irq_routing_header_size(void) { return sizeof(struct kvm_irq_routing); }
+
+
+// kvm_run's exit data lives in an anonymous union; these accessors give Swift
+// a stable view of the parts the VMM reads.
+static inline uint8_t ckvm_run_io_direction(const struct kvm_run *run) { return run->io.direction; }
+static inline uint8_t ckvm_run_io_size(const struct kvm_run *run) { return run->io.size; }
+static inline uint16_t ckvm_run_io_port(const struct kvm_run *run) { return run->io.port; }
+static inline uint32_t ckvm_run_io_count(const struct kvm_run *run) { return run->io.count; }
+static inline uint64_t ckvm_run_io_data_offset(const struct kvm_run *run) { return run->io.data_offset; }
+static inline uint64_t ckvm_run_mmio_address(const struct kvm_run *run) { return run->mmio.phys_addr; }
+static inline uint32_t ckvm_run_mmio_length(const struct kvm_run *run) { return run->mmio.len; }
+static inline uint8_t ckvm_run_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }
+static inline uint8_t *ckvm_run_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+static inline uint32_t ckvm_run_internal_suberror(const struct kvm_run *run) { return run->internal.suberror; }
+static inline uint32_t ckvm_run_internal_ndata(const struct kvm_run *run) { return run->internal.ndata; }
+static inline uint64_t ckvm_run_internal_data(const struct kvm_run *run, uint32_t index) {
+    return index < 16 ? run->internal.data[index] : 0;
+}
+static inline uint32_t ckvm_run_system_event_type(const struct kvm_run *run) { return run->system_event.type; }
+static inline uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *run) { return run->fail_entry.hardware_entry_failure_reason; }
+static inline uint64_t ckvm_run_hardware_exit_reason(const struct kvm_run *run) { return run->hw.hardware_exit_reason; }
+
+// Installs a do-nothing handler for `signal_number` without SA_RESTART, so
+// the signal interrupts a blocking KVM_RUN with EINTR (how vCPUs are kicked).
+int ckvm_install_kick_handler(int signal_number);
+
+// Names the calling thread (shown by top -H, gdb, /proc).
+static inline int ckvm_set_thread_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
 
 #endif

@@ -1,1 +1,0 @@
-// The Devices module; see the files beside this one.

@@ -1,0 +1,52 @@
+import CKVM
+import Glibc
+
+/// A joinable POSIX thread for the data plane (vCPUs, I/O workers), which
+/// blocks in syscalls and so does not belong on Swift's cooperative pool.
+public final class HostThread: Sendable {
+    private final class Context: Sendable {
+        let body: @Sendable () -> Void
+        let name: String
+        init(body: @escaping @Sendable () -> Void, name: String) {
+            self.body = body
+            self.name = name
+        }
+    }
+
+    public let handle: pthread_t
+
+    /// Starts `body` on a new thread named `name` (truncated to 15 bytes).
+    public init(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemCallError) {
+        let context = Unmanaged.passRetained(Context(body: body, name: name)).toOpaque()
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { raw in
+            // SAFETY: raw is the retained Context passed below; taken back exactly once.
+            guard let raw else { return nil }
+            let context = Unmanaged<Context>.fromOpaque(raw).takeRetainedValue()
+            _ = ckvm_set_thread_name(String(context.name.prefix(15)))
+            context.body()
+            return nil
+        }, context)
+        guard result == 0 else {
+            // SAFETY: the thread did not start, so the context is still ours to release.
+            Unmanaged<Context>.fromOpaque(context).release()
+            throw SystemCallError(call: "pthread_create \(name)", errno: Errno(rawValue: result))
+        }
+        handle = thread
+    }
+
+    /// Sends `signal` to the thread (to interrupt a blocking syscall).
+    public func signal(_ signal: Int32) {
+        _ = pthread_kill(handle, signal)
+    }
+
+    /// Waits for the thread to finish.
+    public func join() {
+        _ = pthread_join(handle, nil)
+    }
+
+    /// Installs the no-op handler used to interrupt blocking syscalls.
+    public static func installKickHandler(signal: Int32) throws(SystemCallError) {
+        _ = try systemCall("sigaction \(signal)") { ckvm_install_kick_handler(signal) }
+    }
+}

@@ -1,1 +1,0 @@
-// KVM handles; see the files beside this one.

@@ -1,0 +1,83 @@
+import CKVM
+import Glibc
+import HostSystem
+
+/// A KVM virtual machine (the fd KVM_CREATE_VM returns).
+public final class VirtualMachineHandle: Sendable {
+    public let system: KVMSystem
+    public let descriptor: OwnedFileDescriptor
+
+    init(system: KVMSystem, descriptor: OwnedFileDescriptor) {
+        self.system = system
+        self.descriptor = descriptor
+    }
+
+    /// Gives the guest `size` bytes of host memory at guest physical `guestAddress`.
+    public func setUserMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, hostAddress: UnsafeMutableRawPointer) throws(KVMError) {
+        var region = kvm_userspace_memory_region(
+            slot: slot, flags: 0, guest_phys_addr: guestAddress, memory_size: size,
+            userspace_addr: UInt64(UInt(bitPattern: hostAddress)))
+        try descriptor.kvmIoctl("KVM_SET_USER_MEMORY_REGION slot \(slot)", CKVM_SET_USER_MEMORY_REGION, pointer: &region)
+    }
+
+    /// Three pages KVM uses for the TSS of real-mode emulation (Intel).
+    public func setTSSAddress(_ address: UInt64) throws(KVMError) {
+        try descriptor.kvmIoctl("KVM_SET_TSS_ADDR", CKVM_SET_TSS_ADDR, value: UInt(address))
+    }
+
+    /// One page KVM uses for real-mode identity paging (Intel).
+    public func setIdentityMapAddress(_ address: UInt64) throws(KVMError) {
+        var value = address
+        try descriptor.kvmIoctl("KVM_SET_IDENTITY_MAP_ADDR", CKVM_SET_IDENTITY_MAP_ADDR, pointer: &value)
+    }
+
+    /// In-kernel PIC, IO-APIC and local APICs.
+    public func createInterruptController() throws(KVMError) {
+        try descriptor.kvmIoctl("KVM_CREATE_IRQCHIP", CKVM_CREATE_IRQCHIP)
+    }
+
+    /// In-kernel i8254 PIT (speaker port dummy included).
+    public func createPIT() throws(KVMError) {
+        var config = kvm_pit_config()
+        config.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
+        try descriptor.kvmIoctl("KVM_CREATE_PIT2", CKVM_CREATE_PIT2, pointer: &config)
+    }
+
+    /// Sets the level of interrupt line `gsi` (edge devices pulse 1 then 0).
+    public func setInterruptLine(_ gsi: UInt32, level: Bool) throws(KVMError) {
+        var line = kvm_irq_level()
+        line.irq = gsi
+        line.level = level ? 1 : 0
+        try descriptor.kvmIoctl("KVM_IRQ_LINE \(gsi)", CKVM_IRQ_LINE, pointer: &line)
+    }
+
+    /// Routes writes to `eventFD` to interrupt line `gsi` inside the kernel.
+    public func registerIRQFD(_ eventFD: EventFD, gsi: UInt32) throws(KVMError) {
+        var request = kvm_irqfd()
+        request.fd = UInt32(bitPattern: eventFD.descriptor.rawValue)
+        request.gsi = gsi
+        try descriptor.kvmIoctl("KVM_IRQFD gsi \(gsi)", CKVM_IRQFD, pointer: &request)
+    }
+
+    /// Makes guest writes to `address` signal `eventFD` without leaving the kernel.
+    public func registerIOEventFD(_ eventFD: EventFD, address: UInt64, length: UInt32, isPortIO: Bool) throws(KVMError) {
+        var request = kvm_ioeventfd()
+        request.addr = address
+        request.len = length
+        request.fd = eventFD.descriptor.rawValue
+        request.flags = isPortIO ? CKVM_IOEVENTFD_FLAG_PIO : 0
+        try descriptor.kvmIoctl("KVM_IOEVENTFD at 0x\(String(address, radix: 16))", CKVM_IOEVENTFD, pointer: &request)
+    }
+
+    /// Creates vCPU `id` with its shared run area mapped.
+    public func createVCPU(id: UInt32) throws(KVMError) -> VCPUHandle {
+        let fd = OwnedFileDescriptor(adopting: try descriptor.kvmIoctl("KVM_CREATE_VCPU \(id)", CKVM_CREATE_VCPU, value: UInt(id)))
+        let runArea: MemoryMapping
+        do {
+            runArea = try MemoryMapping(sharedFile: fd, size: system.vcpuMapSize)
+        } catch {
+            throw .systemCall(step: "mmap kvm_run of vCPU \(id)", cause: error)
+        }
+        return VCPUHandle(id: id, descriptor: fd, runArea: runArea)
+    }
+}

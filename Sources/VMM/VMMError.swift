@@ -1,0 +1,51 @@
+import Boot
+import Devices
+import GuestMemory
+import HostSystem
+import KVM
+
+/// Why a VM could not be built or run. Each case names the step.
+public enum VMMError: Error, Sendable, CustomStringConvertible {
+    case invalidConfiguration(field: String, value: String, expected: String)
+    case readFile(role: String, path: String, cause: SystemCallError)
+    case kvm(KVMError)
+    case memory(step: String, cause: GuestMemoryError)
+    case boot(step: String, message: String)
+    case host(step: String, cause: SystemCallError)
+    case bus(BusError)
+
+    public var description: String {
+        switch self {
+        case let .invalidConfiguration(field, value, expected):
+            "invalid \(field) '\(value)': expected \(expected)"
+        case let .readFile(role, path, cause):
+            switch cause.errno {
+            case .noEntry: "\(role) '\(path)' does not exist"
+            case .permissionDenied: "\(role) '\(path)' is not readable (permission denied)"
+            default: "cannot read \(role) '\(path)': \(cause.errno)"
+            }
+        case let .kvm(error):
+            "\(error)"
+        case let .memory(step, cause):
+            "\(step): \(cause)"
+        case let .boot(step, message):
+            "\(step): \(message)"
+        case let .host(step, cause):
+            "\(step): \(cause)"
+        case let .bus(error):
+            "device layout: \(error)"
+        }
+    }
+}
+
+/// Process exit statuses of swiftlet-vmm, for scripts.
+public enum VMMExitStatus: Int32, Sendable {
+    /// The guest powered off.
+    case poweredOff = 0
+    /// Bad arguments, a missing file, or a host failure before or while running.
+    case failure = 1
+    /// The guest asked to reboot and `--on-reboot exit` was given.
+    case guestRebooted = 2
+    /// The guest crashed: triple fault, emulation failure, failed VM entry.
+    case guestCrashed = 3
+}

@@ -1,0 +1,180 @@
+import ArchX86
+import Glibc
+import HostSystem
+import KVM
+import Synchronization
+
+/// Exit counts by reason, shared by all vCPU threads.
+public final class ExitCounters: Sendable {
+    public let portIO = Atomic<UInt64>(0)
+    public let mmio = Atomic<UInt64>(0)
+    public let other = Atomic<UInt64>(0)
+    public init() {}
+}
+
+extension VirtualMachine {
+    /// Runs the guest until it powers off, reboots, crashes or the user quits.
+    /// Blocks the calling thread, which serves console input meanwhile.
+    public func run() throws(VMMError) -> VMExitReason {
+        do {
+            try HostThread.installKickHandler(signal: Self.kickSignal)
+        } catch {
+            throw .host(step: "installing the vCPU kick handler", cause: error)
+        }
+        let terminal = RawTerminal()
+        let readsConsole = configuration.serial == .stdio
+        if readsConsole { terminal.enable() }
+        defer { terminal.restore() }
+
+        var threads: [HostThread] = []
+        for vcpu in vcpus {
+            do {
+                threads.append(try HostThread(name: "vcpu\(vcpu.id)") { [self] in self.runVCPU(vcpu) })
+            } catch {
+                requestStop(.crashed(report: "could not start vCPU \(vcpu.id) thread: \(error)"))
+                break
+            }
+        }
+
+        serveEvents(readsConsole: readsConsole)
+
+        // Stop every vCPU: immediate_exit covers a vCPU about to enter the
+        // guest, the signal one already inside it.
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        for (vcpu, thread) in zip(vcpus, threads) {
+            vcpu.requestExit()
+            thread.signal(Self.kickSignal)
+        }
+        for thread in threads { thread.join() }
+        return exitReason.withLock { $0 } ?? .stoppedByUser
+    }
+
+    /// The main thread's event loop: console input and the stop event.
+    private func serveEvents(readsConsole: Bool) {
+        let stopToken: UInt64 = 0, consoleToken: UInt64 = 1
+        guard let epoll = try? Epoll() else {
+            // Without epoll we can still wait for the stop event alone.
+            _ = try? stopEvent.consume()
+            return
+        }
+        try? epoll.add(stopEvent.descriptor.rawValue, token: stopToken)
+        var consoleOpen = readsConsole && (try? epoll.add(STDIN_FILENO, token: consoleToken)) != nil
+        var escapeFilter = ConsoleEscapeFilter()
+        var buffer = [UInt8](repeating: 0, count: 512)
+        while exitReason.withLock({ $0 }) == nil {
+            guard let events = try? epoll.wait(timeout: -1) else { break }
+            for event in events where event.token == consoleToken && consoleOpen {
+                let count = buffer.withUnsafeMutableBytes { raw in Glibc.read(STDIN_FILENO, raw.baseAddress, raw.count) }
+                if count <= 0 {
+                    if count == 0 || (errno != EINTR && errno != EAGAIN) {
+                        // End of input (a pipe or /dev/null): the guest keeps running.
+                        try? epoll.remove(STDIN_FILENO)
+                        consoleOpen = false
+                    }
+                    continue
+                }
+                let (forward, quit) = escapeFilter.filter(buffer[..<count])
+                deliverConsoleInput(forward)
+                if quit { requestStop(.stoppedByUser) }
+            }
+        }
+    }
+
+    /// Hands keyboard bytes to the UART, waiting while its FIFO is full so
+    /// pasted text is not lost.
+    private func deliverConsoleInput(_ bytes: [UInt8]) {
+        var remaining = bytes[...]
+        while !remaining.isEmpty && exitReason.withLock({ $0 }) == nil {
+            let accepted = serial.enqueueInput(remaining.prefix(serial.inputSpace))
+            remaining = remaining.dropFirst(accepted)
+            if !remaining.isEmpty { usleep(1000) }
+        }
+    }
+
+    /// One vCPU thread: enter the guest, handle the exit, repeat.
+    func runVCPU(_ vcpu: VCPUHandle) {
+        while !stopping.load(ordering: .relaxed) {
+            let exit: VCPUExit
+            do {
+                exit = try vcpu.run()
+            } catch {
+                requestStop(.crashed(report: "vCPU \(vcpu.id): \(error)"))
+                return
+            }
+            switch exit {
+            case let .portOut(port, size, count):
+                counters.portIO.add(1, ordering: .relaxed)
+                guard let data = vcpu.portIOData else { continue }
+                for index in 0..<count {
+                    let slice = UnsafeRawBufferPointer(rebasing: data[(index * size)..<((index + 1) * size)])
+                    portBus.write(UInt64(port), from: slice)
+                }
+            case let .portIn(port, size, count):
+                counters.portIO.add(1, ordering: .relaxed)
+                guard let data = vcpu.portIOData else { continue }
+                for index in 0..<count {
+                    let slice = UnsafeMutableRawBufferPointer(rebasing: data[(index * size)..<((index + 1) * size)])
+                    // Nothing there: the bus floats high, as on real hardware.
+                    if !portBus.read(UInt64(port), into: slice) { slice.storeLittleEndianAllOnes() }
+                }
+            case let .mmioWrite(address, length):
+                counters.mmio.add(1, ordering: .relaxed)
+                mmioBus.write(address, from: UnsafeRawBufferPointer(rebasing: vcpu.mmioData[..<length]))
+            case let .mmioRead(address, length):
+                counters.mmio.add(1, ordering: .relaxed)
+                let slice = UnsafeMutableRawBufferPointer(rebasing: vcpu.mmioData[..<length])
+                if !mmioBus.read(address, into: slice) { slice.storeLittleEndianAllOnes() }
+            case .interrupted:
+                continue
+            case .halt:
+                // With the in-kernel LAPIC, HLT is handled by KVM; this only
+                // happens if the guest halts with interrupts off for good.
+                counters.other.add(1, ordering: .relaxed)
+                continue
+            case .shutdown:
+                requestStop(.crashed(report: crashReport(vcpu, cause: "triple fault (KVM_EXIT_SHUTDOWN)")))
+                return
+            case let .systemEvent(type):
+                // 1 shutdown, 2 reset, 3 crash (struct kvm_run.system_event).
+                switch type {
+                case 1: requestStop(.poweredOff)
+                case 2: requestStop(.rebootRequested)
+                default: requestStop(.crashed(report: crashReport(vcpu, cause: "system event \(type)")))
+                }
+                return
+            case let .internalError(suberror, data):
+                let words = data.map { "0x" + String($0, radix: 16) }.joined(separator: " ")
+                requestStop(.crashed(report: crashReport(vcpu, cause: "KVM internal error: \(VCPUExit.internalErrorName(suberror)); data: \(words)")))
+                return
+            case let .failedEntry(reason):
+                requestStop(.crashed(report: crashReport(vcpu, cause: "VM entry failed, hardware reason 0x\(String(reason, radix: 16))")))
+                return
+            case let .unhandled(reason):
+                requestStop(.crashed(report: crashReport(vcpu, cause: "unhandled KVM exit reason \(reason)")))
+                return
+            }
+        }
+    }
+
+    /// A multi-line report of a vCPU's state for crash messages.
+    func crashReport(_ vcpu: VCPUHandle, cause: String) -> String {
+        var lines = ["vCPU \(vcpu.id): \(cause)"]
+        func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+        if let regs = try? vcpu.registers() {
+            lines.append("  rip=\(hex(regs.rip)) rsp=\(hex(regs.rsp)) rflags=\(hex(regs.rflags))")
+            lines.append("  rax=\(hex(regs.rax)) rbx=\(hex(regs.rbx)) rcx=\(hex(regs.rcx)) rdx=\(hex(regs.rdx))")
+            lines.append("  rsi=\(hex(regs.rsi)) rdi=\(hex(regs.rdi)) rbp=\(hex(regs.rbp))")
+        }
+        if let sregs = try? vcpu.specialRegisters() {
+            lines.append("  cr0=\(hex(sregs.cr0)) cr2=\(hex(sregs.cr2)) cr3=\(hex(sregs.cr3)) cr4=\(hex(sregs.cr4)) efer=\(hex(sregs.efer))")
+            lines.append("  cs=\(hex(UInt64(sregs.cs.selector))) cpl=\(sregs.cs.dpl) cs.base=\(hex(sregs.cs.base)) long=\(sregs.cs.l)")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension UnsafeMutableRawBufferPointer {
+    fileprivate func storeLittleEndianAllOnes() {
+        for position in indices { self[position] = 0xFF }
+    }
+}

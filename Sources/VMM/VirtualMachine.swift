@@ -1,0 +1,193 @@
+import ArchX86
+import Devices
+import Glibc
+import GuestMemory
+import HostSystem
+import KVM
+import Synchronization
+
+/// One running guest: KVM VM, guest RAM, devices and one thread per vCPU.
+/// Build it with `init`, then call `run()` once from the main thread.
+public final class VirtualMachine: Sendable {
+    /// The signal that interrupts a vCPU thread's KVM_RUN.
+    static let kickSignal = SIGUSR1
+
+    public let configuration: VMConfiguration
+    let system: KVMSystem
+    let handle: VirtualMachineHandle
+    let memory: GuestMemory
+    let vcpus: [VCPUHandle]
+    let portBus = Bus()
+    let mmioBus = Bus()
+    let serial: Serial8250
+    let serialOutput: any SerialOutput
+    /// Set once by whoever ends the run first; later requests are ignored.
+    let exitReason = Mutex<VMExitReason?>(nil)
+    /// Signalled when `exitReason` is set, to wake the event loop.
+    let stopEvent: EventFD
+    let stopping = Atomic<Bool>(false)
+    let counters = ExitCounters()
+
+    /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
+    /// `serialOutput` overrides where COM1 writes go (tests capture it).
+    public init(configuration: VMConfiguration, kvmPath: String = "/dev/kvm", serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
+        self.configuration = configuration
+        do {
+            system = try KVMSystem(path: kvmPath)
+        } catch {
+            throw .kvm(error)
+        }
+        try configuration.validate(maxVCPUs: system.maxVCPUs)
+
+        // Read the images first: a bad path should fail before any allocation.
+        let kernelImage = try Self.readFile(role: "kernel", path: configuration.kernelPath)
+        let initrdImage = try configuration.initrdPath.map { (path) throws(VMMError) in try Self.readFile(role: "initrd", path: path) }
+
+        do {
+            handle = try system.createVM()
+            try handle.setIdentityMapAddress(Layout.kvmIdentityMapStart.rawValue)
+            try handle.setTSSAddress(Layout.kvmTSSStart.rawValue)
+            try handle.createInterruptController()
+            try handle.createPIT()
+        } catch {
+            throw .kvm(error)
+        }
+
+        let ramRanges = MemoryPlan.ramRanges(memorySize: configuration.memorySize)
+        do {
+            memory = try GuestMemory(ranges: ramRanges)
+        } catch {
+            throw .memory(step: "allocating \(MemorySize.format(configuration.memorySize)) of guest RAM", cause: error)
+        }
+        for (slot, region) in memory.regions.enumerated() {
+            do {
+                try handle.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.rawValue, size: region.size, hostAddress: region.hostAddress)
+            } catch {
+                throw .kvm(error)
+            }
+        }
+
+        do {
+            stopEvent = try EventFD()
+        } catch {
+            throw .host(step: "creating the stop eventfd", cause: error)
+        }
+
+        // COM1, its interrupt through an irqfd so raising it costs one write.
+        let output: any SerialOutput
+        if let serialOutput {
+            output = serialOutput
+        } else {
+            output = try Self.makeSerialOutput(configuration.serial)
+        }
+        self.serialOutput = output
+        let serialInterrupt: EventFDInterruptLine
+        do {
+            serialInterrupt = try EventFDInterruptLine(vm: handle, gsi: Layout.com1IRQ)
+        } catch {
+            throw .kvm(error)
+        }
+        serial = Serial8250(output: output, interrupt: serialInterrupt)
+
+        // Load the kernel and describe the machine to it.
+        let entry = try GuestBoot.load(
+            kernel: kernelImage, initrd: initrdImage, configuration: configuration,
+            memory: memory, ramRanges: ramRanges)
+
+        var vcpus: [VCPUHandle] = []
+        do {
+            let supported = try system.supportedCPUID()
+            let policy = CPUIDPolicy(cpuCount: configuration.cpuCount)
+            for id in 0..<configuration.cpuCount {
+                let vcpu = try handle.createVCPU(id: UInt32(id))
+                try VCPUSetup.configure(vcpu, cpuid: policy.entries(for: id, supported: supported))
+                vcpus.append(vcpu)
+            }
+            try VCPUSetup.setEntryRegisters(vcpus[0], entry: entry)
+        } catch {
+            throw .kvm(error)
+        }
+        self.vcpus = vcpus
+
+        try attachLegacyDevices()
+    }
+
+    private func attachLegacyDevices() throws(VMMError) {
+        let i8042 = I8042 { [weak self] in self?.requestStop(.rebootRequested) }
+        let power = ACPIPowerDevice(
+            softOffSleepType: Layout.acpiS5SleepType, resetValue: Layout.acpiResetValue,
+            onPowerOff: { [weak self] in self?.requestStop(.poweredOff) },
+            onReset: { [weak self] in self?.requestStop(.rebootRequested) })
+        do {
+            try portBus.insert(serial, base: UInt64(Layout.com1Port), length: 8)
+            try portBus.insert(i8042, base: UInt64(Layout.i8042DataPort), length: 5)
+            try portBus.insert(power, base: UInt64(Layout.acpiSleepControlPort), length: 3)
+        } catch {
+            throw .bus(error)
+        }
+    }
+
+    static func readFile(role: String, path: String) throws(VMMError) -> [UInt8] {
+        do {
+            return try OwnedFileDescriptor.readWholeFile(path)
+        } catch {
+            throw .readFile(role: role, path: path, cause: error)
+        }
+    }
+
+    static func makeSerialOutput(_ mode: SerialMode) throws(VMMError) -> any SerialOutput {
+        switch mode {
+        case .stdio:
+            return FileDescriptorSerialOutput(descriptor: OwnedFileDescriptor(adopting: dup(STDOUT_FILENO)))
+        case let .file(path):
+            do {
+                return FileDescriptorSerialOutput(descriptor: try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o644))
+            } catch {
+                throw .readFile(role: "serial log", path: path, cause: error)
+            }
+        case .none:
+            return DiscardingSerialOutput()
+        }
+    }
+
+    /// Ends the run with `reason` unless it already ended; callable from any thread.
+    func requestStop(_ reason: VMExitReason) {
+        let first = exitReason.withLock { current -> Bool in
+            guard current == nil else { return false }
+            current = reason
+            return true
+        }
+        if first { try? stopEvent.signal() }
+    }
+}
+
+/// An interrupt line backed by an irqfd: writing the eventfd pulses the GSI
+/// inside the kernel.
+final class EventFDInterruptLine: InterruptLine {
+    let eventFD: EventFD
+
+    init(vm: VirtualMachineHandle, gsi: UInt32) throws(KVMError) {
+        do {
+            eventFD = try EventFD()
+        } catch {
+            throw .systemCall(step: "eventfd for GSI \(gsi)", cause: error)
+        }
+        try vm.registerIRQFD(eventFD, gsi: gsi)
+    }
+
+    func trigger() {
+        try? eventFD.signal()
+    }
+}
+
+/// Where guest RAM goes: below the 32-bit MMIO hole, and above 4 GiB for the rest.
+public enum MemoryPlan {
+    public static func ramRanges(memorySize: UInt64) -> [(start: GuestAddress, size: UInt64)] {
+        let below = min(memorySize, Layout.mmioHoleStart.rawValue)
+        var ranges: [(start: GuestAddress, size: UInt64)] = [(GuestAddress(0), below)]
+        if memorySize > below {
+            ranges.append((Layout.ramAbove4GStart, memorySize - below))
+        }
+        return ranges
+    }
+}

@@ -1,1 +1,0 @@
-// The VMMCommand module; see the files beside this one.
