@@ -51,6 +51,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var memorySize: UInt64
     public var serial: SerialMode
     public var onReboot: RebootAction
+    /// The KVM device node (a different path helps in containers and tests).
+    public var kvmDevicePath = "/dev/kvm"
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

@@ -168,8 +168,22 @@ extension VirtualMachine {
         if let sregs = try? vcpu.specialRegisters() {
             lines.append("  cr0=\(hex(sregs.cr0)) cr2=\(hex(sregs.cr2)) cr3=\(hex(sregs.cr3)) cr4=\(hex(sregs.cr4)) efer=\(hex(sregs.efer))")
             lines.append("  cs=\(hex(UInt64(sregs.cs.selector))) cpl=\(sregs.cs.dpl) cs.base=\(hex(sregs.cs.base)) long=\(sregs.cs.l)")
+            // The bytes at RIP name the instruction (map RIP to a symbol with nm/addr2line).
+            if let regs = try? vcpu.registers() {
+                let paging = PageWalk.PagingState(cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer)
+                if let physical = PageWalk.translate(sregs.cs.base &+ regs.rip, state: paging, memory: memory),
+                   let bytes = try? memory.readBytes(at: physical, count: 16) {
+                    lines.append("  code at rip (guest-physical \(physical)): " + bytes.map { String($0, radix: 16).leftPadded(2) }.joined(separator: " "))
+                }
+            }
         }
         return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }
 

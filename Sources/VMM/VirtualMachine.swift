@@ -30,10 +30,10 @@ public final class VirtualMachine: Sendable {
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
     /// `serialOutput` overrides where COM1 writes go (tests capture it).
-    public init(configuration: VMConfiguration, kvmPath: String = "/dev/kvm", serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
+    public init(configuration: VMConfiguration, serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
         self.configuration = configuration
         do {
-            system = try KVMSystem(path: kvmPath)
+            system = try KVMSystem(path: configuration.kvmDevicePath)
         } catch {
             throw .kvm(error)
         }

@@ -34,6 +34,9 @@ public struct VMOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("JSON file with the same settings (keys: \(ConfigurationFile.knownKeys.joined(separator: ", "))). Flags given as well override it.", valueName: "file"))
     public var config: String?
 
+    @Option(name: .customLong("kvm-device"), help: .hidden)
+    public var kvmDevice: String = "/dev/kvm"
+
     public init() {}
 
     /// The configuration these options describe, each bad value named.
@@ -64,6 +67,7 @@ public struct VMOptions: ParsableArguments {
             }
             result.onReboot = action
         }
+        result.kvmDevicePath = kvmDevice
         try result.validate()
         return result
     }
