@@ -1,1 +1,0 @@
-// The Boot module; see the files beside this one.
