@@ -1,17 +1,84 @@
+import ACPI
 import ArchX86
+import Boot
 import GuestMemory
 
-/// Loads the kernel and initrd and writes the tables the guest reads at boot.
+/// Loads the kernel and initrd and writes everything the guest reads at boot:
+/// boot GDT, command line, ACPI tables, e820 map, and the PVH start info or
+/// Linux zero page. Returns the CPU state the entry point expects.
 enum GuestBoot {
     static func load(kernel: [UInt8], initrd: [UInt8]?, configuration: VMConfiguration, memory: GuestMemory,
                      ramRanges: [(start: GuestAddress, size: UInt64)]) throws(VMMError) -> EntryState {
-        // TEMPORARY: flat binary at 1 MiB until the Boot loaders land.
         do {
-            try BootGDT.write(into: memory)
-            try memory.write(bytes: kernel, at: Layout.highMemoryStart)
+            return try loadOrThrow(kernel: kernel, initrd: initrd, configuration: configuration, memory: memory)
+        } catch let error as BootError {
+            throw .boot(step: "loading kernel '\(configuration.kernelPath)'", message: error.description)
+        } catch let error as ACPIError {
+            throw .boot(step: "building ACPI tables", message: error.description)
+        } catch let error as GuestMemoryError {
+            throw .memory(step: "writing boot structures", cause: error)
         } catch {
-            throw .memory(step: "loading", cause: error)
+            throw .boot(step: "preparing the guest", message: "\(error)")
         }
-        return .protectedMode32(entry: Layout.highMemoryStart.rawValue, startInfo: 0)
+    }
+
+    private static func loadOrThrow(kernel: [UInt8], initrd: [UInt8]?, configuration: VMConfiguration,
+                                    memory: GuestMemory) throws -> EntryState {
+        let loaded = try KernelLoader.load(image: kernel, into: memory, highMemoryStart: Layout.highMemoryStart)
+        try BootGDT.write(into: memory)
+
+        // Command line: the bzImage header bounds its length; PVH uses our buffer.
+        var commandLine = loaded.setupHeader.map { KernelCommandLine(for: $0, capacity: Layout.commandLineMaxSize) }
+            ?? KernelCommandLine(maximumLength: Layout.commandLineMaxSize - 1)
+        if !configuration.commandLine.isEmpty { try commandLine.append(configuration.commandLine) }
+        try commandLine.write(into: memory, at: Layout.commandLineStart)
+
+        let tables = try ACPITables.build(
+            ACPIConfiguration(
+                cpuCount: configuration.cpuCount,
+                localAPICAddress: UInt32(Layout.localAPICStart.rawValue),
+                ioAPICAddress: UInt32(Layout.ioAPICStart.rawValue),
+                sleepControlPort: Layout.acpiSleepControlPort,
+                sleepStatusPort: Layout.acpiSleepStatusPort,
+                resetPort: Layout.acpiResetPort,
+                resetValue: Layout.acpiResetValue,
+                s5SleepType: Layout.acpiS5SleepType,
+                sciInterrupt: Layout.acpiSCIInterrupt),
+            rsdpAddress: Layout.rsdpStart.rawValue, tablesAddress: Layout.acpiTablesStart.rawValue,
+            tablesLimit: Int(Layout.acpiTablesEnd.rawValue - Layout.acpiTablesStart.rawValue))
+        try memory.write(bytes: tables.rsdp, at: Layout.rsdpStart)
+        try memory.write(bytes: tables.tables, at: Layout.acpiTablesStart)
+
+        let e820 = try E820Map.standard(memory: memory, ebdaStart: Layout.ebdaStart,
+                                        highMemoryStart: Layout.highMemoryStart, mmioHoleStart: Layout.mmioHoleStart)
+
+        switch loaded.entry {
+        case let .pvh(entry32):
+            let initrdLocation = try initrd.map { image in
+                try InitrdPlacement.load(image, into: memory, kernelEnd: loaded.kernelEnd, maxAddress: GuestAddress(0xFFFF_FFFF))
+            }
+            let startInfo = PVHStartInfo(
+                commandLineAddress: Layout.commandLineStart, rsdpAddress: Layout.rsdpStart,
+                modules: initrdLocation.map { [PVHModule(initrd: $0)] } ?? [], memoryMap: e820.entries)
+            try startInfo.write(into: memory, at: Layout.pvhStartInfo, moduleListAt: Layout.pvhModuleList,
+                                memoryMapAt: Layout.pvhMemoryMap, memoryMapMaxEntries: Layout.pvhMemoryMapMaxEntries)
+            return .protectedMode32(entry: entry32.rawValue, startInfo: Layout.pvhStartInfo.rawValue)
+
+        case let .linux64(entry, setupHeader):
+            let initrdLocation = try initrd.map { image in
+                try InitrdPlacement.load(image, into: memory, kernelEnd: loaded.kernelEnd,
+                                         maxAddress: GuestAddress(UInt64(setupHeader.initrdAddressMax)))
+            }
+            let parameters = BootParams(setupHeader: setupHeader, commandLineAddress: Layout.commandLineStart,
+                                        initrd: initrdLocation, acpiRSDPAddress: Layout.rsdpStart, e820: e820.entries)
+            try parameters.write(into: memory, at: Layout.zeroPage)
+            let pageTableRoot = try IdentityPageTables.write(into: memory)
+            return .longMode64(entry: entry.rawValue, zeroPage: Layout.zeroPage.rawValue, pageTableRoot: pageTableRoot)
+
+        case let .elf64(entry):
+            // No boot protocol: a bare 64-bit ELF gets long mode and nothing else.
+            let pageTableRoot = try IdentityPageTables.write(into: memory)
+            return .longMode64(entry: entry.rawValue, zeroPage: 0, pageTableRoot: pageTableRoot)
+        }
     }
 }
