@@ -43,7 +43,9 @@ enum GuestBoot {
                 resetPort: Layout.acpiResetPort,
                 resetValue: Layout.acpiResetValue,
                 s5SleepType: Layout.acpiS5SleepType,
-                sciInterrupt: Layout.acpiSCIInterrupt),
+                sciInterrupt: Layout.acpiSCIInterrupt,
+                // KVM's default routing wires the in-kernel PIT to IO-APIC pin 0, so no IRQ0→GSI2 override.
+                interruptSourceOverrides: []),
             rsdpAddress: Layout.rsdpStart.rawValue, tablesAddress: Layout.acpiTablesStart.rawValue,
             tablesLimit: Int(Layout.acpiTablesEnd.rawValue - Layout.acpiTablesStart.rawValue))
         try memory.write(bytes: tables.rsdp, at: Layout.rsdpStart)
