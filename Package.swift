@@ -52,7 +52,7 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "swiftlet-vmm"]),
         // Boots guest-kit programs on /dev/kvm.
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "swiftlet-vmm", "swiftlet"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -12,7 +12,7 @@ enum GuestBoot {
         do {
             return try loadOrThrow(kernel: kernel, initrd: initrd, configuration: configuration, memory: memory)
         } catch let error as BootError {
-            throw .boot(step: "loading kernel '\(configuration.kernelPath)'", message: error.description)
+            throw .boot(step: "cannot boot '\(configuration.kernelPath)'", message: error.description)
         } catch let error as ACPIError {
             throw .boot(step: "building ACPI tables", message: error.description)
         } catch let error as GuestMemoryError {

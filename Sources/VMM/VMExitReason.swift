@@ -6,6 +6,8 @@ public enum VMExitReason: Equatable, Sendable, CustomStringConvertible {
     case rebootRequested
     /// The user quit with the console escape (Ctrl-A x) or a signal.
     case stoppedByUser
+    /// SIGINT, SIGTERM or SIGHUP arrived.
+    case stoppedBySignal(Int32)
     /// The guest cannot continue; the report names the vCPU, the cause and its registers.
     case crashed(report: String)
 
@@ -14,6 +16,7 @@ public enum VMExitReason: Equatable, Sendable, CustomStringConvertible {
         case .poweredOff: "guest powered off"
         case .rebootRequested: "guest requested a reboot"
         case .stoppedByUser: "stopped by user"
+        case let .stoppedBySignal(signal): "stopped by signal \(signal)"
         case let .crashed(report): "guest crashed: \(report)"
         }
     }

@@ -48,4 +48,6 @@ public enum VMMExitStatus: Int32, Sendable {
     case guestRebooted = 2
     /// The guest crashed: triple fault, emulation failure, failed VM entry.
     case guestCrashed = 3
+    /// SIGINT, SIGTERM or SIGHUP stopped the VM (the guest did not shut down).
+    case stoppedBySignal = 4
 }

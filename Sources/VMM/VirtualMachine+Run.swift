@@ -21,6 +21,14 @@ extension VirtualMachine {
         } catch {
             throw .host(step: "installing the vCPU kick handler", cause: error)
         }
+        // SIGINT/SIGTERM/SIGHUP end the run through the event loop; blocked
+        // before the vCPU threads start so that they inherit the mask.
+        let signals: SignalFD
+        do {
+            signals = try SignalFD(signals: [SIGINT, SIGTERM, SIGHUP])
+        } catch {
+            throw .host(step: "setting up signal handling", cause: error)
+        }
         let terminal = RawTerminal()
         let readsConsole = configuration.serial == .stdio
         if readsConsole { terminal.enable() }
@@ -36,7 +44,7 @@ extension VirtualMachine {
             }
         }
 
-        serveEvents(readsConsole: readsConsole)
+        serveEvents(readsConsole: readsConsole, signals: signals)
 
         // Stop every vCPU: immediate_exit covers a vCPU about to enter the
         // guest, the signal one already inside it.
@@ -50,19 +58,23 @@ extension VirtualMachine {
     }
 
     /// The main thread's event loop: console input and the stop event.
-    private func serveEvents(readsConsole: Bool) {
-        let stopToken: UInt64 = 0, consoleToken: UInt64 = 1
+    private func serveEvents(readsConsole: Bool, signals: SignalFD) {
+        let stopToken: UInt64 = 0, consoleToken: UInt64 = 1, signalToken: UInt64 = 2
         guard let epoll = try? Epoll() else {
             // Without epoll we can still wait for the stop event alone.
             _ = try? stopEvent.consume()
             return
         }
         try? epoll.add(stopEvent.descriptor.rawValue, token: stopToken)
+        try? epoll.add(signals.descriptor.rawValue, token: signalToken)
         var consoleOpen = readsConsole && (try? epoll.add(STDIN_FILENO, token: consoleToken)) != nil
         var escapeFilter = ConsoleEscapeFilter()
         var buffer = [UInt8](repeating: 0, count: 512)
         while exitReason.withLock({ $0 }) == nil {
             guard let events = try? epoll.wait(timeout: -1) else { break }
+            if events.contains(where: { $0.token == signalToken }), let signal = signals.next() {
+                requestStop(.stoppedBySignal(signal))
+            }
             for event in events where event.token == consoleToken && consoleOpen {
                 let count = buffer.withUnsafeMutableBytes { raw in Glibc.read(STDIN_FILENO, raw.baseAddress, raw.count) }
                 if count <= 0 {

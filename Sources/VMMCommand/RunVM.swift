@@ -18,6 +18,9 @@ public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
         switch reason {
         case .poweredOff, .stoppedByUser:
             return .poweredOff
+        case let .stoppedBySignal(signal):
+            printError("swiftlet: stopped by signal \(signal)")
+            return .stoppedBySignal
         case .rebootRequested:
             if configuration.onReboot == .restart { continue }
             printError("swiftlet: guest requested a reboot; exiting (use --on-reboot restart to boot again)")
@@ -46,7 +49,8 @@ public struct SwiftletVMMCommand: ParsableCommand {
 
             Exit status: 0 when the guest powers off, 1 on bad input or a host error, \
             2 when the guest reboots with --on-reboot exit, 3 when the guest crashes \
-            (triple fault, emulation failure), with the vCPU registers on stderr.
+            (triple fault, emulation failure), with the vCPU registers on stderr, \
+            4 when SIGINT, SIGTERM or SIGHUP stopped it.
 
             Example:
               swiftlet-vmm --kernel vmlinux --initrd initrd.cpio.gz --cpus 2 --memory 256M

@@ -13,7 +13,7 @@ struct KitBootTests {
         #expect(reason == .poweredOff)
     }
 
-    @Test("the e820/PVH memory map matches the configured memory", arguments: [64, 128, 512] as [UInt64])
+    @Test("the e820/PVH memory map matches the configured memory", arguments: [64, 128, 512, 5120] as [UInt64])
     func memoryMap(megabytes: UInt64) throws {
         let (reason, output) = try KitGuest.boot("memmap", memory: megabytes << 20)
         #expect(reason == .poweredOff)

@@ -12,6 +12,8 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <signal.h>
 #include <stdint.h>
 
 // System ioctls.
