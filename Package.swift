@@ -10,6 +10,8 @@ let package = Package(
     products: [
         .executable(name: "swiftlet-vmm", targets: ["swiftlet-vmm"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
+        // The parsers the fuzz targets in Fuzz/ exercise.
+        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

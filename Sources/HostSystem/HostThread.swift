@@ -45,6 +45,16 @@ public final class HostThread: Sendable {
         _ = pthread_join(handle, nil)
     }
 
+    /// Unblocks `signal` for the calling thread. Threads inherit their
+    /// creator's mask, and thread pools (and processes they spawn) often
+    /// block everything, which would make a kick signal never arrive.
+    public static func unblockSignal(_ signal: Int32) {
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        sigaddset(&mask, signal)
+        _ = pthread_sigmask(SIG_UNBLOCK, &mask, nil)
+    }
+
     /// Installs the no-op handler used to interrupt blocking syscalls.
     public static func installKickHandler(signal: Int32) throws(SystemCallError) {
         _ = try systemCall("sigaction \(signal)") { ckvm_install_kick_handler(signal) }

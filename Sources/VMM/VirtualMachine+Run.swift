@@ -105,6 +105,7 @@ extension VirtualMachine {
 
     /// One vCPU thread: enter the guest, handle the exit, repeat.
     func runVCPU(_ vcpu: VCPUHandle) {
+        HostThread.unblockSignal(Self.kickSignal)
         while !stopping.load(ordering: .relaxed) {
             let exit: VCPUExit
             do {

@@ -1,0 +1,4 @@
+// libFuzzer's entry point for programs that keep their own main().
+#include <stddef.h>
+#include <stdint.h>
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *data, size_t size));
