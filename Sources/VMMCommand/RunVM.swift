@@ -1,10 +1,9 @@
-import ArgumentParser
 import Glibc
 import HostSystem
 import VMM
 
-/// Boots the VM the options describe and returns the process exit status:
-/// the guest's power-off is success; reboot and crash get their own status.
+/// Boots the VM and returns the process exit status: the guest's power-off
+/// is success; reboot, crash and signals get their own statuses.
 public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
     while true {
         let reason: VMExitReason
@@ -34,42 +33,38 @@ public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
 
 /// Writes a line to stderr, unbuffered.
 public func printError(_ message: String) {
-    let bytes = Array((message + "\n").utf8)
-    _ = bytes.withUnsafeBytes { Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    writeAll(STDERR_FILENO, message + "\n")
 }
 
-/// `swiftlet-vmm`: one process, one VM.
-public struct SwiftletVMMCommand: ParsableCommand {
-    public static let configuration = CommandConfiguration(
-        commandName: "swiftlet-vmm",
-        abstract: "Run one KVM virtual machine.",
-        discussion: """
-            Boots a Linux kernel (ELF vmlinux through its PVH entry, or a bzImage through the \
-            64-bit boot protocol) on /dev/kvm with an 8250 serial console and ACPI power-off.
-
-            Exit status: 0 when the guest powers off, 1 on bad input or a host error, \
-            2 when the guest reboots with --on-reboot exit, 3 when the guest crashes \
-            (triple fault, emulation failure), with the vCPU registers on stderr, \
-            4 when SIGINT, SIGTERM or SIGHUP stopped it.
-
-            Example:
-              swiftlet-vmm --kernel vmlinux --initrd initrd.cpio.gz --cpus 2 --memory 256M
-            """)
-
-    @OptionGroup public var options: VMOptions
-
-    public init() {}
-
-    public func run() throws {
-        let configuration: VMConfiguration
-        do {
-            configuration = try options.configuration()
-        } catch {
-            printError("swiftlet-vmm: \(error)")
-            throw ExitCode(VMMExitStatus.failure.rawValue)
-        }
-        let status = runVM(configuration)
-        if status != .poweredOff { throw ExitCode(status.rawValue) }
+func writeAll(_ descriptor: Int32, _ text: String) {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        bytes = bytes.dropFirst(written)
     }
 }
 
+/// The `swiftlet-vmm` program: parse, run, exit with the status.
+public enum SwiftletVMMMain {
+    public static func main(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
+        let action: VMMArguments.Action
+        do {
+            action = try VMMArguments.parse(arguments)
+        } catch {
+            printError("swiftlet-vmm: \(error)")
+            exit(VMMExitStatus.failure.rawValue)
+        }
+        switch action {
+        case .help:
+            writeAll(STDOUT_FILENO, VMMArguments.help)
+            exit(0)
+        case .version:
+            writeAll(STDOUT_FILENO, VMMArguments.version + "\n")
+            exit(0)
+        case let .run(configuration):
+            exit(runVM(configuration).rawValue)
+        }
+    }
+}

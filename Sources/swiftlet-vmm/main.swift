@@ -1,3 +1,3 @@
 import VMMCommand
 
-SwiftletVMMCommand.main()
+SwiftletVMMMain.main()

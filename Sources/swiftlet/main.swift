@@ -1,5 +1,5 @@
 import ArgumentParser
-import VMMCommand
+import Glibc
 
 /// `swiftlet`: the Swiftlet command-line tool.
 struct Swiftlet: ParsableCommand {
@@ -9,24 +9,59 @@ struct Swiftlet: ParsableCommand {
         subcommands: [Run.self])
 }
 
-/// `swiftlet run`: boot a VM in the foreground, no daemon needed.
+/// `swiftlet run`: boot a VM in the foreground, no daemon needed. It is
+/// swiftlet-vmm under another name: main() hands the arguments over before
+/// parsing, so both accept exactly the same options.
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a VM in the foreground with its console on this terminal.",
-        discussion: "Takes the same options as swiftlet-vmm. Ctrl-A x quits the console.")
+        discussion: "Takes the options of swiftlet-vmm (`swiftlet run --help` lists them). Ctrl-A x quits the console.")
 
-    @OptionGroup var options: VMOptions
+    @Argument(parsing: .allUnrecognized, help: "Options for swiftlet-vmm.")
+    var options: [String] = []
 
     func run() throws {
-        let status: Int32
-        do {
-            status = runVM(try options.configuration()).rawValue
-        } catch {
-            printError("swiftlet: \(error)")
-            throw ExitCode(1)
-        }
-        if status != 0 { throw ExitCode(status) }
+        try VMMLauncher.exec(options)
     }
 }
 
+/// Finds swiftlet-vmm (beside this binary, else on PATH) and replaces this process with it.
+enum VMMLauncher {
+    static func locate() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if length > 0 {
+            let me = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let slash = me.lastIndex(of: "/") {
+                let sibling = String(me[..<slash]) + "/swiftlet-vmm"
+                if access(sibling, X_OK) == 0 { return sibling }
+            }
+        }
+        let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/local/bin:/usr/bin:/bin"
+        for directory in path.split(separator: ":") {
+            let candidate = "\(directory)/swiftlet-vmm"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+
+    static func exec(_ arguments: [String]) throws -> Never {
+        guard let binary = locate() else {
+            throw ValidationError("swiftlet-vmm was found neither beside swiftlet nor on PATH; build it with `swift build --product swiftlet-vmm`")
+        }
+        let argv = ([binary] + arguments).map { strdup($0) } + [nil]
+        execv(binary, argv)
+        throw ValidationError("cannot run \(binary): \(String(cString: strerror(errno)))")
+    }
+}
+
+// `swiftlet run ...` goes straight to swiftlet-vmm, --help included.
+let arguments = Array(CommandLine.arguments.dropFirst())
+if arguments.first == "run" {
+    do {
+        try VMMLauncher.exec(Array(arguments.dropFirst()))
+    } catch {
+        Swiftlet.exit(withError: error)
+    }
+}
 Swiftlet.main()

@@ -73,6 +73,6 @@ struct CommandLineTests {
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
-        #expect(text.contains("Exit status") && text.contains("--on-reboot") && text.contains("Example"))
+        #expect(text.contains("EXIT STATUS") && text.contains("--on-reboot") && text.contains("EXAMPLE"))
     }
 }
