@@ -6,27 +6,19 @@ struct Swiftlet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftlet",
         abstract: "Run and manage KVM virtual machines.",
+        discussion: """
+            Examples:
+              swiftlet run                     boot the default Linux guest to a shell
+              swiftlet run -- uname -a         run one command in it, exit with its status
+              swiftlet run --kernel vmlinux --initrd initrd.gz --cpus 2
+            """,
         subcommands: [Run.self])
-}
-
-/// `swiftlet run`: boot a VM in the foreground, no daemon needed. It is
-/// swiftlet-vmm under another name: main() hands the arguments over before
-/// parsing, so both accept exactly the same options.
-struct Run: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Boot a VM in the foreground with its console on this terminal.",
-        discussion: "Takes the options of swiftlet-vmm (`swiftlet run --help` lists them). Ctrl-A x quits the console.")
-
-    @Argument(parsing: .allUnrecognized, help: "Options for swiftlet-vmm.")
-    var options: [String] = []
-
-    func run() throws {
-        try VMMLauncher.exec(options)
-    }
 }
 
 /// Finds swiftlet-vmm (beside this binary, else on PATH) and replaces this process with it.
 enum VMMLauncher {
+    static let notFound = ValidationError("swiftlet-vmm was found neither beside swiftlet nor on PATH; build it with `swift build --product swiftlet-vmm`")
+
     static func locate() -> String? {
         var buffer = [CChar](repeating: 0, count: 4096)
         let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
@@ -46,20 +38,19 @@ enum VMMLauncher {
     }
 
     static func exec(_ arguments: [String]) throws -> Never {
-        guard let binary = locate() else {
-            throw ValidationError("swiftlet-vmm was found neither beside swiftlet nor on PATH; build it with `swift build --product swiftlet-vmm`")
-        }
+        guard let binary = locate() else { throw notFound }
         let argv = ([binary] + arguments).map { strdup($0) } + [nil]
         execv(binary, argv)
         throw ValidationError("cannot run \(binary): \(String(cString: strerror(errno)))")
     }
 }
 
-// `swiftlet run ...` goes straight to swiftlet-vmm, --help included.
+// `swiftlet run ...` is handled before parsing so that every swiftlet-vmm
+// option (and `--`) reaches it untouched.
 let arguments = Array(CommandLine.arguments.dropFirst())
 if arguments.first == "run" {
     do {
-        try VMMLauncher.exec(Array(arguments.dropFirst()))
+        try RunCommand.run(Array(arguments.dropFirst()))
     } catch {
         Swiftlet.exit(withError: error)
     }
