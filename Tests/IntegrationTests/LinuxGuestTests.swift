@@ -1,0 +1,48 @@
+import Foundation
+import Testing
+
+/// Boots the default Linux guest (guest/build-image) through `swiftlet run`.
+/// Where guest CPL0 is emulated (kvm_pvm) each boot takes about a minute, so
+/// these are few and run one at a time; on VT-x/AMD-V hosts they take seconds.
+@Suite("Default Linux guest", .serialized,
+       .enabled(if: KitGuest.shouldRun && (LinuxGuest.isBuilt || KitGuest.isCI), LinuxGuest.skipReason))
+struct LinuxGuestTests {
+    @Test("boots to /init and runs a command with one vCPU", .timeLimit(.minutes(5)))
+    func bootsToMarker() throws {
+        let result = try ProcessTests.run("swiftlet", ["run", "--", "echo", "hello from the guest"])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stdout.contains("SWIFTLET-GUEST-READY"), "console: \(result.stdout.suffix(2000))")
+        #expect(result.stdout.contains("hello from the guest"))
+    }
+
+    @Test("with 2 vCPUs and 256 MiB the guest sees both CPUs and the memory", .timeLimit(.minutes(5)))
+    func smpAndMemory() throws {
+        let result = try ProcessTests.run("swiftlet", [
+            "run", "--cpus", "2", "--memory", "256M", "--",
+            "sh", "-c", "echo NPROC=$(nproc); grep MemTotal /proc/meminfo",
+        ])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stdout.contains("NPROC=2"), "console: \(result.stdout.suffix(2000))")
+        // MemTotal is RAM less what the kernel keeps for itself: between 200 and 256 MiB.
+        let kilobytes = result.stdout.split(separator: "\n")
+            .first { $0.hasPrefix("MemTotal:") }
+            .flatMap { $0.split(separator: " ").dropFirst().first }
+            .flatMap { Int($0) }
+        #expect(kilobytes.map { (200 * 1024...256 * 1024).contains($0) } == true, "MemTotal: \(String(describing: kilobytes))")
+    }
+
+    @Test("swiftlet run -- false exits with the command's status 1", .timeLimit(.minutes(5)))
+    func commandStatus() throws {
+        let result = try ProcessTests.run("swiftlet", ["run", "--", "false"])
+        #expect(result.status == 1, "stderr: \(result.stderr)")
+        #expect(result.stdout.contains("SWIFTLET-EXIT-STATUS=1"))
+    }
+}
+
+enum LinuxGuest {
+    static var isBuilt: Bool {
+        FileManager.default.fileExists(atPath: KitGuest.packageRoot.appendingPathComponent(".cache/guest/current/vmlinux").path)
+    }
+
+    static let skipReason: Comment = "needs /dev/kvm and the default guest (guest/build-image builds it; scripts/test does); required under CI=true"
+}
