@@ -29,7 +29,7 @@ def guest_dir() -> pathlib.Path:
 
 def commands(guest: pathlib.Path, cpus: int, memory: str, swiftlet: str, qemu: str):
     cmdline = (guest / "cmdline").read_text().strip() + " swiftlet.cmd=true"
-    kernel, initrd = str(guest / "vmlinux"), str(guest / "initramfs.cpio.gz")
+    kernel, initrd = str(guest / "vmlinux"), str(guest / "initramfs.cpio")
     return {
         "Swiftlet": [swiftlet, "--kernel", kernel, "--initrd", initrd, "--cmdline", cmdline,
                      "--cpus", str(cpus), "--memory", memory, "--serial", "stdio"],

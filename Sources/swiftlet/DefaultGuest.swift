@@ -7,7 +7,12 @@ struct DefaultGuest {
     let directory: URL
 
     var kernel: String { directory.appendingPathComponent("vmlinux").path }
-    var initrd: String { directory.appendingPathComponent("initramfs.cpio.gz").path }
+    /// The uncompressed archive when present: where guest kernel code is
+    /// emulated, gunzip in the guest costs ~20 s of boot (docs/default-guest.md).
+    var initrd: String {
+        let plain = directory.appendingPathComponent("initramfs.cpio").path
+        return FileManager.default.fileExists(atPath: plain) ? plain : directory.appendingPathComponent("initramfs.cpio.gz").path
+    }
     /// The kernel parameters the image was tested with (console, emulator workarounds).
     var commandLine: String {
         let text = (try? String(contentsOf: directory.appendingPathComponent("cmdline"), encoding: .utf8)) ?? "console=ttyS0"
