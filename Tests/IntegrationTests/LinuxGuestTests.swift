@@ -24,7 +24,7 @@ struct LinuxGuestTests {
         #expect(result.status == 0, "stderr: \(result.stderr)")
         #expect(result.stdout.contains("NPROC=2"), "console: \(result.stdout.suffix(2000))")
         // MemTotal is RAM less what the kernel keeps for itself: between 200 and 256 MiB.
-        let kilobytes = result.stdout.split(separator: "\n")
+        let kilobytes = result.stdout.split(whereSeparator: \.isNewline)
             .first { $0.hasPrefix("MemTotal:") }
             .flatMap { $0.split(separator: " ").dropFirst().first }
             .flatMap { Int($0) }
