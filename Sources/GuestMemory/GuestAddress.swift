@@ -20,9 +20,10 @@ public struct GuestAddress: RawRepresentable, Hashable, Comparable, Sendable, Cu
 
     public static func < (lhs: GuestAddress, rhs: GuestAddress) -> Bool { lhs.rawValue < rhs.rawValue }
 
-    /// The address rounded up to a power-of-two `alignment`, or nil on overflow.
+    /// The address rounded up to a power-of-two `alignment`; nil on overflow
+    /// or when `alignment` is not a power of two (it may come from a file).
     public func alignedUp(to alignment: UInt64) -> GuestAddress? {
-        precondition(alignment.nonzeroBitCount == 1, "alignment must be a power of two")
+        guard alignment.nonzeroBitCount == 1 else { return nil }
         guard let bumped = adding(alignment - 1) else { return nil }
         return GuestAddress(bumped.rawValue & ~(alignment - 1))
     }

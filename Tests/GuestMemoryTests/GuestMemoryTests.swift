@@ -39,5 +39,6 @@ struct GuestMemoryTests {
         #expect(GuestAddress(UInt64.max).adding(1) == nil)
         #expect(GuestAddress(0x1001).alignedUp(to: 0x1000) == GuestAddress(0x2000))
         #expect(GuestAddress(UInt64.max - 1).alignedUp(to: 0x1000) == nil)
+        #expect(GuestAddress(0x1001).alignedUp(to: 0x1800) == nil, "not a power of two")
     }
 }
