@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// Boots the default Linux guest (guest/build-image) through `swiftlet run`.
-/// Where guest CPL0 is emulated (kvm_pvm) each boot takes about a minute, so
+/// Where guest CPL0 is emulated (kvm_pvm) each boot takes 15-20 s, so
 /// these are few and run one at a time; on VT-x/AMD-V hosts they take seconds.
 @Suite("Default Linux guest", .serialized,
        .enabled(if: KitGuest.shouldRun && (LinuxGuest.isBuilt || KitGuest.isCI), LinuxGuest.skipReason))
