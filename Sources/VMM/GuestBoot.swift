@@ -7,8 +7,8 @@ import GuestMemory
 /// boot GDT, command line, ACPI tables, e820 map, and the PVH start info or
 /// Linux zero page. Returns the CPU state the entry point expects.
 enum GuestBoot {
-    static func load(kernel: [UInt8], initrd: [UInt8]?, configuration: VMConfiguration, memory: GuestMemory,
-                     ramRanges: [(start: GuestAddress, size: UInt64)]) throws(VMMError) -> EntryState {
+    static func load(kernel: [UInt8], initrd: [UInt8]?, configuration: VMConfiguration,
+                     memory: GuestMemory) throws(VMMError) -> EntryState {
         do {
             return try loadOrThrow(kernel: kernel, initrd: initrd, configuration: configuration, memory: memory)
         } catch let error as BootError {

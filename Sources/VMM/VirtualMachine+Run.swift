@@ -4,14 +4,6 @@ import HostSystem
 import KVM
 import Synchronization
 
-/// Exit counts by reason, shared by all vCPU threads.
-public final class ExitCounters: Sendable {
-    public let portIO = Atomic<UInt64>(0)
-    public let mmio = Atomic<UInt64>(0)
-    public let other = Atomic<UInt64>(0)
-    public init() {}
-}
-
 extension VirtualMachine {
     /// Runs the guest until it powers off, reboots, crashes or the user quits.
     /// Blocks the calling thread, which serves console input meanwhile.
@@ -116,14 +108,12 @@ extension VirtualMachine {
             }
             switch exit {
             case let .portOut(port, size, count):
-                counters.portIO.add(1, ordering: .relaxed)
                 guard let data = vcpu.portIOData else { continue }
                 for index in 0..<count {
                     let slice = UnsafeRawBufferPointer(rebasing: data[(index * size)..<((index + 1) * size)])
                     portBus.write(UInt64(port), from: slice)
                 }
             case let .portIn(port, size, count):
-                counters.portIO.add(1, ordering: .relaxed)
                 guard let data = vcpu.portIOData else { continue }
                 for index in 0..<count {
                     let slice = UnsafeMutableRawBufferPointer(rebasing: data[(index * size)..<((index + 1) * size)])
@@ -131,10 +121,8 @@ extension VirtualMachine {
                     if !portBus.read(UInt64(port), into: slice) { slice.storeLittleEndianAllOnes() }
                 }
             case let .mmioWrite(address, length):
-                counters.mmio.add(1, ordering: .relaxed)
                 mmioBus.write(address, from: UnsafeRawBufferPointer(rebasing: vcpu.mmioData[..<length]))
             case let .mmioRead(address, length):
-                counters.mmio.add(1, ordering: .relaxed)
                 let slice = UnsafeMutableRawBufferPointer(rebasing: vcpu.mmioData[..<length])
                 if !mmioBus.read(address, into: slice) { slice.storeLittleEndianAllOnes() }
             case .interrupted:
@@ -142,7 +130,6 @@ extension VirtualMachine {
             case .halt:
                 // With the in-kernel LAPIC, HLT is handled by KVM; this only
                 // happens if the guest halts with interrupts off for good.
-                counters.other.add(1, ordering: .relaxed)
                 continue
             case .shutdown:
                 requestStop(.crashed(report: crashReport(vcpu, cause: "triple fault (KVM_EXIT_SHUTDOWN)")))

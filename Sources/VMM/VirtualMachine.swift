@@ -26,7 +26,6 @@ public final class VirtualMachine: Sendable {
     /// Signalled when `exitReason` is set, to wake the event loop.
     let stopEvent: EventFD
     let stopping = Atomic<Bool>(false)
-    let counters = ExitCounters()
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
     /// `serialOutput` overrides where COM1 writes go (tests capture it).
@@ -92,7 +91,7 @@ public final class VirtualMachine: Sendable {
         // Load the kernel and describe the machine to it.
         let entry = try GuestBoot.load(
             kernel: kernelImage, initrd: initrdImage, configuration: configuration,
-            memory: memory, ramRanges: ramRanges)
+            memory: memory)
 
         var vcpus: [VCPUHandle] = []
         do {

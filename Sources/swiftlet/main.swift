@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Glibc
 
 /// `swiftlet`: the Swiftlet command-line tool.
@@ -20,15 +21,8 @@ enum VMMLauncher {
     static let notFound = ValidationError("swiftlet-vmm was found neither beside swiftlet nor on PATH; build it with `swift build --product swiftlet-vmm`")
 
     static func locate() -> String? {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        if length > 0 {
-            let me = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if let slash = me.lastIndex(of: "/") {
-                let sibling = String(me[..<slash]) + "/swiftlet-vmm"
-                if access(sibling, X_OK) == 0 { return sibling }
-            }
-        }
+        let sibling = DefaultGuest.executableDirectory.appendingPathComponent("swiftlet-vmm").path
+        if access(sibling, X_OK) == 0 { return sibling }
         let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/local/bin:/usr/bin:/bin"
         for directory in path.split(separator: ":") {
             let candidate = "\(directory)/swiftlet-vmm"
