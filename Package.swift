@@ -11,7 +11,7 @@ let package = Package(
         .executable(name: "swiftlet-vmm", targets: ["swiftlet-vmm"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON"]),
+        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -33,8 +33,22 @@ let package = Package(
         .target(name: "ArchX86", dependencies: ["CKVM", "KVM", "GuestMemory", "ACPI", "Boot"]),
         // Port-I/O and MMIO buses, legacy devices.
         .target(name: "Devices", dependencies: ["HostSystem", "GuestMemory"]),
+        // VirtIO core: split virtqueues, descriptor chains, the device protocol.
+        .target(name: "Virtio", dependencies: ["GuestMemory", "HostSystem"]),
+        // PCI configuration space, host bridge, BARs, MSI-X.
+        .target(name: "PCI", dependencies: ["Devices", "KVM", "HostSystem"]),
+        // The virtio-pci modern transport (VirtIO 1.2 section 4.1).
+        .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
+        // VirtIO devices, one target each.
+        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
+        .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioConsole", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         // Building and running a VM.
-        .target(name: "VMM", dependencies: ["CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem"]),
+        .target(name: "VMM", dependencies: [
+            "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
+            "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole",
+        ]),
         // A small JSON parser, so the VMM needs no Foundation.
         .target(name: "LeanJSON"),
         // swiftlet-vmm's command line and config file (`swiftlet run` execs it).
@@ -56,6 +70,9 @@ let package = Package(
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "ArchX86Tests", dependencies: ["ArchX86", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "Devices", "GuestMemory"]),
+        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
         // Boots guest-kit programs on /dev/kvm.

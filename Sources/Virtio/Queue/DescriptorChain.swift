@@ -1,0 +1,33 @@
+import GuestMemory
+
+/// One guest buffer of a descriptor chain, already checked to lie inside
+/// guest RAM (in one region).
+public struct GuestBuffer: Sendable, Equatable {
+    public let address: GuestAddress
+    public let length: UInt32
+
+    public init(address: GuestAddress, length: UInt32) {
+        self.address = address
+        self.length = length
+    }
+}
+
+/// A validated descriptor chain: the device-readable buffers (driver to
+/// device) followed by the device-writable ones, indirect tables flattened.
+/// `head` is what goes back in the used ring.
+public struct DescriptorChain: Sendable, Equatable {
+    public let head: UInt16
+    public let readable: [GuestBuffer]
+    public let writable: [GuestBuffer]
+
+    public init(head: UInt16, readable: [GuestBuffer], writable: [GuestBuffer]) {
+        self.head = head
+        self.readable = readable
+        self.writable = writable
+    }
+
+    /// Total bytes the device may read (cannot overflow: at most 2^16 buffers of < 2^32 bytes).
+    public var readableLength: UInt64 { readable.reduce(0) { $0 + UInt64($1.length) } }
+    /// Total bytes the device may write.
+    public var writableLength: UInt64 { writable.reduce(0) { $0 + UInt64($1.length) } }
+}

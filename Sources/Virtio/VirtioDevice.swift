@@ -1,0 +1,110 @@
+import GuestMemory
+import HostSystem
+import Synchronization
+
+/// How a device tells the driver something happened. The transport
+/// implements it (MSI-X vectors through irqfd, or INTx with the ISR register).
+public protocol VirtioInterrupt: Sendable {
+    /// Queue `index` has new used buffers.
+    func signalUsedBuffers(queue index: Int)
+    /// The device configuration space changed.
+    func signalConfigurationChange()
+    /// The driver broke the protocol (a bad chain, say): the transport sets
+    /// DEVICE_NEEDS_RESET, logs `message` once and notifies the driver. The
+    /// device stops serving its queues until reset; the VMM runs on.
+    func reportDeviceError(_ message: String)
+}
+
+/// One queue the driver enabled, handed to the device at activation.
+public struct VirtioQueueActivation: Sendable {
+    /// The queue's index in the device (0 = first queue).
+    public let index: Int
+    public var queue: Virtqueue
+    /// Signalled (through KVM's ioeventfd) when the driver notifies this queue.
+    public let notification: EventFD
+
+    public init(index: Int, queue: Virtqueue, notification: EventFD) {
+        self.index = index
+        self.queue = queue
+        self.notification = notification
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+public struct VirtioActivation: Sendable {
+    public let memory: GuestMemory
+    /// The feature bits the driver accepted.
+    public let features: UInt64
+    /// The enabled queues, in index order (disabled queues are absent).
+    public let queues: [VirtioQueueActivation]
+    public let interrupt: any VirtioInterrupt
+
+    public init(memory: GuestMemory, features: UInt64, queues: [VirtioQueueActivation], interrupt: any VirtioInterrupt) {
+        self.memory = memory
+        self.features = features
+        self.queues = queues
+        self.interrupt = interrupt
+    }
+}
+
+public enum VirtioDeviceError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The device could not start serving its queues at DRIVER_OK.
+    case activation(device: String, step: String, cause: String)
+
+    public var description: String {
+        switch self {
+        case let .activation(device, step, cause): "\(device): activation failed while \(step): \(cause)"
+        }
+    }
+}
+
+/// A VirtIO device independent of its transport (section 4 describes the
+/// transports, section 5 the devices).
+public protocol VirtioDevice: AnyObject, Sendable {
+    var deviceType: VirtioDeviceType { get }
+    /// The maximum size of each queue; the count is the device's number of queues.
+    var queueMaximumSizes: [UInt16] { get }
+    /// Feature bits offered: device-specific ones, plus INDIRECT_DESC and
+    /// EVENT_IDX when supported. The transport adds VERSION_1.
+    var offeredFeatures: UInt64 { get }
+    /// Device configuration space: any offset and size; bytes beyond the
+    /// structure read as zero and writes there are ignored.
+    func readConfiguration(offset: UInt64, into data: UnsafeMutableRawBufferPointer)
+    func writeConfiguration(offset: UInt64, from data: UnsafeRawBufferPointer)
+    /// The driver set DRIVER_OK: start serving the queues (off the vCPU thread).
+    func activate(_ activation: VirtioActivation) throws(VirtioDeviceError)
+    /// The driver reset the device: stop serving queues, forget their state.
+    /// Returns once no thread touches guest memory on the device's behalf.
+    func reset()
+    /// Counters the control API and benchmarks report.
+    var counters: VirtioCounters { get }
+}
+
+/// Per-device activity counters, updated with relaxed atomics from the
+/// device's own threads.
+public final class VirtioCounters: Sendable {
+    /// Queue notifications consumed (ioeventfd signals read).
+    public let notifications = Atomic<UInt64>(0)
+    /// Interrupts sent to the driver.
+    public let interrupts = Atomic<UInt64>(0)
+    /// Requests (chains) completed.
+    public let requests = Atomic<UInt64>(0)
+    /// Bytes the device read from guest buffers (written by the guest: disk writes, TX).
+    public let bytesFromGuest = Atomic<UInt64>(0)
+    /// Bytes the device wrote into guest buffers (disk reads, RX).
+    public let bytesToGuest = Atomic<UInt64>(0)
+    /// Requests completed with an error status.
+    public let errors = Atomic<UInt64>(0)
+
+    public init() {}
+
+    /// Name and value of every counter, for reports.
+    public var snapshot: [(name: String, value: UInt64)] {
+        [("notifications", notifications.load(ordering: .relaxed)),
+         ("interrupts", interrupts.load(ordering: .relaxed)),
+         ("requests", requests.load(ordering: .relaxed)),
+         ("bytes_from_guest", bytesFromGuest.load(ordering: .relaxed)),
+         ("bytes_to_guest", bytesToGuest.load(ordering: .relaxed)),
+         ("errors", errors.load(ordering: .relaxed))]
+    }
+}

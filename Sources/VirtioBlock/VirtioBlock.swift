@@ -1,0 +1,1 @@
+// VirtioBlock: filled in by the VirtIO-over-PCI work (issue #4).

@@ -1,0 +1,1 @@
+// VirtioConsole: filled in by the VirtIO-over-PCI work (issue #4).

@@ -1,0 +1,1 @@
+// VirtioNet: filled in by the VirtIO-over-PCI work (issue #4).

@@ -1,0 +1,1 @@
+// VirtioPCI: filled in by the VirtIO-over-PCI work (issue #4).

@@ -1,0 +1,1 @@
+// VirtioRNG: filled in by the VirtIO-over-PCI work (issue #4).
