@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
-        .target(name: "VirtioConsole", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
             "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
