@@ -3,6 +3,7 @@ import Devices
 import GuestMemory
 import HostSystem
 import KVM
+import VirtioNet
 
 /// Why a VM could not be built or run. Each case names the step.
 public enum VMMError: Error, Sendable, CustomStringConvertible {
@@ -13,6 +14,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case boot(step: String, message: String)
     case host(step: String, cause: SystemCallError)
     case bus(BusError)
+    /// A network interface's tap or MAC address is unusable.
+    case network(id: String, cause: VirtioNetError)
 
     public var description: String {
         switch self {
@@ -34,6 +37,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "\(step): \(cause)"
         case let .bus(error):
             "device layout: \(error)"
+        case let .network(id, cause):
+            "network interface \(id): \(cause)"
         }
     }
 }

@@ -23,7 +23,11 @@ public enum VMMArguments {
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
+        ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
     ]
+
+    /// Options that may be given more than once, each adding a device.
+    static let repeatableOptions: Set<String> = ["net"]
 
     public static let version = "swiftlet-vmm 0.1.0"
 
@@ -55,6 +59,7 @@ public enum VMMArguments {
 
             EXAMPLE:
               swiftlet-vmm --kernel vmlinux --initrd initrd.cpio.gz --cpus 2 --memory 256M
+              swiftlet-vmm --kernel vmlinux --net tap=tap0,mac=52:54:00:12:34:56
 
             """
         return text
@@ -64,6 +69,7 @@ public enum VMMArguments {
     /// and `--name=value`; every problem is a VMMError naming the argument.
     public static func parse(_ arguments: [String]) throws(VMMError) -> Action {
         var values: [String: String] = [:]
+        var repeated: [String: [String]] = [:]
         var index = 0
         while index < arguments.count {
             let argument = arguments[index]
@@ -90,16 +96,20 @@ public enum VMMArguments {
                 value = arguments[index]
                 index += 1
             }
+            if repeatableOptions.contains(name), let value {
+                repeated[name, default: []].append(value)
+                continue
+            }
             guard values[name] == nil else {
                 throw .invalidConfiguration(field: "option", value: "--\(name)", expected: "at most once")
             }
             values[name] = value
         }
-        return .run(try configuration(from: values))
+        return .run(try configuration(from: values, repeated: repeated))
     }
 
     /// Builds the configuration from option values and the optional config file.
-    static func configuration(from values: [String: String]) throws(VMMError) -> VMConfiguration {
+    static func configuration(from values: [String: String], repeated: [String: [String]] = [:]) throws(VMMError) -> VMConfiguration {
         let file = try values["config"].map { (path) throws(VMMError) in try ConfigurationFile.load(path: path) }
         guard let kernelPath = values["kernel"] ?? file?.kernel else {
             throw .invalidConfiguration(field: "kernel", value: "(none)", expected: "--kernel PATH or \"kernel\" in --config")
@@ -138,6 +148,15 @@ public enum VMMArguments {
             result.onReboot = action
         }
         if let path = values["kvm-device"] { result.kvmDevicePath = path }
+        if let specs = repeated["net"] {
+            var interfaces: [NetworkInterfaceConfiguration] = []
+            for (index, spec) in specs.enumerated() {
+                interfaces.append(try NetworkInterfaceConfiguration.parse(spec, defaultID: "net\(index)"))
+            }
+            result.networkInterfaces = interfaces
+        } else if let interfaces = file?.networkInterfaces {
+            result.networkInterfaces = interfaces
+        }
         try result.validate()
         return result
     }

@@ -50,22 +50,25 @@ public final class Tap: TapBackend {
         try setHeaderSize()
     }
 
-    /// Takes ownership of `descriptor`, an open tap (e.g. passed by a
-    /// management process that holds CAP_NET_ADMIN). It must have been
-    /// attached with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR.
+    /// Uses `descriptor`, an open tap (e.g. passed by a management process
+    /// that holds CAP_NET_ADMIN), through a duplicate: the original stays
+    /// the caller's, so a VM rebuilt on reboot can use it again. It must have
+    /// been attached with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR.
     public init(adopting descriptor: Int32) throws(VirtioNetError) {
         let label = "tap-fd=\(descriptor)"
+        let duplicate: Int32
         do {
-            _ = try systemCall("fcntl F_GETFD") { fcntl(descriptor, F_GETFD) }
+            duplicate = try systemCall("fcntl F_DUPFD_CLOEXEC") { fcntl(descriptor, F_DUPFD_CLOEXEC, 3) }
         } catch {
             throw .notATap(tap: label, reason: "\(descriptor) is not an open file descriptor (\(error.errno))")
         }
+        file = OwnedFileDescriptor(adopting: duplicate)
         var name = [CChar](repeating: 0, count: Self.interfaceNameSize)
         var flags: Int16 = 0
         // SAFETY: name has IFNAMSIZ bytes, as ckvm_tun_get_interface writes.
         let attached: Result<Int32, SystemCallError> = name.withUnsafeMutableBufferPointer { buffer in
             Result { () throws(SystemCallError) -> Int32 in
-                try systemCall("ioctl TUNGETIFF") { ckvm_tun_get_interface(descriptor, buffer.baseAddress, &flags) }
+                try systemCall("ioctl TUNGETIFF") { ckvm_tun_get_interface(duplicate, buffer.baseAddress, &flags) }
             }
         }
         if case let .failure(error) = attached {
@@ -74,14 +77,11 @@ public final class Tap: TapBackend {
         guard Int32(flags) & IFF_TAP != 0 else { throw .notATap(tap: label, reason: "it is a tun (IP) device, not a tap (Ethernet)") }
         guard Int32(flags) & IFF_VNET_HDR != 0 else { throw .notATap(tap: label, reason: "it was opened without IFF_VNET_HDR") }
         guard Int32(flags) & IFF_NO_PI != 0 else { throw .notATap(tap: label, reason: "it was opened without IFF_NO_PI") }
-        // Own it only once it is known to be a tap, so a refused number is not closed.
-        file = OwnedFileDescriptor(adopting: descriptor)
-        // SAFETY: name is NUL-terminated by ckvm_tun_get_interface.
         self.label = "\(label) (\(String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))"
         do {
-            let status = try systemCall("fcntl F_GETFL") { fcntl(descriptor, F_GETFL) }
-            _ = try systemCall("fcntl F_SETFL") { fcntl(descriptor, F_SETFL, status | O_NONBLOCK) }
-            _ = try systemCall("fcntl F_SETFD") { fcntl(descriptor, F_SETFD, FD_CLOEXEC) }
+            // O_NONBLOCK lives in the open file description, shared with the original.
+            let status = try systemCall("fcntl F_GETFL") { fcntl(duplicate, F_GETFL) }
+            _ = try systemCall("fcntl F_SETFL") { fcntl(duplicate, F_SETFL, status | O_NONBLOCK) }
         } catch {
             throw .configureTap(tap: self.label, step: "non-blocking mode", cause: error)
         }
