@@ -46,6 +46,8 @@ extension VirtualMachine {
             thread.signal(Self.kickSignal)
         }
         for thread in threads { thread.join() }
+        // Devices last: no vCPU can touch them any more.
+        pci.shutdown()
         return exitReason.withLock { $0 } ?? .stoppedByUser
     }
 

@@ -26,6 +26,8 @@ public final class VirtualMachine: Sendable {
     /// Signalled when `exitReason` is set, to wake the event loop.
     let stopEvent: EventFD
     let stopping = Atomic<Bool>(false)
+    /// PCI bus 0 and the virtio devices on it.
+    let pci: PCISetup
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
     /// `serialOutput` overrides where COM1 writes go (tests capture it).
@@ -88,10 +90,14 @@ public final class VirtualMachine: Sendable {
         }
         serial = Serial8250(output: output, interrupt: serialInterrupt)
 
+        // PCI: host bridge, configuration access, virtio devices.
+        pci = try PCISetup(vm: handle, memory: memory, memorySize: configuration.memorySize, portBus: portBus,
+                           mmioBus: mmioBus, devices: try VirtioDeviceFactory.makeDevices(configuration))
+
         // Load the kernel and describe the machine to it.
         let entry = try GuestBoot.load(
             kernel: kernelImage, initrd: initrdImage, configuration: configuration,
-            memory: memory)
+            memory: memory, pci: pci.acpi)
 
         var vcpus: [VCPUHandle] = []
         do {

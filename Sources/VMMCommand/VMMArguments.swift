@@ -24,6 +24,11 @@ public enum VMMArguments {
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
     ]
 
+    /// The options that take no value (on when given), with their help text.
+    static let switches: [(name: String, help: String)] = [
+        ("rng", "Add a virtio-rng device (PCI) fed from the host's getrandom; the guest sees /dev/hwrng."),
+    ]
+
     public static let version = "swiftlet-vmm 0.1.0"
 
     public static let help: String = {
@@ -40,6 +45,9 @@ public enum VMMArguments {
         for option in options {
             let flag = "  --\(option.name) \(option.value)"
             text += flag.padding(to: 24) + option.help + "\n"
+        }
+        for option in switches {
+            text += "  --\(option.name)".padding(to: 24) + option.help + "\n"
         }
         text += "  -h, --help".padding(to: 24) + "Show this help.\n"
         text += "  --version".padding(to: 24) + "Show the version.\n"
@@ -78,9 +86,19 @@ public enum VMMArguments {
                 value = String(name[name.index(after: equals)...])
                 name = String(name[..<equals])
             }
+            if switches.contains(where: { $0.name == name }) {
+                guard value == nil else {
+                    throw .invalidConfiguration(field: "option", value: "--\(name)=\(value ?? "")", expected: "--\(name) alone (it takes no value)")
+                }
+                guard values[name] == nil else {
+                    throw .invalidConfiguration(field: "option", value: "--\(name)", expected: "at most once")
+                }
+                values[name] = "on"
+                continue
+            }
             guard options.contains(where: { $0.name == name }) else {
                 throw .invalidConfiguration(field: "option", value: "--\(name)",
-                                            expected: "one of " + options.map { "--\($0.name)" }.joined(separator: ", "))
+                                            expected: "one of " + (options.map(\.name) + switches.map(\.name)).map { "--\($0)" }.joined(separator: ", "))
             }
             if value == nil {
                 guard index < arguments.count else {
@@ -131,6 +149,7 @@ public enum VMMArguments {
             result.onReboot = action
         }
         if let path = values["kvm-device"] { result.kvmDevicePath = path }
+        result.entropyDevice = values["rng"] != nil || file?.rng == true
         try result.validate()
         return result
     }
