@@ -73,7 +73,7 @@ let package = Package(
         // Driver-side virtqueue mock shared by device tests.
         .target(name: "VirtioTestSupport", dependencies: ["Virtio", "GuestMemory"], path: "Tests/VirtioTestSupport"),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory"]),
+        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),

@@ -572,9 +572,10 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
             interrupts.isr |= isrBit
             updateINTx(interrupts)
             device.counters.interrupts.add(1, ordering: .relaxed)
-        case .delivered:
+        case .delivered, .pending:
+            // A masked vector's interrupt is sent when the driver unmasks it.
             device.counters.interrupts.add(1, ordering: .relaxed)
-        case .pending, .noVector:
+        case .noVector:
             return
         }
     }
