@@ -46,3 +46,33 @@ enum LinuxGuest {
 
     static let skipReason: Comment = "needs /dev/kvm and the default guest (guest/build-image builds it; scripts/test does); required under CI=true"
 }
+
+/// The control API's graceful shutdown on the default Linux guest: the
+/// VMM's ACPI power button (a Generic Event Device notifying PNP0C0C) makes
+/// the guest's /init power off.
+@Suite("Default Linux guest: control API", .serialized,
+       .enabled(if: KitGuest.shouldRun && (LinuxGuest.isBuilt || KitGuest.isCI), LinuxGuest.skipReason))
+struct LinuxGuestControlAPITests {
+    @Test("Shutdown presses the ACPI power button and the guest powers off", .timeLimit(.minutes(6)))
+    func powerButton() throws {
+        let guest = KitGuest.packageRoot.appendingPathComponent(".cache/guest/current")
+        let config = (try? String(contentsOf: guest.appendingPathComponent("config"), encoding: .utf8)) ?? ""
+        try #require(config.contains("CONFIG_ACPI_BUTTON=y"), "the default guest predates the power button; run guest/build-image")
+        let cmdline = ((try? String(contentsOf: guest.appendingPathComponent("cmdline"), encoding: .utf8)) ?? "")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let vm = try ControlAPIProcessTests.VMMProcess([
+            "--kernel", guest.appendingPathComponent("vmlinux").path,
+            "--initrd", guest.appendingPathComponent("initramfs.cpio").path,
+            "--cmdline", cmdline, "--memory", "256M",
+        ], name: "linux")
+        #expect(vm.waitForSerial(seconds: 240) { $0.contains("SWIFTLET-GUEST-READY") }, "console: \(vm.serial.suffix(2000))")
+        // The watcher starts just before the marker; give it a moment to open the event device.
+        usleep(1_000_000)
+        let response = try vm.request("PUT", "/actions", #"{"action_type": "Shutdown", "timeout_ms": 120000}"#)
+        #expect(response.status == 204, "\(response.body)")
+        #expect(vm.waitForExit(seconds: 150) == 0, "stderr: \(vm.stderrText())")
+        #expect(vm.serial.contains("init: power button pressed"), "console: \(vm.serial.suffix(2000))")
+        let log = (try? String(contentsOfFile: vm.apiLog, encoding: .utf8)) ?? ""
+        #expect(!log.contains("did not power off"), "the guest powered off by itself: \(log)")
+    }
+}
