@@ -69,7 +69,7 @@ public struct Router: Sendable {
     /// One trailing slash is ignored.
     static func match(template: String, path: String) -> [String: String]? {
         var path = Substring(path)
-        if path.count > 1, path.hasSuffix("/") { path = path.dropLast() }
+        if path.count > 1, path.hasSuffix("/"), !path.dropLast().hasSuffix("/") { path = path.dropLast() }
         let templateSegments = template.split(separator: "/", omittingEmptySubsequences: false)
         let pathSegments = path.split(separator: "/", omittingEmptySubsequences: false)
         guard templateSegments.count == pathSegments.count else { return nil }

@@ -44,6 +44,23 @@ enum LinuxGuest {
         FileManager.default.fileExists(atPath: KitGuest.packageRoot.appendingPathComponent(".cache/guest/current/vmlinux").path)
     }
 
+    /// `guest/build-image --print-path`: the image for this tree's guest/
+    /// inputs (built first if needed).
+    static func imagePath() throws -> String {
+        let process = Process()
+        process.executableURL = KitGuest.packageRoot.appendingPathComponent("guest/build-image")
+        process.arguments = ["--print-path"]
+        let output = Pipe(), errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        let path = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let messages = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw KitGuest.KitError(message: "guest/build-image failed:\n\(messages)") }
+        return path.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     static let skipReason: Comment = "needs /dev/kvm and the default guest (guest/build-image builds it; scripts/test does); required under CI=true"
 }
 
@@ -55,9 +72,10 @@ enum LinuxGuest {
 struct LinuxGuestControlAPITests {
     @Test("Shutdown presses the ACPI power button and the guest powers off", .timeLimit(.minutes(6)))
     func powerButton() throws {
-        let guest = KitGuest.packageRoot.appendingPathComponent(".cache/guest/current")
+        // The image built from this tree's guest/ (`current` may point at another tree's build).
+        let guest = URL(fileURLWithPath: try LinuxGuest.imagePath())
         let config = (try? String(contentsOf: guest.appendingPathComponent("config"), encoding: .utf8)) ?? ""
-        try #require(config.contains("CONFIG_ACPI_BUTTON=y"), "the default guest predates the power button; run guest/build-image")
+        try #require(config.contains("CONFIG_ACPI_BUTTON=y"), "the default guest at \(guest.path) has no ACPI power button driver")
         let cmdline = ((try? String(contentsOf: guest.appendingPathComponent("cmdline"), encoding: .utf8)) ?? "")
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let vm = try ControlAPIProcessTests.VMMProcess([
