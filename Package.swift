@@ -55,7 +55,7 @@ let package = Package(
         // with Firecracker's resources (no Foundation, no SwiftNIO).
         .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "LeanJSON"]),
         // swiftlet-vmm's command line and config file (`swiftlet run` execs it).
-        .target(name: "VMMCommand", dependencies: ["VMM", "ControlAPI", "HostSystem", "LeanJSON"]),
+        .target(name: "VMMCommand", dependencies: ["CKVM", "VMM", "ControlAPI", "HostSystem", "LeanJSON"]),
         // A fully static binary: no dynamic loader, no shared-library
         // relocations. This halves the VMM's resident memory (benchmark P2)
         // and shortens its start-up (P1).

@@ -20,6 +20,9 @@ let package = Package(
         .executableTarget(name: "FuzzSerial", dependencies: [
             "FuzzSupport", .product(name: "SwiftletFuzzable", package: "Swiftlet"),
         ]),
+        .executableTarget(name: "FuzzHTTPRequest", dependencies: [
+            "FuzzSupport", .product(name: "SwiftletFuzzable", package: "Swiftlet"),
+        ]),
         .executableTarget(name: "FuzzCommandLine", dependencies: [
             "FuzzSupport", .product(name: "SwiftletFuzzable", package: "Swiftlet"),
         ]),
