@@ -3,6 +3,7 @@ import Devices
 import GuestMemory
 import HostSystem
 import KVM
+import PCI
 import VirtioNet
 
 /// Why a VM could not be built or run. Each case names the step.
@@ -14,6 +15,7 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case boot(step: String, message: String)
     case host(step: String, cause: SystemCallError)
     case bus(BusError)
+    case pci(PCIError)
     /// A network interface's tap or MAC address is unusable.
     case network(id: String, cause: VirtioNetError)
 
@@ -37,6 +39,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "\(step): \(cause)"
         case let .bus(error):
             "device layout: \(error)"
+        case let .pci(error):
+            "PCI: \(error)"
         case let .network(id, cause):
             "network interface \(id): \(cause)"
         }

@@ -5,7 +5,7 @@ import VMM
 /// The `--config` JSON file: an object with the same settings as the flags.
 /// Unknown keys are refused so that a typo is never silently ignored.
 public struct ConfigurationFile: Equatable, Sendable {
-    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "network_interfaces"]
+    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "network_interfaces"]
     /// Config files are small; anything larger is a mistake.
     public static let maximumSize = 1 << 20
 
@@ -18,8 +18,10 @@ public struct ConfigurationFile: Equatable, Sendable {
     public var serial: String?
     public var console: String?
     public var onReboot: String?
+    /// A virtio-rng device.
+    public var rng: Bool?
     /// `"network_interfaces": [{"tap": "tap0", "mac": "...", "id": "...", "offloads": false}, {"tap_fd": 3}]`
-    public var networkInterfaces: [NetworkInterfaceConfiguration]?
+    public var networkInterfaces: [VMM.NetworkInterfaceConfiguration]?
 
     public static func load(path: String) throws(VMMError) -> ConfigurationFile {
         let bytes: [UInt8]
@@ -57,6 +59,9 @@ public struct ConfigurationFile: Equatable, Sendable {
             case "serial": result.serial = try string()
             case "console": result.console = try string()
             case "on_reboot": result.onReboot = try string()
+            case "rng":
+                guard let flag = value.boolValue else { throw mismatch(key, value, "true or false", path) }
+                result.rng = flag
             case "cpus":
                 guard let count = value.integerValue, let exact = Int(exactly: count) else { throw mismatch(key, value, "a whole number", path) }
                 result.cpus = exact
@@ -77,9 +82,9 @@ public struct ConfigurationFile: Equatable, Sendable {
 
     /// Each element is an object with "tap" or "tap_fd", and optionally
     /// "mac", "id" and "offloads".
-    static func networkInterfaces(_ value: JSONValue, path: String) throws(VMMError) -> [NetworkInterfaceConfiguration] {
+    static func networkInterfaces(_ value: JSONValue, path: String) throws(VMMError) -> [VMM.NetworkInterfaceConfiguration] {
         guard case let .array(elements) = value else { throw mismatch("network_interfaces", value, "an array of objects", path) }
-        var result: [NetworkInterfaceConfiguration] = []
+        var result: [VMM.NetworkInterfaceConfiguration] = []
         for (index, element) in elements.enumerated() {
             let key = "network_interfaces[\(index)]"
             guard case let .object(members) = element else { throw mismatch(key, element, "an object such as {\"tap\": \"tap0\"}", path) }
@@ -103,7 +108,7 @@ public struct ConfigurationFile: Equatable, Sendable {
                     throw .invalidConfiguration(field: "config key", value: "\(key).\(name)", expected: "one of tap, tap_fd, mac, id, offloads (in \(path))")
                 }
             }
-            result.append(try NetworkInterfaceConfiguration.make(id: id, tapName: tap, tapDescriptor: descriptor, mac: mac, offloads: offloads))
+            result.append(try VMM.NetworkInterfaceConfiguration.make(id: id, tapName: tap, tapDescriptor: descriptor, mac: mac, offloads: offloads))
         }
         return result
     }
