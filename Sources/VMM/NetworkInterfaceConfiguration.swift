@@ -1,9 +1,10 @@
+import Synchronization
 import VirtioNet
 
 /// One virtio-net interface: the tap it sits on, its id and MAC address.
 public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     /// Where the frames go on the host.
-    public enum Tap: Equatable, Sendable, CustomStringConvertible {
+    public enum Tap: Hashable, Sendable, CustomStringConvertible {
         /// A tap interface by name, created if missing (needs CAP_NET_ADMIN).
         case name(String)
         /// An already-open tap descriptor inherited from the caller.
@@ -130,13 +131,32 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     public func makeDevice() throws(VMMError) -> VirtioNetDevice {
         let backend: VirtioNet.Tap
         do {
-            switch tap {
-            case let .name(name): backend = try VirtioNet.Tap(name: name)
-            case let .descriptor(descriptor): backend = try VirtioNet.Tap(adopting: descriptor)
-            }
+            backend = try OpenTaps.tap(tap)
         } catch {
             throw .network(id: id, cause: error)
         }
         return VirtioNetDevice(tap: backend, mac: effectiveMAC, offloads: offloads)
+    }
+}
+
+/// Taps stay open for the life of the process, and a VM rebuilt on reboot
+/// (or by the control API) gets the same one: a tap without
+/// IFF_MULTI_QUEUE takes one attachment, so reopening it while the previous
+/// VM's device still holds it would fail with EBUSY. The previous device was
+/// reset at shutdown, so it no longer touches the tap.
+enum OpenTaps {
+    static let taps = Mutex<[NetworkInterfaceConfiguration.Tap: VirtioNet.Tap]>([:])
+
+    static func tap(_ tap: NetworkInterfaceConfiguration.Tap) throws(VirtioNetError) -> VirtioNet.Tap {
+        try taps.withLock { (taps) throws(VirtioNetError) -> VirtioNet.Tap in
+            if let open = taps[tap] { return open }
+            let opened: VirtioNet.Tap
+            switch tap {
+            case let .name(name): opened = try VirtioNet.Tap(name: name)
+            case let .descriptor(descriptor): opened = try VirtioNet.Tap(adopting: descriptor)
+            }
+            taps[tap] = opened
+            return opened
+        }
     }
 }

@@ -86,6 +86,25 @@ struct NetworkTests {
         #expect(!result.output.contains("KIT hello"), "the guest must not have started")
     }
 
+    @Test("A guest that reboots with --on-reboot restart gets its tap back each time")
+    func tapSurvivesRestart() throws {
+        let namespace = try NetworkNamespace()
+        defer { namespace.delete() }
+        try namespace.addTap("tap0", address: "10.0.0.1/24")
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-net-reboot-\(getpid()).log")
+        defer { try? FileManager.default.removeItem(at: log) }
+        let vmm = try namespace.start([ProcessTests.binary("swiftlet-vmm"), "--kernel", try KitGuest.program("reboot"),
+                                       "--on-reboot", "restart", "--serial", "file:\(log.path)", "--net", "tap=tap0"])
+        var boots = 0
+        for _ in 0..<300 where boots < 3 && vmm.process.isRunning {
+            usleep(50_000)
+            boots = ((try? String(contentsOf: log, encoding: .utf8)) ?? "").components(separatedBy: "KIT reboot requested").count - 1
+        }
+        vmm.stop()
+        #expect(boots >= 3, "stderr: \(vmm.errors)")
+        #expect(vmm.process.terminationStatus == 4, "stopped by SIGTERM, not by a tap error: \(vmm.errors)")
+    }
+
     /// The first whitespace-delimited word after `marker` in `text`.
     static func field(after marker: String, in text: String) -> String? {
         guard let range = text.range(of: marker) else { return nil }
