@@ -105,6 +105,27 @@ struct NetworkTests {
         #expect(vmm.process.terminationStatus == 4, "stopped by SIGTERM, not by a tap error: \(vmm.errors)")
     }
 
+    @Test("tap-fd=N uses a tap the caller opened with vnet headers, and refuses one opened without")
+    func adoptedDescriptor() throws {
+        let namespace = try NetworkNamespace()
+        defer { namespace.delete() }
+        // Opens tap0 as a management process would and passes the descriptor on.
+        let launcher = """
+            import fcntl, os, struct, subprocess, sys
+            flags = 0x0002 | 0x1000 | (0x4000 if sys.argv[1] == "vnet" else 0)  # IFF_TAP | IFF_NO_PI [| IFF_VNET_HDR]
+            fd = os.open("/dev/net/tun", os.O_RDWR)
+            fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"tap0", flags))  # TUNSETIFF
+            sys.exit(subprocess.run(sys.argv[2:] + ["--net", f"tap-fd={fd}"], pass_fds=[fd]).returncode)
+            """
+        let vmm = [ProcessTests.binary("swiftlet-vmm"), "--kernel", try KitGuest.program("hello")]
+        let good = try namespace.run(["python3", "-c", launcher, "vnet"] + vmm, timeout: 60)
+        #expect(good.status == 0, "stderr: \(good.errors)")
+        #expect(good.output.contains("KIT hello PASS"))
+        let bad = try namespace.run(["python3", "-c", launcher, "plain"] + vmm, timeout: 60)
+        #expect(bad.status == 1)
+        #expect(bad.errors.contains("is not a usable tap: it was opened without IFF_VNET_HDR"), "stderr: \(bad.errors)")
+    }
+
     /// The first whitespace-delimited word after `marker` in `text`.
     static func field(after marker: String, in text: String) -> String? {
         guard let range = text.range(of: marker) else { return nil }
