@@ -154,9 +154,10 @@ struct NetDataPlane {
                 try queue.addUsed(head: chain.head, writtenLength: 0)
                 counters.requests.add(1, ordering: .relaxed)
             }
+            // One interrupt decision per drained batch.
+            if try queue.shouldInterrupt() { signal(queue: Self.transmitQueueIndex) }
             if try !queue.enableNotifications() { break }
         }
-        if try queue.shouldInterrupt() { signal(queue: Self.transmitQueueIndex) }
     }
 
     /// Writes one TX chain to the tap, or counts it as malformed and drops it.
