@@ -19,6 +19,7 @@ public enum VMMArguments {
         ("cpus", "N", "Number of vCPUs, 1 to 254 and at most what KVM allows (default 1)."),
         ("memory", "SIZE", "Guest RAM: 512M, 2G, or a plain number of MiB (default 128M)."),
         ("serial", "MODE", "COM1: stdio (interactive, Ctrl-A x quits), file:PATH, or none (default stdio)."),
+        ("console", "DEVICE", "The guest's console device: serial (COM1, ttyS0) or virtio (virtio-console, hvc0; pass console=hvc0 in --cmdline). It uses what --serial names (default serial)."),
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
@@ -123,6 +124,12 @@ public enum VMMArguments {
                 throw .invalidConfiguration(field: "serial", value: text, expected: "stdio, file:PATH or none")
             }
             result.serial = mode
+        }
+        if let text = values["console"] ?? file?.console {
+            guard let device = ConsoleKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "console", value: text, expected: "serial or virtio")
+            }
+            result.console = device
         }
         if let text = values["on-reboot"] ?? file?.onReboot {
             guard let action = RebootAction(rawValue: text) else {

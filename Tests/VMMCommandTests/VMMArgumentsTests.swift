@@ -120,3 +120,17 @@ struct VMMArgumentsTests {
         #expect(large[1].start.rawValue == 4 << 30 && large[1].size == 2 << 30)
     }
 }
+
+@Suite("Console device option")
+struct ConsoleOptionTests {
+    @Test("--console picks serial or virtio and names the valid values otherwise")
+    func consoleOption() throws {
+        guard case let .run(configuration) = try VMMArguments.parse(["--kernel", "k", "--console", "virtio"]) else {
+            Issue.record("expected a run action")
+            return
+        }
+        #expect(configuration.console == .virtio)
+        let error = #expect(throws: VMMError.self) { try VMMArguments.parse(["--kernel", "k", "--console", "hvc"]) }
+        #expect(error?.description.contains("'hvc'") == true && error?.description.contains("serial or virtio") == true)
+    }
+}
