@@ -61,6 +61,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var onReboot: RebootAction
     /// Which device carries the console.
     public var console: ConsoleKind = .serial
+    /// virtio-blk disks, in PCI slot order (the guest's vda, vdb...).
+    public var disks: [DiskConfiguration] = []
     /// The KVM device node (a different path helps in containers and tests).
     public var kvmDevicePath = "/dev/kvm"
 
@@ -94,6 +96,7 @@ public struct VMConfiguration: Equatable, Sendable {
         guard !kernelPath.isEmpty else {
             throw .invalidConfiguration(field: "kernel", value: "(empty)", expected: "the path of a vmlinux or bzImage")
         }
+        try DiskConfiguration.validate(disks)
     }
 }
 

@@ -20,6 +20,7 @@ public enum VMMArguments {
         ("memory", "SIZE", "Guest RAM: 512M, 2G, or a plain number of MiB (default 128M)."),
         ("serial", "MODE", "COM1: stdio (interactive, Ctrl-A x quits), file:PATH, or none (default stdio)."),
         ("console", "DEVICE", "The guest's console device: serial (COM1, ttyS0) or virtio (virtio-console, hvc0; pass console=hvc0 in --cmdline). It uses what --serial names (default serial)."),
+        ("disk", "SPEC", "A virtio-blk disk, repeatable: path=PATH[,readonly=on|off][,id=ID][,direct=on|off]. PATH is a raw image (a multiple of 512 bytes); id (GET_ID, 1-20 of A-Z a-z 0-9 - _ .) defaults to disk0, disk1...; direct=on opens it O_DIRECT."),
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
@@ -64,6 +65,7 @@ public enum VMMArguments {
     /// and `--name=value`; every problem is a VMMError naming the argument.
     public static func parse(_ arguments: [String]) throws(VMMError) -> Action {
         var values: [String: String] = [:]
+        var disks: [String] = []
         var index = 0
         while index < arguments.count {
             let argument = arguments[index]
@@ -90,16 +92,21 @@ public enum VMMArguments {
                 value = arguments[index]
                 index += 1
             }
+            if name == "disk", let value {
+                disks.append(value)
+                continue
+            }
             guard values[name] == nil else {
                 throw .invalidConfiguration(field: "option", value: "--\(name)", expected: "at most once")
             }
             values[name] = value
         }
-        return .run(try configuration(from: values))
+        return .run(try configuration(from: values, disks: disks))
     }
 
     /// Builds the configuration from option values and the optional config file.
-    static func configuration(from values: [String: String]) throws(VMMError) -> VMConfiguration {
+    /// `--disk` values, if any, replace the config file's "disks".
+    static func configuration(from values: [String: String], disks: [String] = []) throws(VMMError) -> VMConfiguration {
         let file = try values["config"].map { (path) throws(VMMError) in try ConfigurationFile.load(path: path) }
         guard let kernelPath = values["kernel"] ?? file?.kernel else {
             throw .invalidConfiguration(field: "kernel", value: "(none)", expected: "--kernel PATH or \"kernel\" in --config")
@@ -136,6 +143,12 @@ public enum VMMArguments {
                 throw .invalidConfiguration(field: "on-reboot", value: text, expected: "restart or exit")
             }
             result.onReboot = action
+        }
+        if !disks.isEmpty {
+            result.disks = []
+            for (index, text) in disks.enumerated() { result.disks.append(try DiskConfiguration.parse(text, index: index)) }
+        } else if let fileDisks = file?.disks {
+            result.disks = fileDisks
         }
         if let path = values["kvm-device"] { result.kvmDevicePath = path }
         try result.validate()
