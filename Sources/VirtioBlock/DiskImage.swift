@@ -16,6 +16,8 @@ public final class DiskImage: Sendable {
     public let directIO: Bool
     /// The host file system's block size (st_blksize), at least 512.
     public let preferredBlockSize: UInt64
+    /// The file's device and inode, to catch one image attached twice.
+    public let fileIdentity: FileIdentity
     let file: OwnedFileDescriptor
     /// Page-aligned scratch space for O_DIRECT transfers of unaligned guest
     /// buffers, and zeroes for write-zeroes without fallocate support.
@@ -74,7 +76,23 @@ public final class DiskImage: Sendable {
         let blockSize = UInt64(max(status.st_blksize, 512))
         preferredBlockSize = blockSize % BlockLimits.sectorSize == 0 ? blockSize : BlockLimits.sectorSize
         self.file = file
+        fileIdentity = FileIdentity(device: UInt64(status.st_dev), inode: UInt64(status.st_ino))
         scratch = Mutex(nil)
+    }
+
+    public struct FileIdentity: Hashable, Sendable {
+        public let device: UInt64
+        public let inode: UInt64
+    }
+
+    /// Refuses one image attached twice unless every attachment is read-only:
+    /// two writers (or a writer and a reader) would each cache and corrupt the other's view.
+    public static func checkDistinct(_ disks: [DiskImage]) throws(VirtioBlockError) {
+        for (index, disk) in disks.enumerated() {
+            for other in disks[..<index] where other.fileIdentity == disk.fileIdentity && !(disk.readOnly && other.readOnly) {
+                throw .sameImage(path: disk.path, otherPath: other.path)
+            }
+        }
     }
 
     // MARK: Data transfer

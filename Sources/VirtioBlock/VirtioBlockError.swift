@@ -16,8 +16,8 @@ public enum VirtioBlockError: Error, Equatable, Sendable, CustomStringConvertibl
     /// A disk id GET_ID cannot return: empty, longer than 20 bytes, or with
     /// characters other than letters, digits, '-', '_', '.'.
     case invalidIdentifier(String)
-    /// The aligned bounce buffer for O_DIRECT could not be mapped.
-    case bounceBuffer(cause: SystemCallError)
+    /// Two disks on one image, at least one of them writable.
+    case sameImage(path: String, otherPath: String)
 
     public var description: String {
         switch self {
@@ -46,8 +46,8 @@ public enum VirtioBlockError: Error, Equatable, Sendable, CustomStringConvertibl
                 : "disk image '\(path)' is \(size) bytes: expected a multiple of 512 (truncate -s to round it)"
         case let .invalidIdentifier(id):
             "invalid disk id '\(id)': expected 1 to 20 letters, digits, '-', '_' or '.'"
-        case let .bounceBuffer(cause):
-            "mapping the O_DIRECT bounce buffer failed: \(cause)"
+        case let .sameImage(path, otherPath):
+            "disk image '\(path)' is already attached as '\(otherPath)': attach an image once, or every time with readonly=on"
         }
     }
 }

@@ -324,6 +324,16 @@ struct DiskImageTests {
             == "disk image 'a.img' is not readable and writable (permission denied); add readonly=on to attach it read-only")
     }
 
+    @Test("One image attached twice is refused unless both are read-only")
+    func sameImageTwice() throws {
+        let image = try TemporaryImage(), other = try TemporaryImage()
+        let writable = try DiskImage(path: image.path), readOnly = try DiskImage(path: image.path, readOnly: true)
+        #expect(throws: VirtioBlockError.sameImage(path: image.path, otherPath: image.path)) {
+            try DiskImage.checkDistinct([writable, try DiskImage(path: other.path), readOnly])
+        }
+        #expect(throws: Never.self) { try DiskImage.checkDistinct([readOnly, try DiskImage(path: image.path, readOnly: true), try DiskImage(path: other.path)]) }
+    }
+
     @Test("Disk ids: 1 to 20 letters, digits, '-', '_', '.'")
     func identifiers() throws {
         for good in ["disk0", "a", "root_fs-1.img", String(repeating: "x", count: 20)] {
