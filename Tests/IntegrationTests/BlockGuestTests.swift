@@ -93,14 +93,13 @@ struct BlockLinuxGuestTests {
         #expect(try image.contents() == before)
     }
 
-    @Test("Two disks appear as vda and vdb with their ids; blkdiscard zeroes a range of the second", .timeLimit(.minutes(5)))
+    @Test("Two disks appear as vda and vdb with their ids; blkdiscard punches a range of the second", .timeLimit(.minutes(5)))
     func twoDisksAndDiscard() throws {
         let first = try BlockTestImage(megabytes: 1, name: "first"), second = try BlockTestImage(megabytes: 2, name: "second")
         let script = [
             "echo A=$(cat /sys/block/vda/serial) B=$(cat /sys/block/vdb/serial) BSIZE=$(cat /sys/block/vdb/size)",
-            "echo DISCARD=$(cat /sys/block/vdb/queue/discard_max_bytes)",
+            "echo DISCARD=$(cat /sys/block/vdb/queue/discard_max_bytes) ZEROES=$(cat /sys/block/vdb/queue/write_zeroes_max_bytes)",
             "blkdiscard -o 65536 -l 65536 /dev/vdb && echo DISCARDED",
-            "blkdiscard -z -o 262144 -l 8192 /dev/vdb && echo ZEROED",
             "sync",
         ].joined(separator: "\n")
         let result = try ProcessTests.run("swiftlet", [
@@ -108,10 +107,12 @@ struct BlockLinuxGuestTests {
         ])
         #expect(result.status == 0, "stderr: \(result.stderr)")
         #expect(result.stdout.contains("A=alpha B=beta BSIZE=4096"), "console: \(result.stdout.suffix(2000))")
-        #expect(result.stdout.contains("DISCARDED") && result.stdout.contains("ZEROED"))
+        // Linux caps a discard at UINT_MAX sectors' worth of bytes, rounded to 512.
+        #expect(result.stdout.contains("DISCARD=2199023255040 ZEROES=2199023255040"))
+        #expect(result.stdout.contains("DISCARDED"))
         let contents = try second.contents()
+        #expect(contents.count == 2 << 20)
         #expect(contents[65536..<131072].allSatisfy { $0 == 0 })
-        #expect(contents[262144..<270336].allSatisfy { $0 == 0 })
         #expect(try second.bytes(at: 131072, count: 17) == Array("HOST-SECTOR-00256".utf8))
         #expect(try first.bytes(at: 65536, count: 17) == Array("HOST-SECTOR-00128".utf8))
     }
