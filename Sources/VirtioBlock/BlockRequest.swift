@@ -83,12 +83,26 @@ public struct BlockRequest: Sendable, Equatable {
             guard let value else { throw failure }
             return value
         }
-        let shortHeader = BlockRequestError.headerTooShort(length: readableLength)
-        let type = UInt32(littleEndian: try next(UInt32.self, orElse: shortHeader))
-        _ = try next(UInt32.self, orElse: shortHeader) // reserved (the legacy ioprio)
-        let sector = UInt64(littleEndian: try next(UInt64.self, orElse: shortHeader))
-        let readableData = reader.remainingBuffers
-        let readableDataLength = reader.remaining
+        let type: UInt32, sector: UInt64
+        let readableData: [GuestBuffer]
+        if let first = chain.readable.first, first.length == UInt32(BlockLimits.headerSize), let sectorField = first.address.adding(8) {
+            // The usual layout (Linux, the kit): the header alone in the first buffer.
+            do {
+                type = UInt32(littleEndian: try memory.read(UInt32.self, at: first.address))
+                sector = UInt64(littleEndian: try memory.read(UInt64.self, at: sectorField))
+            } catch {
+                throw .memory(error)
+            }
+            readableData = Array(chain.readable.dropFirst())
+            reader = ChainReader(memory: memory, buffers: readableData)
+        } else {
+            let shortHeader = BlockRequestError.headerTooShort(length: readableLength)
+            type = UInt32(littleEndian: try next(UInt32.self, orElse: shortHeader))
+            _ = try next(UInt32.self, orElse: shortHeader) // reserved (the legacy ioprio)
+            sector = UInt64(littleEndian: try next(UInt64.self, orElse: shortHeader))
+            readableData = reader.remainingBuffers
+        }
+        let readableDataLength = readableLength - BlockLimits.headerSize
         let writableData = writableData(of: chain)
         let writableDataLength = writableData.reduce(UInt64(0)) { $0 + UInt64($1.length) }
 

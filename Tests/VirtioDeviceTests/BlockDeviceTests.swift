@@ -224,6 +224,26 @@ struct BlockRequestTests {
         #expect(before == (try TemporaryImage().contents()))
     }
 
+    @Test("A header split across buffers, or sharing one with the data, is parsed like a separate one")
+    func headerLayouts() throws {
+        let rig = try BlockRig()
+        let header = try rig.header(type: BlockRequestType.read, sector: 9)
+        let reply = rig.writable(512), status = rig.writable(1)
+        rig.driver.addChain([DriverQueue.Buffer(address: header, length: 5, writable: false),
+                             DriverQueue.Buffer(address: header + 5, length: 11, writable: false), reply, status])
+        #expect(try rig.serve().status == BlockStatus.ok)
+        #expect(try rig.memory.readBytes(at: reply.address, count: 512) == TemporaryImage.expectedSector(9))
+
+        let pattern = (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x3C) }
+        let combined = rig.driver.allocate(16 + 512)
+        try rig.memory.write(BlockRequestType.write, at: combined)
+        try rig.memory.write(UInt64(20), at: combined + 8)
+        try rig.memory.write(bytes: pattern, at: combined + 16)
+        rig.driver.addChain([DriverQueue.Buffer(address: combined, length: 16 + 512, writable: false), rig.writable(1)])
+        #expect(try rig.serve().status == BlockStatus.ok)
+        #expect(Array(try rig.image.contents()[(20 * 512)..<(21 * 512)]) == pattern)
+    }
+
     @Test("A header shorter than 16 bytes is IOERR")
     func shortHeader() throws {
         let rig = try BlockRig()
