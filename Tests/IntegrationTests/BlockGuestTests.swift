@@ -45,9 +45,9 @@ enum GuestPattern {
 
     /// Shell that writes block `b` to /dev/vda at 4 KiB block `b` and fsyncs
     /// it (the guest driver sends a FLUSH, and fsync returns after it completes).
-    static func writeBlock(_ block: Int) -> String {
+    static func writeBlock(_ block: Int, device: String = "vda") -> String {
         "{ i=0; while [ $i -lt \(repeats) ]; do printf 'swiftlet block %05d\\n' \(block); i=$((i+1)); done; printf '%\(padding)s' ''; } >/tmp/block; "
-            + "dd if=/tmp/block of=/dev/vda bs=4096 seek=\(block) count=1 conv=fsync 2>/dev/null"
+            + "dd if=/tmp/block of=/dev/\(device) bs=4096 seek=\(block) count=1 conv=fsync 2>/dev/null"
     }
 }
 
@@ -93,17 +93,18 @@ struct BlockLinuxGuestTests {
         #expect(try image.contents() == before)
     }
 
-    @Test("Two disks appear as vda and vdb with their ids; blkdiscard punches a range of the second", .timeLimit(.minutes(5)))
+    @Test("Two disks appear as vda and vdb with their ids; blkdiscard punches a range of the second (opened O_DIRECT)", .timeLimit(.minutes(5)))
     func twoDisksAndDiscard() throws {
         let first = try BlockTestImage(megabytes: 1, name: "first"), second = try BlockTestImage(megabytes: 2, name: "second")
         let script = [
             "echo A=$(cat /sys/block/vda/serial) B=$(cat /sys/block/vdb/serial) BSIZE=$(cat /sys/block/vdb/size)",
             "echo DISCARD=$(cat /sys/block/vdb/queue/discard_max_bytes) ZEROES=$(cat /sys/block/vdb/queue/write_zeroes_max_bytes)",
             "blkdiscard -o 65536 -l 65536 /dev/vdb && echo DISCARDED",
+            GuestPattern.writeBlock(100, device: "vdb"),
             "sync",
         ].joined(separator: "\n")
         let result = try ProcessTests.run("swiftlet", [
-            "run", "--disk", "path=\(first.path),id=alpha", "--disk", "path=\(second.path),id=beta", "--", "sh", "-c", script,
+            "run", "--disk", "path=\(first.path),id=alpha", "--disk", "path=\(second.path),id=beta,direct=on", "--", "sh", "-c", script,
         ])
         #expect(result.status == 0, "stderr: \(result.stderr)")
         #expect(result.stdout.contains("A=alpha B=beta BSIZE=4096"), "console: \(result.stdout.suffix(2000))")
@@ -115,6 +116,7 @@ struct BlockLinuxGuestTests {
         #expect(contents[65536..<131072].allSatisfy { $0 == 0 })
         #expect(try second.bytes(at: 131072, count: 17) == Array("HOST-SECTOR-00256".utf8))
         #expect(try first.bytes(at: 65536, count: 17) == Array("HOST-SECTOR-00128".utf8))
+        #expect(try second.bytes(at: 100 * 4096, count: 4096) == GuestPattern.block(100))
     }
 
     /// Issue #4 item 8: the guest writes a block, fsyncs (a FLUSH request),
