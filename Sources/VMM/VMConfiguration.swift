@@ -65,6 +65,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var disks: [DiskConfiguration] = []
     /// The KVM device node (a different path helps in containers and tests).
     public var kvmDevicePath = "/dev/kvm"
+    /// A virtio-rng device on PCI (`--rng`), fed from the host's getrandom.
+    public var entropyDevice = false
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

@@ -3,6 +3,8 @@ import Devices
 import GuestMemory
 import HostSystem
 import KVM
+import PCI
+import VirtioBlock
 
 /// Why a VM could not be built or run. Each case names the step.
 public enum VMMError: Error, Sendable, CustomStringConvertible {
@@ -13,6 +15,9 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case boot(step: String, message: String)
     case host(step: String, cause: SystemCallError)
     case bus(BusError)
+    case pci(PCIError)
+    /// A --disk image that cannot be attached.
+    case disk(VirtioBlockError)
 
     public var description: String {
         switch self {
@@ -34,6 +39,10 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "\(step): \(cause)"
         case let .bus(error):
             "device layout: \(error)"
+        case let .pci(error):
+            "PCI: \(error)"
+        case let .disk(error):
+            "\(error)"
         }
     }
 }

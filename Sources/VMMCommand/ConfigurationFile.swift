@@ -5,7 +5,7 @@ import VMM
 /// The `--config` JSON file: an object with the same settings as the flags.
 /// Unknown keys are refused so that a typo is never silently ignored.
 public struct ConfigurationFile: Equatable, Sendable {
-    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "disks"]
+    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "disks"]
     /// Config files are small; anything larger is a mistake.
     public static let maximumSize = 1 << 20
 
@@ -18,6 +18,8 @@ public struct ConfigurationFile: Equatable, Sendable {
     public var serial: String?
     public var console: String?
     public var onReboot: String?
+    /// A virtio-rng device.
+    public var rng: Bool?
     /// "disks": [{"path": ..., "readonly": true, "id": ..., "direct": false}, ...]
     public var disks: [DiskConfiguration]?
 
@@ -57,6 +59,9 @@ public struct ConfigurationFile: Equatable, Sendable {
             case "serial": result.serial = try string()
             case "console": result.console = try string()
             case "on_reboot": result.onReboot = try string()
+            case "rng":
+                guard let flag = value.boolValue else { throw mismatch(key, value, "true or false", path) }
+                result.rng = flag
             case "disks": result.disks = try parseDisks(value, path: path)
             case "cpus":
                 guard let count = value.integerValue, let exact = Int(exactly: count) else { throw mismatch(key, value, "a whole number", path) }
