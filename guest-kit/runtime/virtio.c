@@ -360,6 +360,24 @@ int virtq_wait(struct virtq *q, uint32_t *id, uint32_t *len, uint64_t timeout_ms
 }
 
 /* ------------------------------------------------------------------ hostile chains */
+uint64_t virtq_oob_address(void)
+{
+    uint64_t a = kit_cmdline_u64("oob_addr", 0);
+    if (a)
+        return a;
+    /* The hole between RAM and the PCI window when RAM ends below it;
+       else the last page of the guest-physical address space (an address
+       above it would be truncated to the CPU's physical address width). */
+    if (kit_ram_top() <= 0xB0000000ull)
+        return 0xB0000000ull;
+    uint32_t r[4];
+    cpuid(0x80000008, 0, r);
+    unsigned bits = r[0] & 0xFF;
+    if (bits < 36 || bits > 52)
+        bits = 36;
+    return (1ull << bits) - 4096;
+}
+
 static int add_direct_raw(struct virtq *q, const struct vring_desc *src, int n, int loop_to_head)
 {
     if (n > q->num_free)
@@ -377,8 +395,17 @@ static int add_direct_raw(struct virtq *q, const struct vring_desc *src, int n, 
         prev = d;
     }
     if (loop_to_head) {
+        /* Back to the first descriptor of the same direction as the last
+           one, so that a device sees the loop before any ordering error. */
+        int target = head;
+        uint16_t dir = q->desc[prev].flags & VRING_DESC_F_WRITE;
+        for (int d = head, i = 0; i < n; i++, d = q->desc[d].next)
+            if ((q->desc[d].flags & VRING_DESC_F_WRITE) == dir) {
+                target = d;
+                break;
+            }
         q->desc[prev].flags |= VRING_DESC_F_NEXT;
-        q->desc[prev].next = (uint16_t)head;
+        q->desc[prev].next = (uint16_t)target;
     }
     q->chain_count[head] = (uint16_t)n;
     publish(q, (uint16_t)head);
@@ -399,7 +426,7 @@ int virtq_add_hostile(struct virtq *q, const char *kind, const struct virtq_buf 
     if (!strncmp(kind, "loop", 5))
         return add_direct_raw(q, d, n, 1);
     if (!strncmp(kind, "oob", 4)) {
-        d[0].addr = 1ull << 46;                 /* 64 TiB */
+        d[0].addr = virtq_oob_address();
         return add_direct_raw(q, d, n, 0);
     }
     if (!strncmp(kind, "zerolen", 8)) {

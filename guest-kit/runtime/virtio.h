@@ -119,13 +119,19 @@ int virtq_wait(struct virtq *q, uint32_t *id, uint32_t *len, uint64_t timeout_ms
 
 /* Deliberately broken requests for robustness tests, built from a good
    request's buffers:
-     loop      direct chain whose last descriptor points back at the head
-     oob       first buffer's address at 64 TiB (beyond any guest RAM)
+     loop      direct chain whose last descriptor points back at the first
+               one of the same direction
+     oob       first buffer (the request header) at virtq_oob_address():
+               no RAM there
      zerolen   first buffer with length 0
      oversize  indirect: a table of queue size + 1 descriptors; without
                indirect: the last readable/first writable buffer made 2 GiB long
      wrongdir  device-writable buffers placed before the readable ones
    Returns the head id (added, not yet kicked) or -1 for an unknown kind. */
 int virtq_add_hostile(struct virtq *q, const char *kind, const struct virtq_buf *bufs, int n);
+/* "oob_addr=" from the command line, else 0xB0000000 when RAM ends below
+   it (the gap below the PCI window), else the top page of the CPU's
+   physical address space. */
+uint64_t virtq_oob_address(void);
 
 #endif
