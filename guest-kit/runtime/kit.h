@@ -99,9 +99,9 @@ static inline unsigned kit_cpl(void)
 uint64_t kit_tsc_hz(void);
 
 /* TSC rate for timing (runtime/mem.c): "tsc_hz=" on the command line, else
-   kit_tsc_hz(), else a calibration against PIT channel 2 (100 ms), else an
-   assumed 2 GHz. *source (if not NULL) names which: "cmdline", "cpuid",
-   "pit", "assumed". Computed once. */
+   kit_tsc_hz(), else a calibration against PIT channel 2 (then 0) read
+   back over 100 ms, else an assumed 2 GHz. *source (if not NULL) names
+   which: "cmdline", "cpuid", "pit2", "pit0", "assumed". Computed once. */
 uint64_t kit_tsc_rate(const char **source);
 /* Nanoseconds for a TSC delta at kit_tsc_rate(). */
 uint64_t kit_tsc_to_ns(uint64_t cycles);

@@ -59,27 +59,59 @@ uint64_t kit_ram_top(void)
     return ram_top;
 }
 
-/* PIT channel 2, gate through port 0x61, mode 0 one-shot: count down
-   119318 ticks (100 ms at 1.193182 MHz) and watch OUT2 (port 0x61 bit 5). */
-static uint64_t pit_calibrate(void)
+/* PIT calibration by reading a counter back: channel ch in mode 2 with a
+   65536 reload at 1.193182 MHz, latched and read until 119318 ticks
+   (100 ms) have gone by, wrap-arounds accumulated. The gate of channel 2
+   is raised through port 0x61 (absent on QEMU microvm, whose in-kernel PIT
+   counts anyway). 0 if the counter does not move. */
+static uint16_t pit_read(int ch)
 {
-    const uint32_t ticks = 119318;
+    outb(0x43, (uint8_t)(ch << 6));             /* counter latch */
+    uint8_t lo = inb((uint16_t)(0x40 + ch));
+    uint8_t hi = inb((uint16_t)(0x40 + ch));
+    return (uint16_t)(lo | (hi << 8));
+}
+
+static uint64_t pit_calibrate(int ch)
+{
+    const uint64_t ticks = 119318;
     uint8_t p61 = inb(0x61);
-    if (p61 == 0xFF)
-        return 0;
-    outb(0x61, (uint8_t)((p61 & ~0x02) | 0x01));   /* gate on, speaker off */
-    outb(0x43, 0xB0);                               /* ch2, lo/hi, mode 0, binary */
-    outb(0x42, ticks & 0xFF);
-    outb(0x42, (ticks >> 8) & 0xFF);
-    uint64_t t0 = rdtsc();
-    uint64_t limit_cycles = 20ull * 1000 * 1000 * 1000;  /* ~5 s at 4 GHz: a missing PIT */
-    while (!(inb(0x61) & 0x20)) {
-        if (rdtsc() - t0 > limit_cycles)
-            return 0;
+    if (ch == 2 && p61 != 0xFF)
+        outb(0x61, (uint8_t)((p61 & ~0x02) | 0x01));   /* gate on, speaker off */
+    outb(0x43, (uint8_t)((ch << 6) | 0x34));   /* lo/hi, mode 2, binary */
+    outb((uint16_t)(0x40 + ch), 0);
+    outb((uint16_t)(0x40 + ch), 0);             /* reload 0 = 65536 */
+    uint16_t prev = pit_read(ch);
+    uint64_t elapsed = 0, t0 = rdtsc(), t1 = t0;
+    int still = 0;
+    while (elapsed < ticks) {
+        uint16_t now = pit_read(ch);
+        t1 = rdtsc();
+        uint16_t delta = (uint16_t)(prev - now);        /* counts down, wraps */
+        if (!delta && ++still > 200)
+            return 0;                                   /* not counting */
+        if (delta)
+            still = 0;
+        elapsed += delta;
+        prev = now;
     }
-    uint64_t cycles = rdtsc() - t0;
-    outb(0x61, p61);
-    return cycles * 10;         /* 100 ms -> per second */
+    if (ch == 2 && p61 != 0xFF)
+        outb(0x61, p61);
+    return (t1 - t0) * 1193182ull / elapsed;
+}
+
+/* Median of three calibrations: a loaded host makes single ones noisy. */
+static uint64_t pit_median(int ch)
+{
+    uint64_t a = pit_calibrate(ch);
+    if (!a)
+        return 0;
+    uint64_t b = pit_calibrate(ch), c = pit_calibrate(ch);
+    if ((a <= b && b <= c) || (c <= b && b <= a))
+        return b;
+    if ((b <= a && a <= c) || (c <= a && a <= b))
+        return a;
+    return c;
 }
 
 static uint64_t rate;
@@ -92,8 +124,10 @@ uint64_t kit_tsc_rate(const char **source)
             rate_source = "cmdline";
         else if ((rate = kit_tsc_hz()))
             rate_source = "cpuid";
-        else if ((rate = pit_calibrate()))
-            rate_source = "pit";
+        else if ((rate = pit_median(2)))
+            rate_source = "pit2";
+        else if ((rate = pit_median(0)))
+            rate_source = "pit0";
         else {
             rate = 2000000000ull;
             rate_source = "assumed";
