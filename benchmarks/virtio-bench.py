@@ -94,6 +94,11 @@ class VMM:
         return a
 
 
+def shown(argv: list[str]) -> str:
+    """A command line for the report, with repository paths made relative."""
+    return shlex.join(argv).replace(str(REPO) + "/", "")
+
+
 def run(argv: list[str], timeout: float) -> tuple[int | None, str, str]:
     try:
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
@@ -163,7 +168,7 @@ def p4(args, vmms: list[VMM], results: dict, commands: dict, notes: list[str]) -
         if args.event_idx == "off" else [("", base), (" event_idx=0", base + " event_idx=0")]
     for v in vmms:
         for tag, cmd in variants:
-            commands[f"P4 {v.label}{tag}"] = shlex.join(v.argv(elf, cmd, disk=image))
+            commands[f"P4 {v.label}{tag}"] = shown(v.argv(elf, cmd, disk=image))
     if not args.no_fio:
         commands["P4 host fio"] = (f"fio --filename {image} --ioengine {args.fio_engine} --direct={1 if args.direct else 0} "
                                    f"--time_based --runtime={args.seconds} --name=randread4k --rw=randread --bs=4k "
@@ -235,8 +240,8 @@ def p5(args, vmms: list[VMM], results: dict, commands: dict, notes: list[str]) -
     with Netns(ns_name, tap) as ns:
         for v in vmms:
             for tag, cmd in variants:
-                commands[f"P5 {v.label}{tag}"] = shlex.join(ns.wrap(v.argv(elf, cmd, tap=tap)))
-        commands["P5 host peer"] = shlex.join(ns.wrap(peer))
+                commands[f"P5 {v.label}{tag}"] = shown(ns.wrap(v.argv(elf, cmd, tap=tap)))
+        commands["P5 host peer"] = shown(ns.wrap(peer))
         for rnd in range(args.runs):
             order = vmms[rnd % len(vmms):] + vmms[:rnd % len(vmms)]
             for v in order:
@@ -295,7 +300,13 @@ def table(results: dict, metrics: list[tuple[str, str, int]], rows: list[str], r
     for r in rows:
         if r not in results:
             continue
-        cells = [fmt(med(results[r].get(m[0])), m[2]) for m in metrics]
+        cells = []
+        for m in metrics:
+            vals = [v for v in results[r].get(m[0], []) if isinstance(v, (int, float))]
+            c = fmt(med(vals), m[2])
+            if len(vals) > 1:
+                c += f" ({fmt(min(vals), m[2])}–{fmt(max(vals), m[2])})"
+            cells.append(c)
         n = max((len(results[r].get(m[0], [])) for m in metrics), default=0)
         fails = len(results[r].get("failures", []))
         lines.append(f"| {r} (n={n}{f', {fails} failed' if fails else ''}) | " + " | ".join(cells) + " |")
@@ -311,6 +322,19 @@ def table(results: dict, metrics: list[tuple[str, str, int]], rows: list[str], r
     return "\n".join(lines)
 
 
+def produced_by(args) -> str:
+    a = ["python3", "benchmarks/virtio-bench.py", "--runs", str(args.runs), "--seconds", f"{args.seconds:g}",
+         "--only", ",".join(args.only), "--vmms", args.vmms]
+    if args.event_idx != "on":
+        a += ["--event-idx", args.event_idx]
+    return f"Produced by: `{' '.join(a)}`"
+
+
+def missing(results: dict, prefix: str) -> list[str]:
+    return [f"* {label}: no results in this run (binary missing, not selected, or every run failed)."
+            for label in LABELS.values() if not any(k.startswith(label) for k in results)]
+
+
 def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> dict[str, str]:
     out = {}
     rows4 = [f"{v}{t}" for v in ("Swiftlet", "QEMU microvm") for t in ("", " event_idx=0")] + ["host fio"]
@@ -319,7 +343,7 @@ def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> d
               ("seqread1m_mb_s", "seqread 1M MB/s", 0), ("seqwrite1m_mb_s", "seqwrite 1M MB/s", 0),
               ("randread4k_kicks_per_io", "notifies / 4K read", 3)]
         body = [table(results, m4, rows4, "QEMU microvm", host="host fio"), "",
-                f"Medians of {args.runs} interleaved rounds, {args.seconds:g} s per phase, "
+                f"Medians (min–max) of {args.runs} interleaved rounds, {args.seconds:g} s per phase, "
                 f"{args.image_mib} MiB raw image (in the page cache; "
                 f"{'O_DIRECT' if args.direct else 'buffered'} fio with {args.fio_engine}), "
                 f"{args.memory} MiB guest, 1 vCPU. Goal: Swiftlet ≥ 1.2× QEMU IOPS and ≥ 0.7× host fio.",
@@ -327,7 +351,7 @@ def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> d
                 f"load {' '.join(machine.get('loadavg_start', []))} at the start; guest TSC rate "
                 f"{args.tsc_hz or 'calibrated by the guest'}.", "", "Commands:", ""]
         body += [f"    # {k}\n    {c}" for k, c in commands.items() if k.startswith("P4")]
-        body += [""] + [f"* {n}" for n in notes.get("P4", [])]
+        body += [""] + [f"* {n}" for n in notes.get("P4", [])] + missing(results, "P4") + ["", produced_by(args)]
         out["P4"] = "\n".join(body).rstrip()
     if "P5" in args.only:
         rows5 = [f"{v}{t}" for v in ("Swiftlet", "QEMU microvm") for t in ("", " event_idx=0")]
@@ -335,12 +359,13 @@ def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> d
               ("rx_mbit_s", "RX host→guest Mbit/s", 0), ("rx_pps", "RX frames/s", 0),
               ("tx_kicks_per_frame", "notifies / TX frame", 3)]
         body = [table(results, m5, rows5, "QEMU microvm"), "",
-                f"Medians of {args.runs} interleaved rounds, {args.seconds:g} s per direction, 1514-byte frames, "
+                f"Medians (min–max) of {args.runs} interleaved rounds, {args.seconds:g} s per direction, 1514-byte frames, "
                 "counted by the guest (TX: frames the device completed; RX: frames received, between the first "
                 "and the last). The host peer (Python, AF_PACKET) sends as fast as it can; frames the VMM does "
                 "not read in time are dropped by the tap and do not count. Goal: Swiftlet ≥ 1.0× QEMU.",
                 "", "Commands:", ""]
         body += [f"    # {k}\n    {c}" for k, c in commands.items() if k.startswith("P5")]
+        body += [""] + missing(results, "P5") + ["", produced_by(args)]
         out["P5"] = "\n".join(body).rstrip()
     return out
 
@@ -382,7 +407,9 @@ def main() -> int:
                     help="guest TSC rate passed as tsc_hz= (default: host /proc/cpuinfo; 0: let the guest calibrate)")
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--write", nargs="?", const=str(REPO / "BENCHMARKS.md"), metavar="FILE")
-    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--json", metavar="FILE", help="also write the parsed results as JSON")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="no runs: report (and --write) the results of an earlier --json (same --runs/--seconds)")
     args = ap.parse_args()
     args.only = [b.strip().upper() for b in args.only.split(",") if b.strip()]
     if args.tsc_hz is None:
@@ -399,18 +426,22 @@ def main() -> int:
             vmms.append(v)
         else:
             log(f"virtio-bench: {v.label} binary {v.binary} not found: skipped")
-    for prog in ("blk-bench", "net-bench"):
+    for prog in ("blk-bench", "net-bench") if not args.from_json else ():
         if not (Path(args.kit) / f"{prog}.elf").exists():
             log(f"virtio-bench: {args.kit}/{prog}.elf missing (make -C guest-kit)")
             return 2
-    machine = core.machine_info(argparse.Namespace(qemu=args.qemu))
-    results: dict = {}
-    commands: dict = {}
-    notes: dict = {"P4": [], "P5": []}
-    if "P4" in args.only:
-        p4(args, vmms, results, commands, notes["P4"])
-    if "P5" in args.only:
-        p5(args, vmms, results, commands, notes["P5"])
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        machine, results, commands = saved["machine"], saved["results"], saved["commands"]
+        notes = saved.get("notes", {"P4": [], "P5": []})
+    else:
+        machine = core.machine_info(argparse.Namespace(qemu=args.qemu))
+        results, commands = {}, {}
+        notes = {"P4": [], "P5": []}
+        if "P4" in args.only:
+            p4(args, vmms, results, commands, notes["P4"])
+        if "P5" in args.only:
+            p5(args, vmms, results, commands, notes["P5"])
     sections = report(args, machine, results, commands, notes)
     for key, body in sections.items():
         print(f"## {TITLES[key]}\n\n{body}\n")
@@ -418,8 +449,8 @@ def main() -> int:
         write_sections(Path(args.write), sections)
         log(f"virtio-bench: wrote {', '.join(sections)} to {args.write}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "results": results, "commands": commands},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine, "results": results, "commands": commands,
+                                               "notes": notes}, indent=1))
     failed = any(r.get("failures") for r in results.values())
     return 1 if failed or not vmms else 0
 
