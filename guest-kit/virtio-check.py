@@ -14,7 +14,8 @@ Swiftlet runs with `--disk path=...[,readonly=on][,id=...]`, `--net tap=...`
 and `--rng`. Network cases need root (a network namespace with a tap is
 created and deleted) and are skipped with a reason otherwise.
 
-Hostile-chain cases (hostile=loop|oob|zerolen|oversize|wrongdir) pass when
+Hostile-chain cases (hostile=loop|oob|zerolen|oversize|wrongdir, on the
+rng and on the blk device) pass when
 the VMM survives (the kit powers off normally) and the device works again
 after a reset; with --strict-hostile (the default for Swiftlet) the device
 must also have refused the chain (DEVICE_NEEDS_RESET or an error status).
@@ -144,6 +145,16 @@ class Runner:
         rc, out = self.boot(self.argv("virtio-rng", "bytes=16384", rng=True))
         return self.expect_pass("virtio-rng", rc, out)
 
+    def rng_hostile(self, kind: str, indirect: int):
+        strict = self.args.strict_hostile if self.args.strict_hostile is not None else self.vmm == "swiftlet"
+        rc, out = self.boot(self.argv("virtio-rng", f"hostile={kind} indirect={indirect} "
+                                      f"expect={'handled' if strict else 'any'}", rng=True))
+        why = self.expect_pass("virtio-rng", rc, out)
+        if not why and (self.args.verbose or not strict):
+            line = next((l for l in out.splitlines() if "outcome=" in l), "")
+            print(f"     {line.strip()}")
+        return why
+
     def blk_functional(self, extra: str = ""):
         img = self.tmp / "disk.img"
         pattern_image(img, 16)
@@ -224,6 +235,9 @@ class Runner:
     def all(self) -> int:
         print(f"virtio-check: {self.vmm} ({self.binary})", flush=True)
         self.case("rng", self.rng)
+        for kind in ("loop", "oob", "zerolen", "oversize", "wrongdir"):
+            for ind in (1, 0):
+                self.case(f"rng-hostile-{kind}-indirect{ind}", lambda k=kind, i=ind: self.rng_hostile(k, i))
         self.case("blk", self.blk_functional)
         self.case("blk-direct-noevent", lambda: self.blk_functional("indirect=0 event_idx=0 qsize=64"))
         self.case("blk-readonly", self.blk_readonly)

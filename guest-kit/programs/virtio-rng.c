@@ -4,10 +4,51 @@
  * that they are not constant (at least 64 distinct byte values in 4 KiB).
  *
  *   KIT virtio-rng read=4096 requests=1 distinct=256 first=...
+ *
+ * hostile=loop|oob|zerolen|oversize|wrongdir first submits one broken
+ * request (two 2 KiB device-writable buffers made bad by
+ * virtq_add_hostile; wrongdir: one device-readable buffer), prints
+ * outcome=needs_reset|used|timeout, resets and re-initialises the device,
+ * then reads as above. expect=handled (default: needs_reset, or used with
+ * length 0) | needs_reset | any.
  */
 #include "virtio.h"
 
 KIT_PROGRAM("virtio-rng");
+
+static void hostile(struct virtio_dev *vd, const char *kind, uint8_t *buf)
+{
+    struct virtq *q = &vd->vq[0];
+    int head;
+    if (!strncmp(kind, "wrongdir", 9)) {
+        struct virtq_buf b = { (uintptr_t)buf, 4096, false };
+        head = virtq_add(q, &b, 1, false);
+    } else {
+        struct virtq_buf b[2] = { { (uintptr_t)buf, 2048, true }, { (uintptr_t)buf + 2048, 2048, true } };
+        head = virtq_add_hostile(q, kind, b, 2);
+    }
+    if (head < 0)
+        kit_fail("unknown hostile kind '%s' (loop|oob|zerolen|oversize|wrongdir)", kind);
+    virtq_kick(q);
+    uint32_t id = 0, len = 0;
+    int r = virtq_wait(q, &id, &len, kit_cmdline_u64("hostile_ms", 3000));
+    uint8_t status = virtio_status(vd);
+    const char *outcome = (r < 0 || (status & VIRTIO_STATUS_NEEDS_RESET)) ? "needs_reset" : r == 0 ? "timeout" : "used";
+    kit_printf("KIT virtio-rng hostile=%s outcome=%s device_status=0x%x", kind, outcome, status);
+    if (r > 0)
+        kit_printf(" used_id=%u used_len=%u", id, len);
+    kit_putc('\n');
+    char expect[16] = "handled";
+    kit_cmdline_str("expect", expect, sizeof expect);
+    bool handled = outcome[0] == 'n' || (r > 0 && len == 0);
+    bool good = !strncmp(expect, "any", 4) || (!strncmp(expect, "handled", 8) ? handled : !strncmp(expect, outcome, 16));
+    if (!virtio_reset(vd))
+        kit_fail("reset after hostile=%s did not complete", kind);
+    if (!virtio_init(vd, 0, 1, 64))
+        kit_fail("re-initialisation after hostile=%s failed", kind);
+    if (!good)
+        kit_fail("hostile=%s outcome=%s used_len=%u, expected %s", kind, outcome, len, expect);
+}
 
 int kit_main(void)
 {
@@ -19,7 +60,10 @@ int kit_main(void)
     uint64_t want = kit_cmdline_u64("bytes", 4096);
     if (want == 0 || want > (16u << 20))
         kit_fail("bytes=%lu out of range", want);
-    uint8_t *buf = kit_alloc(want, 4096);
+    uint8_t *buf = kit_alloc(want < 4096 ? 4096 : want, 4096);
+    char kind[16];
+    if (kit_cmdline_str("hostile", kind, sizeof kind))
+        hostile(&vd, kind, buf);
     uint64_t got = 0, requests = 0;
     struct virtq *q = &vd.vq[0];
     while (got < want) {
