@@ -365,11 +365,14 @@ uint64_t virtq_oob_address(void)
     uint64_t a = kit_cmdline_u64("oob_addr", 0);
     if (a)
         return a;
-    /* The hole between RAM and the PCI window when RAM ends below it;
-       else the last page of the guest-physical address space (an address
-       above it would be truncated to the CPU's physical address width). */
-    if (kit_ram_top() <= 0xB0000000ull)
-        return 0xB0000000ull;
+    /* 16 MiB above the end of RAM when that is well below the 32-bit
+       device area (0xB0000000: q35's ECAM, Swiftlet's and microvm's PCI
+       window at 0xC0000000); else the last page of the guest-physical
+       address space (an address above it would be truncated to the CPU's
+       physical address width). */
+    uint64_t top = (kit_ram_top() + 0xFFFFF) & ~0xFFFFFull;
+    if (top + (32ull << 20) <= 0xB0000000ull)
+        return top + (16ull << 20);
     uint32_t r[4];
     cpuid(0x80000008, 0, r);
     unsigned bits = r[0] & 0xFF;

@@ -129,9 +129,9 @@ int virtq_wait(struct virtq *q, uint32_t *id, uint32_t *len, uint64_t timeout_ms
      wrongdir  device-writable buffers placed before the readable ones
    Returns the head id (added, not yet kicked) or -1 for an unknown kind. */
 int virtq_add_hostile(struct virtq *q, const char *kind, const struct virtq_buf *bufs, int n);
-/* "oob_addr=" from the command line, else 0xB0000000 when RAM ends below
-   it (the gap below the PCI window), else the top page of the CPU's
-   physical address space. */
+/* "oob_addr=" from the command line, else 16 MiB above the end of RAM
+   when that is well below 0xB0000000 (no device there on Swiftlet, microvm,
+   pc or q35), else the top page of the CPU's physical address space. */
 uint64_t virtq_oob_address(void);
 
 #endif
