@@ -40,7 +40,7 @@ let package = Package(
         // The virtio-pci modern transport (VirtIO 1.2 section 4.1).
         .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
         // VirtIO devices, one target each.
-        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
