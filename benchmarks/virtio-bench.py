@@ -366,7 +366,7 @@ def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> d
                 "not read in time are dropped by the tap and do not count. Goal: Swiftlet ≥ 1.0× QEMU.",
                 "", "Commands:", ""]
         body += [f"    # {k}\n    {c}" for k, c in commands.items() if k.startswith("P5")]
-        body += [""] + missing(results, "P5") + ["", produced_by(args)]
+        body += [""] + [f"* {n}" for n in notes.get("P5", [])] + missing(results, "P5") + ["", produced_by(args)]
         out["P5"] = "\n".join(body).rstrip()
     return out
 
