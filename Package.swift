@@ -11,7 +11,7 @@ let package = Package(
         .executable(name: "swiftlet-vmm", targets: ["swiftlet-vmm"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet"]),
+        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -51,8 +51,11 @@ let package = Package(
         ]),
         // A small JSON parser, so the VMM needs no Foundation.
         .target(name: "LeanJSON"),
+        // The per-VM control API: a small HTTP/1.1 server on a Unix socket
+        // with Firecracker's resources (no Foundation, no SwiftNIO).
+        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "LeanJSON"]),
         // swiftlet-vmm's command line and config file (`swiftlet run` execs it).
-        .target(name: "VMMCommand", dependencies: ["VMM", "HostSystem", "LeanJSON"]),
+        .target(name: "VMMCommand", dependencies: ["CKVM", "VMM", "ControlAPI", "HostSystem", "LeanJSON"]),
         // A fully static binary: no dynamic loader, no shared-library
         // relocations. This halves the VMM's resident memory (benchmark P2)
         // and shortens its start-up (P1).
@@ -77,6 +80,7 @@ let package = Package(
         .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
     ],

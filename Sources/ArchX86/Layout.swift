@@ -87,4 +87,7 @@ public enum Layout {
     public static let acpiS5SleepType: UInt8 = 5
     /// SCI interrupt announced in the FADT (unused by hardware-reduced ACPI).
     public static let acpiSCIInterrupt: UInt16 = 9
+    /// GSI of the ACPI Generic Event Device that presses the power button
+    /// (edge-triggered, active-high; no legacy device uses ISA IRQ 5 here).
+    public static let acpiGEDInterrupt: UInt32 = 5
 }

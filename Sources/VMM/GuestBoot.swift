@@ -46,7 +46,9 @@ enum GuestBoot {
                 sciInterrupt: Layout.acpiSCIInterrupt,
                 // KVM's default routing wires the in-kernel PIT to IO-APIC pin 0, so no IRQ0→GSI2 override.
                 interruptSourceOverrides: [],
-                pciECAM: pci),
+                pciECAM: pci,
+                // The power button the control API's Shutdown action presses.
+                additionalDSDTContent: ACPIPowerButton.aml(gsi: Layout.acpiGEDInterrupt)),
             rsdpAddress: Layout.rsdpStart.rawValue, tablesAddress: Layout.acpiTablesStart.rawValue,
             tablesLimit: Int(Layout.acpiTablesEnd.rawValue - Layout.acpiTablesStart.rawValue))
         try memory.write(bytes: tables.rsdp, at: Layout.rsdpStart)

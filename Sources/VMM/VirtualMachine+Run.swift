@@ -26,21 +26,29 @@ extension VirtualMachine {
         if readsConsole { terminal.enable() }
         defer { terminal.restore() }
 
+        timing.withLock { $0.startedAt = RunTiming.now() }
         var threads: [HostThread] = []
         for vcpu in vcpus {
+            pauseGate.vcpuStarted()
             do {
-                threads.append(try HostThread(name: "vcpu\(vcpu.id)") { [self] in self.runVCPU(vcpu) })
+                threads.append(try HostThread(name: "vcpu\(vcpu.id)") { [self] in
+                    self.runVCPU(vcpu)
+                    self.pauseGate.vcpuFinished()
+                })
             } catch {
+                pauseGate.vcpuFinished()
                 requestStop(.crashed(report: "could not start vCPU \(vcpu.id) thread: \(error)"))
                 break
             }
         }
 
+        vcpuThreads.withLock { $0 = threads }
         serveEvents(readsConsole: readsConsole, signals: signals)
 
         // Stop every vCPU: immediate_exit covers a vCPU about to enter the
         // guest, the signal one already inside it.
         stopping.store(true, ordering: .sequentiallyConsistent)
+        pauseGate.release()
         for (vcpu, thread) in zip(vcpus, threads) {
             vcpu.requestExit()
             thread.signal(Self.kickSignal)
@@ -48,6 +56,7 @@ extension VirtualMachine {
         for thread in threads { thread.join() }
         // Devices last: no vCPU can touch them any more.
         pci.shutdown()
+        vcpuThreads.withLock { $0 = [] }
         return exitReason.withLock { $0 } ?? .stoppedByUser
     }
 
@@ -100,7 +109,10 @@ extension VirtualMachine {
     /// One vCPU thread: enter the guest, handle the exit, repeat.
     func runVCPU(_ vcpu: VCPUHandle) {
         HostThread.unblockSignal(Self.kickSignal)
+        let counters = exitCounters[Int(vcpu.id)]
         while !stopping.load(ordering: .relaxed) {
+            pauseGate.parkIfPaused()
+            if stopping.load(ordering: .relaxed) { return }
             let exit: VCPUExit
             do {
                 exit = try vcpu.run()
@@ -108,6 +120,7 @@ extension VirtualMachine {
                 requestStop(.crashed(report: "vCPU \(vcpu.id): \(error)"))
                 return
             }
+            counters.count(exit.kind)
             switch exit {
             case let .portOut(port, size, count):
                 guard let data = vcpu.portIOData else { continue }

@@ -28,6 +28,18 @@ public final class VirtualMachine: Sendable {
     let stopping = Atomic<Bool>(false)
     /// PCI bus 0 and the virtio devices on it.
     let pci: PCISetup
+    /// Parks the vCPUs while the control API has the VM paused.
+    let pauseGate = VCPUPauseGate()
+    /// Exit counters, one object per vCPU (index = vCPU id).
+    let exitCounters: [VCPUExitCounters]
+    /// Raises the ACPI Generic Event Device's interrupt: the power button.
+    let powerButton: EventFDInterruptLine
+    /// Counts COM1 output for the metrics.
+    let serialCounter: CountingSerialOutput
+    /// When `run()` started (CLOCK_MONOTONIC ns; 0 before) and pause accounting.
+    let timing = Mutex(RunTiming())
+    /// The running vCPU threads, for kicks (empty outside `run()`).
+    let vcpuThreads = Mutex<[HostThread]>([])
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
     /// `serialOutput` overrides where COM1 writes go (tests capture it).
@@ -82,13 +94,15 @@ public final class VirtualMachine: Sendable {
             output = try Self.makeSerialOutput(configuration.serial)
         }
         self.serialOutput = output
+        serialCounter = CountingSerialOutput(output)
         let serialInterrupt: EventFDInterruptLine
         do {
             serialInterrupt = try EventFDInterruptLine(vm: handle, gsi: Layout.com1IRQ)
+            powerButton = try EventFDInterruptLine(vm: handle, gsi: Layout.acpiGEDInterrupt)
         } catch {
             throw .kvm(error)
         }
-        serial = Serial8250(output: output, interrupt: serialInterrupt)
+        serial = Serial8250(output: serialCounter, interrupt: serialInterrupt)
 
         // PCI: host bridge, configuration access, virtio devices.
         pci = try PCISetup(vm: handle, memory: memory, memorySize: configuration.memorySize, portBus: portBus,
@@ -113,6 +127,7 @@ public final class VirtualMachine: Sendable {
             throw .kvm(error)
         }
         self.vcpus = vcpus
+        exitCounters = vcpus.map { _ in VCPUExitCounters() }
 
         try attachLegacyDevices()
     }

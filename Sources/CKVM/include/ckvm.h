@@ -15,6 +15,7 @@
 #include <sys/random.h>
 #include <sys/signalfd.h>
 #include <signal.h>
+#include <malloc.h>
 #include <stdint.h>
 
 // System ioctls.
@@ -110,5 +111,9 @@ static inline long ckvm_getrandom(void *buffer, unsigned long length, unsigned i
 
 // Names the calling thread (shown by top -H, gdb, /proc).
 static inline int ckvm_set_thread_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
+
+// Caps glibc's malloc arenas (M_ARENA_MAX): each extra thread would otherwise
+// get an arena of its own, about 0.2 MiB resident.
+static inline int ckvm_limit_malloc_arenas(int count) { return mallopt(M_ARENA_MAX, count); }
 
 #endif
