@@ -1,5 +1,8 @@
 import Foundation
+import KVM
 import Testing
+import VirtioPCI
+@testable import VMM
 
 /// The default Linux guest with a virtio-rng device on PCI: the stock
 /// virtio_pci and virtio-rng drivers find it, negotiate, and read entropy,
@@ -63,5 +66,26 @@ struct VirtioPCIGuestTests {
         // Slot 1, INTA: GSI 16 + (1 + 0) % 8 = 17, level-triggered.
         let irq = Self.value("IRQ", in: result.stdout) ?? ""
         #expect(irq.contains("IO-APIC") && irq.contains("17-fasteoi"), "interrupt line: \(irq)")
+    }
+}
+
+/// PCI devices on kit guests: no Linux needed.
+@Suite("virtio-pci device lifetime", .serialized, .enabled(if: KitGuest.shouldRun, KitGuest.skipReason))
+struct VirtioPCILifetimeTests {
+    @Test("a VM's virtio functions, guest memory and KVM VM are freed with it (--on-reboot restart builds a new one each time)")
+    func devicesFreedWithTheVM() throws {
+        weak var transport: VirtioPCITransport?
+        weak var handle: VirtualMachineHandle?
+        try {
+            var configuration = VMConfiguration(kernelPath: try KitGuest.program("hello"), serial: .none)
+            configuration.entropyDevice = true
+            let machine = try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput())
+            #expect(machine.pci.transports.count == 1)
+            transport = machine.pci.transports.first
+            handle = machine.handle
+            #expect(try machine.run() == .poweredOff)
+        }()
+        #expect(transport == nil, "the function outlived its VM")
+        #expect(handle == nil, "the KVM VM outlived the VirtualMachine")
     }
 }
