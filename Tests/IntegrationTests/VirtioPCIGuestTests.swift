@@ -43,10 +43,19 @@ struct VirtioPCIGuestTests {
         #expect(bytes.count == 128 && Set(bytes).count > 4, "hwrng gave '\(bytes)'")
     }
 
-    @Test("--rng: Linux binds virtio-pci and virtio_rng, /dev/hwrng gives bytes, interrupts come by MSI-X",
+    /// Unbinding resets the device (status 0: worker joined, ioeventfds
+    /// removed); binding again negotiates and activates it afresh.
+    static let rebind = """
+        echo 0000:00:01.0 > /sys/bus/pci/drivers/virtio-pci/unbind
+        echo UNBOUND=$(ls /sys/bus/virtio/devices | wc -l)
+        echo 0000:00:01.0 > /sys/bus/pci/drivers/virtio-pci/bind
+        echo REBOUND=$(head -c 64 /dev/hwrng | od -An -v -tx1 | tr -d ' \n')
+        """
+
+    @Test("--rng: Linux binds virtio-pci and virtio_rng, /dev/hwrng gives bytes, interrupts come by MSI-X; rebinding resets and restarts it",
           .timeLimit(.minutes(5)))
     func entropyWithMSIX() throws {
-        let result = try ProcessTests.run("swiftlet", ["run", "--rng", "--", "sh", "-c", Self.probe])
+        let result = try ProcessTests.run("swiftlet", ["run", "--rng", "--", "sh", "-c", Self.probe + "\n" + Self.rebind])
         #expect(result.status == 0, "stderr: \(result.stderr)")
         Self.checkEntropy(result.stdout)
         // Separate vectors for configuration changes and the request queue.
@@ -55,6 +64,9 @@ struct VirtioPCIGuestTests {
         let irq = lines.first { $0.contains("PCI-MSI") && $0.hasSuffix("virtio0-input") } ?? ""
         let count = irq.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
         #expect(count > 0, "no MSI-X interrupt counted: \(irq)")
+        #expect(Self.value("UNBOUND", in: result.stdout) == "0")
+        let again = Self.value("REBOUND", in: result.stdout) ?? ""
+        #expect(again.count == 128 && Set(again).count > 4, "hwrng after rebinding gave '\(again)'")
     }
 
     @Test("with pci=nomsi the device interrupts through INTx on the IO-APIC pin the _PRT names",
