@@ -76,7 +76,7 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "Devices", "GuestMemory"]),
         .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM"]),
+        .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON"]),
         // Boots guest-kit programs on /dev/kvm.

@@ -62,10 +62,8 @@ public final class InstanceController: Sendable {
         let configuration: VMConfiguration
         do {
             configuration = try state.withLock { try $0.configuration.vmConfiguration() }
-        } catch let error as APIError {
-            throw .invalidConfiguration(field: "configuration", value: "", expected: error.message)
         } catch {
-            throw .invalidConfiguration(field: "configuration", value: "", expected: "\(error)")
+            throw .boot(step: "cannot start the VM", message: "\(error)")
         }
         let machine = try makeMachine(configuration)
         state.withLock { state in
@@ -122,7 +120,7 @@ public final class InstanceController: Sendable {
         do {
             configuration = try state.withLock { try $0.configuration.vmConfiguration() }
         } catch {
-            throw .invalidConfiguration(field: "configuration", value: "", expected: "\(error)")
+            throw .boot(step: "cannot restart the VM", message: "\(error)")
         }
         let machine = try makeMachine(configuration)
         state.withLock { state in
