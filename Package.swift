@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
-        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
     ],

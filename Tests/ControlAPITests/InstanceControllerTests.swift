@@ -1,3 +1,5 @@
+import Glibc
+import HostSystem
 import LeanJSON
 import Testing
 @testable import ControlAPI
@@ -137,5 +139,33 @@ struct InstanceControllerTests {
         #expect(result.cpuCount == 2 && result.memorySize == 64 << 20 && result.serial == .none && result.onReboot == .restart)
         try configuration.putDrive(DriveConfiguration(driveID: "root", pathOnHost: "/r", isRootDevice: true))
         #expect(throws: APIError.self) { try configuration.vmConfiguration() }
+    }
+}
+
+@Suite("Control API logger and metrics files")
+struct LoggerMetricsTests {
+    @Test("PUT /logger redirects the log; PUT /metrics + FlushMetrics append the metrics document")
+    func files() throws {
+        let controller = try InstanceController(instanceID: "files", vmmVersion: "0", configuration: InstanceConfiguration())
+        let directory = "/tmp/swiftlet-unit-files-\(getpid())"
+        mkdir(directory, 0o700)
+        defer {
+            unlink(directory + "/log")
+            unlink(directory + "/metrics")
+            rmdir(directory)
+        }
+        func send(_ method: String, _ path: String, _ body: String) -> Int {
+            controller.handle(HTTPRequest(method: method, path: path, body: Array(body.utf8))).status
+        }
+        #expect(send("PUT", "/logger", #"{"log_path": "\#(directory)/log", "level": "Info", "show_level": true}"#) == 204)
+        #expect(send("PUT", "/logger", #"{"log_path": "/no/such/dir/log"}"#) == 400)
+        #expect(send("PUT", "/logger", #"{"level": "Loud"}"#) == 400)
+        #expect(send("PUT", "/metrics", #"{"metrics_path": "\#(directory)/metrics"}"#) == 204)
+        #expect(send("PUT", "/metrics", #"{"metrics_path": "\#(directory)/metrics"}"#) == 400, "set once")
+        #expect(send("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#) == 204)
+        let metrics = (try? OwnedFileDescriptor.readWholeFile(directory + "/metrics")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        #expect(metrics.hasPrefix(#"{"id":"files""#) && metrics.hasSuffix("}\n"), "\(metrics)")
+        let log = (try? OwnedFileDescriptor.readWholeFile(directory + "/log")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        #expect(log.contains("action FlushMetrics"), "\(log)")
     }
 }
