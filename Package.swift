@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
-        .target(name: "VirtioConsole", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
             "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
@@ -73,9 +73,11 @@ let package = Package(
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "ArchX86Tests", dependencies: ["ArchX86", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "Devices", "GuestMemory"]),
-        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
+        // Driver-side virtqueue mock shared by device tests.
+        .target(name: "VirtioTestSupport", dependencies: ["Virtio", "GuestMemory"], path: "Tests/VirtioTestSupport"),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem"]),

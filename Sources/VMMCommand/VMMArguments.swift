@@ -39,6 +39,7 @@ public enum VMMArguments {
         ("cpus", "N", "Number of vCPUs, 1 to 254 and at most what KVM allows (default 1)."),
         ("memory", "SIZE", "Guest RAM: 512M, 2G, or a plain number of MiB (default 128M)."),
         ("serial", "MODE", "COM1: stdio (interactive, Ctrl-A x quits), file:PATH, or none (default stdio)."),
+        ("console", "DEVICE", "The guest's console device: serial (COM1, ttyS0) or virtio (virtio-console, hvc0; pass console=hvc0 in --cmdline). It uses what --serial names (default serial)."),
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
@@ -46,6 +47,11 @@ public enum VMMArguments {
         ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
         ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces): boot it at once."),
+    ]
+
+    /// The options that take no value (on when given), with their help text.
+    static let switches: [(name: String, help: String)] = [
+        ("rng", "Add a virtio-rng device (PCI) fed from the host's getrandom; the guest sees /dev/hwrng."),
     ]
 
     public static let versionNumber = "0.1.0"
@@ -66,6 +72,9 @@ public enum VMMArguments {
         for option in options {
             let flag = "  --\(option.name) \(option.value)"
             text += flag.padding(to: 24) + option.help + "\n"
+        }
+        for option in switches {
+            text += "  --\(option.name)".padding(to: 24) + option.help + "\n"
         }
         text += "  -h, --help".padding(to: 24) + "Show this help.\n"
         text += "  --version".padding(to: 24) + "Show the version.\n"
@@ -104,9 +113,19 @@ public enum VMMArguments {
                 value = String(name[name.index(after: equals)...])
                 name = String(name[..<equals])
             }
+            if switches.contains(where: { $0.name == name }) {
+                guard value == nil else {
+                    throw .invalidConfiguration(field: "option", value: "--\(name)=\(value ?? "")", expected: "--\(name) alone (it takes no value)")
+                }
+                guard values[name] == nil else {
+                    throw .invalidConfiguration(field: "option", value: "--\(name)", expected: "at most once")
+                }
+                values[name] = "on"
+                continue
+            }
             guard options.contains(where: { $0.name == name }) else {
                 throw .invalidConfiguration(field: "option", value: "--\(name)",
-                                            expected: "one of " + options.map { "--\($0.name)" }.joined(separator: ", "))
+                                            expected: "one of " + (options.map(\.name) + switches.map(\.name)).map { "--\($0)" }.joined(separator: ", "))
             }
             if value == nil {
                 guard index < arguments.count else {
@@ -241,6 +260,12 @@ public enum VMMArguments {
             }
             result.serial = mode
         }
+        if let text = values["console"] ?? file?.console {
+            guard let device = ConsoleKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "console", value: text, expected: "serial or virtio")
+            }
+            result.console = device
+        }
         if let text = values["on-reboot"] ?? file?.onReboot {
             guard let action = RebootAction(rawValue: text) else {
                 throw .invalidConfiguration(field: "on-reboot", value: text, expected: "restart or exit")
@@ -248,6 +273,7 @@ public enum VMMArguments {
             result.onReboot = action
         }
         if let path = values["kvm-device"] { result.kvmDevicePath = path }
+        result.entropyDevice = values["rng"] != nil || file?.rng == true
         try result.validate()
         return result
     }

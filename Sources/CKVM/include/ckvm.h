@@ -12,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <signal.h>
 #include <malloc.h>
@@ -57,6 +58,8 @@ static const unsigned long CKVM_SET_SIGNAL_MASK = KVM_SET_SIGNAL_MASK;
 static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 
 static const uint32_t CKVM_IOEVENTFD_FLAG_PIO = KVM_IOEVENTFD_FLAG_PIO;
+static const uint32_t CKVM_IOEVENTFD_FLAG_DEASSIGN = KVM_IOEVENTFD_FLAG_DEASSIGN;
+static const uint32_t CKVM_IRQFD_FLAG_DEASSIGN = KVM_IRQFD_FLAG_DEASSIGN;
 
 // TUN/TAP.
 static const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
@@ -102,6 +105,9 @@ static inline uint64_t ckvm_run_hardware_exit_reason(const struct kvm_run *run) 
 // Installs a do-nothing handler for `signal_number` without SA_RESTART, so
 // the signal interrupts a blocking KVM_RUN with EINTR (how vCPUs are kicked).
 int ckvm_install_kick_handler(int signal_number);
+
+// getrandom(2): Glibc's Swift module does not export <sys/random.h>.
+static inline long ckvm_getrandom(void *buffer, unsigned long length, unsigned int flags) { return getrandom(buffer, length, flags); }
 
 // Names the calling thread (shown by top -H, gdb, /proc).
 static inline int ckvm_set_thread_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
