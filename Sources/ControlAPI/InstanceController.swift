@@ -253,6 +253,12 @@ public final class InstanceController: Sendable {
             return .noContent
         case .getMetrics:
             return .json(try metrics())
+        case .putEntropyDevice:
+            let fields = try JSONFields(body: body.isEmpty ? Array("{}".utf8) : body, context: "entropy")
+            try fields.allowOnly(["rate_limiter"])
+            if fields.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
+            try updateBeforeBoot("entropy") { $0.base.entropyDevice = true }
+            return .noContent
         case .putLogger:
             let fields = try JSONFields(body: body, context: "logger")
             try fields.allowOnly(["log_path", "level", "show_level", "show_log_origin", "module"])

@@ -12,12 +12,13 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case getExportVmConfig
     case getMetrics
     case putLogger, putMetrics
+    case putEntropyDevice
 
     public var method: String {
         switch self {
         case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics: "PUT"
+             .putLogger, .putMetrics, .putEntropyDevice: "PUT"
         case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
         }
     }
@@ -34,6 +35,7 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .getExportVmConfig: "/vm/config"
         case .getMetrics, .putMetrics: "/metrics"
         case .putLogger: "/logger"
+        case .putEntropyDevice: "/entropy"
         }
     }
 }

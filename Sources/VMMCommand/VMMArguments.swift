@@ -216,8 +216,16 @@ public enum VMMArguments {
         return mode
     }
 
-    /// Settings of the process rather than the VM: serial, reboot action, KVM device.
+    /// Settings the API does not set: serial, console device, reboot action,
+    /// KVM device, virtio-rng.
     static func applyProcessSettings(_ values: [String: String], to result: inout VMConfiguration) throws(VMMError) {
+        if let text = values["console"] {
+            guard let device = ConsoleKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "console", value: text, expected: "serial or virtio")
+            }
+            result.console = device
+        }
+        if values["rng"] != nil { result.entropyDevice = true }
         if let text = values["serial"] {
             guard let mode = SerialMode(argument: text) else {
                 throw .invalidConfiguration(field: "serial", value: text, expected: "stdio, file:PATH or none")

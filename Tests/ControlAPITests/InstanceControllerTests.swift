@@ -84,6 +84,15 @@ struct InstanceControllerTests {
         #expect(interfaces.first?["guest_mac"]?.stringValue == "06:00:ac:10:00:02")
     }
 
+    @Test("PUT /entropy adds the virtio-rng before boot; rate limiters are refused")
+    func entropy() throws {
+        let controller = try makeController()
+        #expect(send(controller, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#).status == 400)
+        #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == nil)
+        #expect(send(controller, "PUT", "/entropy", "{}").status == 204)
+        #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == .object([]))
+    }
+
     @Test("out-of-order and impossible actions get 4xx and change nothing")
     func actions() throws {
         let controller = try makeController()
