@@ -81,7 +81,7 @@ public enum VMMArguments {
         text += """
 
             EXIT STATUS:
-              0  the guest powered off (or Ctrl-A x)
+              0  the guest powered off (or Ctrl-A x, or the control API's Stop)
               1  bad input or a host error: one line on stderr names the bad value
               2  the guest rebooted and --on-reboot is exit
               3  the guest crashed (triple fault, emulation failure); registers on stderr
