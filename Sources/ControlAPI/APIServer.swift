@@ -154,6 +154,8 @@ public final class APIServer: Sendable {
         var sentContinue = false
         var closeAfterOutput = false
         var peerClosed = false
+        /// `process` stopped because too much output was queued.
+        var lastProcessHeldBack = false
 
         init(descriptor: OwnedFileDescriptor) { self.descriptor = descriptor }
     }
@@ -237,15 +239,20 @@ public final class APIServer: Sendable {
             guard flush(connection) else { return false }
             if connection.closeAfterOutput && connection.output.isEmpty { return false }
             if connection.peerClosed && connection.output.isEmpty { return false }
-            // Loop again only if processing freed room in a full input buffer.
-            if connection.input.count >= before || connection.input.count >= inputLimit || connection.peerClosed || connection.closeAfterOutput {
-                return true
-            }
+            if connection.peerClosed || connection.closeAfterOutput { return true }
+            // Go round again if answering freed room in a full input buffer,
+            // or if answers were held back by unsent output that has now
+            // gone out (edge-triggered: no further event would say so).
+            let freedInput = connection.input.count < before && before >= inputLimit
+            let heldBack = connection.lastProcessHeldBack && connection.output.count < Self.outputHighWater
+            if !freedInput && !heldBack { return true }
         }
     }
 
     /// Parses and answers every complete request in the input buffer.
     func process(_ connection: Connection) {
+        connection.lastProcessHeldBack = false
+        defer { connection.lastProcessHeldBack = connection.output.count >= Self.outputHighWater && !connection.input.isEmpty }
         while !connection.closeAfterOutput && connection.output.count < Self.outputHighWater && !connection.input.isEmpty {
             do {
                 switch try parser.parse(connection.input[...]) {
