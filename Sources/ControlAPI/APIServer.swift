@@ -28,7 +28,7 @@ public final class APIServer: Sendable {
     /// More clients than this at once are disconnected on arrival.
     public static let maximumConnections = 64
     /// Unsent responses beyond this stop request processing for a client until it reads.
-    static let outputHighWater = 1 << 20
+    let outputHighWater: Int
 
     public let path: String
     let listener: OwnedFileDescriptor
@@ -41,8 +41,10 @@ public final class APIServer: Sendable {
     let parser: HTTPRequestParser
 
     /// Creates the socket at `path` (removing a stale one) and starts serving.
-    public init(path: String, controller: InstanceController, limits: HTTPRequestParser.Limits = .init()) throws(APIServerError) {
+    public init(path: String, controller: InstanceController, limits: HTTPRequestParser.Limits = .init(),
+                outputHighWater: Int = 1 << 20) throws(APIServerError) {
         self.path = path
+        self.outputHighWater = outputHighWater
         self.controller = controller
         parser = HTTPRequestParser(limits: limits)
         (listener, socketInode) = try Self.listen(path: path)
@@ -244,7 +246,7 @@ public final class APIServer: Sendable {
             // or if answers were held back by unsent output that has now
             // gone out (edge-triggered: no further event would say so).
             let freedInput = connection.input.count < before && before >= inputLimit
-            let heldBack = connection.lastProcessHeldBack && connection.output.count < Self.outputHighWater
+            let heldBack = connection.lastProcessHeldBack && connection.output.count < outputHighWater
             if !freedInput && !heldBack { return true }
         }
     }
@@ -252,8 +254,8 @@ public final class APIServer: Sendable {
     /// Parses and answers every complete request in the input buffer.
     func process(_ connection: Connection) {
         connection.lastProcessHeldBack = false
-        defer { connection.lastProcessHeldBack = connection.output.count >= Self.outputHighWater && !connection.input.isEmpty }
-        while !connection.closeAfterOutput && connection.output.count < Self.outputHighWater && !connection.input.isEmpty {
+        defer { connection.lastProcessHeldBack = connection.output.count >= outputHighWater && !connection.input.isEmpty }
+        while !connection.closeAfterOutput && connection.output.count < outputHighWater && !connection.input.isEmpty {
             do {
                 switch try parser.parse(connection.input[...]) {
                 case .needHeaders:
