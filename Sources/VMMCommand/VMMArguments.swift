@@ -46,7 +46,7 @@ public enum VMMArguments {
         ("api-sock", "PATH", "Serve the control API (HTTP/1.1, Firecracker's resources) on this Unix socket, mode 0600. Without a kernel, wait for PUT /boot-source and InstanceStart."),
         ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
-        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces): boot it at once."),
+        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy): boot it at once."),
     ]
 
     /// The options that take no value (on when given), with their help text.
