@@ -308,7 +308,13 @@ public struct InstanceConfiguration: Equatable, Sendable {
         if let bootSource { members.append(("boot-source", bootSource.json)) }
         members.append(("machine-config", machine.json))
         members.append(("drives", JSONText.array(drives.map(\.json))))
-        members.append(("network-interfaces", JSONText.array(networkInterfaces.map(\.json))))
+        // Command-line (--net) interfaces on a named tap, then the API's.
+        let commandLine = base.networkInterfaces.compactMap { interface -> String? in
+            guard case let .name(tap) = interface.tap else { return nil }
+            return JSONText.object([("iface_id", JSONText.string(interface.id)), ("host_dev_name", JSONText.string(tap)),
+                                    ("guest_mac", JSONText.string("\(interface.effectiveMAC)"))])
+        }
+        members.append(("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))))
         if base.entropyDevice { members.append(("entropy", "{}")) }
         return JSONText.object(members)
     }
@@ -355,19 +361,29 @@ public struct InstanceConfiguration: Equatable, Sendable {
     }
 }
 
-/// HOOK(drives, NICs): VirtIO block and network devices are being added to
-/// `VMConfiguration` in parallel (as `disks` / `networkInterfaces`). Until
-/// then a VM with drives or interfaces cannot start, and says so, rather
-/// than boot without them. Map `drives` and `networkInterfaces` onto those
-/// fields here once they exist.
+/// HOOK(drives): VirtIO block devices are being added to `VMConfiguration`
+/// in parallel (as `disks`). Until then a VM with drives cannot start, and
+/// says so, rather than boot without them. Network interfaces map onto
+/// `VMConfiguration.networkInterfaces` (virtio-net on the named tap).
 enum DeviceConfigurationHook {
     static func apply(drives: [DriveConfiguration], networkInterfaces: [NetworkInterfaceConfiguration],
                       to configuration: inout VMConfiguration) throws(APIError) {
         if let drive = drives.first {
             throw .badRequest("drive '\(drive.driveID)': this swiftlet-vmm build has no virtio-block devices yet")
         }
-        if let interface = networkInterfaces.first {
-            throw .badRequest("network interface '\(interface.interfaceID)': this swiftlet-vmm build has no virtio-net devices yet")
+        var interfaces: [VMM.NetworkInterfaceConfiguration] = []
+        for interface in networkInterfaces {
+            if let mtu = interface.mtu, mtu != 1500 {
+                throw .badRequest("network interface '\(interface.interfaceID)': mtu \(mtu) is not supported (the device offers no MTU; the guest uses 1500)")
+            }
+            do {
+                interfaces.append(try VMM.NetworkInterfaceConfiguration.make(
+                    id: interface.interfaceID, tapName: interface.hostDeviceName, tapDescriptor: nil, mac: interface.guestMAC))
+            } catch {
+                throw .badRequest("network interface '\(interface.interfaceID)': \(error)")
+            }
         }
+        // Interfaces from the command line (--net with --kernel) come first.
+        configuration.networkInterfaces += interfaces
     }
 }

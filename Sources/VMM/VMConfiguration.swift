@@ -61,6 +61,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var onReboot: RebootAction
     /// Which device carries the console.
     public var console: ConsoleKind = .serial
+    /// virtio-net interfaces, in PCI slot order.
+    public var networkInterfaces: [NetworkInterfaceConfiguration] = []
     /// The KVM device node (a different path helps in containers and tests).
     public var kvmDevicePath = "/dev/kvm"
     /// A virtio-rng device on PCI (`--rng`), fed from the host's getrandom.
@@ -93,6 +95,7 @@ public struct VMConfiguration: Equatable, Sendable {
         guard memorySize % 4096 == 0 else {
             throw .invalidConfiguration(field: "memory", value: "\(memorySize) bytes", expected: "a multiple of 4 KiB")
         }
+        try NetworkInterfaceConfiguration.validate(networkInterfaces)
         guard !kernelPath.isEmpty else {
             throw .invalidConfiguration(field: "kernel", value: "(empty)", expected: "the path of a vmlinux or bzImage")
         }

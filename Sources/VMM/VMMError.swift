@@ -4,6 +4,7 @@ import GuestMemory
 import HostSystem
 import KVM
 import PCI
+import VirtioNet
 
 /// Why a VM could not be built or run. Each case names the step.
 public enum VMMError: Error, Sendable, CustomStringConvertible {
@@ -15,6 +16,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case host(step: String, cause: SystemCallError)
     case bus(BusError)
     case pci(PCIError)
+    /// A network interface's tap or MAC address is unusable.
+    case network(id: String, cause: VirtioNetError)
 
     public var description: String {
         switch self {
@@ -38,6 +41,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "device layout: \(error)"
         case let .pci(error):
             "PCI: \(error)"
+        case let .network(id, cause):
+            "network interface \(id): \(cause)"
         }
     }
 }

@@ -27,6 +27,10 @@ public enum VirtioDeviceFactory {
         if configuration.entropyDevice {
             devices.append(VirtioRNG())
         }
+        // Opens each tap now: one that cannot be opened stops the VMM before the guest starts.
+        for interface in configuration.networkInterfaces {
+            devices.append(try interface.makeDevice())
+        }
         return devices
     }
 }

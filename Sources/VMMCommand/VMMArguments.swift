@@ -47,7 +47,11 @@ public enum VMMArguments {
         ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
         ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy): boot it at once."),
+        ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
     ]
+
+    /// Options that may be given more than once, each adding a device.
+    static let repeatableOptions: Set<String> = ["net"]
 
     /// The options that take no value (on when given), with their help text.
     static let switches: [(name: String, help: String)] = [
@@ -89,6 +93,7 @@ public enum VMMArguments {
 
             EXAMPLE:
               swiftlet-vmm --kernel vmlinux --initrd initrd.cpio.gz --cpus 2 --memory 256M
+              swiftlet-vmm --kernel vmlinux --net tap=tap0,mac=52:54:00:12:34:56
 
             """
         return text
@@ -98,6 +103,7 @@ public enum VMMArguments {
     /// and `--name=value`; every problem is a VMMError naming the argument.
     public static func parse(_ arguments: [String]) throws(VMMError) -> Action {
         var values: [String: String] = [:]
+        var repeated: [String: [String]] = [:]
         var index = 0
         while index < arguments.count {
             let argument = arguments[index]
@@ -134,6 +140,10 @@ public enum VMMArguments {
                 value = arguments[index]
                 index += 1
             }
+            if repeatableOptions.contains(name), let value {
+                repeated[name, default: []].append(value)
+                continue
+            }
             guard values[name] == nil else {
                 throw .invalidConfiguration(field: "option", value: "--\(name)", expected: "at most once")
             }
@@ -141,13 +151,13 @@ public enum VMMArguments {
         }
         let apiOptions = ["api-sock", "id", "log-path", "config-file"]
         guard apiOptions.contains(where: { values[$0] != nil }) else {
-            return .run(try configuration(from: values))
+            return .run(try configuration(from: values, repeated: repeated))
         }
-        return .serve(try apiMode(from: values))
+        return .serve(try apiMode(from: values, repeated: repeated))
     }
 
     /// The Firecracker-style modes: `--api-sock` and/or `--config-file`.
-    static func apiMode(from values: [String: String]) throws(VMMError) -> APIMode {
+    static func apiMode(from values: [String: String], repeated: [String: [String]] = [:]) throws(VMMError) -> APIMode {
         let instanceID = values["id"] ?? defaultInstanceID
         let idBytes = Array(instanceID.utf8)
         guard (1...64).contains(idBytes.count), idBytes.allSatisfy({ byte in
@@ -157,6 +167,9 @@ public enum VMMArguments {
             throw .invalidConfiguration(field: "id", value: instanceID, expected: "1 to 64 letters, digits, '-', '_' or '.'")
         }
         let hasKernel = values["kernel"] != nil || values["config"] != nil
+        if !hasKernel, repeated["net"] != nil {
+            throw .invalidConfiguration(field: "option", value: "--net", expected: "with --kernel or --config (with --config-file or the API, use network-interfaces)")
+        }
         var mode = APIMode(socketPath: values["api-sock"], instanceID: instanceID, logPath: values["log-path"],
                            configuration: InstanceConfiguration(), bootsAtOnce: false)
         if let file = values["config-file"] {
@@ -184,7 +197,7 @@ public enum VMMArguments {
             }
             mode.bootsAtOnce = true
         } else if hasKernel {
-            mode.configuration = InstanceConfiguration(try configuration(from: values))
+            mode.configuration = InstanceConfiguration(try configuration(from: values, repeated: repeated))
             mode.bootsAtOnce = true
         } else {
             guard mode.socketPath != nil else {
@@ -242,7 +255,7 @@ public enum VMMArguments {
     }
 
     /// Builds the configuration from option values and the optional config file.
-    static func configuration(from values: [String: String]) throws(VMMError) -> VMConfiguration {
+    static func configuration(from values: [String: String], repeated: [String: [String]] = [:]) throws(VMMError) -> VMConfiguration {
         let file = try values["config"].map { (path) throws(VMMError) in try ConfigurationFile.load(path: path) }
         guard let kernelPath = values["kernel"] ?? file?.kernel else {
             throw .invalidConfiguration(field: "kernel", value: "(none)", expected: "--kernel PATH or \"kernel\" in --config")
@@ -281,6 +294,15 @@ public enum VMMArguments {
             result.onReboot = action
         }
         if let path = values["kvm-device"] { result.kvmDevicePath = path }
+        if let specs = repeated["net"] {
+            var interfaces: [VMM.NetworkInterfaceConfiguration] = []
+            for (index, spec) in specs.enumerated() {
+                interfaces.append(try VMM.NetworkInterfaceConfiguration.parse(spec, defaultID: "net\(index)"))
+            }
+            result.networkInterfaces = interfaces
+        } else if let interfaces = file?.networkInterfaces {
+            result.networkInterfaces = interfaces
+        }
         result.entropyDevice = values["rng"] != nil || file?.rng == true
         try result.validate()
         return result
