@@ -149,6 +149,15 @@ struct InstanceControllerTests {
         try configuration.putDrive(DriveConfiguration(driveID: "root", pathOnHost: "/r", isRootDevice: true))
         #expect(throws: APIError.self) { try configuration.vmConfiguration() }
     }
+
+    @Test("interfaces from --net (with --kernel) are kept and listed next to the API's")
+    func commandLineInterfaces() throws {
+        var base = VMConfiguration(kernelPath: "/k", serial: .none)
+        base.networkInterfaces = [try VMM.NetworkInterfaceConfiguration.make(id: "net0", tapName: "tap7", tapDescriptor: nil, mac: nil)]
+        let configuration = InstanceConfiguration(base)
+        #expect(try configuration.vmConfiguration().networkInterfaces.map(\.id) == ["net0"])
+        #expect(configuration.json.contains(#""iface_id":"net0","host_dev_name":"tap7""#), "\(configuration.json)")
+    }
 }
 
 @Suite("Control API logger and metrics files")
