@@ -289,8 +289,9 @@ public final class APIServer: Sendable {
         defer { if written > 0 { connection.output.removeFirst(written) } }
         while written < connection.output.count {
             // SAFETY: sends bytes from output's own storage, within its bounds. MSG_NOSIGNAL: a vanished client must not SIGPIPE the VMM.
-            let count = connection.output.withUnsafeBytes { raw in
-                send(connection.descriptor.rawValue, raw.baseAddress! + written, raw.count - written, Int32(MSG_NOSIGNAL))
+            let count = connection.output.withUnsafeBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return send(connection.descriptor.rawValue, base + written, raw.count - written, Int32(MSG_NOSIGNAL))
             }
             if count > 0 {
                 written += count
