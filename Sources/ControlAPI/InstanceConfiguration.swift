@@ -385,6 +385,8 @@ enum DeviceConfigurationHook {
                 interfaces.append(try VMM.NetworkInterfaceConfiguration.make(
                     id: interface.interfaceID, tapName: interface.hostDeviceName, tapDescriptor: nil, mac: interface.guestMAC))
             } catch {
+                // .network errors already name the interface.
+                if case .network = error { throw .badRequest("\(error)") }
                 throw .badRequest("network interface '\(interface.interfaceID)': \(error)")
             }
         }
