@@ -12,3 +12,22 @@ int ckvm_install_kick_handler(int signal_number) {
     sigemptyset(&action.sa_mask);
     return sigaction(signal_number, &action, NULL);
 }
+
+int ckvm_tun_set_interface(int fd, const char *name, short flags) {
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    request.ifr_flags = flags;
+    return ioctl(fd, TUNSETIFF, &request);
+}
+
+int ckvm_tun_get_interface(int fd, char *name, short *flags) {
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    int result = ioctl(fd, TUNGETIFF, &request);
+    if (result < 0) return result;
+    memcpy(name, request.ifr_name, IFNAMSIZ);
+    name[IFNAMSIZ - 1] = 0;
+    *flags = request.ifr_flags;
+    return result;
+}

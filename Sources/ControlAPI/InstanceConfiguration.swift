@@ -348,11 +348,8 @@ public struct InstanceConfiguration: Equatable, Sendable {
     }
 }
 
-/// HOOK(drives, NICs): drives map onto `VMConfiguration.disks` (virtio-blk).
-/// VirtIO network devices are being added to `VMConfiguration` in parallel
-/// (as `networkInterfaces`); until then a VM with interfaces cannot start,
-/// and says so, rather than boot without them. Map `networkInterfaces` here
-/// once it exists.
+/// Drives map onto `VMConfiguration.disks` (virtio-blk), network interfaces
+/// onto `VMConfiguration.networkInterfaces` (virtio-net on the named tap).
 enum DeviceConfigurationHook {
     static func apply(drives: [DriveConfiguration], networkInterfaces: [NetworkInterfaceConfiguration],
                       to configuration: inout VMConfiguration) throws(APIError) {
@@ -366,8 +363,18 @@ enum DeviceConfigurationHook {
             let device = root.partUUID.map { "PARTUUID=\($0)" } ?? "/dev/vda"
             configuration.commandLine += " root=\(device) \(root.isReadOnly ? "ro" : "rw")"
         }
-        if let interface = networkInterfaces.first {
-            throw .badRequest("network interface '\(interface.interfaceID)': this swiftlet-vmm build has no virtio-net devices yet")
+        var interfaces: [VMM.NetworkInterfaceConfiguration] = []
+        for interface in networkInterfaces {
+            if let mtu = interface.mtu, mtu != 1500 {
+                throw .badRequest("network interface '\(interface.interfaceID)': mtu \(mtu) is not supported (the device offers no MTU; the guest uses 1500)")
+            }
+            do {
+                interfaces.append(try VMM.NetworkInterfaceConfiguration.make(
+                    id: interface.interfaceID, tapName: interface.hostDeviceName, tapDescriptor: nil, mac: interface.guestMAC))
+            } catch {
+                throw .badRequest("network interface '\(interface.interfaceID)': \(error)")
+            }
         }
+        configuration.networkInterfaces = interfaces
     }
 }

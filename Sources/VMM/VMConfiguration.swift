@@ -61,6 +61,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var onReboot: RebootAction
     /// Which device carries the console.
     public var console: ConsoleKind = .serial
+    /// virtio-net interfaces, in PCI slot order.
+    public var networkInterfaces: [NetworkInterfaceConfiguration] = []
     /// virtio-blk disks, in PCI slot order (the guest's vda, vdb...).
     public var disks: [DiskConfiguration] = []
     /// The KVM device node (a different path helps in containers and tests).
@@ -95,6 +97,7 @@ public struct VMConfiguration: Equatable, Sendable {
         guard memorySize % 4096 == 0 else {
             throw .invalidConfiguration(field: "memory", value: "\(memorySize) bytes", expected: "a multiple of 4 KiB")
         }
+        try NetworkInterfaceConfiguration.validate(networkInterfaces)
         guard !kernelPath.isEmpty else {
             throw .invalidConfiguration(field: "kernel", value: "(empty)", expected: "the path of a vmlinux or bzImage")
         }

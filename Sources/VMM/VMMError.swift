@@ -5,6 +5,7 @@ import HostSystem
 import KVM
 import PCI
 import VirtioBlock
+import VirtioNet
 
 /// Why a VM could not be built or run. Each case names the step.
 public enum VMMError: Error, Sendable, CustomStringConvertible {
@@ -16,6 +17,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case host(step: String, cause: SystemCallError)
     case bus(BusError)
     case pci(PCIError)
+    /// A network interface's tap or MAC address is unusable.
+    case network(id: String, cause: VirtioNetError)
     /// A --disk image that cannot be attached.
     case disk(VirtioBlockError)
 
@@ -41,6 +44,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "device layout: \(error)"
         case let .pci(error):
             "PCI: \(error)"
+        case let .network(id, cause):
+            "network interface \(id): \(cause)"
         case let .disk(error):
             "\(error)"
         }

@@ -7,13 +7,24 @@ import PCI
 import Virtio
 import VirtioBlock
 import VirtioPCI
+import VirtioConsole
 import VirtioRNG
 
 /// Turns the configuration into the VM's virtio devices, in PCI slot order
 /// (the first is 00:01.0). Each device kind adds itself here, in one place.
 public enum VirtioDeviceFactory {
-    public static func makeDevices(_ configuration: VMConfiguration) throws(VMMError) -> [any VirtioDevice] {
+    /// `consoleOutput` is where a virtio-console writes (the same sink as COM1).
+    public static func makeDevices(_ configuration: VMConfiguration, consoleOutput: any SerialOutput) throws(VMMError) -> [any VirtioDevice] {
         var devices: [any VirtioDevice] = []
+        if configuration.console == .virtio {
+            do {
+                devices.append(try ConsoleDevice(output: consoleOutput))
+            } catch {
+                switch error {
+                case let .eventFD(cause): throw .host(step: "creating the virtio-console", cause: cause)
+                }
+            }
+        }
         if configuration.entropyDevice {
             devices.append(VirtioRNG())
         }
@@ -29,6 +40,10 @@ public enum VirtioDeviceFactory {
             }
         } catch {
             throw .disk(error)
+        }
+        // Opens each tap now: one that cannot be opened stops the VMM before the guest starts.
+        for interface in configuration.networkInterfaces {
+            devices.append(try interface.makeDevice())
         }
         return devices
     }

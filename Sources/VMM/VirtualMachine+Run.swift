@@ -100,7 +100,12 @@ extension VirtualMachine {
     private func deliverConsoleInput(_ bytes: [UInt8]) {
         var remaining = bytes[...]
         while !remaining.isEmpty && exitReason.withLock({ $0 }) == nil {
-            let accepted = serial.enqueueInput(remaining.prefix(serial.inputSpace))
+            let accepted: Int
+            if let virtioConsole {
+                accepted = virtioConsole.enqueueInput(remaining.prefix(virtioConsole.inputSpace))
+            } else {
+                accepted = serial.enqueueInput(remaining.prefix(serial.inputSpace))
+            }
             remaining = remaining.dropFirst(accepted)
             if !remaining.isEmpty { usleep(1000) }
         }

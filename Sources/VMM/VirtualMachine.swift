@@ -5,6 +5,7 @@ import GuestMemory
 import HostSystem
 import KVM
 import Synchronization
+import VirtioConsole
 
 /// One running guest: KVM VM, guest RAM, devices and one thread per vCPU.
 /// Build it with `init`, then call `run()` once from the main thread.
@@ -36,6 +37,8 @@ public final class VirtualMachine: Sendable {
     let powerButton: EventFDInterruptLine
     /// Counts COM1 output for the metrics.
     let serialCounter: CountingSerialOutput
+    /// The virtio-console with `--console virtio`: it gets the typed input.
+    let virtioConsole: ConsoleDevice?
     /// When `run()` started (CLOCK_MONOTONIC ns; 0 before) and pause accounting.
     let timing = Mutex(RunTiming())
     /// The running vCPU threads, for kicks (empty outside `run()`).
@@ -105,8 +108,10 @@ public final class VirtualMachine: Sendable {
         serial = Serial8250(output: serialCounter, interrupt: serialInterrupt)
 
         // PCI: host bridge, configuration access, virtio devices.
+        let devices = try VirtioDeviceFactory.makeDevices(configuration, consoleOutput: serialCounter)
+        virtioConsole = devices.lazy.compactMap { $0 as? ConsoleDevice }.first
         pci = try PCISetup(vm: handle, memory: memory, memorySize: configuration.memorySize, portBus: portBus,
-                           mmioBus: mmioBus, devices: try VirtioDeviceFactory.makeDevices(configuration))
+                           mmioBus: mmioBus, devices: devices)
 
         // Load the kernel and describe the machine to it.
         let entry = try GuestBoot.load(

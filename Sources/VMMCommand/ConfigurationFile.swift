@@ -5,7 +5,7 @@ import VMM
 /// The `--config` JSON file: an object with the same settings as the flags.
 /// Unknown keys are refused so that a typo is never silently ignored.
 public struct ConfigurationFile: Equatable, Sendable {
-    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "disks"]
+    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "disks", "network_interfaces"]
     /// Config files are small; anything larger is a mistake.
     public static let maximumSize = 1 << 20
 
@@ -20,6 +20,8 @@ public struct ConfigurationFile: Equatable, Sendable {
     public var onReboot: String?
     /// A virtio-rng device.
     public var rng: Bool?
+    /// `"network_interfaces": [{"tap": "tap0", "mac": "...", "id": "...", "offloads": false}, {"tap_fd": 3}]`
+    public var networkInterfaces: [VMM.NetworkInterfaceConfiguration]?
     /// "disks": [{"path": ..., "readonly": true, "id": ..., "direct": false}, ...]
     public var disks: [DiskConfiguration]?
 
@@ -72,9 +74,44 @@ public struct ConfigurationFile: Equatable, Sendable {
                 } else {
                     result.memory = try string()
                 }
+            case "network_interfaces":
+                result.networkInterfaces = try networkInterfaces(value, path: path)
             default:
                 throw .invalidConfiguration(field: "config key", value: key, expected: "one of \(knownKeys.joined(separator: ", ")) (in \(path))")
             }
+        }
+        return result
+    }
+
+    /// Each element is an object with "tap" or "tap_fd", and optionally
+    /// "mac", "id" and "offloads".
+    static func networkInterfaces(_ value: JSONValue, path: String) throws(VMMError) -> [VMM.NetworkInterfaceConfiguration] {
+        guard case let .array(elements) = value else { throw mismatch("network_interfaces", value, "an array of objects", path) }
+        var result: [VMM.NetworkInterfaceConfiguration] = []
+        for (index, element) in elements.enumerated() {
+            let key = "network_interfaces[\(index)]"
+            guard case let .object(members) = element else { throw mismatch(key, element, "an object such as {\"tap\": \"tap0\"}", path) }
+            var id = "net\(index)", tap: String?, descriptor: String?, mac: String?, offloads = true
+            for (name, member) in members {
+                switch name {
+                case "id", "tap", "mac":
+                    guard let text = member.stringValue else { throw mismatch("\(key).\(name)", member, "a string", path) }
+                    switch name {
+                    case "id": id = text
+                    case "tap": tap = text
+                    default: mac = text
+                    }
+                case "tap_fd":
+                    guard let number = member.integerValue else { throw mismatch("\(key).tap_fd", member, "a whole number", path) }
+                    descriptor = String(number)
+                case "offloads":
+                    guard let flag = member.boolValue else { throw mismatch("\(key).offloads", member, "true or false", path) }
+                    offloads = flag
+                default:
+                    throw .invalidConfiguration(field: "config key", value: "\(key).\(name)", expected: "one of tap, tap_fd, mac, id, offloads (in \(path))")
+                }
+            }
+            result.append(try VMM.NetworkInterfaceConfiguration.make(id: id, tapName: tap, tapDescriptor: descriptor, mac: mac, offloads: offloads))
         }
         return result
     }

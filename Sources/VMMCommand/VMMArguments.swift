@@ -48,7 +48,11 @@ public enum VMMArguments {
         ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
         ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces): boot it at once."),
+        ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
     ]
+
+    /// Options that may be given more than once, each adding a device.
+    static let repeatableOptions: Set<String> = ["disk", "net"]
 
     /// The options that take no value (on when given), with their help text.
     static let switches: [(name: String, help: String)] = [
@@ -90,6 +94,7 @@ public enum VMMArguments {
 
             EXAMPLE:
               swiftlet-vmm --kernel vmlinux --initrd initrd.cpio.gz --cpus 2 --memory 256M
+              swiftlet-vmm --kernel vmlinux --net tap=tap0,mac=52:54:00:12:34:56
 
             """
         return text
@@ -99,7 +104,7 @@ public enum VMMArguments {
     /// and `--name=value`; every problem is a VMMError naming the argument.
     public static func parse(_ arguments: [String]) throws(VMMError) -> Action {
         var values: [String: String] = [:]
-        var disks: [String] = []
+        var repeated: [String: [String]] = [:]
         var index = 0
         while index < arguments.count {
             let argument = arguments[index]
@@ -136,8 +141,8 @@ public enum VMMArguments {
                 value = arguments[index]
                 index += 1
             }
-            if name == "disk", let value {
-                disks.append(value)
+            if repeatableOptions.contains(name), let value {
+                repeated[name, default: []].append(value)
                 continue
             }
             guard values[name] == nil else {
@@ -147,13 +152,13 @@ public enum VMMArguments {
         }
         let apiOptions = ["api-sock", "id", "log-path", "config-file"]
         guard apiOptions.contains(where: { values[$0] != nil }) else {
-            return .run(try configuration(from: values, disks: disks))
+            return .run(try configuration(from: values, repeated: repeated))
         }
-        return .serve(try apiMode(from: values, disks: disks))
+        return .serve(try apiMode(from: values, repeated: repeated))
     }
 
     /// The Firecracker-style modes: `--api-sock` and/or `--config-file`.
-    static func apiMode(from values: [String: String], disks: [String] = []) throws(VMMError) -> APIMode {
+    static func apiMode(from values: [String: String], repeated: [String: [String]] = [:]) throws(VMMError) -> APIMode {
         let instanceID = values["id"] ?? defaultInstanceID
         let idBytes = Array(instanceID.utf8)
         guard (1...64).contains(idBytes.count), idBytes.allSatisfy({ byte in
@@ -163,8 +168,11 @@ public enum VMMArguments {
             throw .invalidConfiguration(field: "id", value: instanceID, expected: "1 to 64 letters, digits, '-', '_' or '.'")
         }
         let hasKernel = values["kernel"] != nil || values["config"] != nil
-        guard disks.isEmpty || hasKernel else {
+        if !hasKernel, repeated["disk"] != nil {
             throw .invalidConfiguration(field: "option", value: "--disk", expected: "with --kernel or --config (else add drives through the API or --config-file)")
+        }
+        if !hasKernel, repeated["net"] != nil {
+            throw .invalidConfiguration(field: "option", value: "--net", expected: "with --kernel or --config (with --config-file or the API, use network-interfaces)")
         }
         var mode = APIMode(socketPath: values["api-sock"], instanceID: instanceID, logPath: values["log-path"],
                            configuration: InstanceConfiguration(), bootsAtOnce: false)
@@ -193,7 +201,7 @@ public enum VMMArguments {
             }
             mode.bootsAtOnce = true
         } else if hasKernel {
-            mode.configuration = InstanceConfiguration(try configuration(from: values, disks: disks))
+            mode.configuration = InstanceConfiguration(try configuration(from: values, repeated: repeated))
             mode.bootsAtOnce = true
         } else {
             guard mode.socketPath != nil else {
@@ -243,8 +251,7 @@ public enum VMMArguments {
     }
 
     /// Builds the configuration from option values and the optional config file.
-    /// `--disk` values, if any, replace the config file's "disks".
-    static func configuration(from values: [String: String], disks: [String] = []) throws(VMMError) -> VMConfiguration {
+    static func configuration(from values: [String: String], repeated: [String: [String]] = [:]) throws(VMMError) -> VMConfiguration {
         let file = try values["config"].map { (path) throws(VMMError) in try ConfigurationFile.load(path: path) }
         guard let kernelPath = values["kernel"] ?? file?.kernel else {
             throw .invalidConfiguration(field: "kernel", value: "(none)", expected: "--kernel PATH or \"kernel\" in --config")
@@ -282,13 +289,22 @@ public enum VMMArguments {
             }
             result.onReboot = action
         }
-        if !disks.isEmpty {
+        if let disks = repeated["disk"] {
             result.disks = []
             for (index, text) in disks.enumerated() { result.disks.append(try DiskConfiguration.parse(text, index: index)) }
         } else if let fileDisks = file?.disks {
             result.disks = fileDisks
         }
         if let path = values["kvm-device"] { result.kvmDevicePath = path }
+        if let specs = repeated["net"] {
+            var interfaces: [VMM.NetworkInterfaceConfiguration] = []
+            for (index, spec) in specs.enumerated() {
+                interfaces.append(try VMM.NetworkInterfaceConfiguration.parse(spec, defaultID: "net\(index)"))
+            }
+            result.networkInterfaces = interfaces
+        } else if let interfaces = file?.networkInterfaces {
+            result.networkInterfaces = interfaces
+        }
         result.entropyDevice = values["rng"] != nil || file?.rng == true
         try result.validate()
         return result

@@ -65,3 +65,22 @@ struct VirtioPCIGuestTests {
         #expect(irq.contains("IO-APIC") && irq.contains("17-fasteoi"), "interrupt line: \(irq)")
     }
 }
+
+/// `--console virtio`: Linux's virtio_console driver binds the device and
+/// hvc0 carries the console.
+@Suite("virtio-console in the default Linux guest", .serialized,
+       .enabled(if: KitGuest.shouldRun && (LinuxGuest.isBuilt || KitGuest.isCI), LinuxGuest.skipReason))
+struct VirtioConsoleGuestTests {
+    @Test("--console virtio with console=hvc0: the guest's console is hvc0 and its output reaches the terminal",
+          .timeLimit(.minutes(5)))
+    func hvc0IsTheConsole() throws {
+        let result = try ProcessTests.run("swiftlet", [
+            "run", "--console", "virtio", "--cmdline", "console=hvc0", "--",
+            "sh", "-c", "echo ACTIVE=$(cat /sys/class/tty/console/active); echo DRIVER=$(basename $(readlink /sys/bus/pci/devices/0000:00:01.0/driver)); echo via-hvc0 > /dev/hvc0",
+        ])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(VirtioPCIGuestTests.value("ACTIVE", in: result.stdout)?.contains("hvc0") == true, "console: \(result.stdout.suffix(3000))")
+        #expect(VirtioPCIGuestTests.value("DRIVER", in: result.stdout) == "virtio-pci")
+        #expect(result.stdout.contains("via-hvc0"))
+    }
+}

@@ -65,6 +65,16 @@ static const uint32_t CKVM_IRQFD_FLAG_DEASSIGN = KVM_IRQFD_FLAG_DEASSIGN;
 static const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
 static const unsigned long CKVM_TUNSETOFFLOAD = TUNSETOFFLOAD;
 static const unsigned long CKVM_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+static const unsigned long CKVM_TUNGETIFF = TUNGETIFF;
+
+// struct ifreq keeps its name and flags in anonymous unions Swift cannot
+// name; these fill and read it. Both return ioctl's result (-1 and errno).
+// ckvm_tun_set_interface attaches `fd` (an open /dev/net/tun) to the
+// interface `name` (at most IFNAMSIZ-1 bytes) with `flags` (IFF_TAP, ...).
+int ckvm_tun_set_interface(int fd, const char *name, short flags);
+// ckvm_tun_get_interface reports the interface an open tun/tap fd is
+// attached to: its name (into `name`, IFNAMSIZ bytes) and flags.
+int ckvm_tun_get_interface(int fd, char *name, short *flags);
 
 // ioctl is variadic in C; Swift needs fixed signatures.
 static inline int ckvm_ioctl_pointer(int fd, unsigned long request, void *argument) {

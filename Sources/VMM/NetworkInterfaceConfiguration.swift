@@ -1,0 +1,162 @@
+import Synchronization
+import VirtioNet
+
+/// One virtio-net interface: the tap it sits on, its id and MAC address.
+public struct NetworkInterfaceConfiguration: Equatable, Sendable {
+    /// Where the frames go on the host.
+    public enum Tap: Hashable, Sendable, CustomStringConvertible {
+        /// A tap interface by name, created if missing (needs CAP_NET_ADMIN).
+        case name(String)
+        /// An already-open tap descriptor inherited from the caller.
+        case descriptor(Int32)
+
+        public var description: String {
+            switch self {
+            case let .name(name): "tap=\(name)"
+            case let .descriptor(descriptor): "tap-fd=\(descriptor)"
+            }
+        }
+    }
+
+    public var id: String
+    public var tap: Tap
+    /// nil: a stable locally administered address derived from id and tap.
+    public var mac: MACAddress?
+    /// Offer checksum and TSO offloads to the guest (default on).
+    public var offloads = true
+
+    public init(id: String, tap: Tap, mac: MACAddress? = nil, offloads: Bool = true) {
+        self.id = id
+        self.tap = tap
+        self.mac = mac
+        self.offloads = offloads
+    }
+
+    /// The MAC the guest sees.
+    public var effectiveMAC: MACAddress { mac ?? .derived(from: "\(id)/\(tap)") }
+
+    /// What `--net` takes, for help and error messages.
+    public static let syntax = "tap=NAME or tap-fd=N, then optionally ,mac=52:54:00:12:34:56 ,id=ID ,offloads=on|off"
+
+    /// Parses `tap=NAME[,mac=MAC][,id=ID][,offloads=on|off]` or
+    /// `tap-fd=N[,...]`; `defaultID` names the interface when `id` is absent.
+    public static func parse(_ text: String, defaultID: String) throws(VMMError) -> NetworkInterfaceConfiguration {
+        var fields: [String: String] = [:]
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let equals = part.firstIndex(of: "="), equals != part.startIndex else {
+                throw .invalidConfiguration(field: "net", value: text, expected: "key=value pairs: \(syntax)")
+            }
+            let key = String(part[..<equals]), value = String(part[part.index(after: equals)...])
+            guard ["tap", "tap-fd", "mac", "id", "offloads"].contains(key) else {
+                throw .invalidConfiguration(field: "net", value: key, expected: "one of tap, tap-fd, mac, id, offloads (\(syntax))")
+            }
+            guard fields[key] == nil else {
+                throw .invalidConfiguration(field: "net", value: text, expected: "'\(key)' at most once")
+            }
+            fields[key] = value
+        }
+        var offloads = true
+        if let value = fields["offloads"] {
+            switch value {
+            case "on", "true", "yes": offloads = true
+            case "off", "false", "no": offloads = false
+            default: throw .invalidConfiguration(field: "net offloads", value: value, expected: "on or off")
+            }
+        }
+        return try make(id: fields["id"] ?? defaultID, tapName: fields["tap"], tapDescriptor: fields["tap-fd"],
+                        mac: fields["mac"], offloads: offloads)
+    }
+
+    /// Builds one from its parts (the `--net` fields or a config-file object),
+    /// checking each.
+    public static func make(id: String, tapName: String?, tapDescriptor: String?, mac: String?, offloads: Bool = true) throws(VMMError) -> NetworkInterfaceConfiguration {
+        try validate(id: id)
+        let tap: Tap
+        switch (tapName, tapDescriptor) {
+        case let (name?, nil):
+            do {
+                try VirtioNet.Tap.validate(name: name)
+            } catch {
+                throw .network(id: id, cause: error)
+            }
+            tap = .name(name)
+        case let (nil, text?):
+            guard let descriptor = Int32(text), descriptor >= 0 else {
+                throw .invalidConfiguration(field: "net tap-fd", value: text, expected: "an open file descriptor number (0 or more)")
+            }
+            tap = .descriptor(descriptor)
+        case (nil, nil):
+            throw .invalidConfiguration(field: "net", value: id, expected: "tap=NAME or tap-fd=N")
+        case (_?, _?):
+            throw .invalidConfiguration(field: "net", value: id, expected: "tap=NAME or tap-fd=N, not both")
+        }
+        var address: MACAddress?
+        if let mac {
+            do {
+                address = try MACAddress(parsing: mac)
+            } catch {
+                throw .network(id: id, cause: error)
+            }
+        }
+        return NetworkInterfaceConfiguration(id: id, tap: tap, mac: address, offloads: offloads)
+    }
+
+    /// Ids name devices in messages and the control API: 1 to 32 letters,
+    /// digits, '-', '_' or '.'.
+    static func validate(id: String) throws(VMMError) {
+        guard (1...32).contains(id.utf8.count),
+              id.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x2D || $0 == 0x5F || $0 == 0x2E }) else {
+            throw .invalidConfiguration(field: "net id", value: id, expected: "1 to 32 letters, digits, '-', '_' or '.'")
+        }
+    }
+
+    /// Checks a VM's interfaces together: ids, taps and MACs must differ.
+    static func validate(_ interfaces: [NetworkInterfaceConfiguration]) throws(VMMError) {
+        var ids = Set<String>(), taps = Set<String>(), macs = Set<MACAddress>()
+        for interface in interfaces {
+            guard ids.insert(interface.id).inserted else {
+                throw .invalidConfiguration(field: "net id", value: interface.id, expected: "an id no other network interface has")
+            }
+            guard taps.insert(interface.tap.description).inserted else {
+                throw .invalidConfiguration(field: "net", value: interface.tap.description, expected: "a tap no other network interface uses")
+            }
+            guard macs.insert(interface.effectiveMAC).inserted else {
+                throw .invalidConfiguration(field: "net mac", value: interface.effectiveMAC.description, expected: "a MAC address no other network interface has")
+            }
+        }
+    }
+
+    /// Opens the tap and builds the device; called while the VM is built,
+    /// so a tap that cannot be opened stops the VMM before the guest starts.
+    public func makeDevice() throws(VMMError) -> VirtioNetDevice {
+        let backend: VirtioNet.Tap
+        do {
+            backend = try OpenTaps.tap(tap)
+        } catch {
+            throw .network(id: id, cause: error)
+        }
+        return VirtioNetDevice(tap: backend, mac: effectiveMAC, offloads: offloads)
+    }
+}
+
+/// Taps stay open for the life of the process, and a VM rebuilt on reboot
+/// (or by the control API) gets the same one: a tap without
+/// IFF_MULTI_QUEUE takes one attachment, so reopening it while the previous
+/// VM's device still holds it would fail with EBUSY. The previous device was
+/// reset at shutdown, so it no longer touches the tap.
+enum OpenTaps {
+    static let taps = Mutex<[NetworkInterfaceConfiguration.Tap: VirtioNet.Tap]>([:])
+
+    static func tap(_ tap: NetworkInterfaceConfiguration.Tap) throws(VirtioNetError) -> VirtioNet.Tap {
+        try taps.withLock { (taps) throws(VirtioNetError) -> VirtioNet.Tap in
+            if let open = taps[tap] { return open }
+            let opened: VirtioNet.Tap
+            switch tap {
+            case let .name(name): opened = try VirtioNet.Tap(name: name)
+            case let .descriptor(descriptor): opened = try VirtioNet.Tap(adopting: descriptor)
+            }
+            taps[tap] = opened
+            return opened
+        }
+    }
+}

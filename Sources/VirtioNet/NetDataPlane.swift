@@ -1,0 +1,410 @@
+import Glibc
+import GuestMemory
+import HostSystem
+import Synchronization
+import Virtio
+
+/// The indices the worker reports its descriptors by.
+enum NetToken {
+    static let receiveNotification = 0
+    static let transmitNotification = 1
+    static let tap = 2
+}
+
+/// The device's queues and tap, served from one worker thread: TX chains are
+/// written to the tap, frames read from the tap go into RX chains.
+///
+/// Receive never busy-waits: when the driver has no RX buffers left the tap
+/// is dropped from the worker's epoll set and notifications are enabled on
+/// the RX queue; the driver's next notification brings the tap back.
+struct NetDataPlane {
+    static let receiveQueueIndex = 0
+    static let transmitQueueIndex = 1
+    /// Frames received per wake-up before TX gets a turn (the tap stays
+    /// readable, so epoll brings the worker straight back).
+    static let receiveBudget = 64
+
+    let memory: GuestMemory
+    let features: UInt64
+    let tap: any TapBackend
+    let interrupt: any VirtioInterrupt
+    let counters: VirtioCounters
+    let netCounters: VirtioNetCounters
+    let link: LinkStatus
+    var receiveQueue: Virtqueue?
+    var transmitQueue: Virtqueue?
+    let receiveNotification: EventFD?
+    let transmitNotification: EventFD?
+    /// Set once the worker exists; nil when run without one (fuzzing).
+    var worker: VirtioWorker?
+    /// Polled in place of a queue the driver did not enable; never signalled.
+    var placeholder: EventFD?
+    var tapWatched = true
+    /// A queue broke the protocol: the device serves nothing until reset.
+    var broken = false
+
+    /// VIRTIO_NET_F_MRG_RXBUF: one frame may span several RX chains.
+    let mergeable: Bool
+    /// The header plus the largest frame the driver may be handed: with this
+    /// much room in hand the tap reads straight into guest buffers.
+    let directThreshold: UInt64
+    /// RX chains taken from the ring and not used yet, in ring order.
+    var spare: [DescriptorChain] = []
+    var spareRoom: UInt64 = 0
+    /// Frames that did not fit the chains in hand are read here, then copied.
+    var bounce: [UInt8]
+    /// Length of a frame in `bounce` waiting for RX buffers.
+    var pendingLength: Int?
+
+    init(activation: VirtioActivation, tap: any TapBackend, counters: VirtioCounters, netCounters: VirtioNetCounters, link: LinkStatus) {
+        memory = activation.memory
+        features = activation.features
+        self.tap = tap
+        interrupt = activation.interrupt
+        self.counters = counters
+        self.netCounters = netCounters
+        self.link = link
+        let receive = activation.queues.first { $0.index == Self.receiveQueueIndex }
+        let transmit = activation.queues.first { $0.index == Self.transmitQueueIndex }
+        receiveQueue = receive?.queue
+        transmitQueue = transmit?.queue
+        receiveNotification = receive?.notification
+        transmitNotification = transmit?.notification
+        mergeable = features & VirtioNetFeature.mergeableReceiveBuffers != 0
+        let largestFrame = features & VirtioNetFeature.guestSegmentation != 0
+            ? VirtioNetFrame.maximumLength : VirtioNetFrame.maximumUnsegmentedLength
+        directThreshold = UInt64(VirtioNetHeader.size + largestFrame)
+        // One byte more than the largest frame, so an oversized one shows as truncated.
+        bounce = [UInt8](repeating: 0, count: VirtioNetHeader.size + VirtioNetFrame.maximumLength + 1)
+    }
+
+    /// The descriptors the worker polls, by `NetToken` index.
+    var pollDescriptors: [Int32] {
+        let idle = placeholder?.descriptor.rawValue ?? -1
+        return [receiveNotification?.descriptor.rawValue ?? idle, transmitNotification?.descriptor.rawValue ?? idle, tap.descriptor]
+    }
+
+    // MARK: Events
+
+    mutating func handle(_ ready: [Int]) {
+        netCounters.wakeups.add(1, ordering: .relaxed)
+        guard !broken else { return }
+        var receive = false
+        do throws(VirtqueueError) {
+            for token in ready {
+                switch token {
+                case NetToken.receiveNotification:
+                    consume(receiveNotification)
+                    receive = true
+                case NetToken.transmitNotification:
+                    consume(transmitNotification)
+                    try processTransmit()
+                case NetToken.tap:
+                    receive = true
+                default:
+                    break
+                }
+            }
+            if receive { try processReceive() }
+        } catch {
+            markBroken(error)
+        }
+    }
+
+    func consume(_ notification: EventFD?) {
+        if let count = try? notification?.consume() {
+            counters.notifications.add(count, ordering: .relaxed)
+        }
+    }
+
+    func signal(queue index: Int) {
+        counters.interrupts.add(1, ordering: .relaxed)
+        interrupt.signalUsedBuffers(queue: index)
+    }
+
+    /// The driver broke a queue: report it once and stop serving until reset.
+    mutating func markBroken(_ error: VirtqueueError) {
+        broken = true
+        interrupt.reportDeviceError("virtio-net (\(tap.label)): \(error)")
+        if let worker {
+            let descriptors = pollDescriptors
+            for index in [NetToken.receiveNotification, NetToken.transmitNotification] where descriptors[index] >= 0 {
+                worker.setWatching(descriptors[index], index: index, false)
+            }
+            if tapWatched { worker.setWatching(tap.descriptor, index: NetToken.tap, false) }
+        }
+        tapWatched = false
+    }
+
+    mutating func setTapWatched(_ watched: Bool) {
+        guard watched != tapWatched else { return }
+        tapWatched = watched
+        worker?.setWatching(tap.descriptor, index: NetToken.tap, watched)
+    }
+
+    // MARK: Transmit
+
+    mutating func processTransmit() throws(VirtqueueError) {
+        guard var queue = transmitQueue else { return }
+        defer { transmitQueue = queue }
+        try queue.disableNotifications()
+        while true {
+            while let chain = try queue.popChain() {
+                transmit(chain)
+                try queue.addUsed(head: chain.head, writtenLength: 0)
+                counters.requests.add(1, ordering: .relaxed)
+            }
+            if try !queue.enableNotifications() { break }
+        }
+        if try queue.shouldInterrupt() { signal(queue: Self.transmitQueueIndex) }
+    }
+
+    /// Writes one TX chain to the tap, or counts it as malformed and drops it.
+    func transmit(_ chain: DescriptorChain) {
+        let header: VirtioNetHeader, data: [GuestBuffer]
+        switch VirtioNetFrame.parseTransmit(chain: chain, memory: memory, features: features) {
+        case let .success(parsed): (header, data) = parsed
+        case .failure:
+            netCounters.transmitMalformed.add(1, ordering: .relaxed)
+            return
+        }
+        var headerBytes = header.bytes
+        // SAFETY: the header bytes are used only inside this call, by writev.
+        let outcome = headerBytes.withUnsafeMutableBytes { raw in
+            Result { () throws(GuestMemoryError) in
+                try withIOVectors(memory: memory, prefix: raw, buffers: data) { vectors in
+                    Result { () throws(SystemCallError) in try tap.send(vectors) }
+                }
+            }
+        }
+        switch outcome {
+        case .success(.success):
+            netCounters.framesTransmitted.add(1, ordering: .relaxed)
+            counters.bytesFromGuest.add(chain.readableLength, ordering: .relaxed)
+        case .success(.failure):
+            netCounters.transmitErrors.add(1, ordering: .relaxed)
+            counters.errors.add(1, ordering: .relaxed)
+        case .failure:
+            // The chain was validated against guest RAM, so this is not expected.
+            netCounters.transmitMalformed.add(1, ordering: .relaxed)
+        }
+    }
+
+    // MARK: Receive
+
+    enum ReceiveOutcome { case tapEmpty, budgetSpent, outOfBuffers, tapFailed }
+    enum FrameOutcome { case delivered, dropped, pending, tapEmpty, tapFailed, noBuffers }
+
+    mutating func processReceive() throws(VirtqueueError) {
+        guard var queue = receiveQueue else {
+            // No RX queue: nowhere to put frames; stop polling so a readable tap cannot spin.
+            setTapWatched(false)
+            return
+        }
+        defer { receiveQueue = queue }
+        var delivered = 0
+        var outcome = ReceiveOutcome.budgetSpent
+        receiving: for _ in 0..<Self.receiveBudget {
+            let step = pendingLength == nil ? try readFrame(&queue) : try deliverPending(&queue)
+            switch step {
+            case .delivered: delivered += 1
+            case .dropped, .pending: continue
+            case .tapEmpty:
+                outcome = .tapEmpty
+                break receiving
+            case .tapFailed:
+                outcome = .tapFailed
+                break receiving
+            case .noBuffers:
+                // Ask for a notification, then look once more: buffers the
+                // driver added meanwhile would otherwise go unnoticed.
+                if try queue.enableNotifications() { continue }
+                outcome = .outOfBuffers
+                break receiving
+            }
+        }
+        if delivered > 0, try queue.shouldInterrupt() { signal(queue: Self.receiveQueueIndex) }
+        switch outcome {
+        case .outOfBuffers:
+            if tapWatched { netCounters.receiveStalls.add(1, ordering: .relaxed) }
+            setTapWatched(false)
+        case .tapEmpty, .budgetSpent:
+            if !tapWatched {
+                setTapWatched(true)
+                try queue.disableNotifications()
+            }
+        case .tapFailed:
+            break
+        }
+    }
+
+    /// Reads the next frame from the tap: straight into RX chains when they
+    /// have room for the largest frame, else into `bounce` (pending).
+    mutating func readFrame(_ queue: inout Virtqueue) throws(VirtqueueError) -> FrameOutcome {
+        try refillSpare(&queue, target: directThreshold)
+        if let chainCount = directChainCount() {
+            let chains = Array(spare[..<chainCount])
+            let buffers = chains.flatMap(\.writable)
+            let room = chains.reduce(0) { $0 + $1.writableLength }
+            let result = Result { () throws(GuestMemoryError) in
+                try withIOVectors(memory: memory, prefix: nil, buffers: buffers) { vectors in
+                    Result { () throws(SystemCallError) in try tap.receive(into: vectors) }
+                }
+            }
+            switch result {
+            case .failure:
+                // The chains were validated against guest RAM, so this is not expected.
+                netCounters.receiveErrors.add(1, ordering: .relaxed)
+                return .tapEmpty
+            case let .success(.failure(error)):
+                return tapReadFailed(error)
+            case let .success(.success(length)):
+                if length == 0 { return tapReadFailed(nil) }
+                guard length >= VirtioNetHeader.size + VirtioNetFrame.minimumLength, UInt64(length) <= room else {
+                    netCounters.receiveDropped.add(1, ordering: .relaxed)
+                    return .dropped
+                }
+                try commit(&queue, length: length, fromBounce: false)
+                return .delivered
+            }
+        }
+        let backend = tap
+        let result = bounce.withUnsafeMutableBytes { raw in
+            Result { () throws(SystemCallError) -> Int in
+                var vector = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
+                // SAFETY: one iovec over `bounce`, alive for the call.
+                return try withUnsafePointer(to: &vector) { (pointer) throws(SystemCallError) -> Int in
+                    try backend.receive(into: UnsafeBufferPointer(start: pointer, count: 1))
+                }
+            }
+        }
+        switch result {
+        case let .failure(error):
+            return tapReadFailed(error)
+        case let .success(length):
+            if length == 0 { return tapReadFailed(nil) }
+            guard length >= VirtioNetHeader.size + VirtioNetFrame.minimumLength,
+                  length <= VirtioNetHeader.size + VirtioNetFrame.maximumLength else {
+                netCounters.receiveDropped.add(1, ordering: .relaxed)
+                return .dropped
+            }
+            pendingLength = length
+            return try deliverPending(&queue)
+        }
+    }
+
+    /// EAGAIN is "nothing to read"; anything else (or end of file) means the
+    /// tap is gone: stop polling it and report the link down.
+    mutating func tapReadFailed(_ error: SystemCallError?) -> FrameOutcome {
+        if let error, error.errno == .wouldBlock { return .tapEmpty }
+        netCounters.receiveErrors.add(1, ordering: .relaxed)
+        setTapWatched(false)
+        if link.up.exchange(false, ordering: .relaxed) {
+            interrupt.signalConfigurationChange()
+        }
+        return .tapFailed
+    }
+
+    /// How many spare chains (from the first) hold the largest frame, or nil
+    /// if they do not: without MRG_RXBUF only the first chain counts.
+    func directChainCount() -> Int? {
+        guard !spare.isEmpty else { return nil }
+        guard mergeable else { return spare[0].writableLength >= directThreshold ? 1 : nil }
+        var room: UInt64 = 0
+        var buffers = 0
+        for (index, chain) in spare.enumerated() {
+            buffers += chain.writable.count
+            guard buffers <= maximumIOVectors else { return nil }
+            room += chain.writableLength
+            if room >= directThreshold { return index + 1 }
+        }
+        return nil
+    }
+
+    /// Takes RX chains from the ring until `target` bytes of room are in hand
+    /// or the ring is empty. Chains with no room for a header (or with
+    /// readable buffers) go straight back, empty.
+    mutating func refillSpare(_ queue: inout Virtqueue, target: UInt64) throws(VirtqueueError) {
+        while spareRoom < target, let chain = try queue.popChain() {
+            guard chain.readable.isEmpty, chain.writableLength >= UInt64(VirtioNetHeader.size) else {
+                netCounters.receiveChainsRefused.add(1, ordering: .relaxed)
+                try queue.addUsed(head: chain.head, writtenLength: 0)
+                continue
+            }
+            spare.append(chain)
+            spareRoom += chain.writableLength
+        }
+    }
+
+    /// Hands the frame in `bounce` to the driver, if it has the room.
+    mutating func deliverPending(_ queue: inout Virtqueue) throws(VirtqueueError) -> FrameOutcome {
+        guard let length = pendingLength else { return .dropped }
+        if mergeable {
+            try refillSpare(&queue, target: UInt64(length))
+            guard spareRoom >= UInt64(length) else { return .noBuffers }
+        } else {
+            try refillSpare(&queue, target: 1)
+            guard let chain = spare.first else { return .noBuffers }
+            guard chain.writableLength >= UInt64(length) else {
+                // The driver's buffers are smaller than the frame: drop it, keep them.
+                pendingLength = nil
+                netCounters.receiveDropped.add(1, ordering: .relaxed)
+                return .dropped
+            }
+        }
+        pendingLength = nil
+        try commit(&queue, length: length, fromBounce: true)
+        return .delivered
+    }
+
+    /// Returns the spare chains a frame of `length` bytes (header included)
+    /// fills to the driver, setting num_buffers. The frame is already in the
+    /// chains (direct read) or is copied from `bounce`.
+    mutating func commit(_ queue: inout Virtqueue, length: Int, fromBounce: Bool) throws(VirtqueueError) {
+        var sizes: [UInt32] = []
+        var left = UInt64(length)
+        for chain in spare where left > 0 {
+            let used = min(left, chain.writableLength)
+            sizes.append(UInt32(used))
+            left -= used
+            if !mergeable { break }
+        }
+        let bufferCount = UInt16(clamping: sizes.count)
+        let countBytes = [UInt8(truncatingIfNeeded: bufferCount), UInt8(truncatingIfNeeded: bufferCount >> 8)]
+        let chains = spare[..<sizes.count]
+        if fromBounce {
+            bounce[VirtioNetHeader.bufferCountOffset] = countBytes[0]
+            bounce[VirtioNetHeader.bufferCountOffset + 1] = countBytes[1]
+            let memory = memory
+            // SAFETY: the slices stay inside `bounce` (sizes sum to length <= bounce.count).
+            let copied = bounce.withUnsafeBytes { frame in
+                Result { () throws(GuestMemoryError) in
+                    var offset = 0
+                    for (chain, size) in zip(chains, sizes) {
+                        var writer = ChainWriter(memory: memory, buffers: chain.writable)
+                        try writer.write(UnsafeRawBufferPointer(rebasing: frame[offset..<(offset + Int(size))]))
+                        offset += Int(size)
+                    }
+                }
+            }
+            if case let .failure(error) = copied { throw .memory(error) }
+        } else {
+            // The tap leaves num_buffers alone: set it in the first chain.
+            var writer = ChainWriter(memory: memory, buffers: chains[chains.startIndex].writable)
+            writer.advance(by: UInt64(VirtioNetHeader.bufferCountOffset))
+            do {
+                try writer.write(bytes: countBytes)
+            } catch {
+                throw .memory(error)
+            }
+        }
+        for (chain, size) in zip(chains, sizes) {
+            try queue.addUsed(head: chain.head, writtenLength: size)
+            spareRoom -= chain.writableLength
+        }
+        spare.removeFirst(sizes.count)
+        netCounters.framesReceived.add(1, ordering: .relaxed)
+        counters.requests.add(UInt64(sizes.count), ordering: .relaxed)
+        counters.bytesToGuest.add(UInt64(length), ordering: .relaxed)
+    }
+}

@@ -1,0 +1,126 @@
+import CKVM
+import Glibc
+import HostSystem
+
+/// What the device needs from its host side: a non-blocking descriptor that
+/// carries one Ethernet frame per read/write, each behind a 12-byte
+/// virtio_net_hdr_v1. `Tap` is the real one; tests use a socket pair.
+public protocol TapBackend: AnyObject, Sendable {
+    /// Polled by the device's worker for readable frames.
+    var descriptor: Int32 { get }
+    /// Names the tap in messages.
+    var label: String { get }
+    /// Tells the host which offloads (TUN_F_* bits) the driver accepts, so
+    /// it hands over only frames the driver can take.
+    func setOffloads(_ flags: UInt32) throws(VirtioNetError)
+    /// readv of one frame (header first). Returns the frame's full length,
+    /// which exceeds the vectors' capacity when the frame was truncated.
+    /// Throws EAGAIN when no frame is waiting.
+    func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int
+    /// writev of one frame (header first).
+    func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int
+}
+
+/// A Linux tap interface opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a
+/// 12-byte vnet header, non-blocking.
+public final class Tap: TapBackend {
+    public let file: OwnedFileDescriptor
+    public let label: String
+    public var descriptor: Int32 { file.rawValue }
+
+    static let flags = Int16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+    /// IFNAMSIZ: interface names are at most 15 bytes and a NUL.
+    static let interfaceNameSize = 16
+
+    /// Attaches to the tap `name`, creating it if it does not exist (which
+    /// needs CAP_NET_ADMIN; an existing tap made for this user does not).
+    public init(name: String) throws(VirtioNetError) {
+        try Self.validate(name: name)
+        label = name
+        do {
+            file = try OwnedFileDescriptor.open("/dev/net/tun", flags: O_RDWR | O_NONBLOCK)
+        } catch {
+            throw .openTap(tap: name, step: "open /dev/net/tun", cause: error)
+        }
+        do {
+            _ = try systemCall("ioctl TUNSETIFF \(name)") { ckvm_tun_set_interface(file.rawValue, name, Self.flags) }
+        } catch {
+            throw .openTap(tap: name, step: "TUNSETIFF", cause: error)
+        }
+        try setHeaderSize()
+    }
+
+    /// Uses `descriptor`, an open tap (e.g. passed by a management process
+    /// that holds CAP_NET_ADMIN), through a duplicate: the original stays
+    /// the caller's, so a VM rebuilt on reboot can use it again. It must have
+    /// been attached with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR.
+    public init(adopting descriptor: Int32) throws(VirtioNetError) {
+        let label = "tap-fd=\(descriptor)"
+        let duplicate: Int32
+        do {
+            duplicate = try systemCall("fcntl F_DUPFD_CLOEXEC") { fcntl(descriptor, F_DUPFD_CLOEXEC, 3) }
+        } catch {
+            throw .notATap(tap: label, reason: "\(descriptor) is not an open file descriptor (\(error.errno))")
+        }
+        file = OwnedFileDescriptor(adopting: duplicate)
+        var name = [CChar](repeating: 0, count: Self.interfaceNameSize)
+        var flags: Int16 = 0
+        // SAFETY: name has IFNAMSIZ bytes, as ckvm_tun_get_interface writes.
+        let attached: Result<Int32, SystemCallError> = name.withUnsafeMutableBufferPointer { buffer in
+            Result { () throws(SystemCallError) -> Int32 in
+                try systemCall("ioctl TUNGETIFF") { ckvm_tun_get_interface(duplicate, buffer.baseAddress, &flags) }
+            }
+        }
+        if case let .failure(error) = attached {
+            throw .notATap(tap: label, reason: "it is not attached to a tun/tap interface (TUNGETIFF: \(error.errno))")
+        }
+        guard Int32(flags) & IFF_TAP != 0 else { throw .notATap(tap: label, reason: "it is a tun (IP) device, not a tap (Ethernet)") }
+        guard Int32(flags) & IFF_VNET_HDR != 0 else { throw .notATap(tap: label, reason: "it was opened without IFF_VNET_HDR") }
+        guard Int32(flags) & IFF_NO_PI != 0 else { throw .notATap(tap: label, reason: "it was opened without IFF_NO_PI") }
+        self.label = "\(label) (\(String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))"
+        do {
+            // O_NONBLOCK lives in the open file description, shared with the original.
+            let status = try systemCall("fcntl F_GETFL") { fcntl(duplicate, F_GETFL) }
+            _ = try systemCall("fcntl F_SETFL") { fcntl(duplicate, F_SETFL, status | O_NONBLOCK) }
+        } catch {
+            throw .configureTap(tap: self.label, step: "non-blocking mode", cause: error)
+        }
+        try setHeaderSize()
+    }
+
+    /// Interface names are at most IFNAMSIZ-1 bytes, without '/', ':' or whitespace.
+    public static func validate(name: String) throws(VirtioNetError) {
+        guard !name.isEmpty else { throw .invalidTapName(name, reason: "it is empty") }
+        guard name.utf8.count < interfaceNameSize else {
+            throw .invalidTapName(name, reason: "longer than \(interfaceNameSize - 1) bytes")
+        }
+        guard name != ".", name != "..", !name.contains(where: { $0 == "/" || $0 == ":" || $0 == "," || $0.isWhitespace }) else {
+            throw .invalidTapName(name, reason: "interface names cannot be '.' or '..' or contain '/', ':', ',' or whitespace")
+        }
+    }
+
+    func setHeaderSize() throws(VirtioNetError) {
+        var size = Int32(VirtioNetHeader.size)
+        do {
+            try file.ioctl("ioctl TUNSETVNETHDRSZ", CKVM_TUNSETVNETHDRSZ, pointer: &size)
+        } catch {
+            throw .configureTap(tap: label, step: "TUNSETVNETHDRSZ 12", cause: error)
+        }
+    }
+
+    public func setOffloads(_ flags: UInt32) throws(VirtioNetError) {
+        do {
+            try file.ioctl("ioctl TUNSETOFFLOAD", CKVM_TUNSETOFFLOAD, value: UInt(flags))
+        } catch {
+            throw .configureTap(tap: label, step: "TUNSETOFFLOAD 0x\(String(flags, radix: 16))", cause: error)
+        }
+    }
+
+    public func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int {
+        try systemCall("readv \(label)") { readv(file.rawValue, vectors.baseAddress, Int32(vectors.count)) }
+    }
+
+    public func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int {
+        try systemCall("writev \(label)") { writev(file.rawValue, vectors.baseAddress, Int32(vectors.count)) }
+    }
+}

@@ -1,1 +1,0 @@
-// VirtioNet: filled in by the VirtIO-over-PCI work (issue #4).
