@@ -99,7 +99,7 @@ enum HostProcess {
         var usage = Usage(state: state, cpuSeconds: (user + system) / ticksPerSecond, startTicks: start)
         if let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) {
             for line in status.split(separator: "\n") {
-                let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+                let parts = line.split(whereSeparator: \.isWhitespace)
                 if line.hasPrefix("VmRSS:"), parts.count >= 2, let kib = Int(parts[1]) { usage.rssBytes = kib * 1024 }
                 if line.hasPrefix("Threads:"), parts.count >= 2 { usage.threads = Int(parts[1]) }
             }
