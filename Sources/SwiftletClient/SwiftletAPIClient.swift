@@ -76,12 +76,15 @@ public struct SwiftletAPIClient: Sendable {
     public func metrics() throws -> String { try call("GET", "/metrics").text }
 
     /// Follows `GET /v1/events` until `onEvent` returns false.
-    public func events(onEvent: (VMEvent) -> Bool) throws {
+    /// `timeout`: give up after that many seconds without a byte (0: never).
+    /// `onConnected` runs once the daemon has accepted the subscription.
+    public func events(timeout: Double = 0, onConnected: () -> Void = {}, onEvent: (VMEvent) -> Bool) throws {
         var streaming = http
-        streaming.timeout = 0
+        streaming.timeout = timeout
         do {
             try streaming.streamLines("/v1/events", onHead: { status, _ in
                 guard status == 200 else { throw Failure.api(status: status, message: "events: HTTP \(status)") }
+                onConnected()
             }) { line in
                 guard let event = try? SwiftletJSON.decoder.decode(VMEvent.self, from: Data(line.utf8)) else { return true }
                 return onEvent(event)

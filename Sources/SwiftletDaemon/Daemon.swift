@@ -69,6 +69,14 @@ public struct Daemon {
             }
         }
         defer { rotation.cancel() }
+        // Hummingbird drains requests on SIGTERM/SIGINT; event streams would never end by themselves.
+        let stopSignals = [SIGTERM, SIGINT].map { signal in
+            let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
+            source.setEventHandler { supervisor.finishEventStreams() }
+            source.resume()
+            return source
+        }
+        defer { stopSignals.forEach { $0.cancel() } }
         try await application.runService()
     }
 }

@@ -27,6 +27,8 @@ enum HostProcess {
         posix_spawn_file_actions_addopen(&actions, 0, stdinPath, O_RDWR, 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_APPEND | O_CREAT, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_TRUNC | O_CREAT, 0o600)
+        // Nothing else of the daemon's (its listening socket, the database) may live on in the VMM.
+        closeInheritedDescriptors(&actions)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -46,6 +48,22 @@ enum HostProcess {
         let result = posix_spawn(&pid, binary, &actions, &attributes, argv, environ)
         guard result == 0 else { throw SpawnFailure(step: "starting \(binary)", code: result) }
         return pid
+    }
+
+    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    /// glibc 2.34's posix_spawn_file_actions_addclosefrom_np, which Swift's Glibc module does not export.
+    static let closeFrom: CloseFrom? = {
+        // SAFETY: RTLD_DEFAULT is the null handle on glibc; the symbol has the C signature above.
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: CloseFrom.self)
+    }()
+
+    static func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t) {
+        if let closeFrom, closeFrom(&actions, 3) == 0 { return }
+        // Older glibc: close what is open now, one by one.
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+            if let fd = Int32(entry), fd > 2 { posix_spawn_file_actions_addclose(&actions, fd) }
+        }
     }
 
     /// Blocks until the child `pid` ends; the raw wait status.

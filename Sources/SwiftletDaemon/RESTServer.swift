@@ -214,16 +214,31 @@ public struct DaemonAPI: Sendable {
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
     }
 
-    /// Newline-delimited JSON, one `VMEvent` per state change, chunked until the client goes.
+    /// Newline-delimited JSON, one `VMEvent` per state change, chunked until
+    /// the client goes. An empty line every 10 s finds clients that left.
     func eventStream() -> Response {
         let events = supervisor.events()
+        let (lines, continuation) = AsyncStream<Data>.makeStream()
+        let forward = Task {
+            for await event in events {
+                if let data = try? SwiftletJSON.encoder().encode(event) { continuation.yield(data + Data("\n".utf8)) }
+            }
+            continuation.finish()
+        }
+        let heartbeat = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(10))
+                continuation.yield(Data("\n".utf8))
+            }
+        }
+        continuation.onTermination = { _ in forward.cancel(); heartbeat.cancel() }
         var headers = HTTPFields()
         headers[.contentType] = "application/x-ndjson"
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            defer { forward.cancel(); heartbeat.cancel() }
             try await writer.write(ByteBuffer(string: "\n"))
-            for await event in events {
-                let data = try SwiftletJSON.encoder().encode(event)
-                try await writer.write(ByteBuffer(bytes: data + Data("\n".utf8)))
+            for await line in lines {
+                try await writer.write(ByteBuffer(bytes: line))
             }
             try await writer.finish(nil)
         })

@@ -117,6 +117,11 @@ public final class Supervisor: Sendable {
         return stream
     }
 
+    /// Ends every event stream (daemon shutdown), so no request keeps the server up.
+    public func finishEventStreams() {
+        for continuation in subscribers.withLock({ Array($0.values) }) { continuation.finish() }
+    }
+
     func count(_ key: String) { counters.withLock { $0[key, default: 0] += 1 } }
     public func counterValues() -> [String: Int] { counters.withLock { $0 } }
 
