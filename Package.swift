@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet"]),
+        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -49,7 +49,7 @@ let package = Package(
         .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
-        .target(name: "VirtioConsole", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
             "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
@@ -57,8 +57,11 @@ let package = Package(
         ]),
         // A small JSON parser, so the VMM needs no Foundation.
         .target(name: "LeanJSON"),
+        // The per-VM control API: a small HTTP/1.1 server on a Unix socket
+        // with Firecracker's resources (no Foundation, no SwiftNIO).
+        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "LeanJSON"]),
         // swiftlet-vmm's command line and config file (`swiftlet run` execs it).
-        .target(name: "VMMCommand", dependencies: ["VMM", "HostSystem", "LeanJSON"]),
+        .target(name: "VMMCommand", dependencies: ["CKVM", "VMM", "ControlAPI", "HostSystem", "LeanJSON"]),
         // A fully static binary: no dynamic loader, no shared-library
         // relocations. This halves the VMM's resident memory (benchmark P2)
         // and shortens its start-up (P1).
@@ -92,11 +95,14 @@ let package = Package(
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "ArchX86Tests", dependencies: ["ArchX86", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "Devices", "GuestMemory"]),
-        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
+        // Driver-side virtqueue mock shared by device tests.
+        .target(name: "VirtioTestSupport", dependencies: ["Virtio", "GuestMemory"], path: "Tests/VirtioTestSupport"),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.

@@ -150,11 +150,15 @@ public struct PCIECAMConfiguration: Sendable, Equatable {
     /// Window above 4 GiB for 64-bit BARs (omitted from _CRS when the size is 0).
     public var mmio64Base: UInt64
     public var mmio64Size: UInt64
+    /// INTx wiring of bus 0, published as PCI0._PRT (omitted when empty, for
+    /// guests that use MSI/MSI-X only).
+    public var interruptRoutes: [PCIInterruptRoute]
 
     public init(
         base: UInt64, startBus: UInt8 = 0, endBus: UInt8 = 255,
         mmio32Base: UInt32, mmio32Size: UInt32,
-        mmio64Base: UInt64 = 0, mmio64Size: UInt64 = 0
+        mmio64Base: UInt64 = 0, mmio64Size: UInt64 = 0,
+        interruptRoutes: [PCIInterruptRoute] = []
     ) {
         self.base = base
         self.startBus = startBus
@@ -163,11 +167,28 @@ public struct PCIECAMConfiguration: Sendable, Equatable {
         self.mmio32Size = mmio32Size
         self.mmio64Base = mmio64Base
         self.mmio64Size = mmio64Size
+        self.interruptRoutes = interruptRoutes
     }
 
     /// The configuration space actually decoded: buses startBus...endBus.
     var ecamRangeStart: UInt64 { base + UInt64(startBus) << 20 }
     var ecamRangeSize: UInt64 { UInt64(Int(endBus) - Int(startBus) + 1) << 20 }
+}
+
+/// One _PRT entry: INTx pin `pin` (0 = INTA# ... 3 = INTD#) of device
+/// `device` on bus 0 drives global system interrupt `gsi` (an IO-APIC input;
+/// level-triggered, active-low, as ACPI defines for _PRT entries without a
+/// link device).
+public struct PCIInterruptRoute: Sendable, Equatable {
+    public var device: UInt8
+    public var pin: UInt8
+    public var gsi: UInt32
+
+    public init(device: UInt8, pin: UInt8, gsi: UInt32) {
+        self.device = device
+        self.pin = pin
+        self.gsi = gsi
+    }
 }
 
 /// The hardware-reduced sleep control register as Linux (ACPICA's

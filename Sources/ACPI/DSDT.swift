@@ -71,8 +71,9 @@ enum DSDT {
     /// PNP0A03), segment 0, decoding the configured buses, the legacy config
     /// ports 0xCF8-0xCFF and the MMIO windows BARs are assigned from. No
     /// _OSC: Linux then leaves PCIe native features (hotplug, AER, PME) to
-    /// the platform and disables ASPM, neither of which virtual devices need;
-    /// no _PRT: devices are expected to use MSI/MSI-X.
+    /// the platform and disables ASPM, neither of which virtual devices need.
+    /// _PRT (when routes are given) maps each device's INTx pins straight to
+    /// IO-APIC inputs (source 0, no link devices), for drivers without MSI-X.
     static func pciRootBridge(_ pci: PCIECAMConfiguration) throws(ACPIError) -> [UInt8] {
         var resources: [[UInt8]] = [
             AML.Resource.wordBusNumber(UInt16(pci.startBus)...UInt16(pci.endBus)),
@@ -84,14 +85,31 @@ enum DSDT {
         if pci.mmio64Size > 0 {
             resources.append(AML.Resource.qwordMemory(pci.mmio64Base...(pci.mmio64Base + (pci.mmio64Size - 1))))
         }
-        return try AML.device("PCI0", [
-            AML.name("_HID", AML.eisaID("PNP0A08")),
-            AML.name("_CID", AML.eisaID("PNP0A03")),
-            AML.name("_SEG", AML.integer(0)),
-            AML.name("_BBN", AML.integer(UInt64(pci.startBus))),
-            AML.name("_UID", AML.integer(0)),
-            AML.name("_CRS", AML.resourceTemplate(resources)),
-        ])
+        var terms = [
+            try AML.name("_HID", AML.eisaID("PNP0A08")),
+            try AML.name("_CID", AML.eisaID("PNP0A03")),
+            try AML.name("_SEG", AML.integer(0)),
+            try AML.name("_BBN", AML.integer(UInt64(pci.startBus))),
+            try AML.name("_UID", AML.integer(0)),
+            try AML.name("_CRS", AML.resourceTemplate(resources)),
+        ]
+        if !pci.interruptRoutes.isEmpty {
+            terms.append(try AML.name("_PRT", interruptRoutingTable(pci.interruptRoutes)))
+        }
+        return try AML.device("PCI0", terms)
+    }
+
+    /// Package of Package(){Address (device << 16 | 0xFFFF: any function),
+    /// Pin, Source (0: a GSI, not a link device), Source Index (the GSI)}.
+    static func interruptRoutingTable(_ routes: [PCIInterruptRoute]) throws(ACPIError) -> [UInt8] {
+        var entries: [[UInt8]] = []
+        for route in routes {
+            entries.append(try AML.package([
+                AML.integer(UInt64(route.device) << 16 | 0xFFFF), AML.integer(UInt64(route.pin)),
+                AML.integer(0), AML.integer(UInt64(route.gsi)),
+            ]))
+        }
+        return try AML.package(entries)
     }
 
     /// Device(MBRD): motherboard resources (PNP0C02) claiming the ECAM range

@@ -48,9 +48,19 @@ public enum Layout {
     /// PCI ECAM (configuration space), 256 MiB for buses 0-255.
     public static let pciECAMStart = GuestAddress(0xE000_0000)
     public static let pciECAMSize: UInt64 = 0x1000_0000
-    /// 32-bit window for PCI BARs.
+    /// 32-bit window for PCI BARs (up to ECAM). Virtio BARs go here: guests
+    /// such as the test kit map only the first 4 GiB.
     public static let pciMMIO32Start = GuestAddress(0xC000_0000)
     public static let pciMMIO32Size: UInt64 = 0x2000_0000
+    /// 64-bit window for PCI BARs: 64 GiB from the first 1 GiB boundary above
+    /// RAM (and above 4 GiB).
+    public static let pciMMIO64Size: UInt64 = 64 << 30
+    public static func pciMMIO64Start(memorySize: UInt64) -> GuestAddress {
+        let ramEnd = memorySize <= mmioHoleStart.rawValue
+            ? ramAbove4GStart.rawValue : ramAbove4GStart.rawValue + (memorySize - mmioHoleStart.rawValue)
+        let gigabyte: UInt64 = 1 << 30
+        return GuestAddress((ramEnd + gigabyte - 1) & ~(gigabyte - 1))
+    }
     /// KVM's identity-map page and TSS (three pages) for real-mode emulation on Intel.
     public static let kvmIdentityMapStart = GuestAddress(0xFFFB_C000)
     public static let kvmTSSStart = GuestAddress(0xFFFB_D000)
@@ -77,4 +87,7 @@ public enum Layout {
     public static let acpiS5SleepType: UInt8 = 5
     /// SCI interrupt announced in the FADT (unused by hardware-reduced ACPI).
     public static let acpiSCIInterrupt: UInt16 = 9
+    /// GSI of the ACPI Generic Event Device that presses the power button
+    /// (edge-triggered, active-high; no legacy device uses ISA IRQ 5 here).
+    public static let acpiGEDInterrupt: UInt32 = 5
 }

@@ -8,9 +8,9 @@ import GuestMemory
 /// Linux zero page. Returns the CPU state the entry point expects.
 enum GuestBoot {
     static func load(kernel: [UInt8], initrd: [UInt8]?, configuration: VMConfiguration,
-                     memory: GuestMemory) throws(VMMError) -> EntryState {
+                     memory: GuestMemory, pci: PCIECAMConfiguration?) throws(VMMError) -> EntryState {
         do {
-            return try loadOrThrow(kernel: kernel, initrd: initrd, configuration: configuration, memory: memory)
+            return try loadOrThrow(kernel: kernel, initrd: initrd, configuration: configuration, memory: memory, pci: pci)
         } catch let error as BootError {
             throw .boot(step: "cannot boot '\(configuration.kernelPath)'", message: error.description)
         } catch let error as ACPIError {
@@ -23,7 +23,7 @@ enum GuestBoot {
     }
 
     private static func loadOrThrow(kernel: [UInt8], initrd: [UInt8]?, configuration: VMConfiguration,
-                                    memory: GuestMemory) throws -> EntryState {
+                                    memory: GuestMemory, pci: PCIECAMConfiguration?) throws -> EntryState {
         let loaded = try KernelLoader.load(image: kernel, into: memory, highMemoryStart: Layout.highMemoryStart)
         try BootGDT.write(into: memory)
 
@@ -45,7 +45,10 @@ enum GuestBoot {
                 s5SleepType: Layout.acpiS5SleepType,
                 sciInterrupt: Layout.acpiSCIInterrupt,
                 // KVM's default routing wires the in-kernel PIT to IO-APIC pin 0, so no IRQ0→GSI2 override.
-                interruptSourceOverrides: []),
+                interruptSourceOverrides: [],
+                pciECAM: pci,
+                // The power button the control API's Shutdown action presses.
+                additionalDSDTContent: ACPIPowerButton.aml(gsi: Layout.acpiGEDInterrupt)),
             rsdpAddress: Layout.rsdpStart.rawValue, tablesAddress: Layout.acpiTablesStart.rawValue,
             tablesLimit: Int(Layout.acpiTablesEnd.rawValue - Layout.acpiTablesStart.rawValue))
         try memory.write(bytes: tables.rsdp, at: Layout.rsdpStart)

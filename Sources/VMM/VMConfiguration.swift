@@ -27,6 +27,14 @@ public enum SerialMode: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+/// Which device is the guest's console (it gets what `SerialMode` names).
+public enum ConsoleKind: String, Equatable, Sendable, CaseIterable {
+    /// The 8250 UART at COM1 (ttyS0).
+    case serial
+    /// virtio-console (hvc0); COM1 stays, writing to the same place, for early messages.
+    case virtio
+}
+
 /// What a guest reboot does.
 public enum RebootAction: String, Equatable, Sendable, CaseIterable {
     /// Build the VM afresh and boot again.
@@ -51,8 +59,12 @@ public struct VMConfiguration: Equatable, Sendable {
     public var memorySize: UInt64
     public var serial: SerialMode
     public var onReboot: RebootAction
+    /// Which device carries the console.
+    public var console: ConsoleKind = .serial
     /// The KVM device node (a different path helps in containers and tests).
     public var kvmDevicePath = "/dev/kvm"
+    /// A virtio-rng device on PCI (`--rng`), fed from the host's getrandom.
+    public var entropyDevice = false
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

@@ -3,6 +3,7 @@ import Devices
 import GuestMemory
 import HostSystem
 import KVM
+import PCI
 
 /// Why a VM could not be built or run. Each case names the step.
 public enum VMMError: Error, Sendable, CustomStringConvertible {
@@ -13,6 +14,7 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case boot(step: String, message: String)
     case host(step: String, cause: SystemCallError)
     case bus(BusError)
+    case pci(PCIError)
 
     public var description: String {
         switch self {
@@ -34,6 +36,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "\(step): \(cause)"
         case let .bus(error):
             "device layout: \(error)"
+        case let .pci(error):
+            "PCI: \(error)"
         }
     }
 }

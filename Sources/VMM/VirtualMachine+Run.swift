@@ -26,26 +26,37 @@ extension VirtualMachine {
         if readsConsole { terminal.enable() }
         defer { terminal.restore() }
 
+        timing.withLock { $0.startedAt = RunTiming.now() }
         var threads: [HostThread] = []
         for vcpu in vcpus {
+            pauseGate.vcpuStarted()
             do {
-                threads.append(try HostThread(name: "vcpu\(vcpu.id)") { [self] in self.runVCPU(vcpu) })
+                threads.append(try HostThread(name: "vcpu\(vcpu.id)") { [self] in
+                    self.runVCPU(vcpu)
+                    self.pauseGate.vcpuFinished()
+                })
             } catch {
+                pauseGate.vcpuFinished()
                 requestStop(.crashed(report: "could not start vCPU \(vcpu.id) thread: \(error)"))
                 break
             }
         }
 
+        vcpuThreads.withLock { $0 = threads }
         serveEvents(readsConsole: readsConsole, signals: signals)
 
         // Stop every vCPU: immediate_exit covers a vCPU about to enter the
         // guest, the signal one already inside it.
         stopping.store(true, ordering: .sequentiallyConsistent)
+        pauseGate.release()
         for (vcpu, thread) in zip(vcpus, threads) {
             vcpu.requestExit()
             thread.signal(Self.kickSignal)
         }
         for thread in threads { thread.join() }
+        // Devices last: no vCPU can touch them any more.
+        pci.shutdown()
+        vcpuThreads.withLock { $0 = [] }
         return exitReason.withLock { $0 } ?? .stoppedByUser
     }
 
@@ -89,7 +100,12 @@ extension VirtualMachine {
     private func deliverConsoleInput(_ bytes: [UInt8]) {
         var remaining = bytes[...]
         while !remaining.isEmpty && exitReason.withLock({ $0 }) == nil {
-            let accepted = serial.enqueueInput(remaining.prefix(serial.inputSpace))
+            let accepted: Int
+            if let virtioConsole {
+                accepted = virtioConsole.enqueueInput(remaining.prefix(virtioConsole.inputSpace))
+            } else {
+                accepted = serial.enqueueInput(remaining.prefix(serial.inputSpace))
+            }
             remaining = remaining.dropFirst(accepted)
             if !remaining.isEmpty { usleep(1000) }
         }
@@ -98,7 +114,10 @@ extension VirtualMachine {
     /// One vCPU thread: enter the guest, handle the exit, repeat.
     func runVCPU(_ vcpu: VCPUHandle) {
         HostThread.unblockSignal(Self.kickSignal)
+        let counters = exitCounters[Int(vcpu.id)]
         while !stopping.load(ordering: .relaxed) {
+            pauseGate.parkIfPaused()
+            if stopping.load(ordering: .relaxed) { return }
             let exit: VCPUExit
             do {
                 exit = try vcpu.run()
@@ -106,6 +125,7 @@ extension VirtualMachine {
                 requestStop(.crashed(report: "vCPU \(vcpu.id): \(error)"))
                 return
             }
+            counters.count(exit.kind)
             switch exit {
             case let .portOut(port, size, count):
                 guard let data = vcpu.portIOData else { continue }

@@ -5,6 +5,7 @@ import GuestMemory
 import HostSystem
 import KVM
 import Synchronization
+import VirtioConsole
 
 /// One running guest: KVM VM, guest RAM, devices and one thread per vCPU.
 /// Build it with `init`, then call `run()` once from the main thread.
@@ -26,6 +27,22 @@ public final class VirtualMachine: Sendable {
     /// Signalled when `exitReason` is set, to wake the event loop.
     let stopEvent: EventFD
     let stopping = Atomic<Bool>(false)
+    /// PCI bus 0 and the virtio devices on it.
+    let pci: PCISetup
+    /// Parks the vCPUs while the control API has the VM paused.
+    let pauseGate = VCPUPauseGate()
+    /// Exit counters, one object per vCPU (index = vCPU id).
+    let exitCounters: [VCPUExitCounters]
+    /// Raises the ACPI Generic Event Device's interrupt: the power button.
+    let powerButton: EventFDInterruptLine
+    /// Counts COM1 output for the metrics.
+    let serialCounter: CountingSerialOutput
+    /// The virtio-console with `--console virtio`: it gets the typed input.
+    let virtioConsole: ConsoleDevice?
+    /// When `run()` started (CLOCK_MONOTONIC ns; 0 before) and pause accounting.
+    let timing = Mutex(RunTiming())
+    /// The running vCPU threads, for kicks (empty outside `run()`).
+    let vcpuThreads = Mutex<[HostThread]>([])
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
     /// `serialOutput` overrides where COM1 writes go (tests capture it).
@@ -80,18 +97,26 @@ public final class VirtualMachine: Sendable {
             output = try Self.makeSerialOutput(configuration.serial)
         }
         self.serialOutput = output
+        serialCounter = CountingSerialOutput(output)
         let serialInterrupt: EventFDInterruptLine
         do {
             serialInterrupt = try EventFDInterruptLine(vm: handle, gsi: Layout.com1IRQ)
+            powerButton = try EventFDInterruptLine(vm: handle, gsi: Layout.acpiGEDInterrupt)
         } catch {
             throw .kvm(error)
         }
-        serial = Serial8250(output: output, interrupt: serialInterrupt)
+        serial = Serial8250(output: serialCounter, interrupt: serialInterrupt)
+
+        // PCI: host bridge, configuration access, virtio devices.
+        let devices = try VirtioDeviceFactory.makeDevices(configuration, consoleOutput: serialCounter)
+        virtioConsole = devices.lazy.compactMap { $0 as? ConsoleDevice }.first
+        pci = try PCISetup(vm: handle, memory: memory, memorySize: configuration.memorySize, portBus: portBus,
+                           mmioBus: mmioBus, devices: devices)
 
         // Load the kernel and describe the machine to it.
         let entry = try GuestBoot.load(
             kernel: kernelImage, initrd: initrdImage, configuration: configuration,
-            memory: memory)
+            memory: memory, pci: pci.acpi)
 
         var vcpus: [VCPUHandle] = []
         do {
@@ -107,6 +132,7 @@ public final class VirtualMachine: Sendable {
             throw .kvm(error)
         }
         self.vcpus = vcpus
+        exitCounters = vcpus.map { _ in VCPUExitCounters() }
 
         try attachLegacyDevices()
     }

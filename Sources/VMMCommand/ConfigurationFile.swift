@@ -5,7 +5,7 @@ import VMM
 /// The `--config` JSON file: an object with the same settings as the flags.
 /// Unknown keys are refused so that a typo is never silently ignored.
 public struct ConfigurationFile: Equatable, Sendable {
-    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "on_reboot"]
+    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng"]
     /// Config files are small; anything larger is a mistake.
     public static let maximumSize = 1 << 20
 
@@ -16,7 +16,10 @@ public struct ConfigurationFile: Equatable, Sendable {
     /// "512M", or a number of MiB written as a JSON number.
     public var memory: String?
     public var serial: String?
+    public var console: String?
     public var onReboot: String?
+    /// A virtio-rng device.
+    public var rng: Bool?
 
     public static func load(path: String) throws(VMMError) -> ConfigurationFile {
         let bytes: [UInt8]
@@ -52,7 +55,11 @@ public struct ConfigurationFile: Equatable, Sendable {
             case "initrd": result.initrd = try string()
             case "cmdline": result.cmdline = try string()
             case "serial": result.serial = try string()
+            case "console": result.console = try string()
             case "on_reboot": result.onReboot = try string()
+            case "rng":
+                guard let flag = value.boolValue else { throw mismatch(key, value, "true or false", path) }
+                result.rng = flag
             case "cpus":
                 guard let count = value.integerValue, let exact = Int(exactly: count) else { throw mismatch(key, value, "a whole number", path) }
                 result.cpus = exact

@@ -1,3 +1,5 @@
+import CKVM
+import ControlAPI
 import Glibc
 import HostSystem
 import VMM
@@ -14,20 +16,81 @@ public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
             printError("swiftlet: \(error)")
             return .failure
         }
-        switch reason {
-        case .poweredOff, .stoppedByUser:
-            return .poweredOff
-        case let .stoppedBySignal(signal):
-            printError("swiftlet: stopped by signal \(signal)")
-            return .stoppedBySignal
-        case .rebootRequested:
-            if configuration.onReboot == .restart { continue }
-            printError("swiftlet: guest requested a reboot; exiting (use --on-reboot restart to boot again)")
-            return .guestRebooted
-        case let .crashed(report):
-            printError("swiftlet: guest crashed\n\(report)")
-            return .guestCrashed
+        if let status = exitStatus(for: reason, onReboot: configuration.onReboot) { return status }
+    }
+}
+
+/// The process exit status for how a run ended, or nil to boot again.
+func exitStatus(for reason: VMExitReason, onReboot: RebootAction) -> VMMExitStatus? {
+    switch reason {
+    case .poweredOff, .stoppedByUser:
+        return .poweredOff
+    case let .stoppedBySignal(signal):
+        printError("swiftlet: stopped by signal \(signal)")
+        return .stoppedBySignal
+    case .rebootRequested:
+        if onReboot == .restart { return nil }
+        printError("swiftlet: guest requested a reboot; exiting (use --on-reboot restart to boot again)")
+        return .guestRebooted
+    case let .crashed(report):
+        printError("swiftlet: guest crashed\n\(report)")
+        return .guestCrashed
+    }
+}
+
+/// Runs with the control API: serves it from the start, boots at once or
+/// when InstanceStart arrives, and exits as `runVM` does when the guest
+/// powers off (an API Reboot boots again in the same process).
+public func runWithAPI(_ mode: VMMArguments.APIMode) -> VMMExitStatus {
+    // One malloc arena: glibc would give the API thread an arena of its own
+    // (about 0.2 MiB resident); small allocations still use per-thread caches.
+    _ = ckvm_limit_malloc_arenas(1)
+    // Blocked before any thread starts, so the API and vCPU threads inherit
+    // the mask and these signals reach the event loops through signalfd.
+    let signals: SignalFD
+    let controller: InstanceController
+    do {
+        signals = try SignalFD(signals: [SIGINT, SIGTERM, SIGHUP])
+        let log = try mode.logPath.map { (path) throws(SystemCallError) in try APILog(path: path) } ?? APILog()
+        controller = try InstanceController(instanceID: mode.instanceID, vmmVersion: VMMArguments.versionNumber,
+                                            configuration: mode.configuration, log: log)
+    } catch {
+        printError("swiftlet-vmm: \(error)")
+        return .failure
+    }
+    let server: APIServer?
+    do {
+        server = try mode.socketPath.map { (path) throws(APIServerError) in try APIServer(path: path, controller: controller) }
+    } catch {
+        printError("swiftlet-vmm: \(error)")
+        return .failure
+    }
+    defer {
+        controller.finish()
+        server?.shutdown()
+    }
+    var machine: VirtualMachine
+    do {
+        if mode.bootsAtOnce {
+            machine = try controller.startNow()
+        } else {
+            switch controller.waitForStart(signals: signals) {
+            case let .started(started):
+                machine = started
+            case let .signalled(signal):
+                printError("swiftlet-vmm: stopped by signal \(signal) before the VM started")
+                return .stoppedBySignal
+            }
         }
+        while true {
+            let reason = try machine.run()
+            let apiReboot = controller.runEnded(reason)
+            if !apiReboot, let status = exitStatus(for: reason, onReboot: mode.configuration.base.onReboot) { return status }
+            machine = try controller.restart()
+        }
+    } catch {
+        printError("swiftlet: \(error)")
+        return .failure
     }
 }
 
@@ -65,6 +128,8 @@ public enum SwiftletVMMMain {
             exit(0)
         case let .run(configuration):
             exit(runVM(configuration).rawValue)
+        case let .serve(mode):
+            exit(runWithAPI(mode).rawValue)
         }
     }
 }

@@ -1,3 +1,5 @@
+import ControlAPI
+import HostSystem
 import VMM
 
 /// swiftlet-vmm's command line. Parsed by hand rather than with
@@ -7,9 +9,27 @@ public enum VMMArguments {
     /// What the command line asks for.
     public enum Action: Equatable, Sendable {
         case run(VMConfiguration)
+        /// Firecracker-style: with the control API (`--api-sock`) and/or a
+        /// Firecracker `--config-file`.
+        case serve(APIMode)
         case help
         case version
     }
+
+    /// How to run with the control API.
+    public struct APIMode: Equatable, Sendable {
+        /// Where to serve the API; nil runs a `--config-file` VM without one.
+        public var socketPath: String?
+        public var instanceID: String
+        public var logPath: String?
+        /// The settings so far; `bootSource` is set when the VM boots at once.
+        public var configuration: InstanceConfiguration
+        /// Boot without waiting for InstanceStart (`--kernel`, `--config`, `--config-file`).
+        public var bootsAtOnce: Bool
+    }
+
+    /// Firecracker's default instance id.
+    public static let defaultInstanceID = "anonymous-instance"
 
     /// The options that take a value, with their help text.
     static let options: [(name: String, value: String, help: String)] = [
@@ -19,16 +39,28 @@ public enum VMMArguments {
         ("cpus", "N", "Number of vCPUs, 1 to 254 and at most what KVM allows (default 1)."),
         ("memory", "SIZE", "Guest RAM: 512M, 2G, or a plain number of MiB (default 128M)."),
         ("serial", "MODE", "COM1: stdio (interactive, Ctrl-A x quits), file:PATH, or none (default stdio)."),
+        ("console", "DEVICE", "The guest's console device: serial (COM1, ttyS0) or virtio (virtio-console, hvc0; pass console=hvc0 in --cmdline). It uses what --serial names (default serial)."),
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
+        ("api-sock", "PATH", "Serve the control API (HTTP/1.1, Firecracker's resources) on this Unix socket, mode 0600. Without a kernel, wait for PUT /boot-source and InstanceStart."),
+        ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
+        ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
+        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces): boot it at once."),
     ]
 
-    public static let version = "swiftlet-vmm 0.1.0"
+    /// The options that take no value (on when given), with their help text.
+    static let switches: [(name: String, help: String)] = [
+        ("rng", "Add a virtio-rng device (PCI) fed from the host's getrandom; the guest sees /dev/hwrng."),
+    ]
+
+    public static let versionNumber = "0.1.0"
+    public static let version = "swiftlet-vmm \(versionNumber)"
 
     public static let help: String = {
         var text = """
             USAGE: swiftlet-vmm --kernel PATH [options]
+                   swiftlet-vmm --api-sock PATH [--id ID] [--log-path PATH] [--config-file FILE] [options]
 
             Runs one KVM virtual machine: boots a Linux kernel (ELF vmlinux through its
             PVH entry, or a bzImage through the 64-bit boot protocol) on /dev/kvm with an
@@ -40,6 +72,9 @@ public enum VMMArguments {
         for option in options {
             let flag = "  --\(option.name) \(option.value)"
             text += flag.padding(to: 24) + option.help + "\n"
+        }
+        for option in switches {
+            text += "  --\(option.name)".padding(to: 24) + option.help + "\n"
         }
         text += "  -h, --help".padding(to: 24) + "Show this help.\n"
         text += "  --version".padding(to: 24) + "Show the version.\n"
@@ -78,9 +113,19 @@ public enum VMMArguments {
                 value = String(name[name.index(after: equals)...])
                 name = String(name[..<equals])
             }
+            if switches.contains(where: { $0.name == name }) {
+                guard value == nil else {
+                    throw .invalidConfiguration(field: "option", value: "--\(name)=\(value ?? "")", expected: "--\(name) alone (it takes no value)")
+                }
+                guard values[name] == nil else {
+                    throw .invalidConfiguration(field: "option", value: "--\(name)", expected: "at most once")
+                }
+                values[name] = "on"
+                continue
+            }
             guard options.contains(where: { $0.name == name }) else {
                 throw .invalidConfiguration(field: "option", value: "--\(name)",
-                                            expected: "one of " + options.map { "--\($0.name)" }.joined(separator: ", "))
+                                            expected: "one of " + (options.map(\.name) + switches.map(\.name)).map { "--\($0)" }.joined(separator: ", "))
             }
             if value == nil {
                 guard index < arguments.count else {
@@ -94,7 +139,98 @@ public enum VMMArguments {
             }
             values[name] = value
         }
-        return .run(try configuration(from: values))
+        let apiOptions = ["api-sock", "id", "log-path", "config-file"]
+        guard apiOptions.contains(where: { values[$0] != nil }) else {
+            return .run(try configuration(from: values))
+        }
+        return .serve(try apiMode(from: values))
+    }
+
+    /// The Firecracker-style modes: `--api-sock` and/or `--config-file`.
+    static func apiMode(from values: [String: String]) throws(VMMError) -> APIMode {
+        let instanceID = values["id"] ?? defaultInstanceID
+        let idBytes = Array(instanceID.utf8)
+        guard (1...64).contains(idBytes.count), idBytes.allSatisfy({ byte in
+            (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
+                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
+        }) else {
+            throw .invalidConfiguration(field: "id", value: instanceID, expected: "1 to 64 letters, digits, '-', '_' or '.'")
+        }
+        let hasKernel = values["kernel"] != nil || values["config"] != nil
+        var mode = APIMode(socketPath: values["api-sock"], instanceID: instanceID, logPath: values["log-path"],
+                           configuration: InstanceConfiguration(), bootsAtOnce: false)
+        if let file = values["config-file"] {
+            guard !hasKernel else {
+                throw .invalidConfiguration(field: "option", value: "--config-file", expected: "without --kernel or --config (it holds the boot source)")
+            }
+            for flag in ["initrd", "cmdline", "cpus", "memory"] where values[flag] != nil {
+                throw .invalidConfiguration(field: "option", value: "--\(flag)", expected: "not with --config-file (set it in the file)")
+            }
+            var base = VMConfiguration(kernelPath: "")
+            try applyProcessSettings(values, to: &base)
+            let bytes: [UInt8]
+            do {
+                bytes = try OwnedFileDescriptor.readWholeFile(file)
+            } catch {
+                throw .readFile(role: "config file", path: file, cause: error)
+            }
+            guard bytes.count <= ConfigurationFile.maximumSize else {
+                throw .invalidConfiguration(field: "config file", value: file, expected: "at most \(ConfigurationFile.maximumSize) bytes")
+            }
+            do {
+                mode.configuration = try InstanceConfiguration.parseFirecrackerFile(bytes, base: base)
+            } catch {
+                throw .invalidConfiguration(field: "config file", value: file, expected: "Firecracker's layout: \(error.message)")
+            }
+            mode.bootsAtOnce = true
+        } else if hasKernel {
+            mode.configuration = InstanceConfiguration(try configuration(from: values))
+            mode.bootsAtOnce = true
+        } else {
+            guard mode.socketPath != nil else {
+                throw .invalidConfiguration(field: "kernel", value: "(none)", expected: "--kernel, --config, --config-file or --api-sock")
+            }
+            for flag in ["initrd", "cmdline"] where values[flag] != nil {
+                throw .invalidConfiguration(field: "option", value: "--\(flag)", expected: "with --kernel (or set it with PUT /boot-source)")
+            }
+            var base = VMConfiguration(kernelPath: "")
+            try applyProcessSettings(values, to: &base)
+            mode.configuration = InstanceConfiguration(base: base)
+            if let text = values["cpus"] {
+                guard let count = Int(text), (1...254).contains(count) else {
+                    throw .invalidConfiguration(field: "cpus", value: text, expected: "a whole number from 1 to 254")
+                }
+                mode.configuration.machine.vcpuCount = count
+            }
+            if let text = values["memory"] {
+                guard let bytes = MemorySize.parse(text), bytes % (1 << 20) == 0,
+                      bytes >= VMConfiguration.minimumMemorySize, bytes <= VMConfiguration.maximumMemorySize else {
+                    throw .invalidConfiguration(field: "memory", value: text, expected: "a whole number of MiB from 16M to 1T")
+                }
+                mode.configuration.machine.memorySizeMiB = bytes >> 20
+            }
+        }
+        guard mode.socketPath != nil || mode.bootsAtOnce else {
+            throw .invalidConfiguration(field: "option", value: "--id/--log-path", expected: "with --api-sock or --config-file")
+        }
+        return mode
+    }
+
+    /// Settings of the process rather than the VM: serial, reboot action, KVM device.
+    static func applyProcessSettings(_ values: [String: String], to result: inout VMConfiguration) throws(VMMError) {
+        if let text = values["serial"] {
+            guard let mode = SerialMode(argument: text) else {
+                throw .invalidConfiguration(field: "serial", value: text, expected: "stdio, file:PATH or none")
+            }
+            result.serial = mode
+        }
+        if let text = values["on-reboot"] {
+            guard let action = RebootAction(rawValue: text) else {
+                throw .invalidConfiguration(field: "on-reboot", value: text, expected: "restart or exit")
+            }
+            result.onReboot = action
+        }
+        if let path = values["kvm-device"] { result.kvmDevicePath = path }
     }
 
     /// Builds the configuration from option values and the optional config file.
@@ -124,6 +260,12 @@ public enum VMMArguments {
             }
             result.serial = mode
         }
+        if let text = values["console"] ?? file?.console {
+            guard let device = ConsoleKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "console", value: text, expected: "serial or virtio")
+            }
+            result.console = device
+        }
         if let text = values["on-reboot"] ?? file?.onReboot {
             guard let action = RebootAction(rawValue: text) else {
                 throw .invalidConfiguration(field: "on-reboot", value: text, expected: "restart or exit")
@@ -131,6 +273,7 @@ public enum VMMArguments {
             result.onReboot = action
         }
         if let path = values["kvm-device"] { result.kvmDevicePath = path }
+        result.entropyDevice = values["rng"] != nil || file?.rng == true
         try result.validate()
         return result
     }

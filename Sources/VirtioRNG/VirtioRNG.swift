@@ -1,1 +1,160 @@
-// VirtioRNG: filled in by the VirtIO-over-PCI work (issue #4).
+import GuestMemory
+import HostSystem
+import Synchronization
+import Virtio
+
+/// virtio-rng (VirtIO 1.2 section 5.4): one request queue whose
+/// device-writable buffers the device fills with bytes from the host's
+/// getrandom(2). The work runs on the device's own worker thread.
+public final class VirtioRNG: VirtioDevice {
+    /// The most bytes returned for one request; the driver asks again for
+    /// more (the specification lets the device write fewer bytes than offered).
+    public static let maximumBytesPerRequest = 64 * 1024
+    public static let queueSize: UInt16 = 256
+
+    public let deviceType = VirtioDeviceType.entropy
+    public let queueMaximumSizes: [UInt16] = [VirtioRNG.queueSize]
+    public let offeredFeatures: UInt64 = VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
+    public let counters = VirtioCounters()
+
+    /// The bytes source: getrandom by default; tests substitute their own.
+    let source: @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int
+    private let running = Mutex<(worker: VirtioWorker, queue: RequestQueue)?>(nil)
+
+    public init() {
+        source = VirtioRNG.getrandom
+    }
+
+    init(source: @escaping @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int) {
+        self.source = source
+    }
+
+    /// Fills as much of `buffer` as getrandom gives in one call.
+    static let getrandom: @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int = { buffer in
+        try fillRandom(buffer)
+    }
+
+    /// virtio-rng has no configuration space.
+    public func readConfiguration(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
+        for index in data.indices { data[index] = 0 }
+    }
+
+    public func writeConfiguration(offset: UInt64, from data: UnsafeRawBufferPointer) {}
+
+    public func activate(_ activation: VirtioActivation) throws(VirtioDeviceError) {
+        reset()
+        // The driver may leave the queue disabled: then there is nothing to serve.
+        guard let queue = activation.queues.first(where: { $0.index == 0 }) else { return }
+        let requests = RequestQueue(activation: activation, queue: queue, counters: counters, source: source)
+        do {
+            let worker = try VirtioWorker(name: "virtio-rng", descriptors: [queue.notification.descriptor.rawValue]) { _ in
+                requests.serve()
+            }
+            running.withLock { $0 = (worker, requests) }
+        } catch {
+            throw .activation(device: "\(deviceType)", step: "starting its worker thread", cause: "\(error)")
+        }
+        // Buffers the driver queued before DRIVER_OK (Linux does) need no notification.
+        try? queue.notification.signal()
+    }
+
+    public func reset() {
+        let stopped = running.withLock { running in
+            defer { running = nil }
+            return running
+        }
+        stopped?.worker.stop()
+    }
+}
+
+/// The request queue as the worker thread owns it.
+final class RequestQueue: Sendable {
+    let index: Int
+    let memory: GuestMemory
+    let notification: EventFD
+    let interrupt: any VirtioInterrupt
+    let counters: VirtioCounters
+    let source: @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int
+    let queue: Mutex<Virtqueue>
+    /// Set when the driver broke the queue: nothing more is served until reset.
+    let broken = Atomic<Bool>(false)
+
+    init(activation: VirtioActivation, queue: VirtioQueueActivation, counters: VirtioCounters,
+         source: @escaping @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int) {
+        index = queue.index
+        memory = activation.memory
+        notification = queue.notification
+        interrupt = activation.interrupt
+        self.counters = counters
+        self.source = source
+        self.queue = Mutex(queue.queue)
+    }
+
+    enum Failure: Error {
+        case queue(VirtqueueError)
+        case memory(GuestMemoryError)
+        case host(SystemCallError)
+    }
+
+    /// Answers every available request, then interrupts the driver if it asked.
+    func serve() {
+        if (try? notification.consume()) != nil {
+            counters.notifications.add(1, ordering: .relaxed)
+        }
+        guard !broken.load(ordering: .relaxed) else { return }
+        let result = queue.withLock { queue in
+            Result { () throws(Failure) in try process(&queue) }
+        }
+        if case let .failure(failure) = result {
+            broken.store(true, ordering: .relaxed)
+            switch failure {
+            case let .queue(error): interrupt.reportDeviceError("request queue: \(error)")
+            case let .memory(error): interrupt.reportDeviceError("writing random bytes: \(error)")
+            case let .host(error):
+                counters.errors.add(1, ordering: .relaxed)
+                interrupt.reportDeviceError("host entropy source: \(error)")
+            }
+        }
+    }
+
+    private func process(_ queue: inout Virtqueue) throws(Failure) {
+        func checked<T>(_ body: () throws(VirtqueueError) -> T) throws(Failure) -> T {
+            do { return try body() } catch { throw .queue(error) }
+        }
+        while true {
+            while let chain = try checked({ () throws(VirtqueueError) in try queue.popChain() }) {
+                let written = try fill(chain)
+                try checked { () throws(VirtqueueError) in try queue.addUsed(head: chain.head, writtenLength: written) }
+                counters.requests.add(1, ordering: .relaxed)
+                counters.bytesToGuest.add(UInt64(written), ordering: .relaxed)
+            }
+            if try checked({ () throws(VirtqueueError) in try queue.shouldInterrupt() }) {
+                interrupt.signalUsedBuffers(queue: index)
+            }
+            if try !checked({ () throws(VirtqueueError) in try queue.enableNotifications() }) { return }
+        }
+    }
+
+    /// Writes random bytes into the chain's writable buffers (up to the
+    /// per-request limit); returns how many.
+    private func fill(_ chain: DescriptorChain) throws(Failure) -> UInt32 {
+        var writer = ChainWriter(memory: memory, buffers: chain.writable)
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        var left = Int(min(writer.remaining, UInt64(VirtioRNG.maximumBytesPerRequest)))
+        while left > 0 {
+            let wanted = min(left, chunk.count)
+            // SAFETY: the buffer pointer is used only within this call, for at most `wanted` ≤ chunk.count bytes.
+            let got = try chunk.withUnsafeMutableBytes { raw in
+                Result { () throws(SystemCallError) -> Int in try source(UnsafeMutableRawBufferPointer(rebasing: raw[0..<wanted])) }
+            }.mapError { Failure.host($0) }.get()
+            guard got > 0 else { break }
+            do {
+                try writer.write(bytes: Array(chunk[0..<got]))
+            } catch {
+                throw .memory(error)
+            }
+            left -= got
+        }
+        return writer.written
+    }
+}

@@ -305,6 +305,20 @@ struct ACPITablesTests {
         #expect(dsdt.occurrences(of: [0x8A, 0x2B, 0x00]).isEmpty)
     }
 
+    @Test("INTx routes become PCI0._PRT: one package per device and pin naming its GSI; none without routes")
+    func dsdtPRT() throws {
+        let without = try #require(try GuestView(ACPIConfiguration(cpuCount: 1, pciECAM: .swiftletPCI)).dsdt)
+        #expect(without.occurrences(of: Array("_PRT".utf8)).isEmpty)
+        var pci = PCIECAMConfiguration.swiftletPCI
+        pci.interruptRoutes = [PCIInterruptRoute(device: 1, pin: 0, gsi: 17), PCIInterruptRoute(device: 2, pin: 3, gsi: 21)]
+        let dsdt = try #require(try GuestView(ACPIConfiguration(cpuCount: 1, pciECAM: pci)).dsdt)
+        #expect(dsdt.occurrences(of: Array("_PRT".utf8)).count == 1)
+        // Package(4){0x1FFFF, Zero, Zero, 17} and Package(4){0x2FFFF, 3, Zero, 21}.
+        #expect(dsdt.occurrences(of: try AML.package([AML.integer(0x1_FFFF), AML.integer(0), AML.integer(0), AML.integer(17)])).count == 1)
+        #expect(dsdt.occurrences(of: try AML.package([AML.integer(0x2_FFFF), AML.integer(3), AML.integer(0), AML.integer(21)])).count == 1)
+        #expect(dsdt.checksum == 0)
+    }
+
     @Test("additional AML is appended to the DSDT")
     func dsdtAdditional() throws {
         let extra = try AML.scope("\\_SB", [AML.device("VIO0", [AML.name("_HID", AML.string("LNRO0005"))])])

@@ -44,5 +44,53 @@ enum LinuxGuest {
         FileManager.default.fileExists(atPath: KitGuest.packageRoot.appendingPathComponent(".cache/guest/current/vmlinux").path)
     }
 
+    /// `guest/build-image --print-path`: the image for this tree's guest/
+    /// inputs (built first if needed).
+    static func imagePath() throws -> String {
+        let process = Process()
+        process.executableURL = KitGuest.packageRoot.appendingPathComponent("guest/build-image")
+        process.arguments = ["--print-path"]
+        let output = Pipe(), errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        let path = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let messages = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw KitGuest.KitError(message: "guest/build-image failed:\n\(messages)") }
+        return path.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     static let skipReason: Comment = "needs /dev/kvm and the default guest (guest/build-image builds it; scripts/test does); required under CI=true"
+}
+
+/// The control API's graceful shutdown on the default Linux guest: the
+/// VMM's ACPI power button (a Generic Event Device notifying PNP0C0C) makes
+/// the guest's /init power off.
+@Suite("Default Linux guest: control API", .serialized,
+       .enabled(if: KitGuest.shouldRun && (LinuxGuest.isBuilt || KitGuest.isCI), LinuxGuest.skipReason))
+struct LinuxGuestControlAPITests {
+    @Test("Shutdown presses the ACPI power button and the guest powers off", .timeLimit(.minutes(6)))
+    func powerButton() throws {
+        // The image built from this tree's guest/ (`current` may point at another tree's build).
+        let guest = URL(fileURLWithPath: try LinuxGuest.imagePath())
+        let config = (try? String(contentsOf: guest.appendingPathComponent("config"), encoding: .utf8)) ?? ""
+        try #require(config.contains("CONFIG_ACPI_BUTTON=y"), "the default guest at \(guest.path) has no ACPI power button driver")
+        let cmdline = ((try? String(contentsOf: guest.appendingPathComponent("cmdline"), encoding: .utf8)) ?? "")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let vm = try ControlAPIProcessTests.VMMProcess([
+            "--kernel", guest.appendingPathComponent("vmlinux").path,
+            "--initrd", guest.appendingPathComponent("initramfs.cpio").path,
+            "--cmdline", cmdline, "--memory", "256M",
+        ], name: "linux")
+        #expect(vm.waitForSerial(seconds: 240) { $0.contains("SWIFTLET-GUEST-READY") }, "console: \(vm.serial.suffix(2000))")
+        // The watcher starts just before the marker; give it a moment to open the event device.
+        usleep(1_000_000)
+        let response = try vm.request("PUT", "/actions", #"{"action_type": "Shutdown", "timeout_ms": 120000}"#)
+        #expect(response.status == 204, "\(response.body)")
+        #expect(vm.waitForExit(seconds: 150) == 0, "stderr: \(vm.stderrText())")
+        #expect(vm.serial.contains("init: power button pressed"), "console: \(vm.serial.suffix(2000))")
+        let log = (try? String(contentsOfFile: vm.apiLog, encoding: .utf8)) ?? ""
+        #expect(!log.contains("did not power off"), "the guest powered off by itself: \(log)")
+    }
 }

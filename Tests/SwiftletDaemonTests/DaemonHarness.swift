@@ -160,7 +160,7 @@ final class DaemonHarness: @unchecked Sendable {
         return info
     }
 
-    func definition(_ name: String, program: String = "idle", memoryMiB: Int = 64) throws -> VMDefinition {
+    func definition(_ name: String, program: String = "halt", memoryMiB: Int = 64) throws -> VMDefinition {
         VMDefinition(name: name, memoryMiB: memoryMiB, kernel: try TestEnvironment.kitProgram(program))
     }
 

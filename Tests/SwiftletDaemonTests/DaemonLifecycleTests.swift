@@ -15,9 +15,9 @@ struct DaemonLifecycleTests {
         defer { daemon.tearDown() }
         let file = daemon.directory + "/web.yaml"
         try """
-            # a kit guest that idles until stopped
+            # a kit guest that halts until stopped
             name: web
-            kernel: \(try TestEnvironment.kitProgram("idle"))
+            kernel: \(try TestEnvironment.kitProgram("halt"))
             memory_mib: 64
             cpus: 1
             """.write(toFile: file, atomically: true, encoding: .utf8)
@@ -33,11 +33,11 @@ struct DaemonLifecycleTests {
 
         result = try daemon.cli(["start", "web"])
         #expect(result.status == 0 && result.stdout.contains("running"), "\(result)")
-        #expect(try daemon.consoleContains("web", "KIT idle ready"))
+        #expect(try daemon.consoleContains("web", "KIT halt ready"))
         result = try daemon.cli(["start", "web"])
         #expect(result.status == 4 && result.stderr.contains("already running"), "\(result)")
         result = try daemon.cli(["logs", "web"])
-        #expect(result.stdout.contains("KIT idle ready"))
+        #expect(result.stdout.contains("KIT halt ready"))
 
         result = try daemon.cli(["info", "web", "--json"])
         let info = try SwiftletJSON.decoder.decode(VMInfo.self, from: Data(result.stdout.utf8))
@@ -159,7 +159,7 @@ struct DaemonLifecycleTests {
     func concurrentClients() async throws {
         let daemon = try DaemonHarness(label: "many")
         defer { daemon.tearDown() }
-        let kernel = try TestEnvironment.kitProgram("idle")
+        let kernel = try TestEnvironment.kitProgram("halt")
         let client = daemon.client
         let failures = await withTaskGroup(of: String?.self) { group in
             for index in 0..<50 {

@@ -28,6 +28,18 @@ struct VMMArgumentsTests {
         #expect(try VMMArguments.parse(["--version"]) == .version)
     }
 
+    @Test("--rng and \"rng\": true add the entropy device; --rng takes no value")
+    func entropyDevice() throws {
+        #expect(try configuration(["--kernel", "k"]).entropyDevice == false)
+        #expect(try configuration(["--kernel", "k", "--rng"]).entropyDevice == true)
+        #expect(throws: VMMError.self) { try VMMArguments.parse(["--kernel", "k", "--rng=on"]) }
+        #expect(throws: VMMError.self) { try VMMArguments.parse(["--kernel", "k", "--rng", "--rng"]) }
+        let file = try ConfigurationFile.parse(Array(#"{"kernel": "k", "rng": true}"#.utf8), path: "vm.json")
+        #expect(file.rng == true)
+        #expect(throws: VMMError.self) { try ConfigurationFile.parse(Array(#"{"rng": "yes"}"#.utf8), path: "vm.json") }
+        #expect(VMMArguments.help.contains("--rng"))
+    }
+
     @Test("memory sizes parse in the units users write")
     func memorySizes() {
         #expect(MemorySize.parse("512M") == 512 << 20)
@@ -50,7 +62,7 @@ struct VMMArgumentsTests {
         (["--kernel", "k", "--memory", "lots"], "invalid memory 'lots': expected a size such as 512M, 2G or 1024 (MiB)"),
         (["--kernel", "k", "--serial", "tty"], "invalid serial 'tty': expected stdio, file:PATH or none"),
         (["--kernel", "k", "--on-reboot", "maybe"], "invalid on-reboot 'maybe': expected restart or exit"),
-        (["--kernel", "k", "--cpu", "2"], "invalid option '--cpu': expected one of --kernel, --initrd, --cmdline, --cpus, --memory, --serial, --on-reboot, --config, --kvm-device"),
+        (["--kernel", "k", "--cpu", "2"], "invalid option '--cpu': expected one of --kernel, --initrd, --cmdline, --cpus, --memory, --serial, --console, --on-reboot, --config, --kvm-device, --api-sock, --id, --log-path, --config-file, --rng"),
         (["--kernel"], "invalid option '--kernel': expected a value after it"),
         (["--kernel", "a", "--kernel", "b"], "invalid option '--kernel': expected at most once"),
         (["vmlinux"], "invalid argument 'vmlinux': expected an option such as --kernel PATH (see --help)"),
@@ -71,7 +83,7 @@ struct VMMArgumentsTests {
         let parsed = try ConfigurationFile.parse(good, path: "vm.json")
         #expect(parsed.kernel == "vmlinux" && parsed.cpus == 2 && parsed.memory == "256" && parsed.onReboot == "restart")
         let cases: [(String, String)] = [
-            (#"{"kernel": "vmlinux", "cpu": 2}"#, "invalid config key 'cpu': expected one of kernel, initrd, cmdline, cpus, memory, serial, on_reboot (in vm.json)"),
+            (#"{"kernel": "vmlinux", "cpu": 2}"#, "invalid config key 'cpu': expected one of kernel, initrd, cmdline, cpus, memory, serial, console, on_reboot, rng (in vm.json)"),
             (#"{"cpus": "two"}"#, "invalid config key 'cpus': expected a whole number, not a string (in vm.json)"),
             (#"{"kernel": 7}"#, "invalid config key 'kernel': expected a string, not a number (in vm.json)"),
             ("[1]", "invalid config file 'vm.json': expected a JSON object, not an array"),
@@ -118,5 +130,19 @@ struct VMMArgumentsTests {
         #expect(large.count == 2)
         #expect(large[0].size == 3 << 30)
         #expect(large[1].start.rawValue == 4 << 30 && large[1].size == 2 << 30)
+    }
+}
+
+@Suite("Console device option")
+struct ConsoleOptionTests {
+    @Test("--console picks serial or virtio and names the valid values otherwise")
+    func consoleOption() throws {
+        guard case let .run(configuration) = try VMMArguments.parse(["--kernel", "k", "--console", "virtio"]) else {
+            Issue.record("expected a run action")
+            return
+        }
+        #expect(configuration.console == .virtio)
+        let error = #expect(throws: VMMError.self) { try VMMArguments.parse(["--kernel", "k", "--console", "hvc"]) }
+        #expect(error?.description.contains("'hvc'") == true && error?.description.contains("serial or virtio") == true)
     }
 }

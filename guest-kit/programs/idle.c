@@ -1,10 +1,11 @@
 /*
- * idle: prints "KIT idle ready" and halts with interrupts off, so the vCPU
- * sleeps in the host kernel and costs no CPU. It never powers off by itself:
- * swiftletd's tests and benchmarks stop it from outside (Stop, SIGTERM,
- * SIGKILL), and use it as a long-running, many-at-once guest.
+ * idle: runs until the VMM stops it, printing a tick line every
+ * "period_ms=N" milliseconds (default 50) so a test can see it make
+ * progress (and stop making progress while the VM is paused). It never
+ * powers off by itself; "ticks=N" ends it after N ticks (default: never).
  *
- *   KIT idle ready
+ *   KIT idle start period_ms=P
+ *   KIT idle tick N
  */
 #include "kit.h"
 
@@ -12,6 +13,18 @@ KIT_PROGRAM("idle");
 
 int kit_main(void)
 {
-    kit_puts("KIT idle ready\n");
-    kit_halt_forever();
+    uint64_t period_ms = kit_cmdline_u64("period_ms", 50);
+    uint64_t limit = kit_cmdline_u64("ticks", 0);
+    uint64_t hz = kit_tsc_hz();
+    if (!hz)
+        hz = 1000000000ull;             /* unknown: assume 1 GHz */
+    uint64_t period = hz / 1000 * (period_ms ? period_ms : 1);
+    kit_printf("KIT idle start period_ms=%lu\n", period_ms);
+    for (uint64_t tick = 1; limit == 0 || tick <= limit; tick++) {
+        uint64_t until = rdtsc() + period;
+        while (rdtsc() < until)
+            cpu_relax();
+        kit_printf("KIT idle tick %lu\n", tick);
+    }
+    return 0;
 }

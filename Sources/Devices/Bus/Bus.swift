@@ -23,7 +23,8 @@ public enum BusError: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 /// An address space (port I/O or MMIO) mapping ranges to devices. Ranges are
-/// added before the vCPUs start, so the lock around the sorted table is
+/// added before the vCPUs start (PCI BARs also move when the guest
+/// reprograms them, which is rare), so the lock around the sorted table is
 /// uncontended on the exit path; the device call happens outside it.
 public final class Bus: Sendable {
     struct Entry: Sendable {
@@ -45,6 +46,17 @@ public final class Bus: Sendable {
             }
             entries.append(Entry(base: base, length: length, device: device))
             entries.sort { $0.base < $1.base }
+        }
+    }
+
+    /// Removes `device` from the range starting at `base` (a PCI BAR the guest
+    /// moved or disabled); false if it was not there.
+    @discardableResult
+    public func remove(_ device: any BusDevice, base: UInt64) -> Bool {
+        entries.withLock { entries in
+            guard let index = entries.firstIndex(where: { $0.base == base && $0.device === device }) else { return false }
+            entries.remove(at: index)
+            return true
         }
     }
 

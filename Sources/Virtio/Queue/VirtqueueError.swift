@@ -57,3 +57,15 @@ public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible 
         }
     }
 }
+
+extension VirtqueueError {
+    /// Runs a guest-memory access on a validated chain's buffers, so device
+    /// loops can throw one error type.
+    public static func guarding<T>(_ body: () throws(GuestMemoryError) -> T) throws(VirtqueueError) -> T {
+        do {
+            return try body()
+        } catch {
+            throw .memory(error)
+        }
+    }
+}

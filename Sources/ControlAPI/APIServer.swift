@@ -1,0 +1,298 @@
+import CKVM
+import Glibc
+import HostSystem
+import Synchronization
+
+/// Why the control socket could not be set up.
+public enum APIServerError: Error, Sendable, CustomStringConvertible {
+    case pathTooLong(String)
+    case inUse(String)
+    case notASocket(String)
+    case socket(step: String, cause: SystemCallError)
+
+    public var description: String {
+        switch self {
+        case let .pathTooLong(path): "API socket path '\(path)' is longer than 107 bytes"
+        case let .inUse(path): "API socket '\(path)': another process is listening on it (is another swiftlet-vmm running?)"
+        case let .notASocket(path): "API socket '\(path)' exists and is not a socket; refusing to replace it"
+        case let .socket(step, cause): "API socket: \(step): \(cause)"
+        }
+    }
+}
+
+/// The control API's HTTP/1.1 server on a Unix socket (mode 0600), on one
+/// thread of its own: an epoll loop over the listening socket, the clients
+/// (non-blocking, keep-alive, pipelining) and a wake-up eventfd. Requests go
+/// to the `InstanceController`; nothing here blocks a vCPU.
+public final class APIServer: Sendable {
+    /// More clients than this at once are disconnected on arrival.
+    public static let maximumConnections = 64
+    /// Unsent responses beyond this stop request processing for a client until it reads.
+    static let outputHighWater = 1 << 20
+
+    public let path: String
+    let listener: OwnedFileDescriptor
+    /// The socket file's inode, so that only our own socket is removed at exit.
+    let socketInode: UInt64
+    let wake: EventFD
+    let stopRequested = Atomic<Bool>(false)
+    let thread = Mutex<HostThread?>(nil)
+    let controller: InstanceController
+    let parser: HTTPRequestParser
+
+    /// Creates the socket at `path` (removing a stale one) and starts serving.
+    public init(path: String, controller: InstanceController, limits: HTTPRequestParser.Limits = .init()) throws(APIServerError) {
+        self.path = path
+        self.controller = controller
+        parser = HTTPRequestParser(limits: limits)
+        (listener, socketInode) = try Self.listen(path: path)
+        do {
+            wake = try EventFD()
+        } catch {
+            throw .socket(step: "eventfd", cause: error)
+        }
+        let epoll: Epoll
+        do {
+            epoll = try Epoll()
+            try epoll.add(listener.rawValue, token: Self.listenerToken)
+            try epoll.add(wake.descriptor.rawValue, token: Self.wakeToken)
+        } catch {
+            throw .socket(step: "epoll", cause: error)
+        }
+        do {
+            let started = try HostThread(name: "api") { [self] in self.serve(epoll) }
+            thread.withLock { $0 = started }
+        } catch {
+            throw .socket(step: "starting the API thread", cause: error)
+        }
+    }
+
+    /// Stops serving: responses already produced are flushed (briefly), the
+    /// thread is joined and the socket file removed.
+    public func shutdown() {
+        stopRequested.store(true, ordering: .sequentiallyConsistent)
+        try? wake.signal()
+        let running = thread.withLock { current -> HostThread? in
+            defer { current = nil }
+            return current
+        }
+        running?.join()
+        var status = stat()
+        if lstat(path, &status) == 0, UInt64(status.st_ino) == socketInode { unlink(path) }
+    }
+
+    static let listenerToken: UInt64 = 0
+    static let wakeToken: UInt64 = 1
+
+    // MARK: Socket setup
+
+    static func listen(path: String) throws(APIServerError) -> (OwnedFileDescriptor, UInt64) {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard !pathBytes.isEmpty, pathBytes.count < capacity else { throw .pathTooLong(path) }
+        // SAFETY: copies pathBytes.count < capacity bytes into the fixed-size sun_path tuple, leaving a NUL.
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: pathBytes)
+        }
+
+        try removeStaleSocket(path: path, address: address)
+
+        let socketFD: Int32
+        do {
+            socketFD = try systemCall("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        } catch {
+            throw .socket(step: "socket", cause: error)
+        }
+        let descriptor = OwnedFileDescriptor(adopting: socketFD)
+        // Mode 0600 from the start: no moment when others could connect.
+        let previousMask = umask(0o177)
+        // SAFETY: address is a sockaddr_un passed with its own size.
+        let bindResult = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        let bindErrno = Errno.current
+        umask(previousMask)
+        do throws(SystemCallError) {
+            if bindResult != 0 { throw SystemCallError(call: "bind \(path)", errno: bindErrno) }
+            _ = try systemCall("chmod \(path)") { chmod(path, 0o600) }
+            _ = try systemCall("listen") { Glibc.listen(socketFD, 64) }
+        } catch {
+            if error.errno.rawValue == EADDRINUSE { throw .inUse(path) }
+            throw .socket(step: "binding \(path)", cause: error)
+        }
+        var status = stat()
+        guard lstat(path, &status) == 0 else { throw .socket(step: "stat \(path)", cause: SystemCallError(call: "lstat", errno: .current)) }
+        return (descriptor, UInt64(status.st_ino))
+    }
+
+    /// A socket file nobody listens on is left by a VMM that died: remove
+    /// it. A live listener, or a file that is not a socket, is refused.
+    static func removeStaleSocket(path: String, address: sockaddr_un) throws(APIServerError) {
+        var status = stat()
+        guard lstat(path, &status) == 0 else { return }
+        guard status.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path) }
+        let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard probe >= 0 else { throw .socket(step: "socket", cause: SystemCallError(call: "socket", errno: .current)) }
+        defer { close(probe) }
+        var address = address
+        // SAFETY: address is a sockaddr_un passed with its own size.
+        let connected = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if connected == 0 { throw .inUse(path) }
+        unlink(path)
+    }
+
+    // MARK: The API thread
+
+    final class Connection {
+        let descriptor: OwnedFileDescriptor
+        var input: [UInt8] = []
+        var output: [UInt8] = []
+        var sentContinue = false
+        var closeAfterOutput = false
+        var peerClosed = false
+
+        init(descriptor: OwnedFileDescriptor) { self.descriptor = descriptor }
+    }
+
+    private func serve(_ epoll: Epoll) {
+        var connections: [UInt64: Connection] = [:]
+        var nextToken: UInt64 = 2
+        let clientEvents = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+        while !stopRequested.load(ordering: .relaxed) {
+            var timeout: Int32 = -1
+            if let deadline = controller.nextDeadline {
+                let now = InstanceController.monotonicNow()
+                timeout = deadline <= now ? 0 : Int32(clamping: (deadline - now) / 1_000_000 + 1)
+            }
+            let events = (try? epoll.wait(maxEvents: 64, timeout: timeout)) ?? []
+            for event in events {
+                switch event.token {
+                case Self.listenerToken:
+                    while let client = acceptClient() {
+                        guard connections.count < Self.maximumConnections else { continue }  // closed on release
+                        let token = nextToken
+                        nextToken += 1
+                        guard (try? epoll.add(client.rawValue, events: clientEvents, token: token)) != nil else { continue }
+                        connections[token] = Connection(descriptor: client)
+                        // Edge-triggered: serve what may already be waiting.
+                        if let connection = connections[token], !service(connection) { connections[token] = nil }
+                    }
+                case Self.wakeToken:
+                    _ = try? wake.consume()
+                default:
+                    guard let connection = connections[event.token] else { continue }
+                    if !service(connection) {
+                        try? epoll.remove(connection.descriptor.rawValue)
+                        connections[event.token] = nil
+                    }
+                }
+            }
+            controller.tick(now: InstanceController.monotonicNow())
+        }
+        // Last words: whatever responses are queued (e.g. to the Stop that ended the VM).
+        for connection in connections.values where !connection.output.isEmpty { _ = flush(connection) }
+    }
+
+    private func acceptClient() -> OwnedFileDescriptor? {
+        while true {
+            let fd = accept(listener.rawValue, nil, nil)
+            if fd >= 0 {
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                return OwnedFileDescriptor(adopting: fd)
+            }
+            if errno == EINTR || errno == ECONNABORTED { continue }
+            return nil
+        }
+    }
+
+    /// Reads, answers and writes what it can. Returns false when the
+    /// connection is finished and should be closed.
+    func service(_ connection: Connection) -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 16 << 10)
+        let inputLimit = parser.limits.maximumHeaderBytes + parser.limits.maximumBodyBytes + 4096
+        while true {
+            // Read while there is room; a client that floods waits for its answers.
+            while !connection.peerClosed && !connection.closeAfterOutput && connection.input.count < inputLimit {
+                // SAFETY: reads into buffer's own storage, at most its size.
+                let count = buffer.withUnsafeMutableBytes { raw in recv(connection.descriptor.rawValue, raw.baseAddress, raw.count, 0) }
+                if count > 0 {
+                    connection.input += buffer[..<count]
+                } else if count == 0 {
+                    connection.peerClosed = true
+                } else if errno == EINTR {
+                    continue
+                } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                    break
+                } else {
+                    return false
+                }
+            }
+            let before = connection.input.count
+            process(connection)
+            guard flush(connection) else { return false }
+            if connection.closeAfterOutput && connection.output.isEmpty { return false }
+            if connection.peerClosed && connection.output.isEmpty { return false }
+            // Loop again only if processing freed room in a full input buffer.
+            if connection.input.count >= before || connection.input.count >= inputLimit || connection.peerClosed || connection.closeAfterOutput {
+                return true
+            }
+        }
+    }
+
+    /// Parses and answers every complete request in the input buffer.
+    func process(_ connection: Connection) {
+        while !connection.closeAfterOutput && connection.output.count < Self.outputHighWater && !connection.input.isEmpty {
+            do {
+                switch try parser.parse(connection.input[...]) {
+                case .needHeaders:
+                    if connection.peerClosed { connection.input.removeAll() }
+                    return
+                case let .needBody(_, expectsContinue):
+                    if expectsContinue && !connection.sentContinue {
+                        connection.output += Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+                        connection.sentContinue = true
+                    }
+                    if connection.peerClosed { connection.input.removeAll() }
+                    return
+                case let .request(request, consumed):
+                    connection.input.removeFirst(consumed)
+                    connection.sentContinue = false
+                    let response = controller.handle(request)
+                    connection.output += response.serialized(keepAlive: request.keepAlive)
+                    if !request.keepAlive || response.closesConnection { connection.closeAfterOutput = true }
+                }
+            } catch {
+                connection.output += HTTPResponse.fault(error.status, error.message, closesConnection: true).serialized(keepAlive: false)
+                connection.input.removeAll()
+                connection.closeAfterOutput = true
+            }
+        }
+    }
+
+    /// Writes queued output; false on a broken connection.
+    func flush(_ connection: Connection) -> Bool {
+        var written = 0
+        defer { if written > 0 { connection.output.removeFirst(written) } }
+        while written < connection.output.count {
+            // SAFETY: sends bytes from output's own storage, within its bounds. MSG_NOSIGNAL: a vanished client must not SIGPIPE the VMM.
+            let count = connection.output.withUnsafeBytes { raw in
+                send(connection.descriptor.rawValue, raw.baseAddress! + written, raw.count - written, Int32(MSG_NOSIGNAL))
+            }
+            if count > 0 {
+                written += count
+            } else if count < 0 && errno == EINTR {
+                continue
+            } else if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return true
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+}

@@ -1,0 +1,366 @@
+import LeanJSON
+import VMM
+
+/// Firecracker's `BootSource`.
+public struct BootSource: Equatable, Sendable {
+    public var kernelImagePath: String
+    public var initrdPath: String?
+    public var bootArgs: String?
+
+    public init(kernelImagePath: String, initrdPath: String? = nil, bootArgs: String? = nil) {
+        self.kernelImagePath = kernelImagePath
+        self.initrdPath = initrdPath
+        self.bootArgs = bootArgs
+    }
+
+    static let fields = ["kernel_image_path", "initrd_path", "boot_args"]
+
+    init(json fields: JSONFields) throws(APIError) {
+        try fields.allowOnly(Self.fields)
+        kernelImagePath = try fields.requiredString("kernel_image_path")
+        guard !kernelImagePath.isEmpty else { throw .badRequest("boot-source: 'kernel_image_path' is empty") }
+        initrdPath = try fields.string("initrd_path")
+        bootArgs = try fields.string("boot_args")
+    }
+
+    var json: String {
+        var members = [("kernel_image_path", JSONText.string(kernelImagePath))]
+        if let initrdPath { members.append(("initrd_path", JSONText.string(initrdPath))) }
+        members.append(("boot_args", JSONText.string(bootArgs ?? VMConfiguration.defaultCommandLine)))
+        return JSONText.object(members)
+    }
+}
+
+/// Firecracker's `MachineConfiguration`. Swiftlet has no SMT, dirty-page
+/// tracking, CPU templates or huge pages: those members are accepted only
+/// with their "off" values so that Firecracker clients, which send them,
+/// still work.
+public struct MachineConfiguration: Equatable, Sendable {
+    public var vcpuCount: Int
+    public var memorySizeMiB: UInt64
+
+    public init(vcpuCount: Int = 1, memorySizeMiB: UInt64 = VMConfiguration.defaultMemorySize >> 20) {
+        self.vcpuCount = vcpuCount
+        self.memorySizeMiB = memorySizeMiB
+    }
+
+    static let fields = ["vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "cpu_template", "huge_pages"]
+    static let vcpuRange: ClosedRange<UInt64> = 1...254
+    static let memoryRange: ClosedRange<UInt64> = (VMConfiguration.minimumMemorySize >> 20)...(VMConfiguration.maximumMemorySize >> 20)
+
+    /// PUT replaces (both counts required); PATCH (`updating`) changes what is given.
+    init(json fields: JSONFields, updating base: MachineConfiguration?) throws(APIError) {
+        try fields.allowOnly(Self.fields)
+        if try fields.bool("smt") == true { throw .badRequest("machine-config: 'smt' true is not supported (Swiftlet gives each vCPU one thread)") }
+        if try fields.bool("track_dirty_pages") == true { throw .badRequest("machine-config: 'track_dirty_pages' true is not supported") }
+        if let template = try fields.string("cpu_template"), template != "None" {
+            throw .badRequest("machine-config: 'cpu_template' '\(template)' is not supported; only \"None\"")
+        }
+        if let pages = try fields.string("huge_pages"), pages != "None" {
+            throw .badRequest("machine-config: 'huge_pages' '\(pages)' is not supported; only \"None\"")
+        }
+        if let base {
+            vcpuCount = try fields.integer("vcpu_count", in: Self.vcpuRange).map { Int($0) } ?? base.vcpuCount
+            memorySizeMiB = try fields.integer("mem_size_mib", in: Self.memoryRange) ?? base.memorySizeMiB
+        } else {
+            vcpuCount = Int(try fields.requiredInteger("vcpu_count", in: Self.vcpuRange))
+            memorySizeMiB = try fields.requiredInteger("mem_size_mib", in: Self.memoryRange)
+        }
+    }
+
+    var json: String {
+        JSONText.object([
+            ("vcpu_count", "\(vcpuCount)"), ("mem_size_mib", "\(memorySizeMiB)"),
+            ("smt", "false"), ("track_dirty_pages", "false"), ("huge_pages", JSONText.string("None")),
+        ])
+    }
+}
+
+/// Firecracker's `Drive` (virtio-block).
+public struct DriveConfiguration: Equatable, Sendable {
+    public var driveID: String
+    public var pathOnHost: String
+    public var isRootDevice: Bool
+    public var isReadOnly: Bool
+    public var partUUID: String?
+
+    public init(driveID: String, pathOnHost: String, isRootDevice: Bool = false, isReadOnly: Bool = false, partUUID: String? = nil) {
+        self.driveID = driveID
+        self.pathOnHost = pathOnHost
+        self.isRootDevice = isRootDevice
+        self.isReadOnly = isReadOnly
+        self.partUUID = partUUID
+    }
+
+    static let fields = ["drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid", "cache_type", "io_engine", "rate_limiter"]
+
+    /// PUT: a whole drive. `pathID` is the id in the URL, which the body must repeat.
+    init(json fields: JSONFields, pathID: String) throws(APIError) {
+        try fields.allowOnly(Self.fields)
+        driveID = try fields.requiredString("drive_id")
+        guard driveID == pathID else {
+            throw .badRequest("drive: 'drive_id' '\(driveID)' differs from the id '\(pathID)' in the path")
+        }
+        pathOnHost = try fields.requiredString("path_on_host")
+        guard !pathOnHost.isEmpty else { throw .badRequest("drive '\(pathID)': 'path_on_host' is empty") }
+        isRootDevice = try fields.requiredBool("is_root_device")
+        isReadOnly = try fields.bool("is_read_only") ?? false
+        partUUID = try fields.string("partuuid")
+        try Self.checkUnsupported(fields)
+    }
+
+    static let patchFields = ["drive_id", "path_on_host", "rate_limiter"]
+
+    /// PATCH: Firecracker's `PartialDrive` (path_on_host).
+    mutating func update(json fields: JSONFields, pathID: String) throws(APIError) {
+        try fields.allowOnly(Self.patchFields)
+        let id = try fields.requiredString("drive_id")
+        guard id == pathID else { throw .badRequest("drive: 'drive_id' '\(id)' differs from the id '\(pathID)' in the path") }
+        if fields.has("rate_limiter") { throw .badRequest("drive '\(pathID)': 'rate_limiter' is not supported") }
+        if let path = try fields.string("path_on_host") {
+            guard !path.isEmpty else { throw .badRequest("drive '\(pathID)': 'path_on_host' is empty") }
+            pathOnHost = path
+        }
+    }
+
+    static func checkUnsupported(_ fields: JSONFields) throws(APIError) {
+        if let cache = try fields.string("cache_type"), cache != "Unsafe", cache != "Writeback" {
+            throw .badRequest("drive: 'cache_type' '\(cache)' is not one of Unsafe, Writeback")
+        }
+        if let engine = try fields.string("io_engine"), engine != "Sync" {
+            throw .badRequest("drive: 'io_engine' '\(engine)' is not supported; only \"Sync\"")
+        }
+        if fields.has("rate_limiter") { throw .badRequest("drive: 'rate_limiter' is not supported") }
+    }
+
+    var json: String {
+        var members = [
+            ("drive_id", JSONText.string(driveID)), ("path_on_host", JSONText.string(pathOnHost)),
+            ("is_root_device", JSONText.bool(isRootDevice)), ("is_read_only", JSONText.bool(isReadOnly)),
+        ]
+        if let partUUID { members.append(("partuuid", JSONText.string(partUUID))) }
+        return JSONText.object(members)
+    }
+}
+
+/// Firecracker's `NetworkInterface` (virtio-net on a host TAP device).
+public struct NetworkInterfaceConfiguration: Equatable, Sendable {
+    public var interfaceID: String
+    public var hostDeviceName: String
+    public var guestMAC: String?
+    public var mtu: Int?
+
+    public init(interfaceID: String, hostDeviceName: String, guestMAC: String? = nil, mtu: Int? = nil) {
+        self.interfaceID = interfaceID
+        self.hostDeviceName = hostDeviceName
+        self.guestMAC = guestMAC
+        self.mtu = mtu
+    }
+
+    static let fields = ["iface_id", "host_dev_name", "guest_mac", "mtu", "rx_rate_limiter", "tx_rate_limiter"]
+
+    init(json fields: JSONFields, pathID: String) throws(APIError) {
+        try fields.allowOnly(Self.fields)
+        interfaceID = try fields.requiredString("iface_id")
+        guard interfaceID == pathID else {
+            throw .badRequest("network interface: 'iface_id' '\(interfaceID)' differs from the id '\(pathID)' in the path")
+        }
+        hostDeviceName = try fields.requiredString("host_dev_name")
+        try Self.checkDeviceName(hostDeviceName)
+        guestMAC = try fields.string("guest_mac")
+        if let guestMAC { try Self.checkMAC(guestMAC) }
+        mtu = try fields.integer("mtu", in: 68...65535).map { Int($0) }
+        if fields.has("rx_rate_limiter") || fields.has("tx_rate_limiter") {
+            throw .badRequest("network interface '\(pathID)': rate limiters are not supported")
+        }
+    }
+
+    static let patchFields = ["iface_id", "host_dev_name", "guest_mac", "mtu", "rx_rate_limiter", "tx_rate_limiter"]
+
+    mutating func update(json fields: JSONFields, pathID: String) throws(APIError) {
+        try fields.allowOnly(Self.patchFields)
+        let id = try fields.requiredString("iface_id")
+        guard id == pathID else { throw .badRequest("network interface: 'iface_id' '\(id)' differs from the id '\(pathID)' in the path") }
+        if fields.has("rx_rate_limiter") || fields.has("tx_rate_limiter") {
+            throw .badRequest("network interface '\(pathID)': rate limiters are not supported")
+        }
+        var updated = self
+        if let name = try fields.string("host_dev_name") {
+            try Self.checkDeviceName(name)
+            updated.hostDeviceName = name
+        }
+        if let mac = try fields.string("guest_mac") {
+            try Self.checkMAC(mac)
+            updated.guestMAC = mac
+        }
+        if let mtu = try fields.integer("mtu", in: 68...65535) { updated.mtu = Int(mtu) }
+        self = updated
+    }
+
+    /// Linux interface names: 1 to 15 bytes, no '/', whitespace or ':'.
+    static func checkDeviceName(_ name: String) throws(APIError) {
+        let bytes = Array(name.utf8)
+        guard (1...15).contains(bytes.count), bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: ":") }) else {
+            throw .badRequest("network interface: 'host_dev_name' '\(name)' is not a Linux interface name (1 to 15 characters, no '/', ':' or spaces)")
+        }
+    }
+
+    /// Six hex octets separated by ':'.
+    static func checkMAC(_ mac: String) throws(APIError) {
+        let octets = mac.split(separator: ":", omittingEmptySubsequences: false)
+        guard octets.count == 6, octets.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
+            throw .badRequest("network interface: 'guest_mac' '\(mac)' is not a MAC address such as 06:00:ac:10:00:02")
+        }
+    }
+
+    var json: String {
+        var members = [("iface_id", JSONText.string(interfaceID)), ("host_dev_name", JSONText.string(hostDeviceName))]
+        if let guestMAC { members.append(("guest_mac", JSONText.string(guestMAC))) }
+        if let mtu { members.append(("mtu", "\(mtu)")) }
+        return JSONText.object(members)
+    }
+}
+
+/// Everything the API configures before InstanceStart (Firecracker's
+/// `FullVmConfiguration`), plus the process-level settings from the command
+/// line (serial, reboot action, KVM device) that the API does not change.
+public struct InstanceConfiguration: Equatable, Sendable {
+    public var bootSource: BootSource?
+    public var machine = MachineConfiguration()
+    public var drives: [DriveConfiguration] = []
+    public var networkInterfaces: [NetworkInterfaceConfiguration] = []
+    /// Serial, on-reboot and KVM device come from here.
+    public var base: VMConfiguration
+
+    public init(base: VMConfiguration = VMConfiguration(kernelPath: "")) {
+        self.base = base
+    }
+
+    /// The configuration of a VM the command line describes (`--kernel`, `--config`).
+    public init(_ configuration: VMConfiguration) {
+        base = configuration
+        bootSource = BootSource(kernelImagePath: configuration.kernelPath, initrdPath: configuration.initrdPath,
+                                bootArgs: configuration.commandLine)
+        machine = MachineConfiguration(vcpuCount: configuration.cpuCount, memorySizeMiB: configuration.memorySize >> 20)
+    }
+
+    /// Ids of drives and interfaces: 1 to 64 of A-Z a-z 0-9 _ - .
+    static func checkID(_ id: String, what: String) throws(APIError) {
+        let bytes = Array(id.utf8)
+        let valid = bytes.allSatisfy { byte in
+            (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
+                || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".")
+        }
+        guard (1...64).contains(bytes.count), valid else {
+            throw .badRequest("\(what) id '\(id.prefix(80))' is invalid: use 1 to 64 letters, digits, '_', '-' or '.'")
+        }
+    }
+
+    mutating func putDrive(_ drive: DriveConfiguration) throws(APIError) {
+        if drive.isRootDevice, let other = drives.first(where: { $0.isRootDevice && $0.driveID != drive.driveID }) {
+            throw .badRequest("drive '\(drive.driveID)': drive '\(other.driveID)' is already the root device")
+        }
+        if let index = drives.firstIndex(where: { $0.driveID == drive.driveID }) {
+            drives[index] = drive
+        } else {
+            // Firecracker keeps the root device first.
+            if drive.isRootDevice { drives.insert(drive, at: 0) } else { drives.append(drive) }
+        }
+    }
+
+    mutating func putNetworkInterface(_ interface: NetworkInterfaceConfiguration) throws(APIError) {
+        if let other = networkInterfaces.first(where: { $0.hostDeviceName == interface.hostDeviceName && $0.interfaceID != interface.interfaceID }) {
+            throw .badRequest("network interface '\(interface.interfaceID)': host device '\(interface.hostDeviceName)' is already used by '\(other.interfaceID)'")
+        }
+        if let mac = interface.guestMAC, let other = networkInterfaces.first(where: { $0.guestMAC?.lowercased() == mac.lowercased() && $0.interfaceID != interface.interfaceID }) {
+            throw .badRequest("network interface '\(interface.interfaceID)': guest MAC \(mac) is already used by '\(other.interfaceID)'")
+        }
+        if let index = networkInterfaces.firstIndex(where: { $0.interfaceID == interface.interfaceID }) {
+            networkInterfaces[index] = interface
+        } else {
+            networkInterfaces.append(interface)
+        }
+    }
+
+    /// The VMM configuration to build, or why it cannot start yet.
+    public func vmConfiguration() throws(APIError) -> VMConfiguration {
+        guard let bootSource else {
+            throw .conflict("cannot start the VM without a boot source: PUT /boot-source first")
+        }
+        var result = base
+        result.kernelPath = bootSource.kernelImagePath
+        result.initrdPath = bootSource.initrdPath
+        result.commandLine = bootSource.bootArgs ?? VMConfiguration.defaultCommandLine
+        result.cpuCount = machine.vcpuCount
+        result.memorySize = machine.memorySizeMiB << 20
+        try DeviceConfigurationHook.apply(drives: drives, networkInterfaces: networkInterfaces, to: &result)
+        do {
+            try result.validate()
+        } catch {
+            throw .badRequest("\(error)")
+        }
+        return result
+    }
+
+    /// Firecracker's `GET /vm/config` document.
+    public var json: String {
+        var members: [(String, String)] = []
+        if let bootSource { members.append(("boot-source", bootSource.json)) }
+        members.append(("machine-config", machine.json))
+        members.append(("drives", JSONText.array(drives.map(\.json))))
+        members.append(("network-interfaces", JSONText.array(networkInterfaces.map(\.json))))
+        return JSONText.object(members)
+    }
+
+    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "logger", "metrics"]
+
+    /// Reads a Firecracker `--config-file` (the `FullVmConfiguration` layout).
+    /// `logger` and `metrics` are accepted and ignored (use --log-path).
+    public static func parseFirecrackerFile(_ bytes: [UInt8], base: VMConfiguration) throws(APIError) -> InstanceConfiguration {
+        let fields = try JSONFields(body: bytes, context: "config file")
+        try fields.allowOnly(fileSections)
+        var result = InstanceConfiguration(base: base)
+        guard let boot = fields.value("boot-source") else { throw fields.missing("boot-source") }
+        result.bootSource = try BootSource(json: JSONFields(boot, context: "boot-source"))
+        if let machine = fields.value("machine-config") {
+            result.machine = try MachineConfiguration(json: JSONFields(machine, context: "machine-config"), updating: MachineConfiguration())
+        }
+        for (key, add) in [("drives", true), ("network-interfaces", false)] {
+            guard let list = fields.value(key) else { continue }
+            guard case let .array(elements) = list else { throw fields.mismatch(key, list, "an array") }
+            for element in elements {
+                if add {
+                    let item = try JSONFields(element, context: "drive")
+                    let id = try item.requiredString("drive_id")
+                    try checkID(id, what: "drive")
+                    guard !result.drives.contains(where: { $0.driveID == id }) else { throw .badRequest("drives: duplicate drive_id '\(id)'") }
+                    try result.putDrive(DriveConfiguration(json: item, pathID: id))
+                } else {
+                    let item = try JSONFields(element, context: "network interface")
+                    let id = try item.requiredString("iface_id")
+                    try checkID(id, what: "network interface")
+                    guard !result.networkInterfaces.contains(where: { $0.interfaceID == id }) else { throw .badRequest("network-interfaces: duplicate iface_id '\(id)'") }
+                    try result.putNetworkInterface(NetworkInterfaceConfiguration(json: item, pathID: id))
+                }
+            }
+        }
+        return result
+    }
+}
+
+/// HOOK(drives, NICs): VirtIO block and network devices are being added to
+/// `VMConfiguration` in parallel (as `disks` / `networkInterfaces`). Until
+/// then a VM with drives or interfaces cannot start, and says so, rather
+/// than boot without them. Map `drives` and `networkInterfaces` onto those
+/// fields here once they exist.
+enum DeviceConfigurationHook {
+    static func apply(drives: [DriveConfiguration], networkInterfaces: [NetworkInterfaceConfiguration],
+                      to configuration: inout VMConfiguration) throws(APIError) {
+        if let drive = drives.first {
+            throw .badRequest("drive '\(drive.driveID)': this swiftlet-vmm build has no virtio-block devices yet")
+        }
+        if let interface = networkInterfaces.first {
+            throw .badRequest("network interface '\(interface.interfaceID)': this swiftlet-vmm build has no virtio-net devices yet")
+        }
+    }
+}

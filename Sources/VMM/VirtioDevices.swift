@@ -1,0 +1,92 @@
+import ACPI
+import ArchX86
+import Devices
+import GuestMemory
+import KVM
+import PCI
+import Virtio
+import VirtioPCI
+import VirtioConsole
+import VirtioRNG
+
+/// Turns the configuration into the VM's virtio devices, in PCI slot order
+/// (the first is 00:01.0). Each device kind adds itself here, in one place.
+public enum VirtioDeviceFactory {
+    /// `consoleOutput` is where a virtio-console writes (the same sink as COM1).
+    public static func makeDevices(_ configuration: VMConfiguration, consoleOutput: any SerialOutput) throws(VMMError) -> [any VirtioDevice] {
+        var devices: [any VirtioDevice] = []
+        if configuration.console == .virtio {
+            do {
+                devices.append(try ConsoleDevice(output: consoleOutput))
+            } catch {
+                switch error {
+                case let .eventFD(cause): throw .host(step: "creating the virtio-console", cause: cause)
+                }
+            }
+        }
+        if configuration.entropyDevice {
+            devices.append(VirtioRNG())
+        }
+        return devices
+    }
+}
+
+/// The VM's PCI side: bus 0 with its host bridge, both configuration
+/// mechanisms, the BAR windows, and one virtio-pci function per device.
+struct PCISetup {
+    let rootBus: PCIRootBus
+    let routing: KVMInterruptRouting
+    let mmio32: PCIBARAllocator
+    let mmio64: PCIBARAllocator
+    let transports: [VirtioPCITransport]
+    /// What the MCFG and the DSDT's PCI0 announce.
+    let acpi: PCIECAMConfiguration
+
+    init(vm: VirtualMachineHandle, memory: GuestMemory, memorySize: UInt64, portBus: Bus, mmioBus: Bus,
+         devices: [any VirtioDevice]) throws(VMMError) {
+        rootBus = PCIRootBus()
+        routing = KVMInterruptRouting(vm: vm)
+        mmio32 = PCIBARAllocator(name: "32-bit", start: Layout.pciMMIO32Start.rawValue, size: Layout.pciMMIO32Size)
+        let mmio64Start = Layout.pciMMIO64Start(memorySize: memorySize).rawValue
+        mmio64 = PCIBARAllocator(name: "64-bit", start: mmio64Start, size: Layout.pciMMIO64Size)
+        let platform = KVMPCIPlatform(vm: vm, mmioBus: mmioBus)
+        var transports: [VirtioPCITransport] = []
+        var routes: [PCIInterruptRoute] = []
+        do {
+            try rootBus.attach(PCIHostBridge(), at: PCIAddress(device: 0)!)
+            try portBus.insert(PCIConfigurationPorts(bus: rootBus), base: PCIConfigurationPorts.basePort, length: PCIConfigurationPorts.length)
+            try mmioBus.insert(PCIECAM(bus: rootBus), base: Layout.pciECAMStart.rawValue, length: Layout.pciECAMSize)
+            for device in devices {
+                let address = try rootBus.freeSlot()
+                let vectors = try routing.allocateVectors(count: device.queueMaximumSizes.count + 1)
+                let gsi = PCIInterruptRouting.gsi(device: address.device, pin: 0)
+                let transport = try VirtioPCITransport(
+                    device: device, address: address, barAddress: try mmio32.allocate(size: VirtioPCILayout.barSize),
+                    memory: memory, platform: platform, msixVectors: vectors, router: routing,
+                    intx: routing.intxLine(gsi: gsi))
+                try rootBus.attach(transport, at: address)
+                transports.append(transport)
+                for pin in UInt8(0)..<4 {
+                    routes.append(PCIInterruptRoute(device: address.device, pin: pin,
+                                                    gsi: PCIInterruptRouting.gsi(device: address.device, pin: pin)))
+                }
+            }
+        } catch let error as PCIError {
+            throw .pci(error)
+        } catch let error as BusError {
+            throw .bus(error)
+        } catch {
+            throw .pci(.host(step: "building the PCI bus", message: "\(error)"))
+        }
+        self.transports = transports
+        acpi = PCIECAMConfiguration(
+            base: Layout.pciECAMStart.rawValue, startBus: 0, endBus: UInt8((Layout.pciECAMSize >> 20) - 1),
+            mmio32Base: UInt32(Layout.pciMMIO32Start.rawValue), mmio32Size: UInt32(Layout.pciMMIO32Size),
+            mmio64Base: mmio64Start, mmio64Size: Layout.pciMMIO64Size, interruptRoutes: routes)
+    }
+
+    /// Stops every device (worker threads joined).
+    func shutdown() {
+        for transport in transports { transport.shutdown() }
+    }
+}

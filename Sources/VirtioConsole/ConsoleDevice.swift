@@ -1,0 +1,171 @@
+import Devices
+import GuestMemory
+import HostSystem
+import Synchronization
+import Virtio
+
+/// virtio-console (VirtIO 1.2 section 5.3) with one port: the guest's hvc0.
+/// What the guest transmits goes to a `SerialOutput` (the terminal, a log
+/// file); what the host types is queued and delivered into the guest's
+/// receive buffers. No MULTIPORT, so there is no control queue.
+public final class ConsoleDevice: VirtioDevice {
+    public static let queueSize: UInt16 = 256
+    /// Input held while the guest has no receive buffers posted.
+    public static let inputCapacity = 64 << 10
+    static let receiveQueue = 0
+    static let transmitQueue = 1
+
+    public let deviceType = VirtioDeviceType.console
+    public let queueMaximumSizes: [UInt16] = [ConsoleDevice.queueSize, ConsoleDevice.queueSize]
+    /// SIZE is not offered: the terminal size is not tracked.
+    public let offeredFeatures: UInt64 = VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
+    public let counters = VirtioCounters()
+
+    let output: any SerialOutput
+    /// Bytes typed but not yet delivered.
+    let pendingInput = Mutex<[UInt8]>([])
+    /// Wakes the worker when input arrives.
+    let inputEvent: EventFD
+    let worker = Mutex<VirtioWorker?>(nil)
+
+    public init(output: any SerialOutput) throws(ConsoleError) {
+        self.output = output
+        do {
+            inputEvent = try EventFD()
+        } catch {
+            throw .eventFD(cause: error)
+        }
+    }
+
+    // MARK: Configuration space: cols, rows (u16 each), max_nr_ports (u32), emerg_wr (u32).
+
+    public func readConfiguration(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
+        var bytes = [UInt8](repeating: 0, count: 12)
+        bytes[4] = 1  // max_nr_ports = 1
+        for index in 0..<data.count {
+            let position = offset &+ UInt64(index)
+            data[index] = position < UInt64(bytes.count) ? bytes[Int(position)] : 0
+        }
+    }
+
+    /// emerg_wr (offset 8, EMERG_WRITE feature) is not offered; other fields are read-only.
+    public func writeConfiguration(offset: UInt64, from data: UnsafeRawBufferPointer) {}
+
+    // MARK: Input from the host
+
+    /// Queues typed bytes for the guest; returns how many fit.
+    public func enqueueInput(_ bytes: some Collection<UInt8>) -> Int {
+        let accepted = pendingInput.withLock { pending -> Int in
+            let count = min(bytes.count, Self.inputCapacity - pending.count)
+            pending.append(contentsOf: bytes.prefix(count))
+            return count
+        }
+        if accepted > 0 { try? inputEvent.signal() }
+        return accepted
+    }
+
+    /// Room for more input.
+    public var inputSpace: Int { pendingInput.withLock { Self.inputCapacity - $0.count } }
+
+    // MARK: Lifecycle
+
+    public func activate(_ activation: VirtioActivation) throws(VirtioDeviceError) {
+        let state = Mutex(ConsoleQueues(activation: activation))
+        var descriptors = activation.queues.map { $0.notification.descriptor.rawValue }
+        descriptors.append(inputEvent.descriptor.rawValue)
+        let inputIndex = descriptors.count - 1
+        do {
+            let newWorker = try VirtioWorker(name: "virtio-console", descriptors: descriptors) { [self] ready in
+                state.withLock { queues in
+                    for index in ready where index < activation.queues.count {
+                        _ = try? activation.queues[index].notification.consume()
+                        counters.notifications.add(1, ordering: .relaxed)
+                    }
+                    if ready.contains(inputIndex) { _ = try? inputEvent.consume() }
+                    serve(&queues, activation: activation)
+                }
+            }
+            worker.withLock { $0 = newWorker }
+        } catch {
+            throw .activation(device: "virtio-console", step: "starting its worker thread", cause: "\(error)")
+        }
+        // Input typed before the driver was ready.
+        try? inputEvent.signal()
+    }
+
+    public func reset() {
+        let stopped = worker.withLock { current -> VirtioWorker? in
+            defer { current = nil }
+            return current
+        }
+        stopped?.stop()
+    }
+
+    /// Drains the transmit queue to the output and fills receive buffers
+    /// with pending input. A protocol error stops the queues until reset.
+    func serve(_ queues: inout ConsoleQueues, activation: VirtioActivation) {
+        guard !queues.broken else { return }
+        do {
+            if var transmit = queues.transmit {
+                try drainTransmit(&transmit, memory: activation.memory, interrupt: activation.interrupt)
+                queues.transmit = transmit
+            }
+            if var receive = queues.receive {
+                try fillReceive(&receive, memory: activation.memory, interrupt: activation.interrupt)
+                queues.receive = receive
+            }
+        } catch {
+            queues.broken = true
+            activation.interrupt.reportDeviceError("virtio-console: \(error)")
+        }
+    }
+
+    func drainTransmit(_ entry: inout VirtioQueueActivation, memory: GuestMemory, interrupt: any VirtioInterrupt) throws(VirtqueueError) {
+        repeat {
+            while let chain = try entry.queue.popChain() {
+                var reader = ChainReader(memory: memory, buffers: chain.readable)
+                let bytes = try VirtqueueError.guarding { () throws(GuestMemoryError) in
+                    try reader.readBytes(count: Int(reader.remaining)) ?? []
+                }
+                if !bytes.isEmpty { output.write(bytes) }
+                try entry.queue.addUsed(head: chain.head, writtenLength: 0)
+                counters.requests.add(1, ordering: .relaxed)
+                counters.bytesFromGuest.add(UInt64(bytes.count), ordering: .relaxed)
+            }
+            if try entry.queue.shouldInterrupt() {
+                interrupt.signalUsedBuffers(queue: entry.index)
+                counters.interrupts.add(1, ordering: .relaxed)
+            }
+        } while try entry.queue.enableNotifications()
+    }
+
+    func fillReceive(_ entry: inout VirtioQueueActivation, memory: GuestMemory, interrupt: any VirtioInterrupt) throws(VirtqueueError) {
+        while pendingInput.withLock({ !$0.isEmpty }) {
+            guard let chain = try entry.queue.popChain() else { break }
+            var writer = ChainWriter(memory: memory, buffers: chain.writable)
+            let chunk = pendingInput.withLock { Array($0.prefix(Int(min(writer.remaining, UInt64(Self.inputCapacity))))) }
+            let written = try VirtqueueError.guarding { () throws(GuestMemoryError) in try writer.write(bytes: chunk) }
+            pendingInput.withLock { $0.removeFirst(min(written, $0.count)) }
+            try entry.queue.addUsed(head: chain.head, writtenLength: writer.written)
+            counters.requests.add(1, ordering: .relaxed)
+            counters.bytesToGuest.add(UInt64(written), ordering: .relaxed)
+        }
+        if try entry.queue.shouldInterrupt() {
+            interrupt.signalUsedBuffers(queue: entry.index)
+            counters.interrupts.add(1, ordering: .relaxed)
+        }
+        _ = try entry.queue.enableNotifications()
+    }
+}
+
+/// The queues the driver enabled, owned by the worker thread.
+struct ConsoleQueues: Sendable {
+    var receive: VirtioQueueActivation?
+    var transmit: VirtioQueueActivation?
+    var broken = false
+
+    init(activation: VirtioActivation) {
+        receive = activation.queues.first { $0.index == ConsoleDevice.receiveQueue }
+        transmit = activation.queues.first { $0.index == ConsoleDevice.transmitQueue }
+    }
+}

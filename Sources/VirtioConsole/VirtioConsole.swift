@@ -1,1 +1,0 @@
-// VirtioConsole: filled in by the VirtIO-over-PCI work (issue #4).

@@ -1,1 +1,0 @@
-// VirtioPCI: filled in by the VirtIO-over-PCI work (issue #4).
