@@ -7,12 +7,15 @@ import SwiftletClient
 /// changes; the columns beside it are what the daemon queries or keeps
 /// across restarts (the last run's outcome).
 public final class DefinitionStore: Sendable {
-    let database: DatabaseQueue
+    /// A pool: WAL journal, reads beside the one writer.
+    let database: DatabasePool
 
     public init(path: String) throws {
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
-        database = try DatabaseQueue(path: path, configuration: configuration)
+        // In WAL mode, NORMAL still never corrupts the database; a power cut may lose the last define.
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+        database = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(database)
     }
 
