@@ -135,7 +135,8 @@ def warm(path: Path) -> None:
 def fio(args, image: Path) -> dict[str, float] | str:
     secs = args.seconds
     common = ["--filename", str(image), "--ioengine", args.fio_engine, f"--direct={1 if args.direct else 0}",
-              "--time_based", f"--runtime={secs}", "--output-format=json", "--group_reporting"]
+              "--time_based", f"--runtime={secs}", "--output-format=json", "--group_reporting",
+              "--invalidate=0"]   # keep the page cache: the VMMs read through it too
     jobs = {
         "randread4k": ["--name=randread4k", "--rw=randread", "--bs=4k", f"--iodepth={args.qd}"],
         "seqread1m": ["--name=seqread1m", "--rw=read", "--bs=1M", f"--iodepth={args.seq_qd}"],
@@ -171,7 +172,7 @@ def p4(args, vmms: list[VMM], results: dict, commands: dict, notes: list[str]) -
             commands[f"P4 {v.label}{tag}"] = shown(v.argv(elf, cmd, disk=image))
     if not args.no_fio:
         commands["P4 host fio"] = (f"fio --filename {image} --ioengine {args.fio_engine} --direct={1 if args.direct else 0} "
-                                   f"--time_based --runtime={args.seconds} --name=randread4k --rw=randread --bs=4k "
+                                   f"--time_based --runtime={args.seconds} --invalidate=0 --name=randread4k --rw=randread --bs=4k "
                                    f"--iodepth={args.qd}   (and --rw=read/--rw=write --bs=1M --iodepth={args.seq_qd})")
     for rnd in range(args.runs):
         order = vmms[rnd % len(vmms):] + vmms[:rnd % len(vmms)]
@@ -365,7 +366,7 @@ def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> d
                 "not read in time are dropped by the tap and do not count. Goal: Swiftlet ≥ 1.0× QEMU.",
                 "", "Commands:", ""]
         body += [f"    # {k}\n    {c}" for k, c in commands.items() if k.startswith("P5")]
-        body += [""] + missing(results, "P5") + ["", produced_by(args)]
+        body += [""] + [f"* {n}" for n in notes.get("P5", [])] + missing(results, "P5") + ["", produced_by(args)]
         out["P5"] = "\n".join(body).rstrip()
     return out
 

@@ -28,7 +28,7 @@ public final class APIServer: Sendable {
     /// More clients than this at once are disconnected on arrival.
     public static let maximumConnections = 64
     /// Unsent responses beyond this stop request processing for a client until it reads.
-    static let outputHighWater = 1 << 20
+    let outputHighWater: Int
 
     public let path: String
     let listener: OwnedFileDescriptor
@@ -41,8 +41,10 @@ public final class APIServer: Sendable {
     let parser: HTTPRequestParser
 
     /// Creates the socket at `path` (removing a stale one) and starts serving.
-    public init(path: String, controller: InstanceController, limits: HTTPRequestParser.Limits = .init()) throws(APIServerError) {
+    public init(path: String, controller: InstanceController, limits: HTTPRequestParser.Limits = .init(),
+                outputHighWater: Int = 1 << 20) throws(APIServerError) {
         self.path = path
+        self.outputHighWater = outputHighWater
         self.controller = controller
         parser = HTTPRequestParser(limits: limits)
         (listener, socketInode) = try Self.listen(path: path)
@@ -154,6 +156,8 @@ public final class APIServer: Sendable {
         var sentContinue = false
         var closeAfterOutput = false
         var peerClosed = false
+        /// `process` stopped because too much output was queued.
+        var lastProcessHeldBack = false
 
         init(descriptor: OwnedFileDescriptor) { self.descriptor = descriptor }
     }
@@ -237,16 +241,21 @@ public final class APIServer: Sendable {
             guard flush(connection) else { return false }
             if connection.closeAfterOutput && connection.output.isEmpty { return false }
             if connection.peerClosed && connection.output.isEmpty { return false }
-            // Loop again only if processing freed room in a full input buffer.
-            if connection.input.count >= before || connection.input.count >= inputLimit || connection.peerClosed || connection.closeAfterOutput {
-                return true
-            }
+            if connection.peerClosed || connection.closeAfterOutput { return true }
+            // Go round again if answering freed room in a full input buffer,
+            // or if answers were held back by unsent output that has now
+            // gone out (edge-triggered: no further event would say so).
+            let freedInput = connection.input.count < before && before >= inputLimit
+            let heldBack = connection.lastProcessHeldBack && connection.output.count < outputHighWater
+            if !freedInput && !heldBack { return true }
         }
     }
 
     /// Parses and answers every complete request in the input buffer.
     func process(_ connection: Connection) {
-        while !connection.closeAfterOutput && connection.output.count < Self.outputHighWater && !connection.input.isEmpty {
+        connection.lastProcessHeldBack = false
+        defer { connection.lastProcessHeldBack = connection.output.count >= outputHighWater && !connection.input.isEmpty }
+        while !connection.closeAfterOutput && connection.output.count < outputHighWater && !connection.input.isEmpty {
             do {
                 switch try parser.parse(connection.input[...]) {
                 case .needHeaders:
@@ -280,8 +289,9 @@ public final class APIServer: Sendable {
         defer { if written > 0 { connection.output.removeFirst(written) } }
         while written < connection.output.count {
             // SAFETY: sends bytes from output's own storage, within its bounds. MSG_NOSIGNAL: a vanished client must not SIGPIPE the VMM.
-            let count = connection.output.withUnsafeBytes { raw in
-                send(connection.descriptor.rawValue, raw.baseAddress! + written, raw.count - written, Int32(MSG_NOSIGNAL))
+            let count = connection.output.withUnsafeBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return send(connection.descriptor.rawValue, base + written, raw.count - written, Int32(MSG_NOSIGNAL))
             }
             if count > 0 {
                 written += count

@@ -308,11 +308,18 @@ public struct InstanceConfiguration: Equatable, Sendable {
         if let bootSource { members.append(("boot-source", bootSource.json)) }
         members.append(("machine-config", machine.json))
         members.append(("drives", JSONText.array(drives.map(\.json))))
-        members.append(("network-interfaces", JSONText.array(networkInterfaces.map(\.json))))
+        // Command-line (--net) interfaces on a named tap, then the API's.
+        let commandLine = base.networkInterfaces.compactMap { interface -> String? in
+            guard case let .name(tap) = interface.tap else { return nil }
+            return JSONText.object([("iface_id", JSONText.string(interface.id)), ("host_dev_name", JSONText.string(tap)),
+                                    ("guest_mac", JSONText.string("\(interface.effectiveMAC)"))])
+        }
+        members.append(("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))))
+        if base.entropyDevice { members.append(("entropy", "{}")) }
         return JSONText.object(members)
     }
 
-    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "logger", "metrics"]
+    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics"]
 
     /// Reads a Firecracker `--config-file` (the `FullVmConfiguration` layout).
     /// `logger` and `metrics` are accepted and ignored (use --log-path).
@@ -322,6 +329,12 @@ public struct InstanceConfiguration: Equatable, Sendable {
         var result = InstanceConfiguration(base: base)
         guard let boot = fields.value("boot-source") else { throw fields.missing("boot-source") }
         result.bootSource = try BootSource(json: JSONFields(boot, context: "boot-source"))
+        if let entropy = fields.value("entropy") {
+            let device = try JSONFields(entropy, context: "entropy")
+            try device.allowOnly(["rate_limiter"])
+            if device.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
+            result.base.entropyDevice = true
+        }
         if let machine = fields.value("machine-config") {
             result.machine = try MachineConfiguration(json: JSONFields(machine, context: "machine-config"), updating: MachineConfiguration())
         }
@@ -377,6 +390,7 @@ enum DeviceConfigurationHook {
                 throw .badRequest("network interface '\(interface.interfaceID)': \(error)")
             }
         }
-        configuration.networkInterfaces = interfaces
+        // Interfaces from the command line (--net with --kernel) come first.
+        configuration.networkInterfaces += interfaces
     }
 }

@@ -32,6 +32,8 @@ public final class InstanceController: Sendable {
         /// Shutdown with timeout_ms: when to stop the VM if it is still running (monotonic ns).
         var shutdownDeadline: UInt64?
         var boots = 0
+        /// PUT /metrics: where FlushMetrics appends a line of JSON.
+        var metricsFile: OwnedFileDescriptor?
     }
 
     public let instanceID: String
@@ -62,10 +64,8 @@ public final class InstanceController: Sendable {
         let configuration: VMConfiguration
         do {
             configuration = try state.withLock { try $0.configuration.vmConfiguration() }
-        } catch let error as APIError {
-            throw .invalidConfiguration(field: "configuration", value: "", expected: error.message)
         } catch {
-            throw .invalidConfiguration(field: "configuration", value: "", expected: "\(error)")
+            throw .boot(step: "cannot start the VM", message: "\(error)")
         }
         let machine = try makeMachine(configuration)
         state.withLock { state in
@@ -122,7 +122,7 @@ public final class InstanceController: Sendable {
         do {
             configuration = try state.withLock { try $0.configuration.vmConfiguration() }
         } catch {
-            throw .invalidConfiguration(field: "configuration", value: "", expected: "\(error)")
+            throw .boot(step: "cannot restart the VM", message: "\(error)")
         }
         let machine = try makeMachine(configuration)
         state.withLock { state in
@@ -253,6 +253,44 @@ public final class InstanceController: Sendable {
             return .noContent
         case .getMetrics:
             return .json(try metrics())
+        case .putEntropyDevice:
+            let fields = try JSONFields(body: body.isEmpty ? Array("{}".utf8) : body, context: "entropy")
+            try fields.allowOnly(["rate_limiter"])
+            if fields.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
+            try updateBeforeBoot("entropy") { $0.base.entropyDevice = true }
+            return .noContent
+        case .putLogger:
+            let fields = try JSONFields(body: body, context: "logger")
+            try fields.allowOnly(["log_path", "level", "show_level", "show_log_origin", "module"])
+            if let level = try fields.string("level"), !["error", "warning", "info", "debug", "trace", "off"].contains(level.lowercased()) {
+                throw .badRequest("logger: 'level' '\(level)' is not one of Error, Warning, Info, Debug, Trace, Off")
+            }
+            _ = try fields.bool("show_level")
+            _ = try fields.bool("show_log_origin")
+            _ = try fields.string("module")
+            if let path = try fields.string("log_path") {
+                do {
+                    try log.open(path: path)
+                } catch {
+                    throw .badRequest("logger: cannot open 'log_path' '\(path)': \(error.errno)")
+                }
+            }
+            return .noContent
+        case .putMetrics:
+            let fields = try JSONFields(body: body, context: "metrics")
+            try fields.allowOnly(["metrics_path"])
+            let path = try fields.requiredString("metrics_path")
+            let file: OwnedFileDescriptor
+            do {
+                file = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o600)
+            } catch {
+                throw .badRequest("metrics: cannot open 'metrics_path' '\(path)': \(error.errno)")
+            }
+            try state.withLock { (state) throws(APIError) in
+                guard state.metricsFile == nil else { throw .badRequest("metrics: the metrics file is already set") }
+                state.metricsFile = file
+            }
+            return .noContent
         }
     }
 
@@ -284,8 +322,10 @@ public final class InstanceController: Sendable {
         case "InstanceStart":
             try startInstance()
         case "FlushMetrics":
-            // Firecracker writes metrics to a file here; Swiftlet serves GET /metrics instead.
-            break
+            // Appends GET /metrics' document to the PUT /metrics file, if one is set.
+            if let file = state.withLock({ $0.metricsFile }) {
+                try? file.writeAll(Array((try metrics() + "\n").utf8))
+            }
         case "SendCtrlAltDel", "Shutdown":
             let machine = try runningMachine(for: action)
             guard !machine.isPaused else { throw .conflict("\(action): the VM is paused; resume it first so the guest can shut down") }
@@ -402,18 +442,25 @@ public final class InstanceController: Sendable {
 
 /// The `--log-path` file: one line per lifecycle event and changing request.
 public final class APILog: Sendable {
-    let descriptor: OwnedFileDescriptor?
+    let descriptor: Mutex<OwnedFileDescriptor?>
 
     /// No log.
-    public init() { descriptor = nil }
+    public init() { descriptor = Mutex(nil) }
 
     /// Appends to `path` (created if missing).
     public init(path: String) throws(SystemCallError) {
-        descriptor = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        // Non-blocking: a log that cannot keep up loses lines rather than stalling the VMM.
+        descriptor = Mutex(try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o600))
+    }
+
+    /// Logs to `path` from now on (Firecracker's PUT /logger).
+    func open(path: String) throws(SystemCallError) {
+        let file = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o600)
+        descriptor.withLock { $0 = file }
     }
 
     public func write(_ message: String) {
-        guard let descriptor else { return }
+        guard let descriptor = descriptor.withLock({ $0 }) else { return }
         var time = timespec()
         clock_gettime(CLOCK_REALTIME, &time)
         var broken = tm()

@@ -11,11 +11,14 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case patchVm
     case getExportVmConfig
     case getMetrics
+    case putLogger, putMetrics
+    case putEntropyDevice
 
     public var method: String {
         switch self {
         case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
-        case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction: "PUT"
+        case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
+             .putLogger, .putMetrics, .putEntropyDevice: "PUT"
         case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
         }
     }
@@ -30,7 +33,9 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .createSyncAction: "/actions"
         case .patchVm: "/vm"
         case .getExportVmConfig: "/vm/config"
-        case .getMetrics: "/metrics"
+        case .getMetrics, .putMetrics: "/metrics"
+        case .putLogger: "/logger"
+        case .putEntropyDevice: "/entropy"
         }
     }
 }

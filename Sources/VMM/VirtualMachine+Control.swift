@@ -67,10 +67,13 @@ extension VirtualMachine {
             serialBytesOut: serialCounter.bytes.load(ordering: .relaxed))
     }
 
-    /// Per-device counters for the metrics.
-    // HOOK(virtio devices): list each attached VirtIO device's name and
-    // `counters.snapshot` here once VirtualMachine holds its devices.
-    var deviceCounters: [(device: String, counters: [(name: String, value: UInt64)])] { [] }
+    /// Per-device counters for the metrics: each virtio device, named by
+    /// its type and PCI address ("virtio-rng 00:01.0").
+    var deviceCounters: [(device: String, counters: [(name: String, value: UInt64)])] {
+        pci.transports.map { transport in
+            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot)
+        }
+    }
 
     /// Forces every vCPU out of KVM_RUN: immediate_exit covers a vCPU about
     /// to enter the guest, the signal one inside it.

@@ -45,6 +45,9 @@ public func runWithAPI(_ mode: VMMArguments.APIMode) -> VMMExitStatus {
     // One malloc arena: glibc would give the API thread an arena of its own
     // (about 0.2 MiB resident); small allocations still use per-thread caches.
     _ = ckvm_limit_malloc_arenas(1)
+    // A log or metrics FIFO whose reader went away must not kill the VMM:
+    // writes fail with EPIPE instead (the API's sockets use MSG_NOSIGNAL).
+    signal(SIGPIPE, SIG_IGN)
     // Blocked before any thread starts, so the API and vCPU threads inherit
     // the mask and these signals reach the event loops through signalfd.
     let signals: SignalFD

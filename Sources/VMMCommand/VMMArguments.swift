@@ -47,7 +47,7 @@ public enum VMMArguments {
         ("api-sock", "PATH", "Serve the control API (HTTP/1.1, Firecracker's resources) on this Unix socket, mode 0600. Without a kernel, wait for PUT /boot-source and InstanceStart."),
         ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
-        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces): boot it at once."),
+        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy): boot it at once."),
         ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
     ]
 
@@ -86,7 +86,7 @@ public enum VMMArguments {
         text += """
 
             EXIT STATUS:
-              0  the guest powered off (or Ctrl-A x)
+              0  the guest powered off (or Ctrl-A x, or the control API's Stop)
               1  bad input or a host error: one line on stderr names the bad value
               2  the guest rebooted and --on-reboot is exit
               3  the guest crashed (triple fault, emulation failure); registers on stderr
@@ -233,8 +233,16 @@ public enum VMMArguments {
         return mode
     }
 
-    /// Settings of the process rather than the VM: serial, reboot action, KVM device.
+    /// Settings the API does not set: serial, console device, reboot action,
+    /// KVM device, virtio-rng.
     static func applyProcessSettings(_ values: [String: String], to result: inout VMConfiguration) throws(VMMError) {
+        if let text = values["console"] {
+            guard let device = ConsoleKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "console", value: text, expected: "serial or virtio")
+            }
+            result.console = device
+        }
+        if values["rng"] != nil { result.entropyDevice = true }
         if let text = values["serial"] {
             guard let mode = SerialMode(argument: text) else {
                 throw .invalidConfiguration(field: "serial", value: text, expected: "stdio, file:PATH or none")

@@ -63,6 +63,16 @@ struct APIServerTests {
         #expect(!reply.contains("Connection: close"))
     }
 
+    @Test("many pipelined requests are all answered, even past the unsent-output limit")
+    func pipelinedPastHighWater() throws {
+        let path = Self.socketPath("highwater")
+        let controller = try InstanceController(instanceID: "srv", vmmVersion: "0.1.0", configuration: InstanceConfiguration())
+        let server = try APIServer(path: path, controller: controller, outputHighWater: 300)
+        defer { server.shutdown() }
+        let reply = try Self.exchange(path, String(repeating: "GET / HTTP/1.1\r\n\r\n", count: 40), expectedResponses: 40)
+        #expect(reply.components(separatedBy: "HTTP/1.1 200 OK").count - 1 == 40)
+    }
+
     @Test("a malformed request is answered with 400 and the connection closed")
     func malformedCloses() throws {
         let path = Self.socketPath("malformed")

@@ -1,3 +1,5 @@
+import Glibc
+import HostSystem
 import LeanJSON
 import Testing
 @testable import ControlAPI
@@ -82,6 +84,15 @@ struct InstanceControllerTests {
         #expect(interfaces.first?["guest_mac"]?.stringValue == "06:00:ac:10:00:02")
     }
 
+    @Test("PUT /entropy adds the virtio-rng before boot; rate limiters are refused")
+    func entropy() throws {
+        let controller = try makeController()
+        #expect(send(controller, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#).status == 400)
+        #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == nil)
+        #expect(send(controller, "PUT", "/entropy", "{}").status == 204)
+        #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == .object([]))
+    }
+
     @Test("out-of-order and impossible actions get 4xx and change nothing")
     func actions() throws {
         let controller = try makeController()
@@ -143,5 +154,42 @@ struct InstanceControllerTests {
         // GET_ID returns 20 bytes: a longer drive id cannot be a disk id.
         try configuration.putDrive(DriveConfiguration(driveID: "a-drive-id-longer-than-20", pathOnHost: "/x"))
         #expect(throws: APIError.self) { try configuration.vmConfiguration() }
+    }
+
+    @Test("interfaces from --net (with --kernel) are kept and listed next to the API's")
+    func commandLineInterfaces() throws {
+        var base = VMConfiguration(kernelPath: "/k", serial: .none)
+        base.networkInterfaces = [try VMM.NetworkInterfaceConfiguration.make(id: "net0", tapName: "tap7", tapDescriptor: nil, mac: nil)]
+        let configuration = InstanceConfiguration(base)
+        #expect(try configuration.vmConfiguration().networkInterfaces.map(\.id) == ["net0"])
+        #expect(configuration.json.contains(#""iface_id":"net0","host_dev_name":"tap7""#), "\(configuration.json)")
+    }
+}
+
+@Suite("Control API logger and metrics files")
+struct LoggerMetricsTests {
+    @Test("PUT /logger redirects the log; PUT /metrics + FlushMetrics append the metrics document")
+    func files() throws {
+        let controller = try InstanceController(instanceID: "files", vmmVersion: "0", configuration: InstanceConfiguration())
+        let directory = "/tmp/swiftlet-unit-files-\(getpid())"
+        mkdir(directory, 0o700)
+        defer {
+            unlink(directory + "/log")
+            unlink(directory + "/metrics")
+            rmdir(directory)
+        }
+        func send(_ method: String, _ path: String, _ body: String) -> Int {
+            controller.handle(HTTPRequest(method: method, path: path, body: Array(body.utf8))).status
+        }
+        #expect(send("PUT", "/logger", #"{"log_path": "\#(directory)/log", "level": "Info", "show_level": true}"#) == 204)
+        #expect(send("PUT", "/logger", #"{"log_path": "/no/such/dir/log"}"#) == 400)
+        #expect(send("PUT", "/logger", #"{"level": "Loud"}"#) == 400)
+        #expect(send("PUT", "/metrics", #"{"metrics_path": "\#(directory)/metrics"}"#) == 204)
+        #expect(send("PUT", "/metrics", #"{"metrics_path": "\#(directory)/metrics"}"#) == 400, "set once")
+        #expect(send("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#) == 204)
+        let metrics = (try? OwnedFileDescriptor.readWholeFile(directory + "/metrics")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        #expect(metrics.hasPrefix(#"{"id":"files""#) && metrics.hasSuffix("}\n"), "\(metrics)")
+        let log = (try? OwnedFileDescriptor.readWholeFile(directory + "/log")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        #expect(log.contains("action FlushMetrics"), "\(log)")
     }
 }

@@ -167,7 +167,8 @@ struct ControlAPIProcessTests {
 
     @Test("PATCH /vm Paused stops guest progress and exits; Resumed continues; metrics count exits")
     func pauseResume() throws {
-        let vm = try VMMProcess(["--kernel", try KitGuest.program("idle"), "--cmdline", "period_ms=10"], name: "pause")
+        // Two vCPUs: the second waits for INIT/SIPI inside KVM_RUN and must park too.
+        let vm = try VMMProcess(["--kernel", try KitGuest.program("idle"), "--cmdline", "period_ms=10", "--cpus", "2", "--rng"], name: "pause")
         #expect(vm.waitForSerial { $0.contains("KIT idle tick 5") })
 
         #expect(try vm.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
@@ -188,7 +189,10 @@ struct ControlAPIProcessTests {
         #expect((exits["io_out"] as? Int ?? 0) > 0 && (exits["io_in"] as? Int ?? 0) > 0, "\(metrics)")
         #expect((metrics["uptime_ms"] as? Int ?? 0) > 0)
         #expect((metrics["paused_ms"] as? Int ?? 0) >= 300, "\(metrics)")
-        #expect((metrics["vcpus"] as? [Any])?.count == 1)
+        #expect((metrics["vcpus"] as? [Any])?.count == 2)
+        let devices = metrics["devices"] as? [[String: Any]] ?? []
+        #expect(devices.count == 1 && (devices.first?["name"] as? String)?.hasPrefix("virtio-rng") == true, "\(devices)")
+        #expect(devices.first?["requests"] as? Int != nil)
         #expect(((metrics["serial"] as? [String: Any])?["bytes_out"] as? Int ?? 0) > 0)
 
         #expect(try vm.request("PUT", "/actions", #"{"action_type": "Stop"}"#).status == 204)

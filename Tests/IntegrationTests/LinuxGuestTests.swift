@@ -70,7 +70,7 @@ enum LinuxGuest {
 @Suite("Default Linux guest: control API", .serialized,
        .enabled(if: KitGuest.shouldRun && (LinuxGuest.isBuilt || KitGuest.isCI), LinuxGuest.skipReason))
 struct LinuxGuestControlAPITests {
-    @Test("Shutdown presses the ACPI power button and the guest powers off", .timeLimit(.minutes(6)))
+    @Test("pause and resume a 2-vCPU guest; Shutdown presses the ACPI power button and the guest powers off", .timeLimit(.minutes(6)))
     func powerButton() throws {
         // The image built from this tree's guest/ (`current` may point at another tree's build).
         let guest = URL(fileURLWithPath: try LinuxGuest.imagePath())
@@ -81,11 +81,23 @@ struct LinuxGuestControlAPITests {
         let vm = try ControlAPIProcessTests.VMMProcess([
             "--kernel", guest.appendingPathComponent("vmlinux").path,
             "--initrd", guest.appendingPathComponent("initramfs.cpio").path,
-            "--cmdline", cmdline, "--memory", "256M",
+            "--cmdline", cmdline, "--memory", "256M", "--cpus", "2",
         ], name: "linux")
         #expect(vm.waitForSerial(seconds: 240) { $0.contains("SWIFTLET-GUEST-READY") }, "console: \(vm.serial.suffix(2000))")
         // The watcher starts just before the marker; give it a moment to open the event device.
         usleep(1_000_000)
+
+        // Paused: no vCPU enters the guest, so no exits are counted.
+        #expect(try vm.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        func totalExits() throws -> Int? {
+            (ControlAPIProcessTests.json(try vm.request("GET", "/metrics").body)["exits"] as? [String: Any])?["total"] as? Int
+        }
+        let paused = try totalExits()
+        usleep(1_000_000)
+        let later = try totalExits()
+        #expect(paused != nil && paused == later, "exits while paused: \(String(describing: paused)) then \(String(describing: later))")
+        #expect(try vm.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
+        #expect(try vm.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204, "resuming twice is harmless")
         let response = try vm.request("PUT", "/actions", #"{"action_type": "Shutdown", "timeout_ms": 120000}"#)
         #expect(response.status == 204, "\(response.body)")
         #expect(vm.waitForExit(seconds: 150) == 0, "stderr: \(vm.stderrText())")
