@@ -10,11 +10,17 @@ let package = Package(
     products: [
         .executable(name: "swiftlet-vmm", targets: ["swiftlet-vmm"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
+        .executable(name: "swiftletd", targets: ["swiftletd"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
         .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // swiftletd and the swiftlet CLI only; never linked into swiftlet-vmm.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // <linux/kvm.h> and ioctl request numbers as Swift-visible constants.
@@ -40,7 +46,7 @@ let package = Package(
         // The virtio-pci modern transport (VirtIO 1.2 section 4.1).
         .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
         // VirtIO devices, one target each.
-        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
@@ -63,8 +69,24 @@ let package = Package(
             name: "swiftlet-vmm", dependencies: ["VMMCommand"],
             linkerSettings: [.unsafeFlags(["-static-executable"], .when(platforms: [.linux]))]),
         .executableTarget(name: "swiftlet", dependencies: [
-            "HostSystem",
+            "HostSystem", "SwiftletClient",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        // The VM definitions, REST API shapes and a small blocking HTTP/1.1
+        // client over a Unix socket, shared by the CLI and the daemon's tests.
+        .target(name: "SwiftletClient"),
+        // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
+        .target(name: "SwiftletDaemon", dependencies: [
+            "SwiftletClient",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "swiftletd", dependencies: [
+            "SwiftletDaemon",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
 
         .testTarget(name: "HostSystemTests", dependencies: ["HostSystem"]),
@@ -83,6 +105,8 @@ let package = Package(
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
+        // swiftletd: store and validation unit tests, and a real daemon booting guests.
+        .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", .product(name: "Yams", package: "Yams")]),
     ],
     swiftLanguageModes: [.v6]
 )

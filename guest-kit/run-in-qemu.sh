@@ -5,7 +5,8 @@
 #   guest-kit/run-in-qemu.sh NAME [extra qemu args...]
 #
 # Environment (all optional):
-#   KIT_MACHINE  QEMU machine            (default: microvm; e.g. pc, q35)
+#   KIT_MACHINE  QEMU machine            (default: microvm, microvm,pcie=on for the
+#                                         virtio programs; e.g. pc, q35)
 #   KIT_CPU      QEMU -cpu               (default: host,-arch-capabilities)
 #   KIT_MEM      guest memory            (default: 128M)
 #   KIT_SMP      vCPUs                   (default: 1)
@@ -23,7 +24,7 @@ set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
 if [ $# -lt 1 ]; then
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 name=$1
@@ -38,7 +39,13 @@ fi
 qemu=${QEMU:-qemu-system-x86_64}
 command -v "$qemu" >/dev/null || { echo "run-in-qemu: $qemu not found (Debian package: qemu-system-x86)" >&2; exit 2; }
 
-machine=${KIT_MACHINE:-microvm}
+# The virtio programs need a PCI bus: microvm's PCIe host (ECAM, no firmware,
+# so the kit assigns the BARs itself). Devices come as extra QEMU arguments,
+# e.g. -device virtio-rng-pci,disable-legacy=on.
+case $name in
+virtio-*|blk-bench|net-bench) machine=${KIT_MACHINE:-microvm,pcie=on} ;;
+*) machine=${KIT_MACHINE:-microvm} ;;
+esac
 args=(-M "$machine" -accel kvm -cpu "${KIT_CPU:-host,-arch-capabilities}"
       -m "${KIT_MEM:-128M}" -smp "${KIT_SMP:-1}"
       -nodefaults -no-user-config -nographic -serial stdio -no-reboot

@@ -41,5 +41,18 @@ for machine in pc q35; do
     run $machine 1 128M "iterations=1000" exitloop
     run $machine 4 128M "" smp
 done
+# virtio-pci programs (rng, blk incl. hostile chains, net in a netns when
+# root): their own runner, one line per case; counted as one entry here.
+if command -v python3 >/dev/null; then
+    echo "### virtio-check.py --vmm qemu"
+    out=$(python3 "$here/virtio-check.py" --vmm qemu 2>&1)
+    rc=$?
+    sed 's/^/    /' <<<"$out"
+    if [ $rc = 0 ]; then
+        pass=$((pass + 1))
+    else
+        fail=$((fail + 1))
+    fi
+fi
 echo "$pass passed, $fail failed"
 [ $fail = 0 ]

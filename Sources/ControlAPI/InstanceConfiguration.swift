@@ -361,15 +361,20 @@ public struct InstanceConfiguration: Equatable, Sendable {
     }
 }
 
-/// HOOK(drives): VirtIO block devices are being added to `VMConfiguration`
-/// in parallel (as `disks`). Until then a VM with drives cannot start, and
-/// says so, rather than boot without them. Network interfaces map onto
-/// `VMConfiguration.networkInterfaces` (virtio-net on the named tap).
+/// Drives map onto `VMConfiguration.disks` (virtio-blk), network interfaces
+/// onto `VMConfiguration.networkInterfaces` (virtio-net on the named tap).
 enum DeviceConfigurationHook {
     static func apply(drives: [DriveConfiguration], networkInterfaces: [NetworkInterfaceConfiguration],
                       to configuration: inout VMConfiguration) throws(APIError) {
-        if let drive = drives.first {
-            throw .badRequest("drive '\(drive.driveID)': this swiftlet-vmm build has no virtio-block devices yet")
+        // Drives become virtio-blk disks in order (the root drive is first: vda);
+        // the drive id is the disk id, so it must fit GET_ID's 20 bytes.
+        for drive in drives {
+            configuration.disks.append(DiskConfiguration(path: drive.pathOnHost, id: drive.driveID, readOnly: drive.isReadOnly))
+        }
+        // Firecracker's convention: the root drive goes on the kernel command line.
+        if let root = drives.first, root.isRootDevice {
+            let device = root.partUUID.map { "PARTUUID=\($0)" } ?? "/dev/vda"
+            configuration.commandLine += " root=\(device) \(root.isReadOnly ? "ro" : "rw")"
         }
         var interfaces: [VMM.NetworkInterfaceConfiguration] = []
         for interface in networkInterfaces {
@@ -380,6 +385,8 @@ enum DeviceConfigurationHook {
                 interfaces.append(try VMM.NetworkInterfaceConfiguration.make(
                     id: interface.interfaceID, tapName: interface.hostDeviceName, tapDescriptor: nil, mac: interface.guestMAC))
             } catch {
+                // .network errors already name the interface.
+                if case .network = error { throw .badRequest("\(error)") }
                 throw .badRequest("network interface '\(interface.interfaceID)': \(error)")
             }
         }

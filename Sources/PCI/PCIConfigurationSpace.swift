@@ -164,7 +164,7 @@ public struct PCIConfigurationSpace: Sendable, Equatable {
     /// the 256-byte space they read as zero).
     public func read(offset: Int, into data: UnsafeMutableRawBufferPointer) {
         for index in 0..<data.count {
-            let position = offset + index
+            let position = offset &+ index
             data[index] = (position >= 0 && position < Self.size) ? bytes[position] : 0
         }
     }
@@ -172,7 +172,7 @@ public struct PCIConfigurationSpace: Sendable, Equatable {
     /// Applies a guest write: only the writable bits of each byte change.
     public mutating func write(offset: Int, from data: UnsafeRawBufferPointer) {
         for index in 0..<data.count {
-            let position = offset + index
+            let position = offset &+ index
             guard position >= 0 && position < Self.size else { continue }
             let mask = writableMask[position]
             bytes[position] = (bytes[position] & ~mask) | (data[index] & mask)

@@ -18,7 +18,9 @@ public protocol PCIPlatform: Sendable {
 
 public final class KVMPCIPlatform: PCIPlatform {
     let vm: VirtualMachineHandle
-    let mmioBus: Bus
+    /// Weak: the bus holds the functions that hold this platform, and a
+    /// strong reference would keep that cycle (and the VM's memory) alive.
+    weak let mmioBus: Bus?
 
     public init(vm: VirtualMachineHandle, mmioBus: Bus) {
         self.vm = vm
@@ -26,11 +28,11 @@ public final class KVMPCIPlatform: PCIPlatform {
     }
 
     public func mapBAR(_ device: any BusDevice, base: UInt64, size: UInt64) -> Bool {
-        (try? mmioBus.insert(device, base: base, length: size)) != nil
+        (try? mmioBus?.insert(device, base: base, length: size)) != nil
     }
 
     public func unmapBAR(_ device: any BusDevice, base: UInt64) {
-        mmioBus.remove(device, base: base)
+        mmioBus?.remove(device, base: base)
     }
 
     public func registerNotifier(_ eventFD: EventFD, address: UInt64, length: UInt32) throws(PCIError) {

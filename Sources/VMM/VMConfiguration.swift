@@ -63,6 +63,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var console: ConsoleKind = .serial
     /// virtio-net interfaces, in PCI slot order.
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
+    /// virtio-blk disks, in PCI slot order (the guest's vda, vdb...).
+    public var disks: [DiskConfiguration] = []
     /// The KVM device node (a different path helps in containers and tests).
     public var kvmDevicePath = "/dev/kvm"
     /// A virtio-rng device on PCI (`--rng`), fed from the host's getrandom.
@@ -99,6 +101,7 @@ public struct VMConfiguration: Equatable, Sendable {
         guard !kernelPath.isEmpty else {
             throw .invalidConfiguration(field: "kernel", value: "(empty)", expected: "the path of a vmlinux or bzImage")
         }
+        try DiskConfiguration.validate(disks)
     }
 }
 

@@ -4,6 +4,7 @@ import GuestMemory
 import HostSystem
 import KVM
 import PCI
+import VirtioBlock
 import VirtioNet
 
 /// Why a VM could not be built or run. Each case names the step.
@@ -18,6 +19,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case pci(PCIError)
     /// A network interface's tap or MAC address is unusable.
     case network(id: String, cause: VirtioNetError)
+    /// A --disk image that cannot be attached.
+    case disk(VirtioBlockError)
 
     public var description: String {
         switch self {
@@ -43,6 +46,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "PCI: \(error)"
         case let .network(id, cause):
             "network interface \(id): \(cause)"
+        case let .disk(error):
+            "\(error)"
         }
     }
 }

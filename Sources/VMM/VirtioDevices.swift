@@ -5,6 +5,7 @@ import GuestMemory
 import KVM
 import PCI
 import Virtio
+import VirtioBlock
 import VirtioPCI
 import VirtioConsole
 import VirtioRNG
@@ -26,6 +27,19 @@ public enum VirtioDeviceFactory {
         }
         if configuration.entropyDevice {
             devices.append(VirtioRNG())
+        }
+        // virtio-blk: every image opened and checked here, before the guest starts.
+        var images: [DiskImage] = []
+        do {
+            for disk in configuration.disks {
+                images.append(try DiskImage(path: disk.path, readOnly: disk.readOnly, directIO: disk.directIO))
+            }
+            try DiskImage.checkDistinct(images)
+            for (disk, image) in zip(configuration.disks, images) {
+                devices.append(try VirtioBlockDevice(disk: image, identifier: disk.id))
+            }
+        } catch {
+            throw .disk(error)
         }
         // Opens each tap now: one that cannot be opened stops the VMM before the guest starts.
         for interface in configuration.networkInterfaces {

@@ -137,6 +137,12 @@ public final class VirtualMachine: Sendable {
         try attachLegacyDevices()
     }
 
+    /// A VM that never ran (or whose run ended) still has its devices on
+    /// the buses; detaching them frees the guest memory and the KVM VM.
+    deinit {
+        pci.shutdown()
+    }
+
     private func attachLegacyDevices() throws(VMMError) {
         let i8042 = I8042 { [weak self] in self?.requestStop(.rebootRequested) }
         let power = ACPIPowerDevice(

@@ -5,7 +5,7 @@ import VMM
 /// The `--config` JSON file: an object with the same settings as the flags.
 /// Unknown keys are refused so that a typo is never silently ignored.
 public struct ConfigurationFile: Equatable, Sendable {
-    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "network_interfaces"]
+    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "disks", "network_interfaces"]
     /// Config files are small; anything larger is a mistake.
     public static let maximumSize = 1 << 20
 
@@ -22,6 +22,8 @@ public struct ConfigurationFile: Equatable, Sendable {
     public var rng: Bool?
     /// `"network_interfaces": [{"tap": "tap0", "mac": "...", "id": "...", "offloads": false}, {"tap_fd": 3}]`
     public var networkInterfaces: [VMM.NetworkInterfaceConfiguration]?
+    /// "disks": [{"path": ..., "readonly": true, "id": ..., "direct": false}, ...]
+    public var disks: [DiskConfiguration]?
 
     public static func load(path: String) throws(VMMError) -> ConfigurationFile {
         let bytes: [UInt8]
@@ -62,6 +64,7 @@ public struct ConfigurationFile: Equatable, Sendable {
             case "rng":
                 guard let flag = value.boolValue else { throw mismatch(key, value, "true or false", path) }
                 result.rng = flag
+            case "disks": result.disks = try parseDisks(value, path: path)
             case "cpus":
                 guard let count = value.integerValue, let exact = Int(exactly: count) else { throw mismatch(key, value, "a whole number", path) }
                 result.cpus = exact
@@ -111,6 +114,37 @@ public struct ConfigurationFile: Equatable, Sendable {
             result.append(try VMM.NetworkInterfaceConfiguration.make(id: id, tapName: tap, tapDescriptor: descriptor, mac: mac, offloads: offloads))
         }
         return result
+    }
+
+    /// "disks": an array of objects with "path" (required), "readonly",
+    /// "direct" (booleans) and "id" (a string; disk0, disk1... by default).
+    static func parseDisks(_ value: JSONValue, path: String) throws(VMMError) -> [DiskConfiguration] {
+        guard case let .array(items) = value else { throw mismatch("disks", value, "an array of disk objects", path) }
+        var disks: [DiskConfiguration] = []
+        for (index, item) in items.enumerated() {
+            guard case let .object(members) = item else { throw mismatch("disks[\(index)]", item, "an object", path) }
+            var disk = DiskConfiguration(path: "", id: "disk\(index)")
+            var hasPath = false
+            for (key, member) in members {
+                let name = "disks[\(index)].\(key)"
+                switch key {
+                case "path", "id":
+                    guard let text = member.stringValue else { throw mismatch(name, member, "a string", path) }
+                    if key == "path" { disk.path = text; hasPath = true } else { disk.id = text }
+                case "readonly", "direct":
+                    guard let flag = member.boolValue else { throw mismatch(name, member, "true or false", path) }
+                    if key == "readonly" { disk.readOnly = flag } else { disk.directIO = flag }
+                default:
+                    throw .invalidConfiguration(field: "config key", value: name,
+                                                expected: "one of path, readonly, id, direct (in \(path))")
+                }
+            }
+            guard hasPath else {
+                throw .invalidConfiguration(field: "config key", value: "disks[\(index)]", expected: "a \"path\" naming a raw image (in \(path))")
+            }
+            disks.append(disk)
+        }
+        return disks
     }
 
     private static func mismatch(_ key: String, _ value: JSONValue, _ expected: String, _ path: String) -> VMMError {

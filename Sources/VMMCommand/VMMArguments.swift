@@ -40,6 +40,7 @@ public enum VMMArguments {
         ("memory", "SIZE", "Guest RAM: 512M, 2G, or a plain number of MiB (default 128M)."),
         ("serial", "MODE", "COM1: stdio (interactive, Ctrl-A x quits), file:PATH, or none (default stdio)."),
         ("console", "DEVICE", "The guest's console device: serial (COM1, ttyS0) or virtio (virtio-console, hvc0; pass console=hvc0 in --cmdline). It uses what --serial names (default serial)."),
+        ("disk", "SPEC", "A virtio-blk disk, repeatable: path=PATH[,readonly=on|off][,id=ID][,direct=on|off]. PATH is a raw image (a multiple of 512 bytes); id (GET_ID, 1-20 of A-Z a-z 0-9 - _ .) defaults to disk0, disk1...; direct=on opens it O_DIRECT."),
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
@@ -51,7 +52,7 @@ public enum VMMArguments {
     ]
 
     /// Options that may be given more than once, each adding a device.
-    static let repeatableOptions: Set<String> = ["net"]
+    static let repeatableOptions: Set<String> = ["disk", "net"]
 
     /// The options that take no value (on when given), with their help text.
     static let switches: [(name: String, help: String)] = [
@@ -167,6 +168,9 @@ public enum VMMArguments {
             throw .invalidConfiguration(field: "id", value: instanceID, expected: "1 to 64 letters, digits, '-', '_' or '.'")
         }
         let hasKernel = values["kernel"] != nil || values["config"] != nil
+        if !hasKernel, repeated["disk"] != nil {
+            throw .invalidConfiguration(field: "option", value: "--disk", expected: "with --kernel or --config (else add drives through the API or --config-file)")
+        }
         if !hasKernel, repeated["net"] != nil {
             throw .invalidConfiguration(field: "option", value: "--net", expected: "with --kernel or --config (with --config-file or the API, use network-interfaces)")
         }
@@ -292,6 +296,12 @@ public enum VMMArguments {
                 throw .invalidConfiguration(field: "on-reboot", value: text, expected: "restart or exit")
             }
             result.onReboot = action
+        }
+        if let disks = repeated["disk"] {
+            result.disks = []
+            for (index, text) in disks.enumerated() { result.disks.append(try DiskConfiguration.parse(text, index: index)) }
+        } else if let fileDisks = file?.disks {
+            result.disks = fileDisks
         }
         if let path = values["kvm-device"] { result.kvmDevicePath = path }
         if let specs = repeated["net"] {

@@ -154,9 +154,10 @@ struct NetDataPlane {
                 try queue.addUsed(head: chain.head, writtenLength: 0)
                 counters.requests.add(1, ordering: .relaxed)
             }
+            // One interrupt decision per drained batch.
+            if try queue.shouldInterrupt() { signal(queue: Self.transmitQueueIndex) }
             if try !queue.enableNotifications() { break }
         }
-        if try queue.shouldInterrupt() { signal(queue: Self.transmitQueueIndex) }
     }
 
     /// Writes one TX chain to the tap, or counts it as malformed and drops it.
@@ -168,9 +169,9 @@ struct NetDataPlane {
             netCounters.transmitMalformed.add(1, ordering: .relaxed)
             return
         }
-        var headerBytes = header.bytes
-        // SAFETY: the header bytes are used only inside this call, by writev.
-        let outcome = headerBytes.withUnsafeMutableBytes { raw in
+        var wire = header.wire
+        // SAFETY: the 12 header bytes are used only inside this call, by writev.
+        let outcome = withUnsafeMutableBytes(of: &wire) { raw in
             Result { () throws(GuestMemoryError) in
                 try withIOVectors(memory: memory, prefix: raw, buffers: data) { vectors in
                     Result { () throws(SystemCallError) in try tap.send(vectors) }
@@ -243,9 +244,8 @@ struct NetDataPlane {
     mutating func readFrame(_ queue: inout Virtqueue) throws(VirtqueueError) -> FrameOutcome {
         try refillSpare(&queue, target: directThreshold)
         if let chainCount = directChainCount() {
-            let chains = Array(spare[..<chainCount])
-            let buffers = chains.flatMap(\.writable)
-            let room = chains.reduce(0) { $0 + $1.writableLength }
+            let buffers = chainCount == 1 ? spare[0].writable : spare[..<chainCount].flatMap(\.writable)
+            let room = spare[..<chainCount].reduce(0) { $0 + $1.writableLength }
             let result = Result { () throws(GuestMemoryError) in
                 try withIOVectors(memory: memory, prefix: nil, buffers: buffers) { vectors in
                     Result { () throws(SystemCallError) in try tap.receive(into: vectors) }

@@ -67,17 +67,24 @@ public struct VirtioNetHeader: Equatable, Sendable {
     }
 
     /// Decodes the first 12 bytes (little-endian); nil if fewer.
-    public init?(bytes: some Collection<UInt8>) {
-        let b = Array(bytes.prefix(Self.size))
-        guard b.count == Self.size else { return nil }
-        func u16(_ at: Int) -> UInt16 { UInt16(b[at]) | UInt16(b[at + 1]) << 8 }
-        self.init(flags: b[0], gsoType: b[1], headerLength: u16(2), gsoSize: u16(4),
+    public init?(bytes: [UInt8]) {
+        guard bytes.count >= Self.size else { return nil }
+        func u16(_ at: Int) -> UInt16 { UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8 }
+        self.init(flags: bytes[0], gsoType: bytes[1], headerLength: u16(2), gsoSize: u16(4),
                   checksumStart: u16(6), checksumOffset: u16(8), bufferCount: u16(10))
     }
 
+    /// The 12 bytes as the wire has them (the fields are little-endian and
+    /// need no padding, so the in-memory layout of this tuple is the header).
+    var wire: (UInt8, UInt8, UInt16, UInt16, UInt16, UInt16, UInt16) {
+        (flags, gsoType, headerLength.littleEndian, gsoSize.littleEndian, checksumStart.littleEndian,
+         checksumOffset.littleEndian, bufferCount.littleEndian)
+    }
+
     public var bytes: [UInt8] {
-        func le(_ value: UInt16) -> [UInt8] { [UInt8(truncatingIfNeeded: value), UInt8(truncatingIfNeeded: value >> 8)] }
-        return [flags, gsoType] + le(headerLength) + le(gsoSize) + le(checksumStart) + le(checksumOffset) + le(bufferCount)
+        var wire = wire
+        // SAFETY: the tuple is 12 bytes of plain integers, read only within this call.
+        return withUnsafeBytes(of: &wire) { Array($0) }
     }
 }
 

@@ -54,6 +54,8 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         /// Where BAR 0 is on the MMIO bus, and where the notifiers are registered.
         var mappedBAR: UInt64?
         var notifierBase: UInt64?
+        /// Set by `shutdown`: the BAR is never mapped again.
+        var detached = false
     }
 
     struct Interrupts {
@@ -143,10 +145,17 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
 
     var name: String { "\(device.deviceType) at PCI \(address)" }
 
-    /// Stops the device (its worker joined) and forgets the driver's setup:
-    /// for VM shutdown.
+    /// For VM shutdown, once no vCPU runs: stops the device (its worker
+    /// joined), forgets the driver's setup, and takes BAR 0 off the bus for
+    /// good (the bus holding the function is what keeps it, its memory and
+    /// its VM alive). Idempotent.
     public func shutdown() {
-        registers.withLock { reset(&$0) }
+        registers.withLock { registers in
+            reset(&registers)
+            if let old = registers.mappedBAR { platform.unmapBAR(self, base: old) }
+            registers.mappedBAR = nil
+            registers.detached = true
+        }
     }
 
     // MARK: PCIFunction
@@ -218,7 +227,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     /// Puts BAR 0 where the configuration space says it decodes (nowhere
     /// while memory decoding is off), and moves the notifiers with it.
     private func updateBARMapping(_ registers: inout Registers) {
-        let wanted = registers.configuration.decodedBAR(VirtioPCILayout.bar)?.base
+        let wanted = registers.detached ? nil : registers.configuration.decodedBAR(VirtioPCILayout.bar)?.base
         guard wanted != registers.mappedBAR else { return }
         unregisterNotifiers(&registers)
         if let old = registers.mappedBAR { platform.unmapBAR(self, base: old) }

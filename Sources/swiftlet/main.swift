@@ -12,8 +12,16 @@ struct Swiftlet: ParsableCommand {
               swiftlet run                     boot the default Linux guest to a shell
               swiftlet run -- uname -a         run one command in it, exit with its status
               swiftlet run --kernel vmlinux --initrd initrd.gz --cpus 2
+              swiftlet define web.yaml && swiftlet start web --console   (through swiftletd)
+              swiftlet list --all
+
+            Exit status of the daemon verbs: 0 done, 1 refused or failed (the message says why), \
+            3 no such VM, 4 the VM is in the wrong state or the name is taken, 5 swiftletd is not \
+            reachable, 64 bad command-line usage.
             """,
-        subcommands: [Run.self])
+        subcommands: [Run.self, Define.self, Undefine.self, List.self, Start.self, Shutdown.self, Reboot.self,
+                      Destroy.self, Pause.self, Resume.self, Info.self, Stats.self, Console.self, Logs.self,
+                      Edit.self, Events.self])
 }
 
 /// Finds swiftlet-vmm (beside this binary, else on PATH) and replaces this process with it.

@@ -138,7 +138,7 @@ struct InstanceControllerTests {
         #expect(throws: APIError.self) { try InstanceConfiguration.parseFirecrackerFile(Array(duplicate.utf8), base: base) }
     }
 
-    @Test("a VM configured through the API maps onto VMConfiguration; drives wait for the block device hook")
+    @Test("a VM configured through the API maps onto VMConfiguration; drives become disks, the root one on the command line")
     func vmConfiguration() throws {
         var configuration = InstanceConfiguration(base: VMConfiguration(kernelPath: "", serial: .none, onReboot: .restart))
         configuration.bootSource = BootSource(kernelImagePath: "/k", initrdPath: "/i", bootArgs: "quiet")
@@ -146,7 +146,13 @@ struct InstanceControllerTests {
         let result = try configuration.vmConfiguration()
         #expect(result.kernelPath == "/k" && result.initrdPath == "/i" && result.commandLine == "quiet")
         #expect(result.cpuCount == 2 && result.memorySize == 64 << 20 && result.serial == .none && result.onReboot == .restart)
+        try configuration.putDrive(DriveConfiguration(driveID: "data", pathOnHost: "/d", isReadOnly: true))
         try configuration.putDrive(DriveConfiguration(driveID: "root", pathOnHost: "/r", isRootDevice: true))
+        let withDrives = try configuration.vmConfiguration()
+        #expect(withDrives.disks == [DiskConfiguration(path: "/r", id: "root"), DiskConfiguration(path: "/d", id: "data", readOnly: true)])
+        #expect(withDrives.commandLine == "quiet root=/dev/vda rw")
+        // GET_ID returns 20 bytes: a longer drive id cannot be a disk id.
+        try configuration.putDrive(DriveConfiguration(driveID: "a-drive-id-longer-than-20", pathOnHost: "/x"))
         #expect(throws: APIError.self) { try configuration.vmConfiguration() }
     }
 

@@ -74,6 +74,26 @@ struct NetworkTests {
         #expect(upGuest != nil && Self.field(after: "UP-MD5 ", in: served) == upGuest, "guest sent \(upGuest ?? "-"); server: \(served)")
     }
 
+    @Test("The kit's virtio-net program sends 4 frames to the tap and echoes 16 of the host's back")
+    func kitEcho() throws {
+        let namespace = try NetworkNamespace()
+        defer { namespace.delete() }
+        try namespace.addTap("kt0", address: "10.0.0.1/24")
+        // The kit's host end: waits for the guest's 4 frames, then pings it 16 times (EtherType 0x88B5 only).
+        let peerScript = KitGuest.packageRoot.appendingPathComponent("benchmarks/kit-net-peer.py").path
+        let peer = try namespace.start(["python3", peerScript, "echo", "--iface", "kt0", "--guest-frames", "4", "--pings", "16", "--timeout", "60"])
+        defer { peer.stop() }
+        usleep(500_000)
+        let guest = try namespace.run([ProcessTests.binary("swiftlet-vmm"), "--kernel", try KitGuest.program("virtio-net"),
+                                       "--cmdline", "send=4 echo=16", "--net", "tap=kt0,mac=52:54:00:12:34:56"], timeout: 120)
+        #expect(guest.status == 0, "stderr: \(guest.errors)\nconsole: \(guest.output.suffix(2000))")
+        #expect(guest.output.contains("mac=52:54:00:12:34:56"))
+        #expect(guest.output.contains("KIT virtio-net sent=4"))
+        #expect(guest.output.contains("KIT virtio-net echoed=16"), "console: \(guest.output.suffix(2000))")
+        #expect(peer.waitForExit(seconds: 30) == 0, "peer: \(peer.output) \(peer.errors)")
+        #expect(peer.output.contains(#""ok": true"#), "peer: \(peer.output)")
+    }
+
     @Test("A tap name that is not a tap stops the VMM before the guest starts, with a message that says why")
     func unusableTap() throws {
         let namespace = try NetworkNamespace()
@@ -236,6 +256,13 @@ final class HostCommand {
             usleep(50_000)
         }
         return false
+    }
+
+    /// Waits (bounded) for the process to end; its status, or nil if it is still running.
+    func waitForExit(seconds: TimeInterval) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning && Date() < deadline { usleep(50_000) }
+        return process.isRunning ? nil : process.terminationStatus
     }
 
     static func run(_ executable: String, _ arguments: [String], timeout: TimeInterval) throws -> Result {

@@ -1,5 +1,8 @@
 import Foundation
+import KVM
 import Testing
+import VirtioPCI
+@testable import VMM
 
 /// The default Linux guest with a virtio-rng device on PCI: the stock
 /// virtio_pci and virtio-rng drivers find it, negotiate, and read entropy,
@@ -40,10 +43,19 @@ struct VirtioPCIGuestTests {
         #expect(bytes.count == 128 && Set(bytes).count > 4, "hwrng gave '\(bytes)'")
     }
 
-    @Test("--rng: Linux binds virtio-pci and virtio_rng, /dev/hwrng gives bytes, interrupts come by MSI-X",
+    /// Unbinding resets the device (status 0: worker joined, ioeventfds
+    /// removed); binding again negotiates and activates it afresh.
+    static let rebind = """
+        echo 0000:00:01.0 > /sys/bus/pci/drivers/virtio-pci/unbind
+        echo UNBOUND=$(ls /sys/bus/virtio/devices | wc -l)
+        echo 0000:00:01.0 > /sys/bus/pci/drivers/virtio-pci/bind
+        echo REBOUND=$(head -c 64 /dev/hwrng | od -An -v -tx1 | tr -d ' \n')
+        """
+
+    @Test("--rng: Linux binds virtio-pci and virtio_rng, /dev/hwrng gives bytes, interrupts come by MSI-X; rebinding resets and restarts it",
           .timeLimit(.minutes(5)))
     func entropyWithMSIX() throws {
-        let result = try ProcessTests.run("swiftlet", ["run", "--rng", "--", "sh", "-c", Self.probe])
+        let result = try ProcessTests.run("swiftlet", ["run", "--rng", "--", "sh", "-c", Self.probe + "\n" + Self.rebind])
         #expect(result.status == 0, "stderr: \(result.stderr)")
         Self.checkEntropy(result.stdout)
         // Separate vectors for configuration changes and the request queue.
@@ -52,6 +64,9 @@ struct VirtioPCIGuestTests {
         let irq = lines.first { $0.contains("PCI-MSI") && $0.hasSuffix("virtio0-input") } ?? ""
         let count = irq.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
         #expect(count > 0, "no MSI-X interrupt counted: \(irq)")
+        #expect(Self.value("UNBOUND", in: result.stdout) == "0")
+        let again = Self.value("REBOUND", in: result.stdout) ?? ""
+        #expect(again.count == 128 && Set(again).count > 4, "hwrng after rebinding gave '\(again)'")
     }
 
     @Test("with pci=nomsi the device interrupts through INTx on the IO-APIC pin the _PRT names",
@@ -63,6 +78,27 @@ struct VirtioPCIGuestTests {
         // Slot 1, INTA: GSI 16 + (1 + 0) % 8 = 17, level-triggered.
         let irq = Self.value("IRQ", in: result.stdout) ?? ""
         #expect(irq.contains("IO-APIC") && irq.contains("17-fasteoi"), "interrupt line: \(irq)")
+    }
+}
+
+/// PCI devices on kit guests: no Linux needed.
+@Suite("virtio-pci device lifetime", .serialized, .enabled(if: KitGuest.shouldRun, KitGuest.skipReason))
+struct VirtioPCILifetimeTests {
+    @Test("a VM's virtio functions, guest memory and KVM VM are freed with it (--on-reboot restart builds a new one each time)")
+    func devicesFreedWithTheVM() throws {
+        weak var transport: VirtioPCITransport?
+        weak var handle: VirtualMachineHandle?
+        try {
+            var configuration = VMConfiguration(kernelPath: try KitGuest.program("hello"), serial: .none)
+            configuration.entropyDevice = true
+            let machine = try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput())
+            #expect(machine.pci.transports.count == 1)
+            transport = machine.pci.transports.first
+            handle = machine.handle
+            #expect(try machine.run() == .poweredOff)
+        }()
+        #expect(transport == nil, "the function outlived its VM")
+        #expect(handle == nil, "the KVM VM outlived the VirtualMachine")
     }
 }
 

@@ -1,3 +1,4 @@
+import KVM
 import PCI
 import Testing
 
@@ -117,5 +118,22 @@ extension MSIXTable {
         var bytes = [UInt8](repeating: 0, count: size)
         bytes.withUnsafeMutableBytes { readPendingBits(offset: offset, into: $0) }
         return bytes.enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+    }
+}
+
+
+
+@Suite("KVM GSI routing table")
+struct GSIRoutingTests {
+    @Test("every table keeps KVM's default irqchip routes: GSIs 0-15 to PIC and IO-APIC, 16-23 to the IO-APIC")
+    func defaultRoutes() {
+        let routes = GSIRoute.defaultIRQChipRoutes
+        #expect(routes.count == 16 * 2 + 8)
+        #expect(routes.contains(.irqchip(gsi: 4, chip: .picMaster, pin: 4)))
+        #expect(routes.contains(.irqchip(gsi: 4, chip: .ioAPIC, pin: 4)))
+        #expect(routes.contains(.irqchip(gsi: 9, chip: .picSlave, pin: 1)))
+        #expect(routes.contains(.irqchip(gsi: 17, chip: .ioAPIC, pin: 17)))
+        #expect(!routes.contains { $0.gsi >= 24 })
+        #expect(Set(routes.map(\.gsi)) == Set(0..<24))
     }
 }

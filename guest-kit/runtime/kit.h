@@ -68,6 +68,11 @@ static inline uint8_t mmio_read8(uint64_t a) { return *(volatile uint8_t *)(uint
 static inline uint32_t mmio_read32(uint64_t a) { return *(volatile uint32_t *)(uintptr_t)a; }
 static inline void mmio_write8(uint64_t a, uint8_t v) { *(volatile uint8_t *)(uintptr_t)a = v; }
 static inline void mmio_write32(uint64_t a, uint32_t v) { *(volatile uint32_t *)(uintptr_t)a = v; }
+static inline uint16_t mmio_read16(uint64_t a) { return *(volatile uint16_t *)(uintptr_t)a; }
+static inline void mmio_write16(uint64_t a, uint16_t v) { *(volatile uint16_t *)(uintptr_t)a = v; }
+static inline uint64_t mmio_read64(uint64_t a) { return *(volatile uint64_t *)(uintptr_t)a; }
+static inline void mmio_write64(uint64_t a, uint64_t v) { *(volatile uint64_t *)(uintptr_t)a = v; }
+static inline void kit_mb(void) { __asm__ volatile("mfence" ::: "memory"); }
 
 static inline uint64_t rdtsc(void)
 {
@@ -92,6 +97,22 @@ static inline unsigned kit_cpl(void)
 
 /* TSC frequency from CPUID 0x15 or KVM's 0x40000010, 0 if unknown. */
 uint64_t kit_tsc_hz(void);
+
+/* TSC rate for timing (runtime/mem.c): "tsc_hz=" on the command line, else
+   kit_tsc_hz(), else a calibration against PIT channel 2 (then 0) read
+   back over 100 ms, else an assumed 2 GHz. *source (if not NULL) names
+   which: "cmdline", "cpuid", "pit2", "pit0", "assumed". Computed once. */
+uint64_t kit_tsc_rate(const char **source);
+/* Nanoseconds for a TSC delta at kit_tsc_rate(). */
+uint64_t kit_tsc_to_ns(uint64_t cycles);
+
+/* ---- RAM for device buffers (runtime/mem.c): a bump allocator over the
+   first PVH memory-map RAM range above the image (and above 2 MiB), below
+   the 4 GiB identity map. Zeroed, aligned (power of two). Never freed; fails
+   the program when RAM runs out. */
+void *kit_alloc(size_t size, size_t align);
+/* Highest RAM address + 1 below 4 GiB (for "out of range" tests). */
+uint64_t kit_ram_top(void);
 
 /* ---- serial console (COM1, 8250/16550) and formatting */
 void kit_serial_init(void);

@@ -1,0 +1,247 @@
+import Foundation
+
+/// A VM definition as stored by swiftletd and written in `swiftlet define`
+/// files (JSON or YAML, snake_case keys). Unknown keys are refused so that a
+/// typo (`vcpus`) is an error, not a silently ignored setting.
+public struct VMDefinition: Codable, Sendable, Equatable {
+    public var name: String
+    /// Assigned by the daemon on define when absent.
+    public var uuid: String?
+    public var cpus: Int
+    public var memoryMiB: Int
+    public var kernel: String
+    public var initrd: String?
+    public var cmdline: String?
+    public var disks: [Disk]
+    public var nics: [NIC]
+    /// `log`: serial console to a log file (and `swiftlet console`); `none`: discarded.
+    public var console: String
+    /// `restart`: the VM reboots in place; `shutdown`: a guest reboot shuts it off.
+    public var onReboot: String
+    public var autostart: Bool
+    public var limits: Limits?
+
+    public struct Disk: Codable, Sendable, Equatable {
+        public var path: String
+        public var readonly: Bool
+        public var id: String?
+        public init(path: String, readonly: Bool = false, id: String? = nil) {
+            self.path = path; self.readonly = readonly; self.id = id
+        }
+        enum CodingKeys: String, CodingKey, CaseIterable { case path, readonly, id }
+        public init(from decoder: any Decoder) throws {
+            try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "disk")
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            path = try c.decode(String.self, forKey: .path)
+            readonly = try c.decodeIfPresent(Bool.self, forKey: .readonly) ?? false
+            id = try c.decodeIfPresent(String.self, forKey: .id)
+        }
+    }
+
+    public struct NIC: Codable, Sendable, Equatable {
+        public var tap: String
+        public var mac: String?
+        public var id: String?
+        public init(tap: String, mac: String? = nil, id: String? = nil) { self.tap = tap; self.mac = mac; self.id = id }
+        enum CodingKeys: String, CodingKey, CaseIterable { case tap, mac, id }
+        public init(from decoder: any Decoder) throws {
+            try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "nic")
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            tap = try c.decode(String.self, forKey: .tap)
+            mac = try c.decodeIfPresent(String.self, forKey: .mac)
+            id = try c.decodeIfPresent(String.self, forKey: .id)
+        }
+    }
+
+    /// cgroup v2 limits: `cpu_percent` becomes cpu.max (100 = one host CPU),
+    /// `memory_mib` becomes memory.max.
+    public struct Limits: Codable, Sendable, Equatable {
+        public var cpuPercent: Int?
+        public var memoryMiB: Int?
+        public init(cpuPercent: Int? = nil, memoryMiB: Int? = nil) { self.cpuPercent = cpuPercent; self.memoryMiB = memoryMiB }
+        enum CodingKeys: String, CodingKey, CaseIterable { case cpuPercent = "cpu_percent", memoryMiB = "memory_mib" }
+        public init(from decoder: any Decoder) throws {
+            try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "limits")
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            cpuPercent = try c.decodeIfPresent(Int.self, forKey: .cpuPercent)
+            memoryMiB = try c.decodeIfPresent(Int.self, forKey: .memoryMiB)
+        }
+    }
+
+    public init(name: String, uuid: String? = nil, cpus: Int = 1, memoryMiB: Int = 128, kernel: String,
+                initrd: String? = nil, cmdline: String? = nil, disks: [Disk] = [], nics: [NIC] = [],
+                console: String = "log", onReboot: String = "restart", autostart: Bool = false, limits: Limits? = nil) {
+        self.name = name; self.uuid = uuid; self.cpus = cpus; self.memoryMiB = memoryMiB; self.kernel = kernel
+        self.initrd = initrd; self.cmdline = cmdline; self.disks = disks; self.nics = nics; self.console = console
+        self.onReboot = onReboot; self.autostart = autostart; self.limits = limits
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case name, uuid, cpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, disks, nics, console
+        case onReboot = "on_reboot", autostart, limits
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "definition")
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        uuid = try c.decodeIfPresent(String.self, forKey: .uuid)
+        cpus = try c.decodeIfPresent(Int.self, forKey: .cpus) ?? 1
+        memoryMiB = try c.decodeIfPresent(Int.self, forKey: .memoryMiB) ?? 128
+        kernel = try c.decode(String.self, forKey: .kernel)
+        initrd = try c.decodeIfPresent(String.self, forKey: .initrd)
+        cmdline = try c.decodeIfPresent(String.self, forKey: .cmdline)
+        disks = try c.decodeIfPresent([Disk].self, forKey: .disks) ?? []
+        nics = try c.decodeIfPresent([NIC].self, forKey: .nics) ?? []
+        console = try c.decodeIfPresent(String.self, forKey: .console) ?? "log"
+        onReboot = try c.decodeIfPresent(String.self, forKey: .onReboot) ?? "restart"
+        autostart = try c.decodeIfPresent(Bool.self, forKey: .autostart) ?? false
+        limits = try c.decodeIfPresent(Limits.self, forKey: .limits)
+    }
+}
+
+/// A decoding failure that names the unexpected key and the valid ones.
+public struct UnknownKeyError: Error, CustomStringConvertible {
+    public let key: String
+    public let context: String
+    public let known: [String]
+    public var description: String {
+        "unknown field '\(key)' in \(context); expected one of \(known.joined(separator: ", "))"
+    }
+}
+
+struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { return nil }
+}
+
+func rejectUnknownKeys(_ decoder: any Decoder, known: [String], in context: String) throws {
+    let container = try decoder.container(keyedBy: AnyKey.self)
+    for key in container.allKeys where !known.contains(key.stringValue) {
+        throw UnknownKeyError(key: key.stringValue, context: context, known: known)
+    }
+}
+
+/// The run states a VM can be in, as swiftletd reports them.
+public enum VMState: String, Codable, Sendable, CaseIterable {
+    case shutOff = "shut_off"
+    case starting
+    case running
+    case paused
+    case shuttingDown = "shutting_down"
+    case crashed
+}
+
+/// A VM as `GET /v1/vms/{name}` returns it: its definition and run state.
+public struct VMInfo: Codable, Sendable, Equatable {
+    public var definition: VMDefinition
+    public var state: VMState
+    /// Why the VM is in this state (exit reason of the last run, or a warning).
+    public var reason: String?
+    public var pid: Int32?
+    /// Unix time the current or last run started.
+    public var startedAt: Double?
+    /// Whether the VMM serves the per-VM control API (pause, graceful shutdown).
+    public var controlAPI: Bool
+    public var consoleLog: String
+    public var consoleInput: String?
+    public var cgroup: String?
+
+    public init(definition: VMDefinition, state: VMState, reason: String? = nil, pid: Int32? = nil, startedAt: Double? = nil,
+                controlAPI: Bool = false, consoleLog: String, consoleInput: String? = nil, cgroup: String? = nil) {
+        self.definition = definition; self.state = state; self.reason = reason; self.pid = pid; self.startedAt = startedAt
+        self.controlAPI = controlAPI; self.consoleLog = consoleLog; self.consoleInput = consoleInput; self.cgroup = cgroup
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case definition, state, reason, pid, startedAt = "started_at", controlAPI = "control_api"
+        case consoleLog = "console_log", consoleInput = "console_input", cgroup
+    }
+}
+
+/// `GET /v1/vms/{name}/stats`: the VMM process as the host sees it, plus the
+/// VMM's own counters when it serves the control API.
+public struct VMStats: Codable, Sendable {
+    public var name: String
+    public var state: VMState
+    public var pid: Int32?
+    public var uptimeSeconds: Double?
+    public var cpuSeconds: Double?
+    public var rssBytes: Int?
+    public var threads: Int?
+    public var vmmMetrics: [String: Double]?
+
+    public init(name: String, state: VMState, pid: Int32? = nil, uptimeSeconds: Double? = nil, cpuSeconds: Double? = nil,
+                rssBytes: Int? = nil, threads: Int? = nil, vmmMetrics: [String: Double]? = nil) {
+        self.name = name; self.state = state; self.pid = pid; self.uptimeSeconds = uptimeSeconds; self.cpuSeconds = cpuSeconds
+        self.rssBytes = rssBytes; self.threads = threads; self.vmmMetrics = vmmMetrics
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, state, pid, uptimeSeconds = "uptime_seconds", cpuSeconds = "cpu_seconds", rssBytes = "rss_bytes"
+        case threads, vmmMetrics = "vmm_metrics"
+    }
+}
+
+/// One line of `GET /v1/events`: a VM changed state.
+public struct VMEvent: Codable, Sendable, Equatable {
+    public var name: String
+    public var state: VMState
+    public var reason: String?
+    public var time: Double
+    public init(name: String, state: VMState, reason: String?, time: Double) {
+        self.name = name; self.state = state; self.reason = reason; self.time = time
+    }
+}
+
+/// The body of every error response: `{"error": "..."}`.
+public struct APIErrorBody: Codable, Sendable {
+    public var error: String
+    public init(error: String) { self.error = error }
+}
+
+/// `GET /v1/version`.
+public struct DaemonInfo: Codable, Sendable {
+    public var name: String
+    public var version: String
+    public var vmmBinary: String
+    public var controlAPI: Bool
+    public var cgroups: String
+    public init(name: String, version: String, vmmBinary: String, controlAPI: Bool, cgroups: String) {
+        self.name = name; self.version = version; self.vmmBinary = vmmBinary; self.controlAPI = controlAPI; self.cgroups = cgroups
+    }
+    enum CodingKeys: String, CodingKey { case name, version, vmmBinary = "vmm_binary", controlAPI = "control_api", cgroups }
+}
+
+public enum SwiftletJSON {
+    public static func encoder(pretty: Bool = false) -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+    public static let decoder = JSONDecoder()
+
+    /// A decoding error as one line a person can act on.
+    public static func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as UnknownKeyError: return error.description
+        case DecodingError.keyNotFound(let key, let context):
+            return "missing field '\(path(context.codingPath + [key]))'"
+        case DecodingError.typeMismatch(let type, let context):
+            return "field '\(path(context.codingPath))' has the wrong type (expected \(type))"
+        case DecodingError.valueNotFound(let type, let context):
+            return "field '\(path(context.codingPath))' is null (expected \(type))"
+        case DecodingError.dataCorrupted(let context):
+            if let underlying = context.underlyingError as? UnknownKeyError { return underlying.description }
+            if context.codingPath.isEmpty { return "malformed JSON: \(context.debugDescription)" }
+            return "field '\(path(context.codingPath))': \(context.debugDescription)"
+        default: return "\(error)"
+        }
+    }
+
+    static func path(_ keys: [any CodingKey]) -> String {
+        keys.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+    }
+}

@@ -1,0 +1,96 @@
+import Foundation
+
+/// The typed REST client for swiftletd (the `swiftlet` CLI's side of
+/// docs/api/swiftletd-api.yaml).
+public struct SwiftletAPIClient: Sendable {
+    public static let defaultSocket = "/run/swiftlet/swiftletd.sock"
+    public let http: UnixHTTPClient
+
+    public init(socketPath: String, timeout: Double = 60) {
+        http = UnixHTTPClient(socketPath: socketPath, timeout: timeout)
+    }
+
+    /// An error from the daemon (status and its message) or from reaching it.
+    public enum Failure: Error, CustomStringConvertible {
+        case api(status: Int, message: String)
+        case unreachable(socket: String, cause: String)
+        case badResponse(String)
+
+        public var description: String {
+            switch self {
+            case .api(_, let message): return message
+            case .unreachable(let socket, let cause):
+                return "swiftletd is not reachable at \(socket) (\(cause)); start it with `swiftletd`, or point --socket / SWIFTLET_SOCKET at its socket"
+            case .badResponse(let what): return "unexpected answer from swiftletd: \(what)"
+            }
+        }
+    }
+
+    func call(_ method: String, _ path: String, body: Data? = nil) throws -> UnixHTTPClient.Response {
+        let response: UnixHTTPClient.Response
+        do {
+            response = try http.request(method, path, body: body)
+        } catch let failure as UnixHTTPClient.Failure {
+            throw Failure.unreachable(socket: http.socketPath, cause: failure.description)
+        }
+        guard (200..<300).contains(response.status) else {
+            let message = (try? SwiftletJSON.decoder.decode(APIErrorBody.self, from: response.body).error)
+                ?? "HTTP \(response.status): \(response.text)"
+            throw Failure.api(status: response.status, message: message)
+        }
+        return response
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, _ response: UnixHTTPClient.Response) throws -> T {
+        do { return try SwiftletJSON.decoder.decode(type, from: response.body) } catch {
+            throw Failure.badResponse(SwiftletJSON.describe(error))
+        }
+    }
+
+    static func escape(_ name: String) -> String {
+        name.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? name
+    }
+
+    public func version() throws -> DaemonInfo { try decode(DaemonInfo.self, call("GET", "/v1/version")) }
+    public func list() throws -> [VMInfo] { try decode([VMInfo].self, call("GET", "/v1/vms")) }
+    public func get(_ name: String) throws -> VMInfo { try decode(VMInfo.self, call("GET", "/v1/vms/\(Self.escape(name))")) }
+
+    /// Defines a VM from raw JSON (so that the daemon checks every field).
+    public func define(json: Data) throws -> VMInfo { try decode(VMInfo.self, call("POST", "/v1/vms", body: json)) }
+    public func define(_ definition: VMDefinition) throws -> VMInfo {
+        try define(json: SwiftletJSON.encoder().encode(definition))
+    }
+    public func update(_ name: String, json: Data) throws -> VMInfo {
+        try decode(VMInfo.self, call("PUT", "/v1/vms/\(Self.escape(name))", body: json))
+    }
+    public func undefine(_ name: String) throws { _ = try call("DELETE", "/v1/vms/\(Self.escape(name))") }
+
+    /// start, shutdown, reboot, destroy, pause, resume.
+    public func action(_ name: String, _ verb: String, query: String = "") throws -> VMInfo {
+        try decode(VMInfo.self, call("POST", "/v1/vms/\(Self.escape(name))/\(verb)" + (query.isEmpty ? "" : "?" + query)))
+    }
+    public func stats(_ name: String) throws -> VMStats { try decode(VMStats.self, call("GET", "/v1/vms/\(Self.escape(name))/stats")) }
+    public func consoleLog(_ name: String, bytes: Int = 65536) throws -> Data {
+        try call("GET", "/v1/vms/\(Self.escape(name))/console?bytes=\(bytes)").body
+    }
+    public func metrics() throws -> String { try call("GET", "/metrics").text }
+
+    /// Follows `GET /v1/events` until `onEvent` returns false.
+    /// `timeout`: give up after that many seconds without a byte (0: never).
+    /// `onConnected` runs once the daemon has accepted the subscription.
+    public func events(timeout: Double = 0, onConnected: () -> Void = {}, onEvent: (VMEvent) -> Bool) throws {
+        var streaming = http
+        streaming.timeout = timeout
+        do {
+            try streaming.streamLines("/v1/events", onHead: { status, _ in
+                guard status == 200 else { throw Failure.api(status: status, message: "events: HTTP \(status)") }
+                onConnected()
+            }) { line in
+                guard let event = try? SwiftletJSON.decoder.decode(VMEvent.self, from: Data(line.utf8)) else { return true }
+                return onEvent(event)
+            }
+        } catch let failure as UnixHTTPClient.Failure {
+            throw Failure.unreachable(socket: http.socketPath, cause: failure.description)
+        }
+    }
+}

@@ -1,0 +1,297 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import SwiftletClient
+
+/// The REST API (docs/api/swiftletd-api.yaml) on Hummingbird. Every route
+/// is registered from `DaemonAPI.routes`, which the OpenAPI test compares
+/// with the document.
+public struct DaemonAPI: Sendable {
+    public struct Route: Sendable {
+        public let method: HTTPRequest.Method
+        /// Hummingbird form: `/v1/vms/:name`.
+        public let path: String
+        let handler: @Sendable (DaemonAPI, Request, BasicRequestContext) async throws -> Response
+    }
+
+    public static let maximumBodySize = 64 * 1024
+    public static let version = "0.1.0"
+
+    let store: DefinitionStore
+    let supervisor: Supervisor
+    let logger: Logger
+
+    public init(store: DefinitionStore, supervisor: Supervisor, logger: Logger) {
+        self.store = store
+        self.supervisor = supervisor
+        self.logger = logger
+    }
+
+    public static let routes: [Route] = [
+        Route(method: .get, path: "/v1/version") { api, _, _ in try api.json(api.versionInfo()) },
+        Route(method: .get, path: "/v1/vms") { api, _, _ in try api.json(api.list()) },
+        Route(method: .post, path: "/v1/vms") { api, request, _ in try await api.json(api.define(request), status: .created) },
+        Route(method: .get, path: "/v1/vms/:name") { api, _, context in try api.json(api.get(context.name)) },
+        Route(method: .put, path: "/v1/vms/:name") { api, request, context in try await api.json(api.update(context.name, request)) },
+        Route(method: .delete, path: "/v1/vms/:name") { api, _, context in try api.undefine(context.name); return Response(status: .noContent) },
+        Route(method: .post, path: "/v1/vms/:name/start") { api, _, context in
+            try await api.action(context.name) { try api.supervisor.start(try api.row(context.name).definition) }
+        },
+        Route(method: .post, path: "/v1/vms/:name/shutdown") { api, request, context in
+            let wait = Double(request.uri.queryParameters["wait"].map(String.init) ?? "") ?? 0
+            let force = request.uri.queryParameters["force"].map(String.init) == "true"
+            return try await api.action(context.name) { try api.supervisor.shutdown(context.name, wait: min(max(wait, 0), 600), force: force) }
+        },
+        Route(method: .post, path: "/v1/vms/:name/reboot") { api, _, context in
+            try await api.action(context.name) { try api.supervisor.reboot(context.name) }
+        },
+        Route(method: .post, path: "/v1/vms/:name/destroy") { api, _, context in
+            try await api.action(context.name) { try api.supervisor.destroy(context.name) }
+        },
+        Route(method: .post, path: "/v1/vms/:name/pause") { api, _, context in
+            try await api.action(context.name) { try api.supervisor.pause(context.name) }
+        },
+        Route(method: .post, path: "/v1/vms/:name/resume") { api, _, context in
+            try await api.action(context.name) { try api.supervisor.resume(context.name) }
+        },
+        Route(method: .get, path: "/v1/vms/:name/stats") { api, _, context in
+            _ = try api.row(context.name)
+            return try api.json(api.supervisor.stats(context.name))
+        },
+        Route(method: .get, path: "/v1/vms/:name/console") { api, request, context in
+            _ = try api.row(context.name)
+            let bytes = Int(request.uri.queryParameters["bytes"].map(String.init) ?? "") ?? 65536
+            return api.consoleTail(context.name, bytes: min(max(bytes, 0), 16 << 20))
+        },
+        Route(method: .get, path: "/v1/events") { api, _, _ in api.eventStream() },
+        Route(method: .get, path: "/metrics") { api, _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4"
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: api.prometheusText())))
+        },
+    ]
+
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        for route in Self.routes {
+            router.on(RouterPath(route.path), method: route.method) { request, context -> Response in
+                do {
+                    return try await route.handler(self, request, context)
+                } catch {
+                    let error = (error as? DaemonError) ?? .internal("\(error)")
+                    if error.status >= 500 {
+                        logger.error("request failed", metadata: ["method": "\(request.method)", "path": "\(request.uri.path)", "error": "\(error)"])
+                    }
+                    return Self.errorResponse(error)
+                }
+            }
+        }
+        return router
+    }
+
+    static func errorResponse(_ error: DaemonError) -> Response {
+        let body = (try? SwiftletJSON.encoder().encode(APIErrorBody(error: error.description))) ?? Data()
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: HTTPResponse.Status(code: error.status), headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: body)))
+    }
+
+    func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws(DaemonError) -> Response {
+        let data: Data
+        do { data = try SwiftletJSON.encoder().encode(value) } catch { throw .internal("encoding the response: \(error)") }
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    // MARK: handlers
+
+    func versionInfo() -> DaemonInfo {
+        DaemonInfo(name: "swiftletd", version: Self.version, vmmBinary: supervisor.configuration.vmmBinary,
+                   controlAPI: supervisor.vmmHasControlAPI, cgroups: supervisor.cgroups.warning ?? "cgroup v2 at \(supervisor.cgroups.parent)")
+    }
+
+    func row(_ name: String) throws(DaemonError) -> DefinitionStore.Row {
+        try DefinitionValidator.validateName(name)
+        let row: DefinitionStore.Row?
+        do { row = try store.get(name) } catch { throw .internal("reading the database: \(error)") }
+        guard let row else { throw .noSuchVM(name) }
+        return row
+    }
+
+    func list() throws(DaemonError) -> [VMInfo] {
+        do { return try store.all().map(supervisor.info(for:)) } catch { throw .internal("reading the database: \(error)") }
+    }
+
+    func get(_ name: String) throws(DaemonError) -> VMInfo { supervisor.info(for: try row(name)) }
+
+    func decodeDefinition(_ request: Request) async throws(DaemonError) -> VMDefinition {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: Self.maximumBodySize)
+        } catch {
+            throw .tooLarge("the request body is larger than \(Self.maximumBodySize) bytes")
+        }
+        guard buffer.readableBytes > 0 else { throw .badRequest("the request body is empty; send a VM definition as JSON") }
+        do {
+            return try SwiftletJSON.decoder.decode(VMDefinition.self, from: Data(buffer: buffer))
+        } catch {
+            throw .badRequest("invalid definition: \(SwiftletJSON.describe(error))")
+        }
+    }
+
+    func define(_ request: Request) async throws(DaemonError) -> VMInfo {
+        let definition = try DefinitionValidator.validate(try await decodeDefinition(request))
+        do {
+            try store.insert(definition)
+        } catch DefinitionStore.Failure.duplicate {
+            throw .conflict("a VM named '\(definition.name)' (or with uuid \(definition.uuid ?? "")) is already defined; `swiftlet edit \(definition.name)` changes it")
+        } catch {
+            throw .internal("storing the definition: \(error)")
+        }
+        logger.info("defined", metadata: ["vm": "\(definition.name)", "uuid": "\(definition.uuid ?? "")"])
+        return supervisor.info(for: DefinitionStore.Row(definition: definition))
+    }
+
+    func update(_ name: String, _ request: Request) async throws(DaemonError) -> VMInfo {
+        let existing = try row(name)
+        var definition = try await decodeDefinition(request)
+        guard definition.name == name else {
+            throw .badRequest("the definition's name '\(DefinitionValidator.printable(definition.name))' differs from '\(name)' in the URL; renaming is not supported")
+        }
+        if definition.uuid == nil { definition.uuid = existing.definition.uuid }
+        guard definition.uuid?.lowercased() == existing.definition.uuid else {
+            throw .badRequest("the uuid of '\(name)' cannot change (it is \(existing.definition.uuid ?? ""))")
+        }
+        definition = try DefinitionValidator.validate(definition)
+        do { try store.replace(definition) } catch { throw .internal("storing the definition: \(error)") }
+        logger.info("updated", metadata: ["vm": "\(name)"])
+        var info = supervisor.info(for: DefinitionStore.Row(definition: definition, lastState: existing.lastState, lastReason: existing.lastReason))
+        if supervisor.isActive(name) { info.reason = "the new definition takes effect at the next start" }
+        return info
+    }
+
+    func undefine(_ name: String) throws(DaemonError) {
+        _ = try row(name)
+        guard !supervisor.isActive(name) else {
+            throw .conflict("VM '\(name)' is running; `swiftlet destroy \(name)` first, then undefine it")
+        }
+        do { try store.delete(name) } catch { throw .internal("deleting the definition: \(error)") }
+        supervisor.forget(name)
+        logger.info("undefined", metadata: ["vm": "\(name)"])
+    }
+
+    /// Runs a blocking lifecycle operation off the request's task and answers with the VM's info.
+    func action(_ name: String, _ work: @escaping @Sendable () throws -> Void) async throws -> Response {
+        _ = try row(name)
+        let result: Result<Void, any Error> = await withCheckedContinuation { continuation in
+            let thread = Thread {
+                do { try work(); continuation.resume(returning: .success(())) } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+            thread.stackSize = 256 * 1024
+            thread.start()
+        }
+        try result.get()
+        return try json(get(name))
+    }
+
+    func consoleTail(_ name: String, bytes: Int) -> Response {
+        let path = supervisor.runDirectory(name).consoleLog
+        var data = Data()
+        if let handle = FileHandle(forReadingAtPath: path) {
+            let size = (try? handle.seekToEnd()) ?? 0
+            try? handle.seek(toOffset: size > UInt64(bytes) ? size - UInt64(bytes) : 0)
+            data = handle.readDataToEndOfFile()
+            try? handle.close()
+        }
+        var headers = HTTPFields()
+        headers[.contentType] = "text/plain; charset=utf-8"
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// Newline-delimited JSON, one `VMEvent` per state change, chunked until
+    /// the client goes. An empty line every 10 s finds clients that left.
+    func eventStream() -> Response {
+        let events = supervisor.events()
+        let (lines, continuation) = AsyncStream<Data>.makeStream()
+        let forward = Task {
+            for await event in events {
+                if let data = try? SwiftletJSON.encoder().encode(event) { continuation.yield(data + Data("\n".utf8)) }
+            }
+            continuation.finish()
+        }
+        let heartbeat = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(10))
+                continuation.yield(Data("\n".utf8))
+            }
+        }
+        continuation.onTermination = { _ in forward.cancel(); heartbeat.cancel() }
+        var headers = HTTPFields()
+        headers[.contentType] = "application/x-ndjson"
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            defer { forward.cancel(); heartbeat.cancel() }
+            try await writer.write(ByteBuffer(string: "\n"))
+            for await line in lines {
+                try await writer.write(ByteBuffer(bytes: line))
+            }
+            try await writer.finish(nil)
+        })
+    }
+
+    func prometheusText() -> String {
+        var lines: [String] = []
+        let rows = (try? store.all()) ?? []
+        var byState: [VMState: Int] = [:]
+        lines.append("# HELP swiftlet_vm_state 1 for the state the VM is in.")
+        lines.append("# TYPE swiftlet_vm_state gauge")
+        var perVM: [(String, VMInfo, VMStats?)] = []
+        for row in rows {
+            let info = supervisor.info(for: row)
+            byState[info.state, default: 0] += 1
+            perVM.append((row.definition.name, info, info.pid != nil ? supervisor.stats(row.definition.name) : nil))
+            for state in VMState.allCases {
+                lines.append("swiftlet_vm_state{name=\"\(row.definition.name)\",state=\"\(state.rawValue)\"} \(state == info.state ? 1 : 0)")
+            }
+        }
+        lines.append("# HELP swiftlet_vm_vcpus Defined vCPUs.")
+        lines.append("# TYPE swiftlet_vm_vcpus gauge")
+        for (name, info, _) in perVM { lines.append("swiftlet_vm_vcpus{name=\"\(name)\"} \(info.definition.cpus)") }
+        lines.append("# HELP swiftlet_vm_memory_bytes Defined guest memory.")
+        lines.append("# TYPE swiftlet_vm_memory_bytes gauge")
+        for (name, info, _) in perVM { lines.append("swiftlet_vm_memory_bytes{name=\"\(name)\"} \(info.definition.memoryMiB * 1_048_576)") }
+        lines.append("# HELP swiftlet_vm_rss_bytes Resident memory of the VM's swiftlet-vmm process.")
+        lines.append("# TYPE swiftlet_vm_rss_bytes gauge")
+        for (name, _, stats) in perVM { if let rss = stats?.rssBytes { lines.append("swiftlet_vm_rss_bytes{name=\"\(name)\"} \(rss)") } }
+        lines.append("# HELP swiftlet_vm_cpu_seconds_total CPU time of the VM's swiftlet-vmm process.")
+        lines.append("# TYPE swiftlet_vm_cpu_seconds_total counter")
+        for (name, _, stats) in perVM { if let cpu = stats?.cpuSeconds { lines.append("swiftlet_vm_cpu_seconds_total{name=\"\(name)\"} \(cpu)") } }
+        lines.append("# HELP swiftlet_vmm_counter Counters from the VMM's control API (GET /metrics), by name.")
+        lines.append("# TYPE swiftlet_vmm_counter gauge")
+        for (name, _, stats) in perVM {
+            for (counter, value) in (stats?.vmmMetrics ?? [:]).sorted(by: { $0.key < $1.key }) {
+                lines.append("swiftlet_vmm_counter{name=\"\(name)\",counter=\"\(counter)\"} \(value)")
+            }
+        }
+        lines.append("# HELP swiftletd_vms VMs by state.")
+        lines.append("# TYPE swiftletd_vms gauge")
+        for state in VMState.allCases { lines.append("swiftletd_vms{state=\"\(state.rawValue)\"} \(byState[state] ?? 0)") }
+        let counters = supervisor.counterValues()
+        lines.append("# HELP swiftletd_vm_starts_total VMM processes started.")
+        lines.append("# TYPE swiftletd_vm_starts_total counter")
+        lines.append("swiftletd_vm_starts_total \(counters["starts"] ?? 0)")
+        lines.append("# HELP swiftletd_vm_crashes_total VM runs that ended as crashed.")
+        lines.append("# TYPE swiftletd_vm_crashes_total counter")
+        lines.append("swiftletd_vm_crashes_total \(counters["crashes"] ?? 0)")
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+extension BasicRequestContext {
+    var name: String { parameters.get("name") ?? "" }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import GRDB
+import SwiftletClient
+
+/// VM definitions in SQLite (GRDB), one row per VM keyed by name. The
+/// definition itself is a JSON column so that new fields need no column
+/// changes; the columns beside it are what the daemon queries or keeps
+/// across restarts (the last run's outcome).
+public final class DefinitionStore: Sendable {
+    /// A pool: WAL journal, reads beside the one writer.
+    let database: DatabasePool
+
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        // In WAL mode, NORMAL still never corrupts the database; a power cut may lose the last define.
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+        database = try DatabasePool(path: path, configuration: configuration)
+        try Self.migrator.migrate(database)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: definitions") { db in
+            try db.create(table: "vm") { table in
+                table.column("name", .text).primaryKey()
+                table.column("uuid", .text).notNull().unique()
+                table.column("definition", .text).notNull()
+                table.column("createdAt", .double).notNull()
+                table.column("updatedAt", .double).notNull()
+            }
+        }
+        migrator.registerMigration("v2: last run outcome") { db in
+            try db.alter(table: "vm") { table in
+                table.add(column: "lastState", .text)
+                table.add(column: "lastReason", .text)
+            }
+        }
+        return migrator
+    }
+
+    public struct Row: Sendable {
+        public var definition: VMDefinition
+        public var lastState: VMState?
+        public var lastReason: String?
+    }
+
+    public func all() throws -> [Row] {
+        try database.read { db in
+            try GRDB.Row.fetchAll(db, sql: "SELECT definition, lastState, lastReason FROM vm ORDER BY name").map(Self.decode)
+        }
+    }
+
+    public func get(_ name: String) throws -> Row? {
+        try database.read { db in
+            try GRDB.Row.fetchOne(db, sql: "SELECT definition, lastState, lastReason FROM vm WHERE name = ?", arguments: [name]).map(Self.decode)
+        }
+    }
+
+    static func decode(_ row: GRDB.Row) throws -> Row {
+        let json: String = row["definition"]
+        let definition = try SwiftletJSON.decoder.decode(VMDefinition.self, from: Data(json.utf8))
+        let state: String? = row["lastState"]
+        return Row(definition: definition, lastState: state.flatMap(VMState.init(rawValue:)), lastReason: row["lastReason"])
+    }
+
+    public enum Failure: Error { case duplicate(String), notFound(String) }
+
+    /// Inserts a new definition; `.duplicate` when the name (or UUID) is taken.
+    public func insert(_ definition: VMDefinition) throws {
+        let json = String(decoding: try SwiftletJSON.encoder().encode(definition), as: UTF8.self)
+        let now = Date().timeIntervalSince1970
+        do {
+            try database.write { db in
+                try db.execute(sql: "INSERT INTO vm (name, uuid, definition, createdAt, updatedAt) VALUES (?, ?, ?, ?, ?)",
+                               arguments: [definition.name, definition.uuid ?? "", json, now, now])
+            }
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
+            throw Failure.duplicate(definition.name)
+        }
+    }
+
+    public func replace(_ definition: VMDefinition) throws {
+        let json = String(decoding: try SwiftletJSON.encoder().encode(definition), as: UTF8.self)
+        let changed = try database.write { db -> Int in
+            try db.execute(sql: "UPDATE vm SET definition = ?, updatedAt = ? WHERE name = ?",
+                           arguments: [json, Date().timeIntervalSince1970, definition.name])
+            return db.changesCount
+        }
+        if changed == 0 { throw Failure.notFound(definition.name) }
+    }
+
+    public func delete(_ name: String) throws {
+        let changed = try database.write { db -> Int in
+            try db.execute(sql: "DELETE FROM vm WHERE name = ?", arguments: [name])
+            return db.changesCount
+        }
+        if changed == 0 { throw Failure.notFound(name) }
+    }
+
+    public func recordOutcome(_ name: String, state: VMState, reason: String?) throws {
+        try database.write { db in
+            try db.execute(sql: "UPDATE vm SET lastState = ?, lastReason = ? WHERE name = ?", arguments: [state.rawValue, reason, name])
+        }
+    }
+
+    public func count() throws -> Int {
+        try database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm") ?? 0 }
+    }
+}

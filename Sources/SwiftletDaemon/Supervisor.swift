@@ -1,0 +1,512 @@
+import Foundation
+import Logging
+import Synchronization
+import SwiftletClient
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a VM's run-time files live: `<state>/vms/<name>/`.
+public struct RunDirectory: Sendable {
+    public let path: String
+    public var pidFile: String { path + "/vmm.pid" }
+    public var apiSocket: String { path + "/api.sock" }
+    public var consoleLog: String { path + "/console.log" }
+    public var consoleInput: String { path + "/console.in" }
+    public var vmmLog: String { path + "/vmm.log" }
+}
+
+public struct SupervisorConfiguration: Sendable {
+    public var stateDirectory: String
+    public var vmmBinary: String
+    /// Rotate console.log (to console.log.1) past this size.
+    public var consoleLogLimit: Int = 1 << 20
+    /// How long destroy waits after SIGTERM before SIGKILL.
+    public var stopGrace: Double = 5
+    public init(stateDirectory: String, vmmBinary: String) {
+        self.stateDirectory = stateDirectory
+        self.vmmBinary = vmmBinary
+    }
+}
+
+/// Runs one swiftlet-vmm per running VM and keeps each VM's state in step
+/// with its process: a waiter thread per child (or a /proc watcher for VMMs
+/// re-adopted after a daemon restart) turns the exit into shut off or
+/// crashed with the reason.
+public final class Supervisor: Sendable {
+    public enum StopRequest: Sendable { case destroy, shutdown, reboot }
+
+    struct Runtime: Sendable {
+        var state: VMState = .shutOff
+        var reason: String?
+        var pid: pid_t?
+        var startedAt: Double?
+        var stopRequest: StopRequest?
+        var adopted = false
+        var cgroup: String?
+        var controlAPI = false
+    }
+
+    public let configuration: SupervisorConfiguration
+    let store: DefinitionStore
+    let cgroups: CgroupManager
+    let logger: Logger
+    /// Whether this swiftlet-vmm serves the control API (`--api-sock`).
+    public let vmmHasControlAPI: Bool
+    let runtimes = Mutex<[String: Runtime]>([:])
+    let subscribers = Mutex<[UUID: AsyncStream<VMEvent>.Continuation]>([:])
+    let counters = Mutex<[String: Int]>([:])
+
+    public init(configuration: SupervisorConfiguration, store: DefinitionStore, cgroups: CgroupManager, logger: Logger) {
+        self.configuration = configuration
+        self.store = store
+        self.cgroups = cgroups
+        self.logger = logger
+        vmmHasControlAPI = Self.probeControlAPI(configuration.vmmBinary)
+        if !vmmHasControlAPI {
+            logger.warning("swiftlet-vmm has no control API (--api-sock): pause/resume use SIGSTOP/SIGCONT, shutdown stops the VM with SIGTERM, no VMM counters", metadata: ["vmm": "\(configuration.vmmBinary)"])
+        }
+    }
+
+    static func probeControlAPI(_ binary: String) -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--help"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        guard (try? process.run()) != nil else { return false }
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: output, as: UTF8.self).contains("--api-sock")
+    }
+
+    public func runDirectory(_ name: String) -> RunDirectory {
+        RunDirectory(path: configuration.stateDirectory + "/vms/" + name)
+    }
+
+    // MARK: state and events
+
+    func runtime(_ name: String) -> Runtime { runtimes.withLock { $0[name] ?? Runtime() } }
+
+    public func info(for row: DefinitionStore.Row) -> VMInfo {
+        let name = row.definition.name
+        var runtime = runtime(name)
+        if runtime.state == .shutOff && runtime.pid == nil && runtime.reason == nil, let last = row.lastState {
+            runtime.state = last == .crashed ? .crashed : .shutOff
+            runtime.reason = row.lastReason
+        }
+        let directory = runDirectory(name)
+        return VMInfo(definition: row.definition, state: runtime.state, reason: runtime.reason, pid: runtime.pid,
+                      startedAt: runtime.startedAt, controlAPI: runtime.controlAPI, consoleLog: directory.consoleLog,
+                      consoleInput: runtime.pid != nil && row.definition.console == "log" ? directory.consoleInput : nil,
+                      cgroup: runtime.cgroup)
+    }
+
+    func publish(_ name: String, _ state: VMState, _ reason: String?) {
+        let event = VMEvent(name: name, state: state, reason: reason, time: Date().timeIntervalSince1970)
+        logger.info("state changed", metadata: ["vm": "\(name)", "state": "\(state.rawValue)", "reason": "\(reason ?? "")"])
+        for continuation in subscribers.withLock({ Array($0.values) }) { continuation.yield(event) }
+    }
+
+    public func events() -> AsyncStream<VMEvent> {
+        let id = UUID()
+        let (stream, continuation) = AsyncStream<VMEvent>.makeStream(bufferingPolicy: .bufferingNewest(1000))
+        continuation.onTermination = { [weak self] _ in _ = self?.subscribers.withLock { $0.removeValue(forKey: id) } }
+        subscribers.withLock { $0[id] = continuation }
+        return stream
+    }
+
+    /// Ends every event stream (daemon shutdown), so no request keeps the server up.
+    public func finishEventStreams() {
+        for continuation in subscribers.withLock({ Array($0.values) }) { continuation.finish() }
+    }
+
+    func count(_ key: String) { counters.withLock { $0[key, default: 0] += 1 } }
+    public func counterValues() -> [String: Int] { counters.withLock { $0 } }
+
+    public func isActive(_ name: String) -> Bool { runtime(name).pid != nil }
+
+    // MARK: start
+
+    public func start(_ definition: VMDefinition) throws(DaemonError) {
+        let name = definition.name
+        let claimed = runtimes.withLock { table -> Bool in
+            var runtime = table[name] ?? Runtime()
+            guard runtime.pid == nil, runtime.state != .starting else { return false }
+            runtime.state = .starting
+            runtime.reason = nil
+            runtime.stopRequest = nil
+            table[name] = runtime
+            return true
+        }
+        guard claimed else { throw .conflict("VM '\(name)' is already running; `swiftlet destroy \(name)` stops it") }
+        do {
+            try launch(definition)
+        } catch {
+            runtimes.withLock { table in
+                table[name]?.state = .shutOff
+                table[name]?.reason = "start failed: \(error.description)"
+            }
+            throw error
+        }
+    }
+
+    func launch(_ definition: VMDefinition) throws(DaemonError) {
+        let name = definition.name
+        var files = [("kernel", definition.kernel)]
+        if let initrd = definition.initrd { files.append(("initrd", initrd)) }
+        files += definition.disks.enumerated().map { ("disks[\($0.offset)].path", $0.element.path) }
+        for (field, path) in files where access(path, R_OK) != 0 {
+            let why = errno == ENOENT ? "does not exist" : String(cString: strerror(errno))
+            throw .badRequest("cannot start '\(name)': its \(field) '\(path)' \(why); fix the path with `swiftlet edit \(name)`")
+        }
+        guard access(configuration.vmmBinary, X_OK) == 0 else {
+            throw .unavailable("cannot start '\(name)': swiftlet-vmm at \(configuration.vmmBinary) is not executable; restart swiftletd with --vmm PATH")
+        }
+        let directory = runDirectory(name)
+        do {
+            try FileManager.default.createDirectory(atPath: directory.path, withIntermediateDirectories: true)
+            unlink(directory.apiSocket)
+            if access(directory.consoleInput, F_OK) != 0 && mkfifo(directory.consoleInput, 0o600) != 0 {
+                throw HostProcess.SpawnFailure(step: "creating \(directory.consoleInput)", code: errno)
+            }
+            rotate(directory.consoleLog, above: 0, keepIfSmallerThan: configuration.consoleLogLimit)
+        } catch {
+            throw .internal("cannot prepare \(directory.path): \(error)")
+        }
+
+        var arguments = ["--kernel", definition.kernel, "--cpus", String(definition.cpus), "--memory", "\(definition.memoryMiB)M",
+                         "--serial", definition.console == "log" ? "stdio" : "none",
+                         "--on-reboot", definition.onReboot == "restart" ? "restart" : "exit"]
+        if let initrd = definition.initrd { arguments += ["--initrd", initrd] }
+        if let cmdline = definition.cmdline { arguments += ["--cmdline", cmdline] }
+        for disk in definition.disks {
+            var value = "path=\(disk.path)"
+            if disk.readonly { value += ",readonly=on" }
+            if let id = disk.id { value += ",id=\(id)" }
+            arguments += ["--disk", value]
+        }
+        for nic in definition.nics {
+            var value = "tap=\(nic.tap)"
+            if let mac = nic.mac { value += ",mac=\(mac)" }
+            if let id = nic.id { value += ",id=\(id)" }
+            arguments += ["--net", value]
+        }
+        if vmmHasControlAPI { arguments += ["--api-sock", directory.apiSocket, "--id", name] }
+
+        let pid: pid_t
+        do {
+            pid = try HostProcess.spawn(binary: configuration.vmmBinary, arguments: arguments, stdinPath: directory.consoleInput,
+                                        stdoutPath: directory.consoleLog, stderrPath: directory.vmmLog)
+        } catch {
+            throw .internal("cannot start '\(name)': \(error)")
+        }
+        count("starts")
+        let startedAt = Date().timeIntervalSince1970
+        try? "\(pid)\n".write(toFile: directory.pidFile, atomically: true, encoding: .utf8)
+        var cgroup: String?
+        do {
+            cgroup = try cgroups.place(pid: pid, name: name, cpuPercent: definition.limits?.cpuPercent, memoryMiB: definition.limits?.memoryMiB)
+        } catch {
+            logger.warning("cgroup limits not applied", metadata: ["vm": "\(name)", "error": "\(error)"])
+        }
+        runtimes.withLock { table in
+            table[name]?.pid = pid
+            table[name]?.startedAt = startedAt
+            table[name]?.cgroup = cgroup
+            table[name]?.controlAPI = vmmHasControlAPI
+            table[name]?.adopted = false
+        }
+        let waiter = Thread { [self] in
+            let status = HostProcess.waitForExit(pid)
+            exited(name: name, pid: pid, status: status)
+        }
+        waiter.stackSize = 64 * 1024
+        waiter.start()
+
+        // Running once the control API answers (or, without one, once the
+        // process has survived its argument checks for a moment).
+        let deadline = Date().addingTimeInterval(vmmHasControlAPI ? 10 : 0.05)
+        while Date() < deadline {
+            if runtime(name).pid != pid { break }
+            if vmmHasControlAPI, (try? VMMControl(socketPath: directory.apiSocket, timeout: 1).state()) != nil { break }
+            usleep(vmmHasControlAPI ? 2_000 : 10_000)
+        }
+        let became = runtimes.withLock { table -> Bool in
+            guard table[name]?.pid == pid, table[name]?.state == .starting else { return false }
+            table[name]?.state = .running
+            return true
+        }
+        if became {
+            publish(name, .running, nil)
+        } else {
+            let after = runtime(name)
+            if after.state == .crashed || after.state == .shutOff, after.pid == nil {
+                throw .badRequest("'\(name)' stopped right after starting: \(after.reason ?? "no reason reported")")
+            }
+        }
+    }
+
+    /// The child ended (status from waitpid), or an adopted VMM disappeared (status nil).
+    func exited(name: String, pid: pid_t, status: Int32?) {
+        let directory = runDirectory(name)
+        let stderrTail = Self.lastLines(of: directory.vmmLog, count: 3)
+        let request = runtimes.withLock { $0[name]?.pid == pid ? $0[name]?.stopRequest : nil }
+        let (state, reason) = Self.outcome(status: status, request: request, stderrTail: stderrTail)
+        let current = runtimes.withLock { table -> Bool in
+            guard table[name]?.pid == pid else { return false }
+            table[name]?.pid = nil
+            table[name]?.state = state
+            table[name]?.reason = reason
+            table[name]?.stopRequest = nil
+            table[name]?.adopted = false
+            return true
+        }
+        guard current else { return }
+        if state == .crashed { count("crashes") }
+        unlink(directory.pidFile)
+        unlink(directory.apiSocket)
+        cgroups.remove(name: name)
+        try? store.recordOutcome(name, state: state, reason: reason)
+        publish(name, state, reason)
+        if request == .reboot, let row = try? store.get(name) {
+            do { try start(row.definition) } catch {
+                logger.error("restart after reboot failed", metadata: ["vm": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Maps swiftlet-vmm's exit status (docs/running-vms.md) to a state and reason.
+    static func outcome(status: Int32?, request: StopRequest?, stderrTail: String) -> (VMState, String) {
+        let detail = stderrTail.isEmpty ? "" : ": " + stderrTail
+        guard let status else {
+            if stderrTail.contains("crash") || stderrTail.contains("triple fault") || stderrTail.contains("emulation") {
+                return (.crashed, "swiftlet-vmm ended while swiftletd was not its parent\(detail)")
+            }
+            return (.shutOff, request != nil ? "stopped" : "swiftlet-vmm ended while swiftletd was not its parent (exit status unknown)\(detail)")
+        }
+        let terminatingSignal = status & 0x7f
+        if terminatingSignal != 0 {
+            let name = HostProcess.signalName(terminatingSignal)
+            if request == .destroy || request == .reboot { return (.shutOff, "destroyed (\(name) after the grace period)") }
+            return (.crashed, "swiftlet-vmm was killed by \(name)")
+        }
+        let code = (status >> 8) & 0xff
+        switch code {
+        case 0: return (.shutOff, request == .shutdown ? "shut down" : "the guest powered off")
+        case 2: return (.shutOff, "the guest rebooted (on_reboot: shutdown)")
+        case 3: return (.crashed, "the guest crashed\(detail)")
+        case 4:
+            switch request {
+            case .destroy?, .reboot?: return (.shutOff, "destroyed")
+            case .shutdown?: return (.shutOff, "shut down (SIGTERM: this VMM has no graceful shutdown)")
+            case nil: return (.shutOff, "stopped by a signal from outside swiftletd (SIGTERM, SIGINT or SIGHUP)")
+            }
+        case 1: return (.crashed, "swiftlet-vmm failed (status 1)\(detail)")
+        default: return (.crashed, "swiftlet-vmm exited with status \(code)\(detail)")
+        }
+    }
+
+    static func lastLines(of path: String, count: Int) -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return "" }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        try? handle.seek(toOffset: size > 4096 ? size - 4096 : 0)
+        let text = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+        return text.split(whereSeparator: \.isNewline).suffix(count).joined(separator: " | ")
+    }
+
+    /// Moves `path` to `path.1` when it has reached `limit` bytes.
+    func rotate(_ path: String, above: Int, keepIfSmallerThan limit: Int) {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+              let size = attributes[.size] as? Int, size >= limit else { return }
+        unlink(path + ".1")
+        rename(path, path + ".1")
+    }
+
+    /// Rotation while the VMM writes: copy to `.1`, then truncate in place
+    /// (the VMM's descriptor is O_APPEND, so it goes on at the new end).
+    public func rotateConsoleLogs() {
+        let running = runtimes.withLock { $0.filter { $0.value.pid != nil }.map(\.key) }
+        for name in running {
+            let path = runDirectory(name).consoleLog
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                  let size = attributes[.size] as? Int, size >= configuration.consoleLogLimit else { continue }
+            unlink(path + ".1")
+            if (try? FileManager.default.copyItem(atPath: path, toPath: path + ".1")) != nil {
+                truncate(path, 0)
+                logger.info("console log rotated", metadata: ["vm": "\(name)", "bytes": "\(size)"])
+            }
+        }
+    }
+
+    // MARK: stop, pause
+
+    func activePid(_ name: String) throws(DaemonError) -> (pid_t, Runtime) {
+        let runtime = runtime(name)
+        guard let pid = runtime.pid else {
+            throw .conflict("VM '\(name)' is not running (\(runtime.state.rawValue)); `swiftlet start \(name)` starts it")
+        }
+        return (pid, runtime)
+    }
+
+    /// Stops the VMM at once: SIGTERM, then SIGKILL after the grace period; waits for the exit.
+    public func destroy(_ name: String, as request: StopRequest = .destroy) throws(DaemonError) {
+        let (pid, runtime) = try activePid(name)
+        runtimes.withLock { $0[name]?.stopRequest = request }
+        if runtime.state == .paused && !runtime.controlAPI { kill(pid, SIGCONT) }
+        kill(pid, SIGTERM)
+        if runtime.state == .paused { kill(pid, SIGCONT) }
+        if !waitUntilStopped(name, pid: pid, seconds: configuration.stopGrace) {
+            kill(pid, SIGKILL)
+            _ = waitUntilStopped(name, pid: pid, seconds: 5)
+        }
+    }
+
+    func waitUntilStopped(_ name: String, pid: pid_t, seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if runtime(name).pid != pid { return true }
+            usleep(5_000)
+        }
+        return false
+    }
+
+    /// Graceful: the ACPI power button through the control API. `wait`
+    /// seconds for the guest to power off; `force` destroys it after that.
+    public func shutdown(_ name: String, wait: Double, force: Bool) throws(DaemonError) {
+        let (pid, runtime) = try activePid(name)
+        guard runtime.controlAPI else {
+            try destroy(name, as: .shutdown)
+            return
+        }
+        runtimes.withLock { table in
+            table[name]?.stopRequest = .shutdown
+            table[name]?.state = .shuttingDown
+        }
+        publish(name, .shuttingDown, nil)
+        do { try VMMControl(socketPath: runDirectory(name).apiSocket).action("Shutdown") } catch {
+            runtimes.withLock { if $0[name]?.pid == pid { $0[name]?.state = runtime.state } }
+            throw .internal("shutdown of '\(name)' failed: \(error)")
+        }
+        if wait > 0 && !waitUntilStopped(name, pid: pid, seconds: wait) && force {
+            try? destroy(name)
+        }
+    }
+
+    public func reboot(_ name: String) throws(DaemonError) {
+        let (_, runtime) = try activePid(name)
+        if runtime.controlAPI {
+            do { try VMMControl(socketPath: runDirectory(name).apiSocket).action("Reboot") } catch {
+                throw .internal("reboot of '\(name)' failed: \(error)")
+            }
+            return
+        }
+        // Without the control API: a hard reset (stop, start again).
+        try destroy(name, as: .reboot)
+    }
+
+    public func pause(_ name: String) throws(DaemonError) {
+        let (pid, runtime) = try activePid(name)
+        guard runtime.state == .running else { throw .conflict("VM '\(name)' is \(runtime.state.rawValue), not running") }
+        if runtime.controlAPI {
+            do { try VMMControl(socketPath: runDirectory(name).apiSocket).pause() } catch { throw .internal("pause of '\(name)' failed: \(error)") }
+        } else {
+            kill(pid, SIGSTOP)
+        }
+        runtimes.withLock { if $0[name]?.pid == pid { $0[name]?.state = .paused } }
+        publish(name, .paused, nil)
+    }
+
+    public func resume(_ name: String) throws(DaemonError) {
+        let (pid, runtime) = try activePid(name)
+        guard runtime.state == .paused else { throw .conflict("VM '\(name)' is \(runtime.state.rawValue), not paused") }
+        if runtime.controlAPI {
+            do { try VMMControl(socketPath: runDirectory(name).apiSocket).resume() } catch { throw .internal("resume of '\(name)' failed: \(error)") }
+        } else {
+            kill(pid, SIGCONT)
+        }
+        runtimes.withLock { if $0[name]?.pid == pid { $0[name]?.state = .running } }
+        publish(name, .running, nil)
+    }
+
+    public func stats(_ name: String) -> VMStats {
+        let runtime = runtime(name)
+        var stats = VMStats(name: name, state: runtime.state, pid: runtime.pid)
+        if let pid = runtime.pid, let usage = HostProcess.usage(pid) {
+            stats.cpuSeconds = usage.cpuSeconds
+            stats.rssBytes = usage.rssBytes
+            stats.threads = usage.threads
+            stats.uptimeSeconds = runtime.startedAt.map { Date().timeIntervalSince1970 - $0 }
+            if runtime.controlAPI {
+                stats.vmmMetrics = try? VMMControl(socketPath: runDirectory(name).apiSocket, timeout: 2).metrics()
+            }
+        }
+        return stats
+    }
+
+    // MARK: daemon start: re-adoption and autostart
+
+    /// Finds VMMs left running by an earlier daemon (pid file, verified
+    /// through /proc) and watches them; clears stale pid files.
+    public func adoptRunningVMs() {
+        guard let rows = try? store.all() else { return }
+        for row in rows {
+            let name = row.definition.name
+            let directory = runDirectory(name)
+            guard let text = try? String(contentsOfFile: directory.pidFile, encoding: .utf8),
+                  let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { continue }
+            guard HostProcess.isAlive(pid), HostProcess.isVMM(pid, consoleLog: directory.consoleLog) else {
+                logger.info("stale pid file removed", metadata: ["vm": "\(name)", "pid": "\(pid)"])
+                unlink(directory.pidFile)
+                continue
+            }
+            let hasAPI = access(directory.apiSocket, F_OK) == 0
+            var state = VMState.running
+            if hasAPI, let reported = try? VMMControl(socketPath: directory.apiSocket, timeout: 2).state() {
+                if reported == "Paused" { state = .paused }
+            } else if HostProcess.usage(pid)?.state == "T" {
+                state = .paused
+            }
+            let startedAt = (try? FileManager.default.attributesOfItem(atPath: directory.pidFile)[.modificationDate] as? Date)?.timeIntervalSince1970
+            runtimes.withLock { table in
+                table[name] = Runtime(state: state, reason: "re-adopted after a swiftletd restart", pid: pid, startedAt: startedAt,
+                                      adopted: true, cgroup: cgroups.available ? cgroups.parent + "/" + name : nil, controlAPI: hasAPI)
+            }
+            logger.info("re-adopted running VM", metadata: ["vm": "\(name)", "pid": "\(pid)", "state": "\(state.rawValue)"])
+            let consoleLog = directory.consoleLog
+            let watcher = Thread { [self] in
+                while HostProcess.isAlive(pid) && HostProcess.isVMM(pid, consoleLog: consoleLog) {
+                    usleep(100_000)
+                    if runtime(name).pid != pid { return }
+                }
+                exited(name: name, pid: pid, status: nil)
+            }
+            watcher.stackSize = 64 * 1024
+            watcher.start()
+        }
+    }
+
+    public func autostart() {
+        guard let rows = try? store.all() else { return }
+        for row in rows where row.definition.autostart && !isActive(row.definition.name) {
+            do {
+                try start(row.definition)
+                logger.info("autostarted", metadata: ["vm": "\(row.definition.name)"])
+            } catch {
+                logger.error("autostart failed", metadata: ["vm": "\(row.definition.name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Forgets a VM's run state and files (undefine).
+    public func forget(_ name: String) {
+        runtimes.withLock { _ = $0.removeValue(forKey: name) }
+        try? FileManager.default.removeItem(atPath: runDirectory(name).path)
+    }
+
+    public func allRuntimes() -> [String: (state: VMState, pid: pid_t?)] {
+        runtimes.withLock { $0.mapValues { ($0.state, $0.pid) } }
+    }
+}

@@ -1,0 +1,52 @@
+import Foundation
+import SwiftletClient
+
+/// A client for one VMM's control API (Firecracker's routes, served by
+/// `swiftlet-vmm --api-sock`): see docs/api and the VMM's OpenAPI file.
+struct VMMControl: Sendable {
+    let http: UnixHTTPClient
+
+    init(socketPath: String, timeout: Double = 5) {
+        http = UnixHTTPClient(socketPath: socketPath, timeout: timeout)
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    func send(_ method: String, _ path: String, json: [String: String]? = nil) throws -> UnixHTTPClient.Response {
+        let body = try json.map { try JSONSerialization.data(withJSONObject: $0) }
+        let response = try http.request(method, path, body: body)
+        guard (200..<300).contains(response.status) else {
+            let fault = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["fault_message"] as? String
+            throw Failure(description: "the VMM refused \(method) \(path): \(fault ?? "HTTP \(response.status)")")
+        }
+        return response
+    }
+
+    /// `GET /`: the VMM's state (`Running`, `Paused`, `Not started`).
+    func state() throws -> String? {
+        let response = try send("GET", "/")
+        return (try JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["state"] as? String
+    }
+
+    func pause() throws { _ = try send("PATCH", "/vm", json: ["state": "Paused"]) }
+    func resume() throws { _ = try send("PATCH", "/vm", json: ["state": "Resumed"]) }
+    /// `Shutdown` (ACPI power button), `Reboot`, `Stop`, `SendCtrlAltDel`.
+    func action(_ type: String) throws { _ = try send("PUT", "/actions", json: ["action_type": type]) }
+
+    /// `GET /metrics` flattened to "group.counter" -> value.
+    func metrics() throws -> [String: Double] {
+        let response = try send("GET", "/metrics")
+        var result: [String: Double] = [:]
+        func walk(_ value: Any, _ prefix: String) {
+            if let dictionary = value as? [String: Any] {
+                for (key, inner) in dictionary { walk(inner, prefix.isEmpty ? key : prefix + "." + key) }
+            } else if let number = value as? NSNumber, !(value is Bool) {
+                result[prefix] = number.doubleValue
+            }
+        }
+        walk(try JSONSerialization.jsonObject(with: response.body), "")
+        return result
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import SwiftletClient
+
+/// Checks a definition before it is stored: every refusal is one sentence
+/// naming the field, the bad value and what is valid.
+public enum DefinitionValidator {
+    public static let maximumNameLength = 64
+    public static let maximumCommandLine = 2048
+
+    public static func validateName(_ name: String) throws(DaemonError) {
+        guard !name.isEmpty else { throw .badRequest("the VM name is empty; use 1 to \(maximumNameLength) of A-Z a-z 0-9 . _ -") }
+        guard name.utf8.count <= maximumNameLength else {
+            throw .badRequest("the VM name is \(name.utf8.count) bytes long; at most \(maximumNameLength) allowed")
+        }
+        guard !name.contains("/"), !name.contains(".."), name != "." else {
+            throw .badRequest("invalid VM name '\(printable(name))': no '/', '..' or '.' (names become file names)")
+        }
+        let allowed = name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "._-".unicodeScalars.contains($0) }
+        guard allowed, name.first != "-", name.first != "." else {
+            throw .badRequest("invalid VM name '\(printable(name))': use A-Z a-z 0-9 . _ -, starting with a letter or digit")
+        }
+    }
+
+    static func printable(_ text: String) -> String {
+        String(text.unicodeScalars.prefix(80).map { $0.properties.isWhitespace || $0.value < 0x20 ? "?" : Character($0) })
+    }
+
+    /// Validates and normalizes (assigns a UUID when absent).
+    public static func validate(_ input: VMDefinition) throws(DaemonError) -> VMDefinition {
+        var definition = input
+        try validateName(definition.name)
+        if let uuid = definition.uuid {
+            guard let parsed = UUID(uuidString: uuid) else { throw .badRequest("invalid uuid '\(printable(uuid))': expected the 8-4-4-4-12 hex form") }
+            definition.uuid = parsed.uuidString.lowercased()
+        } else {
+            definition.uuid = UUID().uuidString.lowercased()
+        }
+        guard (1...254).contains(definition.cpus) else { throw .badRequest("invalid cpus \(definition.cpus): expected 1 to 254") }
+        guard (16...1_048_576).contains(definition.memoryMiB) else {
+            throw .badRequest("invalid memory_mib \(definition.memoryMiB): expected 16 to 1048576 (MiB)")
+        }
+        try validatePath(definition.kernel, field: "kernel")
+        if let initrd = definition.initrd { try validatePath(initrd, field: "initrd") }
+        if let cmdline = definition.cmdline {
+            guard cmdline.utf8.count <= maximumCommandLine else { throw .badRequest("cmdline is \(cmdline.utf8.count) bytes; at most \(maximumCommandLine)") }
+            guard !cmdline.unicodeScalars.contains(where: { $0.value < 0x20 }) else { throw .badRequest("cmdline contains control characters (newline, tab or NUL)") }
+        }
+        var diskIDs = Set<String>()
+        for (index, disk) in definition.disks.enumerated() {
+            try validatePath(disk.path, field: "disks[\(index)].path")
+            if let id = disk.id {
+                try validateIdentifier(id, field: "disks[\(index)].id")
+                guard diskIDs.insert(id).inserted else { throw .badRequest("disks[\(index)].id '\(id)' is used twice") }
+            }
+        }
+        for (index, nic) in definition.nics.enumerated() {
+            guard !nic.tap.isEmpty, nic.tap.utf8.count <= 15, !nic.tap.contains("/"),
+                  nic.tap.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) else {
+                throw .badRequest("invalid nics[\(index)].tap '\(printable(nic.tap))': a Linux interface name, 1 to 15 characters, no '/' or spaces")
+            }
+            if let mac = nic.mac {
+                let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
+                guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
+                    throw .badRequest("invalid nics[\(index)].mac '\(printable(mac))': expected six hex pairs like 52:54:00:12:34:56")
+                }
+            }
+            if let id = nic.id { try validateIdentifier(id, field: "nics[\(index)].id") }
+        }
+        guard ["log", "none"].contains(definition.console) else {
+            throw .badRequest("invalid console '\(printable(definition.console))': expected log or none")
+        }
+        guard ["restart", "shutdown"].contains(definition.onReboot) else {
+            throw .badRequest("invalid on_reboot '\(printable(definition.onReboot))': expected restart or shutdown")
+        }
+        if let limits = definition.limits {
+            if let cpu = limits.cpuPercent, !(1...25_400).contains(cpu) {
+                throw .badRequest("invalid limits.cpu_percent \(cpu): expected 1 to 25400 (100 = one host CPU)")
+            }
+            if let memory = limits.memoryMiB, memory < definition.memoryMiB {
+                throw .badRequest("limits.memory_mib \(memory) is below the guest's memory_mib \(definition.memoryMiB); the VMM would be killed")
+            }
+        }
+        return definition
+    }
+
+    static func validatePath(_ path: String, field: String) throws(DaemonError) {
+        guard path.hasPrefix("/") else { throw .badRequest("\(field) '\(printable(path))' must be an absolute path") }
+        guard path.utf8.count <= 4096, !path.unicodeScalars.contains(where: { $0.value < 0x20 }), !path.contains(",") else {
+            throw .badRequest("\(field) '\(printable(path))' has control characters or a comma, or is too long")
+        }
+    }
+
+    static func validateIdentifier(_ id: String, field: String) throws(DaemonError) {
+        guard !id.isEmpty, id.count <= 64, id.unicodeScalars.allSatisfy({ ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "_-".unicodeScalars.contains($0) }) else {
+            throw .badRequest("invalid \(field) '\(printable(id))': 1 to 64 of A-Z a-z 0-9 _ -")
+        }
+    }
+}
+
+/// An error the REST API turns into an HTTP status and `{"error": ...}`.
+public enum DaemonError: Error, CustomStringConvertible, Sendable {
+    case badRequest(String)
+    case notFound(String)
+    case conflict(String)
+    case tooLarge(String)
+    case unavailable(String)
+    case `internal`(String)
+
+    public var status: Int {
+        switch self {
+        case .badRequest: 400
+        case .notFound: 404
+        case .conflict: 409
+        case .tooLarge: 413
+        case .unavailable: 503
+        case .internal: 500
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .badRequest(let m), .notFound(let m), .conflict(let m), .tooLarge(let m), .unavailable(let m), .internal(let m): m
+        }
+    }
+
+    static func noSuchVM(_ name: String) -> DaemonError {
+        .notFound("no VM named '\(DefinitionValidator.printable(name))'; `swiftlet list --all` shows defined VMs")
+    }
+}

@@ -1,0 +1,80 @@
+import VirtioBlock
+
+/// One virtio-blk disk: a raw image file (or block device) and how to attach it.
+public struct DiskConfiguration: Equatable, Sendable {
+    /// The image; its size must be a non-zero multiple of 512 bytes.
+    public var path: String
+    /// What GET_ID returns (/sys/block/vdX/serial in a Linux guest): 1 to 20
+    /// letters, digits, '-', '_' or '.'. Unique per VM; `disk0`, `disk1`... by default.
+    public var id: String
+    /// Opened O_RDONLY; the device offers VIRTIO_BLK_F_RO and fails writes with IOERR.
+    public var readOnly: Bool
+    /// Opened O_DIRECT: no host page cache (unaligned guest buffers are bounced).
+    public var directIO: Bool
+
+    public init(path: String, id: String, readOnly: Bool = false, directIO: Bool = false) {
+        self.path = path
+        self.id = id
+        self.readOnly = readOnly
+        self.directIO = directIO
+    }
+
+    /// The keys `--disk` accepts, for help and errors.
+    public static let keys = ["path", "readonly", "id", "direct"]
+
+    /// Parses `path=PATH[,readonly=on|off][,id=ID][,direct=on|off]` (a bare
+    /// first item is the path). Without an id the disk gets `disk<index>`.
+    public static func parse(_ text: String, index: Int) throws(VMMError) -> DiskConfiguration {
+        var path: String?, id: String?, readOnly = false, directIO = false
+        for (position, item) in text.split(separator: ",", omittingEmptySubsequences: false).enumerated() {
+            guard let equals = item.firstIndex(of: "=") else {
+                guard position == 0, !item.isEmpty else {
+                    throw .invalidConfiguration(field: "disk", value: text, expected: "KEY=VALUE items separated by commas, keys \(keys.joined(separator: ", "))")
+                }
+                path = String(item)
+                continue
+            }
+            let key = String(item[..<equals]), value = String(item[item.index(after: equals)...])
+            switch key {
+            case "path": path = value
+            case "id": id = value
+            case "readonly": readOnly = try onOff(value, key: key)
+            case "direct": directIO = try onOff(value, key: key)
+            default:
+                throw .invalidConfiguration(field: "disk key", value: key, expected: "one of \(keys.joined(separator: ", ")) (in --disk \(text))")
+            }
+        }
+        guard let path, !path.isEmpty else {
+            throw .invalidConfiguration(field: "disk", value: text, expected: "path=PATH naming a raw image")
+        }
+        return DiskConfiguration(path: path, id: id ?? "disk\(index)", readOnly: readOnly, directIO: directIO)
+    }
+
+    static func onOff(_ value: String, key: String) throws(VMMError) -> Bool {
+        switch value {
+        case "on", "true", "yes": return true
+        case "off", "false", "no": return false
+        default: throw .invalidConfiguration(field: "disk \(key)", value: value, expected: "on or off")
+        }
+    }
+
+    /// Checks what does not need the host: paths given, ids valid and unique.
+    /// (Opening the images, which catches missing files and bad sizes, happens
+    /// when the VM is built, still before the guest starts.)
+    public static func validate(_ disks: [DiskConfiguration]) throws(VMMError) {
+        var seen: Set<String> = []
+        for disk in disks {
+            guard !disk.path.isEmpty else {
+                throw .invalidConfiguration(field: "disk path", value: "(empty)", expected: "the path of a raw image")
+            }
+            do {
+                try VirtioBlockDevice.validate(identifier: disk.id)
+            } catch {
+                throw .invalidConfiguration(field: "disk id", value: disk.id, expected: "1 to 20 letters, digits, '-', '_' or '.'")
+            }
+            guard seen.insert(disk.id).inserted else {
+                throw .invalidConfiguration(field: "disk id", value: disk.id, expected: "an id no other disk has (give each disk its own id=)")
+            }
+        }
+    }
+}

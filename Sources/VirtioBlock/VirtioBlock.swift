@@ -1,1 +1,0 @@
-// VirtioBlock: filled in by the VirtIO-over-PCI work (issue #4).
