@@ -38,6 +38,9 @@ struct DaemonLifecycleTests {
         #expect(result.status == 4 && result.stderr.contains("already running"), "\(result)")
         result = try daemon.cli(["logs", "web"])
         #expect(result.stdout.contains("KIT halt ready"))
+        // Attached with stdin at end of file, the console shows the recent output and detaches.
+        result = try daemon.cli(["console", "web"])
+        #expect(result.status == 0 && result.stdout.contains("KIT halt ready") && result.stderr.contains("Detached from web"), "\(result)")
 
         result = try daemon.cli(["info", "web", "--json"])
         let info = try SwiftletJSON.decoder.decode(VMInfo.self, from: Data(result.stdout.utf8))
