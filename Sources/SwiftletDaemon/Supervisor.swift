@@ -225,12 +225,13 @@ public final class Supervisor: Sendable {
         waiter.stackSize = 64 * 1024
         waiter.start()
 
-        // Running once the control API answers (or, without one, once the
+        // Running once the control API reports it (or, without one, once the
         // process has survived its argument checks for a moment).
         let deadline = Date().addingTimeInterval(vmmHasControlAPI ? 10 : 0.05)
         while Date() < deadline {
             if runtime(name).pid != pid { break }
-            if vmmHasControlAPI, (try? VMMControl(socketPath: directory.apiSocket, timeout: 1).state()) != nil { break }
+            // The API answers before the vCPUs run ("Not started"); running is "Running".
+            if vmmHasControlAPI, let state = try? VMMControl(socketPath: directory.apiSocket, timeout: 1).state(), state != "Not started" { break }
             usleep(vmmHasControlAPI ? 2_000 : 10_000)
         }
         let became = runtimes.withLock { table -> Bool in

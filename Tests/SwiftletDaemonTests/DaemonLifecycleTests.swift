@@ -38,6 +38,9 @@ struct DaemonLifecycleTests {
         #expect(result.status == 4 && result.stderr.contains("already running"), "\(result)")
         result = try daemon.cli(["logs", "web"])
         #expect(result.stdout.contains("KIT halt ready"))
+        // Attached with stdin at end of file, the console shows the recent output and detaches.
+        result = try daemon.cli(["console", "web"])
+        #expect(result.status == 0 && result.stdout.contains("KIT halt ready") && result.stderr.contains("Detached from web"), "\(result)")
 
         result = try daemon.cli(["info", "web", "--json"])
         let info = try SwiftletJSON.decoder.decode(VMInfo.self, from: Data(result.stdout.utf8))
@@ -216,5 +219,28 @@ struct DaemonLifecycleTests {
         let console = String(decoding: try daemon.client.consoleLog("linux"), as: UTF8.self)
         #expect(info.state == .shutOff && info.reason == "the guest powered off", "\(info)\n\(console.suffix(2000))")
         #expect(console.contains("hello from swiftletd"), "\(console.suffix(2000))")
+    }
+
+    @Test("the Linux guest takes typed console input and shuts down gracefully through the ACPI power button", .timeLimit(.minutes(6)),
+          .enabled(if: TestEnvironment.linuxGuestBuilt || TestEnvironment.isCI, "needs the default guest (guest/build-image)"))
+    func linuxConsoleAndShutdown() throws {
+        let daemon = try DaemonHarness(label: "linux-shell")
+        defer { daemon.tearDown() }
+        let guest = TestEnvironment.linuxGuestDirectory
+        let initrd = FileManager.default.fileExists(atPath: guest + "/initramfs.cpio") ? guest + "/initramfs.cpio" : guest + "/initramfs.cpio.gz"
+        let commandLine = (try String(contentsOfFile: guest + "/cmdline", encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)
+        _ = try daemon.client.define(VMDefinition(name: "shell", memoryMiB: 256, kernel: guest + "/vmlinux", initrd: initrd, cmdline: commandLine))
+        let info = try daemon.client.action("shell", "start")
+        #expect(try daemon.consoleContains("shell", "SWIFTLET-GUEST-READY", seconds: 240))
+        // What `swiftlet console` does with keys: write them to the console FIFO.
+        let input = try #require(info.consoleInput)
+        let fifo = try #require(FileHandle(forWritingAtPath: input))
+        try fifo.write(contentsOf: Data("echo typed-$((6*7))\n".utf8))
+        try fifo.close()
+        #expect(try daemon.consoleContains("shell", "typed-42", seconds: 60))
+        guard info.controlAPI else { return }
+        let after = try SwiftletAPIClient(socketPath: daemon.socket, timeout: 180).action("shell", "shutdown", query: "wait=120")
+        let console = String(decoding: try daemon.client.consoleLog("shell"), as: UTF8.self)
+        #expect(after.state == .shutOff && after.reason == "shut down", "\(after)\n\(console.suffix(1500))")
     }
 }
