@@ -85,7 +85,8 @@ public protocol VirtioDevice: AnyObject, Sendable {
 public final class VirtioCounters: Sendable {
     /// Queue notifications consumed (ioeventfd signals read).
     public let notifications = Atomic<UInt64>(0)
-    /// Interrupts sent to the driver.
+    /// Interrupts sent to the driver, counted by the transport (which knows
+    /// whether a vector exists and was raised); devices do not count them.
     public let interrupts = Atomic<UInt64>(0)
     /// Requests (chains) completed.
     public let requests = Atomic<UInt64>(0)

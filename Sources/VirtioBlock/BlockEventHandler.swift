@@ -56,7 +56,6 @@ final class BlockEventHandler: Sendable {
                 try queue.addUsed(head: chain.head, writtenLength: outcome.writtenLength)
             }
             if try queue.shouldInterrupt() {
-                counters.interrupts.add(1, ordering: .relaxed)
                 interrupt.signalUsedBuffers(queue: queueIndex)
             }
             // True when chains arrived after the last pop: serve them too.

@@ -134,7 +134,6 @@ public final class ConsoleDevice: VirtioDevice {
             }
             if try entry.queue.shouldInterrupt() {
                 interrupt.signalUsedBuffers(queue: entry.index)
-                counters.interrupts.add(1, ordering: .relaxed)
             }
         } while try entry.queue.enableNotifications()
     }
@@ -152,7 +151,6 @@ public final class ConsoleDevice: VirtioDevice {
         }
         if try entry.queue.shouldInterrupt() {
             interrupt.signalUsedBuffers(queue: entry.index)
-            counters.interrupts.add(1, ordering: .relaxed)
         }
         _ = try entry.queue.enableNotifications()
     }

@@ -118,7 +118,6 @@ struct NetDataPlane {
     }
 
     func signal(queue index: Int) {
-        counters.interrupts.add(1, ordering: .relaxed)
         interrupt.signalUsedBuffers(queue: index)
     }
 

@@ -441,7 +441,6 @@ struct BlockDeviceTests {
         }
         #expect(device.counters.requests.load(ordering: .relaxed) == 8)
         #expect(device.counters.notifications.load(ordering: .relaxed) == 1)
-        #expect(device.counters.interrupts.load(ordering: .relaxed) == 1)
         #expect(interrupt.errors.isEmpty)
     }
 
