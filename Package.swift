@@ -30,7 +30,7 @@ let package = Package(
         // System / VM / vCPU handles over the KVM ioctls.
         .target(name: "KVM", dependencies: ["CKVM", "HostSystem"]),
         // GuestAddress and bounds-checked guest memory.
-        .target(name: "GuestMemory", dependencies: ["HostSystem"]),
+        .target(name: "GuestMemory", dependencies: ["CKVM", "HostSystem"]),
         // Kernel loaders (bzImage, ELF/PVH), boot parameters, command line.
         .target(name: "Boot", dependencies: ["GuestMemory"]),
         // ACPI tables as pure bytes.

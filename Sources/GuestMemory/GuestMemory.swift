@@ -1,3 +1,4 @@
+import CKVM
 import HostSystem
 
 /// Plain-old-data types that may be copied to and from guest memory byte for
@@ -15,6 +16,8 @@ extension Int64: GuestMemoryValue {}
 public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertible {
     /// `length` bytes at `address` are not inside one RAM region.
     case outOfBounds(address: GuestAddress, length: UInt64)
+    /// A shared word not aligned to its size (the host regions are page aligned).
+    case misaligned(address: GuestAddress, alignment: UInt64)
     /// The regions asked for overlap or are empty.
     case invalidLayout(String)
     /// The host refused the mapping.
@@ -24,6 +27,8 @@ public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertibl
         switch self {
         case let .outOfBounds(address, length):
             "guest access of \(length) bytes at \(address) is outside guest RAM"
+        case let .misaligned(address, alignment):
+            "guest word at \(address) is not aligned to \(alignment) bytes"
         case let .invalidLayout(reason):
             "invalid guest memory layout: \(reason)"
         case let .mappingFailed(start, size, cause):
@@ -125,6 +130,27 @@ public final class GuestMemory: Sendable {
         let pointer = try hostPointer(at: address, length: UInt64(MemoryLayout<T>.size))
         // SAFETY: hostPointer checked that size-of-T bytes are in bounds; T is plain data.
         pointer.storeBytes(of: value, as: T.self)
+    }
+
+    /// Reads the 2-aligned 16-bit value at `address` in one access. For words
+    /// the guest changes concurrently (virtqueue indexes and flags): `read`
+    /// may copy byte by byte and see half of an update.
+    public func readShared(_ type: UInt16.Type = UInt16.self, at address: GuestAddress) throws(GuestMemoryError) -> UInt16 {
+        let pointer = try sharedWordPointer(at: address)
+        // SAFETY: in bounds and 2-aligned (checked by sharedWordPointer).
+        return ckvm_load_shared_u16(pointer)
+    }
+
+    /// Writes the 2-aligned 16-bit value at `address` in one access (see `readShared`).
+    public func writeShared(_ value: UInt16, at address: GuestAddress) throws(GuestMemoryError) {
+        let pointer = try sharedWordPointer(at: address)
+        // SAFETY: in bounds and 2-aligned (checked by sharedWordPointer).
+        ckvm_store_shared_u16(pointer, value)
+    }
+
+    private func sharedWordPointer(at address: GuestAddress) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+        guard address.rawValue % 2 == 0 else { throw .misaligned(address: address, alignment: 2) }
+        return try hostPointer(at: address, length: 2)
     }
 
     /// Copies `bytes` into guest memory at `address`.

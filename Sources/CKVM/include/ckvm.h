@@ -126,4 +126,13 @@ static inline int ckvm_set_thread_name(const char *name) { return prctl(PR_SET_N
 // get an arena of its own, about 0.2 MiB resident.
 static inline int ckvm_limit_malloc_arenas(int count) { return mallopt(M_ARENA_MAX, count); }
 
+// One 16-bit access that cannot tear: virtqueue indexes and flags are shared
+// with a guest that updates them while the device reads them.
+static inline uint16_t ckvm_load_shared_u16(const void *address) {
+    return __atomic_load_n((const uint16_t *)address, __ATOMIC_RELAXED);
+}
+static inline void ckvm_store_shared_u16(void *address, uint16_t value) {
+    __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELAXED);
+}
+
 #endif

@@ -117,9 +117,19 @@ public struct Virtqueue: Sendable {
         }
     }
 
+    /// A ring index or flags word the driver may change (or read) at the same
+    /// time: one untearable access.
+    func loadShared(at address: GuestAddress) throws(VirtqueueError) -> UInt16 {
+        try VirtqueueError.guarding { () throws(GuestMemoryError) in try memory.readShared(at: address) }
+    }
+
+    func storeShared(_ value: UInt16, at address: GuestAddress) throws(VirtqueueError) {
+        try VirtqueueError.guarding { () throws(GuestMemoryError) in try memory.writeShared(value, at: address) }
+    }
+
     /// The driver's available index, read before the entries it publishes.
     func availableIndex() throws(VirtqueueError) -> UInt16 {
-        let index = try load(UInt16.self, at: availableIndexAddress)
+        let index = try loadShared(at: availableIndexAddress)
         // The ring entries and descriptors the index covers must be read after it.
         atomicMemoryFence(ordering: .acquiring)
         return index
@@ -222,7 +232,7 @@ public struct Virtqueue: Sendable {
         nextUsed &+= 1
         // The element must be visible before the index that publishes it.
         atomicMemoryFence(ordering: .releasing)
-        try store(nextUsed, at: usedIndexAddress)
+        try storeShared(nextUsed, at: usedIndexAddress)
     }
 
     /// Whether the driver wants an interrupt for the used buffers added since
@@ -235,11 +245,11 @@ public struct Virtqueue: Sendable {
         // The used index store must be visible before the driver's flags are read.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         if eventIndex {
-            let usedEvent = try load(UInt16.self, at: usedEventAddress)
+            let usedEvent = try loadShared(at: usedEventAddress)
             // vring_need_event (section 2.7.10): did the index pass used_event?
             return current &- usedEvent &- 1 < current &- previous
         }
-        let flags = try load(UInt16.self, at: configuration.availableRing + Self.ringFlagsOffset)
+        let flags = try loadShared(at: configuration.availableRing + Self.ringFlagsOffset)
         return flags & Self.availableNoInterrupt == 0
     }
 
@@ -248,9 +258,9 @@ public struct Virtqueue: Sendable {
     /// true if buffers arrived meanwhile and the caller must pop again.
     public mutating func enableNotifications() throws(VirtqueueError) -> Bool {
         if eventIndex {
-            try store(nextAvailable, at: availableEventAddress)
+            try storeShared(nextAvailable, at: availableEventAddress)
         } else {
-            try store(UInt16(0), at: configuration.usedRing + Self.ringFlagsOffset)
+            try storeShared(0, at: configuration.usedRing + Self.ringFlagsOffset)
         }
         // The store must be visible before the available index is re-read,
         // or a notification the driver skipped could be lost.
@@ -262,6 +272,6 @@ public struct Virtqueue: Sendable {
     public mutating func disableNotifications() throws(VirtqueueError) {
         // With EVENT_IDX, not advancing avail_event already suppresses notifications.
         guard !eventIndex else { return }
-        try store(Self.usedNoNotify, at: configuration.usedRing + Self.ringFlagsOffset)
+        try storeShared(Self.usedNoNotify, at: configuration.usedRing + Self.ringFlagsOffset)
     }
 }
