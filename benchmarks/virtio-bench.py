@@ -57,34 +57,21 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- VMM command lines
-class VMM:
+class VMM(core.VMM):
+    """bench.py's VMM command line, plus the virtio disk or tap under test."""
+
     def __init__(self, name: str, binary: str, args):
-        self.name, self.binary, self.args = name, binary, args
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.name]
-
-    def resolved(self) -> str | None:
-        if os.sep in self.binary:
-            p = Path(self.binary)
-            return str(p) if p.is_file() and os.access(p, os.X_OK) else None
-        return shutil.which(self.binary)
+        super().__init__(name, binary, args.qemu_machine, args.qemu_cpu)
+        self.memory = args.memory
 
     def argv(self, elf: Path, cmdline: str, disk: Path | None = None, tap: str | None = None) -> list[str]:
-        exe = self.resolved() or self.binary
-        mem = self.args.memory
+        a = super().argv(elf, cmdline, self.memory)
         if self.name == "swiftlet":
-            a = [exe, "--kernel", str(elf), "--cpus", "1", "--memory", f"{mem}M", "--serial", "stdio",
-                 "--cmdline", cmdline]
             if disk:
                 a += ["--disk", f"path={disk}"]
             if tap:
                 a += ["--net", f"tap={tap}"]
             return a
-        a = [exe, "-M", self.args.qemu_machine, "-accel", "kvm", "-cpu", self.args.qemu_cpu, "-m", f"{mem}M",
-             "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
-             "-kernel", str(elf), "-append", cmdline]
         if disk:
             a += ["-drive", f"file={disk},if=none,id=d0,format=raw,cache=writeback,aio=threads",
                   "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"]
