@@ -3,6 +3,7 @@
 /// test keeps the two in step.
 public enum APIOperation: String, CaseIterable, Sendable {
     case describeInstance
+    case getFirecrackerVersion
     case getMachineConfiguration, putMachineConfiguration, patchMachineConfiguration
     case putGuestBootSource
     case putGuestDriveByID, patchGuestDriveByID
@@ -16,7 +17,7 @@ public enum APIOperation: String, CaseIterable, Sendable {
 
     public var method: String {
         switch self {
-        case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
+        case .describeInstance, .getFirecrackerVersion, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
              .putLogger, .putMetrics, .putEntropyDevice: "PUT"
         case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
@@ -26,6 +27,7 @@ public enum APIOperation: String, CaseIterable, Sendable {
     public var pathTemplate: String {
         switch self {
         case .describeInstance: "/"
+        case .getFirecrackerVersion: "/version"
         case .getMachineConfiguration, .putMachineConfiguration, .patchMachineConfiguration: "/machine-config"
         case .putGuestBootSource: "/boot-source"
         case .putGuestDriveByID, .patchGuestDriveByID: "/drives/{drive_id}"

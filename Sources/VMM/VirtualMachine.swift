@@ -43,11 +43,14 @@ public final class VirtualMachine: Sendable {
     let timing = Mutex(RunTiming())
     /// The running vCPU threads, for kicks (empty outside `run()`).
     let vcpuThreads = Mutex<[HostThread]>([])
+    /// Firecracker's boot-timer device (`--boot-timer`), timing from this VM's build.
+    public let bootTimer: BootTimer?
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
     /// `serialOutput` overrides where COM1 writes go (tests capture it).
     public init(configuration: VMConfiguration, serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
         self.configuration = configuration
+        bootTimer = configuration.bootTimer ? BootTimer() : nil
         do {
             system = try KVMSystem(path: configuration.kvmDevicePath)
         } catch {
@@ -153,6 +156,7 @@ public final class VirtualMachine: Sendable {
             try portBus.insert(serial, base: UInt64(Layout.com1Port), length: 8)
             try portBus.insert(i8042, base: UInt64(Layout.i8042DataPort), length: 5)
             try portBus.insert(power, base: UInt64(Layout.acpiSleepControlPort), length: 3)
+            if let bootTimer { try mmioBus.insert(bootTimer, base: Layout.bootTimerStart.rawValue, length: Layout.bootTimerSize) }
         } catch {
             throw .bus(error)
         }
