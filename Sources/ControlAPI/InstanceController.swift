@@ -59,6 +59,7 @@ public final class InstanceController: Sendable {
         self.instanceID = instanceID
         self.vmmVersion = vmmVersion
         self.log = log
+        log.setInstanceID(instanceID)
         self.makeMachine = makeMachine
         state = Mutex(State(configuration: configuration))
         startEvent = try EventFD()
