@@ -304,6 +304,9 @@ public struct InstanceConfiguration: Equatable, Sendable {
     /// process starts; like Firecracker, `GET /vm/config` shows them as null.
     var logger: LoggerSettings?
     var metrics: MetricsSettings?
+    /// The entropy device's `rate_limiter` as given (JSON text): accepted and
+    /// reported, not enforced (the guest's entropy comes from getrandom).
+    var entropyRateLimiter: String?
 
     public init(base: VMConfiguration = VMConfiguration(kernelPath: "")) {
         self.base = base
@@ -397,7 +400,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
             ("mmds-config", "null"),
             ("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))),
             ("vsock", "null"),
-            ("entropy", base.entropyDevice ? #"{"rate_limiter":null}"# : "null"),
+            ("entropy", base.entropyDevice ? JSONText.object([("rate_limiter", entropyRateLimiter ?? "null")]) : "null"),
             ("pmem", "[]"),
             ("memory-hotplug", "null"),
         ])
@@ -425,7 +428,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
         if let entropy = fields.value("entropy") {
             let device = try JSONFields(entropy, context: "entropy")
             try device.allowOnly(["rate_limiter"])
-            if device.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
+            result.entropyRateLimiter = try device.value("rate_limiter").map { (value) throws(APIError) in try EntropyRateLimiter.validated(value) }
             result.base.entropyDevice = true
         }
         if let machine = fields.value("machine-config") {
@@ -485,5 +488,24 @@ enum DeviceConfigurationHook {
         }
         // Interfaces from the command line (--net with --kernel) come first.
         configuration.networkInterfaces += interfaces
+    }
+}
+
+/// The entropy device's rate limiter: Firecracker's `RateLimiter` shape
+/// (`bandwidth` and `ops` token buckets, each `size`, `refill_time`,
+/// optional `one_time_burst`), checked and kept as JSON text.
+enum EntropyRateLimiter {
+    static func validated(_ value: JSONValue) throws(APIError) -> String {
+        let limiter = try JSONFields(value, context: "entropy rate_limiter")
+        try limiter.allowOnly(["bandwidth", "ops"])
+        for name in ["bandwidth", "ops"] {
+            guard let bucket = limiter.value(name) else { continue }
+            let fields = try JSONFields(bucket, context: "entropy rate_limiter \(name)")
+            try fields.allowOnly(["size", "one_time_burst", "refill_time"])
+            _ = try fields.requiredInteger("size", in: 0...UInt64.max)
+            _ = try fields.requiredInteger("refill_time", in: 0...UInt64.max)
+            _ = try fields.integer("one_time_burst", in: 0...UInt64.max)
+        }
+        return value.serialized
     }
 }

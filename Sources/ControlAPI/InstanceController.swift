@@ -306,8 +306,11 @@ public final class InstanceController: Sendable {
         case .putEntropyDevice:
             let fields = try JSONFields(body: body, context: "entropy")
             try fields.allowOnly(["rate_limiter"])
-            if fields.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
-            try updateBeforeBoot { $0.base.entropyDevice = true }
+            let limiter = try fields.value("rate_limiter").map { (value) throws(APIError) in try EntropyRateLimiter.validated(value) }
+            try updateBeforeBoot { configuration in
+                configuration.base.entropyDevice = true
+                configuration.entropyRateLimiter = limiter
+            }
             return .noContent
         case .putLogger:
             let settings = try LoggerSettings(json: JSONFields(body: body, context: "logger"))

@@ -109,6 +109,10 @@ struct InstanceControllerTests {
         #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == .null)
         #expect(send(controller, "PUT", "/entropy", "{}").status == 204)
         #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == .object([("rate_limiter", .null)]))
+        // bandsox sends a limiter: accepted and reported (not enforced; see docs/firecracker-compatibility.md).
+        #expect(send(controller, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1048576, "one_time_burst": 0, "refill_time": 1000}}}"#).status == 204)
+        #expect(json(send(controller, "GET", "/vm/config"))?["entropy"]?["rate_limiter"]?["bandwidth"]?["size"]?.integerValue == 1048576)
+        #expect(send(controller, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1}}}"#).status == 400, "refill_time is required")
     }
 
     @Test("out-of-order and impossible actions get 4xx and change nothing")
