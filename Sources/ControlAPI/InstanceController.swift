@@ -380,8 +380,16 @@ public final class InstanceController: Sendable {
             machine.pressPowerButton()
         case "Reboot":
             let machine = try machineAfterBoot(for: action)
-            state.withLock { $0.resetRequested = true }
-            machine.stop(.rebootRequested)
+            // Only a Reboot that itself ended the run asks for a new one: if the
+            // guest's own reboot (or power-off, or a signal) came first, that
+            // stands, and `--on-reboot exit` still exits. Under the state lock,
+            // so that `runEnded` sees the request with the reason it belongs to.
+            let ended = state.withLock { state -> Bool in
+                guard machine.stop(.rebootRequested) else { return false }
+                state.resetRequested = true
+                return true
+            }
+            guard ended else { throw .conflict("Reboot: the VM is not running (it is already stopping)") }
         default:  // "Stop"
             let machine = try machineAfterBoot(for: action)
             machine.stop(.stoppedByUser)

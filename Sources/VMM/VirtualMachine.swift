@@ -186,13 +186,16 @@ public final class VirtualMachine: Sendable {
     }
 
     /// Ends the run with `reason` unless it already ended; callable from any thread.
-    func requestStop(_ reason: VMExitReason) {
+    /// Returns whether this request was the one that ended the run.
+    @discardableResult
+    func requestStop(_ reason: VMExitReason) -> Bool {
         let first = exitReason.withLock { current -> Bool in
             guard current == nil else { return false }
             current = reason
             return true
         }
         if first { try? stopEvent.signal() }
+        return first
     }
 }
 

@@ -227,3 +227,31 @@ struct LoggerMetricsTests {
         #expect(log.contains("Received Error. Status code: 400 Bad Request. Message: The requested operation is not supported before starting the microVM."), "\(log)")
     }
 }
+
+@Suite("Control API state around the end of a run")
+struct RunEndStateTests {
+    /// The package root is three levels above this file.
+    static let idle = #filePath.split(separator: "/", omittingEmptySubsequences: false).dropLast(3).joined(separator: "/")
+        + "/guest-kit/build/idle.elf"
+    static var usable: Bool { access("/dev/kvm", R_OK | W_OK) == 0 && access(idle, R_OK) == 0 }
+
+    @Test("once the guest has ended its run (a reboot with --on-reboot exit pending), GET / no longer says Running and a Reboot cannot turn it into an API reboot",
+          .enabled(if: usable, "needs /dev/kvm and guest-kit/build/idle.elf"))
+    func stoppedRunIsNotRunning() throws {
+        var configuration = InstanceConfiguration(VMConfiguration(kernelPath: Self.idle, memorySize: 32 << 20, serial: .none, onReboot: .exit))
+        configuration.machine.memorySizeMiB = 32
+        let controller = try InstanceController(instanceID: "end", vmmVersion: "1", configuration: configuration)
+        let machine = try controller.startNow()
+        func state() -> String? {
+            (try? JSONParser.parse(controller.handle(HTTPRequest(method: "GET", path: "/")).body))?["state"]?.stringValue
+        }
+        #expect(state() == "Running")
+        // What a vCPU does when the guest resets the machine (the main thread has not seen it yet).
+        #expect(machine.stop(.rebootRequested))
+        #expect(state() == "Not started", "the run has ended: not Running")
+        let reboot = controller.handle(HTTPRequest(method: "PUT", path: "/actions", body: Array(#"{"action_type": "Reboot"}"#.utf8)))
+        #expect(reboot.status == 400, "refused: the VM is not running")
+        #expect(controller.runEnded(.rebootRequested) == false, "the guest's reboot stands: --on-reboot exit exits")
+        controller.finish()
+    }
+}

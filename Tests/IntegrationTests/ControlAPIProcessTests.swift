@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 
 /// A minimal HTTP/1.1 client over a Unix socket (one request per connection).
@@ -270,5 +271,54 @@ struct ControlAPIProcessTests {
 
         #expect(try vm.request("PUT", "/actions", #"{"action_type": "Stop"}"#).status == 204)
         #expect(vm.waitForExit() == 0)
+    }
+
+    /// Sends `request` pipelined, over and over, on one connection until `finish()`.
+    final class RequestFlood: Sendable {
+        let done = Mutex(false)
+
+        init(socket path: String, request: String) {
+            let payload = Array(String(repeating: request, count: 32).utf8)
+            let thread = Thread { [self] in
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                defer { close(fd) }
+                var address = sockaddr_un()
+                address.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+                let connected = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+                guard connected == 0 else { return }
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                var sink = [UInt8](repeating: 0, count: 65536)
+                while !done.withLock({ $0 }) {
+                    _ = payload.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    let count = sink.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                    if count == 0 { return }
+                }
+            }
+            thread.start()
+        }
+
+        func finish() { done.withLock { $0 = true } }
+    }
+
+    @Test("a client flooding the API cannot starve another client, nor keep the VMM from exiting")
+    func floodFairness() throws {
+        let vm = try VMMProcess(["--on-reboot", "exit"], name: "flood")
+        let body = #"{"action_type": "Reboot"}"#
+        let flood = RequestFlood(socket: vm.socket, request: "PUT /actions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        defer { flood.finish() }
+        usleep(200_000)
+        // Another client is answered while the flood goes on.
+        let started = Date()
+        let kernel = try KitGuest.program("idle")
+        #expect(try vm.request("PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).status == 204)
+        #expect(try vm.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+        #expect(Date().timeIntervalSince(started) < 5, "answered in turn, not after the flood")
+        // The flood reboots the VM again and again (the API asked for it); a signal still ends the process.
+        usleep(300_000)
+        vm.process.terminate()
+        #expect(vm.waitForExit(seconds: 10) == 4, "the VMM exits on SIGTERM despite the flood")
     }
 }
