@@ -64,7 +64,7 @@ public enum SeccompFilters {
         }
         var result: [Category: [UInt64]] = [:]
         let count = try u64()
-        guard count <= 16 else { throw .unknownThreadCategory("(\(count) categories)") }
+        guard count <= 16 else { throw .unknownThreadCategory("(the file declares \(count) categories)") }
         for _ in 0..<count {
             let nameLength = try u64()
             guard nameLength <= 64, UInt64(bytes.count - offset) >= nameLength else { throw .truncated(at: offset) }
