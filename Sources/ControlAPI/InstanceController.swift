@@ -312,6 +312,16 @@ public final class InstanceController: Sendable {
                 configuration.entropyRateLimiter = limiter
             }
             return .noContent
+        case .putSerialDevice:
+            // Firecracker's serial console output file (or FIFO with a reader).
+            let fields = try JSONFields(body: body, context: "serial")
+            try fields.allowOnly(["serial_out_path", "rate_limiter"])
+            if fields.has("rate_limiter") { throw .badRequest("serial: 'rate_limiter' is not supported by Swiftlet (the guest's console is not rate-limited)") }
+            let path = try fields.string("serial_out_path")
+            try updateBeforeBoot { configuration in
+                if let path { configuration.base.serial = .file(path: path) }
+            }
+            return .noContent
         case .putLogger:
             let settings = try LoggerSettings(json: JSONFields(body: body, context: "logger"))
             try updateBeforeBoot { _ in }

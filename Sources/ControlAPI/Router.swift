@@ -14,12 +14,13 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case getMetrics
     case putLogger, putMetrics
     case putEntropyDevice
+    case putSerialDevice
 
     public var method: String {
         switch self {
         case .describeInstance, .getFirecrackerVersion, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics, .putEntropyDevice: "PUT"
+             .putLogger, .putMetrics, .putEntropyDevice, .putSerialDevice: "PUT"
         case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
         }
     }
@@ -38,6 +39,7 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .getMetrics, .putMetrics: "/metrics"
         case .putLogger: "/logger"
         case .putEntropyDevice: "/entropy"
+        case .putSerialDevice: "/serial"
         }
     }
 }

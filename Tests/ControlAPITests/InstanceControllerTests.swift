@@ -102,6 +102,15 @@ struct InstanceControllerTests {
         #expect(interfaces.first?["guest_mac"]?.stringValue == "06:00:ac:10:00:02")
     }
 
+    @Test("PUT /serial sets where the guest's console goes; its rate limiter is refused")
+    func serial() throws {
+        let controller = try makeController()
+        #expect(send(controller, "PUT", "/serial", #"{"serial_out_path": "/tmp/console.log"}"#).status == 204)
+        #expect(send(controller, "PUT", "/serial", #"{"rate_limiter": {"size": 1, "refill_time": 1}}"#).status == 400)
+        #expect(send(controller, "PUT", "/boot-source", #"{"kernel_image_path": "/etc/hostname"}"#).status == 204)
+        #expect(try controller.state.withLock { try $0.configuration.vmConfiguration() }.serial == .file(path: "/tmp/console.log"))
+    }
+
     @Test("PUT /entropy adds the virtio-rng before boot; /vm/config shows it as Firecracker does")
     func entropy() throws {
         let controller = try makeController()
