@@ -188,9 +188,11 @@ public final class InstanceController: Sendable {
 
     /// Answers one request.
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
-        let described = request.body.isEmpty || request.path == "/mmds"
-            ? "\(Self.methodName(request.method)) request on \"\(request.path.prefix(200))\""
-            : "\(Self.methodName(request.method)) request on \"\(request.path.prefix(200))\" with body \"\(String(decoding: request.body.prefix(1024), as: UTF8.self))\""
+        // As Firecracker's: the path and body quoted with escapes (Rust's {:?}); /mmds bodies are not logged.
+        let path = JSONText.string(String(request.path.prefix(200)))
+        let described = request.body.isEmpty || request.path.hasPrefix("/mmds")
+            ? "\(Self.methodName(request.method)) request on \(path)"
+            : "\(Self.methodName(request.method)) request on \(path) with body \(JSONText.string(String(decoding: request.body.prefix(1024), as: UTF8.self)))"
         log.write("The API server received a \(described).")
         var response: HTTPResponse
         var operation: APIOperation?
