@@ -39,6 +39,8 @@ public final class InstanceController: Sendable {
         /// Microseconds from process start to the API being served (`--start-time-us`), and its CPU time.
         var startupMicroseconds: UInt64?
         var startupCPUMicroseconds: UInt64?
+        /// Metric totals of runs that have ended (before reboots), by Firecracker's names.
+        var finishedRunMetrics: [String: UInt64] = [:]
     }
 
     public let instanceID: String
@@ -118,6 +120,10 @@ public final class InstanceController: Sendable {
     public func runEnded(_ reason: VMExitReason) -> Bool {
         log.write("run ended: \(reason.description.split(separator: "\n").first ?? "")")
         return state.withLock { state in
+            // Firecracker's metrics count over the whole process: keep what this run counted.
+            if let counters = state.machine?.counters() {
+                state.finishedRunMetrics.merge(Self.metricValues(counters)) { $0 &+ $1 }
+            }
             state.machine = nil
             state.shutdownDeadline = nil
             defer { state.resetRequested = false }
