@@ -59,7 +59,7 @@ let package = Package(
         .target(name: "LeanJSON"),
         // The per-VM control API: a small HTTP/1.1 server on a Unix socket
         // with Firecracker's resources (no Foundation, no SwiftNIO).
-        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "LeanJSON"]),
+        .target(name: "ControlAPI", dependencies: ["CKVM", "VMM", "Devices", "HostSystem", "LeanJSON"]),
         // The project version every executable reports.
         .target(name: "SwiftletVersion"),
         // swiftlet-vmm's command line and config file (`swiftlet run` execs it).
