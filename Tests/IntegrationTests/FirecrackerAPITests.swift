@@ -300,4 +300,29 @@ struct FirecrackerAPITests {
         #expect(((try? String(contentsOfFile: directory + "/m", encoding: .utf8)) ?? "").contains("\"utc_timestamp_ms\""))
         #expect(((try? String(contentsOfFile: directory + "/l", encoding: .utf8)) ?? "").contains("Successfully built the microVM"))
     }
+
+    @Test("huge_pages Transparent advises guest RAM MADV_HUGEPAGE; None does not")
+    func transparentHugePages() throws {
+        for (mode, advised) in [("Transparent", true), ("None", false)] {
+            let vm = try VMM([], name: "thp-\(mode)")
+            #expect(try vm.request("PUT", "/boot-source", #"{"kernel_image_path": "\#(try KitGuest.program("idle"))"}"#).status == 204)
+            #expect(try vm.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "\#(mode)"}"#).status == 204)
+            #expect(try vm.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+            #expect(vm.waitForSerial { $0.contains("KIT idle tick 1") })
+            // The guest RAM mapping (64 MiB) carries "hg" in its VmFlags when advised.
+            // /proc files report size 0: read them to the end.
+            let smaps = FileHandle(forReadingAtPath: "/proc/\(vm.process.processIdentifier)/smaps")
+                .map { String(decoding: $0.readDataToEndOfFile(), as: UTF8.self) } ?? ""
+            var flagsOfGuestRAM: String?
+            var currentSize = 0
+            for line in smaps.split(separator: "\n") {
+                if line.hasPrefix("Size:") { currentSize = Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0 }
+                if line.hasPrefix("VmFlags:"), currentSize == 64 * 1024 { flagsOfGuestRAM = String(line) }
+            }
+            #expect(flagsOfGuestRAM != nil, "no 64 MiB mapping in smaps")
+            #expect((flagsOfGuestRAM?.split(separator: " ").contains("hg") ?? false) == advised, "\(mode): \(flagsOfGuestRAM ?? "")")
+            #expect(try vm.request("PUT", "/actions", #"{"action_type": "Stop"}"#).status == 204)
+            #expect(vm.waitForExit() == 0)
+        }
+    }
 }
