@@ -64,6 +64,12 @@ extension InstanceController {
         }
     }
 
+    /// A request used a deprecated part of Firecracker's API (the answer
+    /// carries `Deprecation: true`): Firecracker's `deprecated_api` metric.
+    func countDeprecatedCall() {
+        state.withLock { $0.requestCounts["deprecated_api.deprecated_http_api_calls", default: 0] &+= 1 }
+    }
+
     /// Records how long the process took to serve its API, from the
     /// jailer's `--start-time-us` (CLOCK_MONOTONIC µs at the exec) and
     /// `--start-time-cpu-us`/`--parent-cpu-time-us`, as Firecracker does.

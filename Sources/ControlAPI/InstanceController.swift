@@ -265,6 +265,7 @@ public final class InstanceController: Sendable {
                 // Firecracker marks the static CPU templates deprecated on every use.
                 log.warn("\(request.method) /machine-config: cpu_template field is deprecated.")
                 response.headers.append(("Deprecation", "true"))
+                countDeprecatedCall()
             }
             return response
         case .putGuestBootSource:
