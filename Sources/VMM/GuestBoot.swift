@@ -46,10 +46,12 @@ enum GuestBoot {
                 s5SleepType: Layout.acpiS5SleepType,
                 sciInterrupt: Layout.acpiSCIInterrupt,
                 // KVM's default routing wires the in-kernel PIT to IO-APIC pin 0, so no IRQ0→GSI2 override.
-                interruptSourceOverrides: mmio?.interruptSourceOverrides ?? [],
+                interruptSourceOverrides: [],
                 pciECAM: pci,
-                // The power button the control API's Shutdown action presses.
-                additionalDSDTContent: ACPIPowerButton.aml(gsi: Layout.acpiGEDInterrupt)),
+                // The power button the control API's Shutdown action presses,
+                // and the virtio-mmio devices.
+                additionalDSDTContent: ACPIPowerButton.aml(gsi: Layout.acpiGEDInterrupt)
+                    + ACPIVirtioMMIO.aml(mmio?.acpiDevices ?? [])),
             rsdpAddress: Layout.rsdpStart.rawValue, tablesAddress: Layout.acpiTablesStart.rawValue,
             tablesLimit: Int(Layout.acpiTablesEnd.rawValue - Layout.acpiTablesStart.rawValue))
         try memory.write(bytes: tables.rsdp, at: Layout.rsdpStart)

@@ -9,8 +9,10 @@ import VirtioMMIO
 /// The VM's virtio-mmio side: one register page per device from
 /// `Layout.virtioMMIOStart`, each with its own GSI (an irqfd) and
 /// ioeventfds on its QueueNotify register. No PCI host bridge, no 0xCF8
-/// ports, no ECAM or MCFG: the guest learns of each device from
-/// `virtio_mmio.device=4K@0xADDR:GSI` on its kernel command line.
+/// ports, no ECAM or MCFG. The guest learns of each device from
+/// `virtio_mmio.device=4K@0xADDR:GSI` on its kernel command line (as
+/// Firecracker announces them; what the test kit and kernels without ACPI
+/// read) and from the DSDT (what Linux with ACPI uses), as Firecracker does.
 struct MMIOSetup {
     let transports: [VirtioMMIOTransport]
     /// Each transport's GSI, in the same order.
@@ -57,12 +59,14 @@ struct MMIOSetup {
         }
     }
 
-    /// A MADT interrupt source override per device GSI (edge, active high):
-    /// a hardware-reduced Linux guest has no fixed ISA IRQs, and maps an
-    /// IO-APIC input to an IRQ number only when ACPI names it. The override
-    /// makes it map GSI n to IRQ n at boot, the number the command line gives.
-    var interruptSourceOverrides: [InterruptSourceOverride] {
-        interrupts.map { InterruptSourceOverride(source: UInt8($0), gsi: $0, polarity: .activeHigh, triggerMode: .edge) }
+    /// The same devices for the DSDT (`ACPIVirtioMMIO`): how a Linux guest
+    /// with ACPI finds them with working interrupts (its IRQ numbers are
+    /// not GSIs). Linux probes these first; the command-line copy of each
+    /// then finds its page taken and is dropped.
+    var acpiDevices: [ACPIVirtioMMIO.Device] {
+        zip(transports, interrupts).map { transport, gsi in
+            ACPIVirtioMMIO.Device(base: UInt32(truncatingIfNeeded: transport.base), length: UInt32(Layout.virtioMMIOSize), gsi: gsi)
+        }
     }
 
     /// Stops every device (worker threads joined) and takes the pages off the bus.
