@@ -61,11 +61,11 @@ public enum Layout {
     /// from `virtioMMIOInterrupts`.
     public static let virtioMMIOStart = GuestAddress(0xD000_1000)
     public static let virtioMMIOSize: UInt64 = 0x1000
-    /// One GSI per virtio-mmio device, in device order: IO-APIC inputs below
-    /// 16 that nothing else uses. Not 0 (PIT), 2 (cascade), 4 (COM1), 5
-    /// (ACPI GED), 8 (RTC) or 9 (SCI), and not 16-23 (PCI INTx): Linux
-    /// reaches a GSI given on the command line only through a MADT
-    /// interrupt source override, whose source must be an ISA IRQ (< 16).
+    /// One GSI per virtio-mmio device, in device order: inputs below 16 that
+    /// nothing else uses, so that a kernel without ACPI, which takes the
+    /// command line's number as an 8259/ISA IRQ, reaches them too. Not 0
+    /// (PIT), 2 (cascade), 4 (COM1), 5 (ACPI GED), 8 (RTC) or 9 (SCI), and
+    /// not 16-23 (PCI INTx).
     public static let virtioMMIOInterrupts: [UInt32] = [6, 7, 10, 11, 12, 13, 14, 15, 3, 1]
     /// Where virtio-mmio device `index` decodes and the GSI it raises; nil
     /// past the last GSI.

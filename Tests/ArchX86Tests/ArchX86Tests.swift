@@ -54,8 +54,8 @@ struct ArchX86Tests {
         let last = try #require(Layout.virtioMMIODevice(count - 1))
         #expect(last.start.rawValue + Layout.virtioMMIOSize <= Layout.pciECAMStart.rawValue)
         #expect(Layout.virtioMMIODevice(count) == nil && Layout.virtioMMIODevice(-1) == nil)
-        // Each device its own IO-APIC input below 16 (a MADT override can name
-        // it), none of COM1, the ACPI GED, the PIT, the cascade, the RTC or the SCI.
+        // Each device its own input below 16 (an ISA IRQ for kernels without
+        // ACPI), none of COM1, the ACPI GED, the PIT, the cascade, the RTC or the SCI.
         #expect(Set(Layout.virtioMMIOInterrupts).count == count)
         #expect(Layout.virtioMMIOInterrupts.allSatisfy { $0 < 16 && ![0, 2, 4, 5, 8, 9].contains($0) })
         #expect(!Layout.virtioMMIOInterrupts.contains(Layout.com1IRQ) && !Layout.virtioMMIOInterrupts.contains(Layout.acpiGEDInterrupt))
