@@ -31,6 +31,27 @@ struct VirtioMMIOKitTests {
         #expect(text.contains("KIT virtio-rng PASS"))
     }
 
+    @Test("queue notifications stay in the kernel (an ioeventfd per queue): 64 requests cost no more MMIO write exits than one",
+          arguments: VirtioTransportKind.allCases)
+    func notificationsStayInTheKernel(transport: VirtioTransportKind) throws {
+        func run(bytes: Int) throws -> (writes: UInt64, notifications: UInt64, text: String) {
+            var configuration = VMConfiguration(kernelPath: try KitGuest.program("virtio-rng"), commandLine: "bytes=\(bytes)", serial: .none)
+            configuration.entropyDevice = true
+            configuration.transport = transport
+            let output = CapturingSerialOutput()
+            let machine = try VirtualMachine(configuration: configuration, serialOutput: output)
+            #expect(try machine.run() == .poweredOff)
+            let counters = machine.counters()
+            let writes = counters.exits.first { $0.kind == .mmioWrite }?.count ?? 0
+            let notifications = counters.devices.first?.counters.first { $0.name == "notifications" }?.value ?? 0
+            return (writes, notifications, output.text)
+        }
+        let one = try run(bytes: 4096), many = try run(bytes: 64 * 4096)
+        #expect(many.text.contains("KIT virtio-rng read=262144 requests=64"), "\(many.text)")
+        #expect(many.notifications >= 32, "the device saw \(many.notifications) notifications")
+        #expect(many.writes < one.writes + 8, "MMIO write exits: \(one.writes) for one request, \(many.writes) for 64")
+    }
+
     @Test("a hostile chain makes the device need a reset over either transport; a reset brings it back",
           arguments: ["loop", "oob", "zerolen", "oversize", "wrongdir"], VirtioTransportKind.allCases)
     func hostile(kind: String, transport: VirtioTransportKind) throws {
