@@ -82,3 +82,21 @@ struct VirtioMMIOKitTests {
         #expect(try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput()).pci?.transports.count == limit + 1)
     }
 }
+
+/// Where the announcements go on the kernel command line (no KVM needed).
+@Suite("virtio-mmio command-line announcement")
+struct VirtioMMIOCommandLineTests {
+    static let devices = ["virtio_mmio.device=4K@0xd0001000:6", "virtio_mmio.device=4K@0xd0002000:7"]
+
+    @Test("appended to the kernel's parameters, before a ' -- ' that starts init's arguments")
+    func placement() {
+        #expect(GuestBoot.withVirtioMMIODevices("console=ttyS0 quiet", Self.devices)
+                == "console=ttyS0 quiet virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7")
+        #expect(GuestBoot.withVirtioMMIODevices("", Self.devices) == Self.devices.joined(separator: " "))
+        #expect(GuestBoot.withVirtioMMIODevices("root=/dev/vda -- init-arg --flag", Self.devices)
+                == "root=/dev/vda virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7 -- init-arg --flag")
+        #expect(GuestBoot.withVirtioMMIODevices("a --b c", Self.devices).hasSuffix("c " + Self.devices.joined(separator: " ")),
+                "only a lone -- separates init's arguments")
+        #expect(GuestBoot.withVirtioMMIODevices("console=ttyS0", []) == "console=ttyS0")
+    }
+}
