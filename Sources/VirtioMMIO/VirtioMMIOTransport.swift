@@ -25,6 +25,8 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
     let platform: any VirtioMMIOPlatform
     let interruptLine: any InterruptLine
     let log: @Sendable (String) -> Void
+    /// What a guest can make this device log, in all (see `DeviceLogBudget`).
+    let logBudget = DeviceLogBudget()
     /// The features offered: the device's, plus VERSION_1; never RING_PACKED.
     public let offeredFeatures: UInt64
 
@@ -174,7 +176,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
     // MARK: Status
 
     private func writeStatus(_ value: UInt8, _ registers: inout Registers) {
-        switch registers.core.writeStatus(value, name: name, log: log) {
+        switch registers.core.writeStatus(value, name: name, log: report) {
         case .reset: reset(&registers)
         case .activate: activate(&registers)
         case .none: return
@@ -220,7 +222,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
             } catch {
                 // Notifications still arrive, through a VM exit (see `writeRegister`).
                 if !reportedNotifierFailure.exchange(true, ordering: .relaxed) {
-                    log("\(name): queue \(index) notifications go through user space: \(error)")
+                    report("\(name): queue \(index) notifications go through user space: \(error)")
                 }
             }
         }
@@ -237,6 +239,11 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
         registers.notifiersRegistered = false
     }
 
+    /// Logs a line a guest caused, within the device's budget.
+    private func report(_ message: String) {
+        if let line = logBudget.admit(message) { log(line) }
+    }
+
     // MARK: VirtioInterrupt
 
     public func signalUsedBuffers(queue index: Int) {
@@ -250,7 +257,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
 
     public func reportDeviceError(_ message: String) {
         guard needsReset.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
-        log("\(name): device needs reset: \(message)")
+        report("\(name): device needs reset: \(message)")
         signalConfigurationChange()
     }
 

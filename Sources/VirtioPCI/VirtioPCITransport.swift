@@ -24,6 +24,8 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     let msix: MSIXTable
     let intx: any LevelInterruptLine
     let log: @Sendable (String) -> Void
+    /// What a guest can make this device log, in all (see `DeviceLogBudget`).
+    let logBudget = DeviceLogBudget()
     /// The features offered: the device's, plus VERSION_1; never RING_PACKED.
     public let offeredFeatures: UInt64
     /// Configuration-space offsets of the MSI-X capability and of the PCI
@@ -230,7 +232,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
                 try platform.registerNotifier(notifier, address: notifyAddress(base: base, queue: index), length: VirtioPCILayout.notifyWriteLength)
             } catch {
                 // Notifications still arrive, through a VM exit (see `write`).
-                log("\(name): queue \(index) notifications go through user space: \(error)")
+                report("\(name): queue \(index) notifications go through user space: \(error)")
             }
         }
         registers.notifierBase = base
@@ -431,7 +433,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     // MARK: Status
 
     private func writeStatus(_ value: UInt8, _ registers: inout Registers) {
-        switch registers.core.writeStatus(value, name: name, log: log) {
+        switch registers.core.writeStatus(value, name: name, log: report) {
         case .reset: reset(&registers)
         case .activate: activate(&registers)
         case .none: return
@@ -471,6 +473,11 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         needsReset.store(false, ordering: .releasing)
     }
 
+    /// Logs a line a guest caused, within the device's budget.
+    private func report(_ message: String) {
+        if let line = logBudget.admit(message) { log(line) }
+    }
+
     // MARK: VirtioInterrupt
 
     public func signalUsedBuffers(queue index: Int) {
@@ -489,7 +496,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
 
     public func reportDeviceError(_ message: String) {
         guard needsReset.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
-        log("\(name): device needs reset: \(message)")
+        report("\(name): device needs reset: \(message)")
         signalConfigurationChange()
     }
 

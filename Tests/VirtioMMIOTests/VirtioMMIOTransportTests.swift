@@ -313,6 +313,24 @@ struct VirtioMMIOTransportTests {
         #expect(status == 0 && read(R.interruptStatus) == 0)
     }
 
+    @Test("a driver that breaks its rings and resets in a loop cannot make the device log without bound")
+    func boundedLog() {
+        for _ in 0..<100 {
+            negotiate(VirtioFeature.version1)
+            write(R.queueSelect, 0)
+            write(R.queueSize, 16)
+            write(R.queueDescriptorLow, 0x7000_0000) // outside RAM
+            write(R.queueReady, 1)
+            driverOK()
+            #expect(status & VirtioStatus.deviceNeedsReset != 0)
+            write(R.status, 0)
+            negotiate(VirtioFeature.eventIndex) // and a legacy driver
+            write(R.status, 0)
+        }
+        #expect(log.recorded.count == DeviceLogBudget.defaultLimit, "\(log.recorded.count) lines")
+        #expect(log.recorded.last?.hasSuffix("(further messages from this device are not logged)") == true)
+    }
+
     @Test("a device that fails to start is reported the same way")
     func activationFailure() throws {
         let fixture = try VirtioMMIOTransportTests(device: FakeDevice(failActivation: true))
