@@ -69,6 +69,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var kvmDevicePath = "/dev/kvm"
     /// A virtio-rng device on PCI (`--rng`), fed from the host's getrandom.
     public var entropyDevice = false
+    /// A virtio-vsock device with Firecracker's Unix-socket backend (`--vsock`).
+    public var vsock: VsockConfiguration?
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,
@@ -102,6 +104,7 @@ public struct VMConfiguration: Equatable, Sendable {
             throw .invalidConfiguration(field: "kernel", value: "(empty)", expected: "the path of a vmlinux or bzImage")
         }
         try DiskConfiguration.validate(disks)
+        try vsock?.validate()
     }
 }
 

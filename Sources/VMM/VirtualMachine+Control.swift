@@ -71,7 +71,7 @@ extension VirtualMachine {
     /// its type and PCI address ("virtio-rng 00:01.0").
     var deviceCounters: [(device: String, counters: [(name: String, value: UInt64)])] {
         pci.transports.map { transport in
-            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot)
+            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot + transport.device.deviceCounters)
         }
     }
 
