@@ -16,27 +16,21 @@ public struct VsockConfiguration: Equatable, Sendable {
     /// What `--vsock` takes, for help and error messages.
     public static let syntax = "cid=N,uds=PATH (N from 3 to 4294967294; PATH a Unix socket to create)"
 
-    /// Parses `cid=N,uds=PATH` (either order).
+    /// Parses `cid=N,uds=PATH` (either order). The path may contain commas:
+    /// what follows `uds=` up to a `,cid=` is the path.
     public static func parse(_ text: String) throws(VMMError) -> VsockConfiguration {
         var cid: String?, path: String?
-        // The path may contain commas: everything after "uds=" is the path when it comes last.
-        var rest = Substring(text)
-        while !rest.isEmpty {
-            if rest.hasPrefix("uds=") {
-                let value = rest.dropFirst(4)
-                if let comma = value.firstIndex(of: ","), value[value.index(after: comma)...].hasPrefix("cid=") {
-                    path = String(value[..<comma])
-                    rest = value[value.index(after: comma)...]
-                } else {
-                    path = String(value)
-                    rest = ""
-                }
-            } else if rest.hasPrefix("cid=") {
-                let value = rest.dropFirst(4)
-                let end = value.firstIndex(of: ",") ?? value.endIndex
+        var inPath = false
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            if part.hasPrefix("cid=") {
                 guard cid == nil else { throw .invalidConfiguration(field: "vsock", value: text, expected: "'cid' at most once") }
-                cid = String(value[..<end])
-                rest = end == value.endIndex ? "" : value[value.index(after: end)...]
+                cid = String(part.dropFirst(4))
+                inPath = false
+            } else if part.hasPrefix("uds="), path == nil {
+                path = String(part.dropFirst(4))
+                inPath = true
+            } else if inPath, let current = path {
+                path = current + "," + part
             } else {
                 throw .invalidConfiguration(field: "vsock", value: text, expected: syntax)
             }

@@ -22,7 +22,8 @@ public final class VirtioVsockDevice: VirtioDevice {
     public let queueMaximumSizes = [VirtioVsockDevice.queueSize, VirtioVsockDevice.queueSize, VirtioVsockDevice.queueSize]
     public let offeredFeatures: UInt64 = VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
     public let guestCID: UInt64
-    public let listener: VsockHostListener
+    /// The socket at `uds_path`; nil only for fuzzing (no host side).
+    let listener: VsockHostListener?
     public let counters = VirtioCounters()
     public let vsockCounters = VsockCounters()
     let limits: VsockMuxer.Limits
@@ -33,7 +34,16 @@ public final class VirtioVsockDevice: VirtioDevice {
         try self.init(guestCID: guestCID, listener: listener, limits: VsockMuxer.Limits())
     }
 
-    init(guestCID: UInt64, listener: VsockHostListener, limits: VsockMuxer.Limits) throws(VsockError) {
+    /// A device with no host side (every guest REQUEST gets RST), for fuzzing.
+    @_spi(Fuzzing)
+    public convenience init(fuzzingWithGuestCID guestCID: UInt64) throws(VsockError) {
+        try self.init(guestCID: guestCID, listener: nil, limits: VsockMuxer.Limits())
+    }
+
+    /// Where host processes connect.
+    public var udsPath: String? { listener?.path }
+
+    init(guestCID: UInt64, listener: VsockHostListener?, limits: VsockMuxer.Limits) throws(VsockError) {
         guard (Vsock.minimumGuestCID...Vsock.maximumGuestCID).contains(guestCID) else { throw .invalidGuestCID(guestCID) }
         self.guestCID = guestCID
         self.listener = listener

@@ -28,12 +28,13 @@ struct VsockMuxerTests {
     func configurationSpace() throws {
         let path = "/tmp/swiftlet-vsock-config-\(getpid())"
         let device = try VirtioVsockDevice(guestCID: 3, listener: VsockHostListener.acquire(path: path))
+        #expect(device.udsPath == path)
         var bytes = [UInt8](repeating: 0xAA, count: 12)
         bytes.withUnsafeMutableBytes { device.readConfiguration(offset: 0, into: $0) }
         #expect(bytes == [3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
         #expect(device.deviceType.rawValue == 19)
         #expect(device.queueMaximumSizes.count == 3)
-        #expect(throws: VsockError.invalidGuestCID(2)) { try VirtioVsockDevice(guestCID: 2, listener: device.listener) }
+        #expect(throws: VsockError.invalidGuestCID(2)) { try VirtioVsockDevice(guestCID: 2, listener: VsockHostListener.acquire(path: path)) }
     }
 
     @Test("guest-initiated: REQUEST reaches <uds>_<port>, RESPONSE comes back, data flows both ways with our credit in every header")
