@@ -17,6 +17,16 @@
  *      "SUM xxxxxxxx N\n" and closes.
  *        KIT virtio-vsock accepted bytes=N sum=XXXXXXXX closed=rst
  *
+ * Benchmark phases (benchmarks/vsock-bench.py is the host side):
+ *   t  TX: connects to port 6000 (a host sink) and sends "bench_bytes="
+ *      (default 64 MiB) as fast as the credit allows, then SHUTDOWN.
+ *   x  RX: connects to port 6001 (a host source), counts until its SHUTDOWN.
+ *   p  round trips: connects to port 6002 (a host echo), "pings=" (default
+ *      2000) times sends 1 byte and waits for it back.
+ *        BENCH vsock tx bytes=N ns=N mbit_s=X
+ *        BENCH vsock rx bytes=N ns=N mbit_s=X
+ *        BENCH vsock rtt pings=N median_ns=N mean_ns=N min_ns=N
+ *
  * Our buf_alloc is "buf_alloc=" (default 16384): smaller than what the host
  * sends, so both sides' credit updates are exercised; a host that sends
  * beyond our credit fails the program. sum is FNV-1a (32-bit). The echo
@@ -136,7 +146,7 @@ static void send_pkt(struct conn *c, uint16_t op, uint32_t flags, const uint8_t 
         c->tx_cnt += len;
 }
 
-static struct conn *conns[4];
+static struct conn *conns[8];
 static int nconns;
 static uint32_t listen_port;
 static struct conn *pending_accept;
@@ -310,6 +320,110 @@ static void refused_phase(void)
     kit_printf("KIT virtio-vsock refused=rst\n");
 }
 
+static void print_rate(const char *what, uint64_t bytes, uint64_t ns)
+{
+    uint64_t centi = ns ? bytes * 8 * 100000 / ns : 0;   /* Mbit/s x 100 */
+    kit_printf("BENCH vsock %s bytes=%lu ns=%lu mbit_s=%lu.%02lu\n", what, bytes, ns, centi / 100, centi % 100);
+}
+
+static void connect_to(struct conn *c, uint32_t local, uint32_t port, const char *what)
+{
+    c->local_port = local;
+    c->peer_port = port;
+    c->sum = 2166136261u;
+    conns[nconns++] = c;
+    send_pkt(c, OP_REQUEST, 0, NULL, 0);
+    if (!wait_for(&c->established, &c->reset, 10000) || c->reset)
+        kit_fail("%s: connect to host port %u: %s", what, port, c->reset ? "RST" : "no answer");
+}
+
+static void tx_bench(void)
+{
+    static struct conn c;
+    static uint8_t chunk[PAYLOAD];
+    connect_to(&c, 1100, 6000, "tx");
+    for (uint32_t i = 0; i < PAYLOAD; i++)
+        chunk[i] = (uint8_t)i;
+    uint64_t want = kit_cmdline_u64("bench_bytes", 64u << 20), sent = 0;
+    uint64_t t0 = rdtsc(), last = t0;
+    while (sent < want) {
+        uint32_t room = credit(&c);
+        reclaim_tx();
+        if (room && ntx_free) {
+            uint32_t n = want - sent < PAYLOAD ? (uint32_t)(want - sent) : PAYLOAD;
+            if (n > room)
+                n = room;
+            send_pkt(&c, OP_RW, 0, chunk, n);
+            sent += n;
+            last = rdtsc();
+        } else if (!poll_rx() && rdtsc() - last > ms_cycles(10000)) {
+            kit_fail("tx: stalled at %lu bytes (credit %u)", sent, room);
+        }
+        if (c.reset)
+            kit_fail("tx: RST after %lu bytes", sent);
+    }
+    /* Done when the host has taken everything (its fwd_cnt). */
+    while (c.peer_fwd_cnt != c.tx_cnt && !c.reset) {
+        if (!poll_rx()) {
+            send_pkt(&c, OP_CREDIT_REQUEST, 0, NULL, 0);
+            for (uint64_t t = rdtsc(); rdtsc() - t < ms_cycles(1) && !poll_rx();)
+                cpu_relax();
+        }
+        if (rdtsc() - last > ms_cycles(20000))
+            kit_fail("tx: host took %u of %u bytes", c.peer_fwd_cnt, c.tx_cnt);
+    }
+    uint64_t ns = kit_tsc_to_ns(rdtsc() - t0);
+    close_and_wait(&c, "tx");
+    print_rate("tx", sent, ns);
+}
+
+static void rx_bench(void)
+{
+    static struct conn c;
+    connect_to(&c, 1101, 6001, "rx");
+    uint64_t t0 = rdtsc();
+    if (!wait_for(&c.peer_shut_send, &c.reset, 60000) || c.reset)
+        kit_fail("rx: %s after %lu bytes", c.reset ? "RST" : "no end", c.received);
+    uint64_t ns = kit_tsc_to_ns(rdtsc() - t0);
+    close_and_wait(&c, "rx");
+    print_rate("rx", c.received, ns);
+}
+
+static void rtt_bench(void)
+{
+    static struct conn c;
+    static uint64_t samples[4096];
+    connect_to(&c, 1102, 6002, "rtt");
+    uint64_t pings = kit_cmdline_u64("pings", 2000), total = 0, low = ~0ull;
+    if (pings > 4096)
+        pings = 4096;
+    uint8_t byte = 0x5a;
+    for (uint64_t i = 0; i < pings; i++) {
+        uint64_t before = c.received, t0 = rdtsc();
+        send_pkt(&c, OP_RW, 0, &byte, 1);
+        while (c.received == before) {
+            if (!poll_rx() && rdtsc() - t0 > ms_cycles(5000))
+                kit_fail("rtt: no echo for ping %lu", i);
+            if (c.reset)
+                kit_fail("rtt: RST");
+        }
+        uint64_t ns = kit_tsc_to_ns(rdtsc() - t0);
+        samples[i] = ns;
+        total += ns;
+        if (ns < low)
+            low = ns;
+    }
+    /* Median by insertion sort (a few thousand samples). */
+    for (uint64_t i = 1; i < pings; i++)
+        for (uint64_t j = i; j > 0 && samples[j - 1] > samples[j]; j--) {
+            uint64_t t = samples[j];
+            samples[j] = samples[j - 1];
+            samples[j - 1] = t;
+        }
+    close_and_wait(&c, "rtt");
+    kit_printf("BENCH vsock rtt pings=%lu median_ns=%lu mean_ns=%lu min_ns=%lu\n", pings, samples[pings / 2], total / pings, low);
+}
+
 static void put_hex8(uint8_t *p, uint32_t v)
 {
     for (int i = 7; i >= 0; i--, v >>= 4)
@@ -379,6 +493,12 @@ int kit_main(void)
             refused_phase();
         else if (*p == 'a')
             accept_phase();
+        else if (*p == 't')
+            tx_bench();
+        else if (*p == 'x')
+            rx_bench();
+        else if (*p == 'p')
+            rtt_bench();
     }
     return 0;
 }
