@@ -84,6 +84,8 @@ final class VsockMuxer {
     var spareChain: DescriptorChain?
     /// RX notifications are enabled because the ring ran dry with work pending.
     var receiveStalled = false
+    /// RX chains returned unused since the last interrupt decision.
+    var refusedChains = 0
     /// The last host port given to a host-initiated connection; they are
     /// handed out round-robin in [2^30, 2^31), as Firecracker does.
     var lastHostPort: UInt32 = (1 << 30) - 1
@@ -687,7 +689,8 @@ final class VsockMuxer {
             counters.requests.add(1, ordering: .relaxed)
             delivered += 1
         }
-        if delivered > 0, try queue.shouldInterrupt() { interrupt.signalUsedBuffers(queue: Vsock.receiveQueue) }
+        if delivered > 0 || refusedChains > 0, try queue.shouldInterrupt() { interrupt.signalUsedBuffers(queue: Vsock.receiveQueue) }
+        refusedChains = 0
     }
 
     /// The spare chain, or the next usable one from the ring. Chains with
@@ -698,6 +701,7 @@ final class VsockMuxer {
             guard chain.readable.isEmpty, chain.writableLength >= UInt64(VsockHeader.size) else {
                 vsockCounters.count(vsockCounters.malformedPackets)
                 try queue.addUsed(head: chain.head, writtenLength: 0)
+                refusedChains += 1
                 continue
             }
             spareChain = chain
