@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import GuestMemory
 import HostSystem
@@ -471,5 +472,35 @@ struct VsockMuxerTests {
         #expect(harness.read(host) == nil)
         harness.send(harness.guestHeader(.request, guestPort: 9, hostPort: 52))
         #expect(harness.receivedPackets().isEmpty)
+    }
+}
+
+@Suite("virtio-vsock device lifecycle", .serialized)
+struct VsockDeviceLifecycleTests {
+    @Test("activation starts a worker that serves the rings and the listener; reset closes host sockets, the listener stays")
+    func activateAndReset() throws {
+        let harness = try VsockHarness()
+        let device = try VirtioVsockDevice(guestCID: 3, listener: harness.listener, limits: .init())
+        harness.postReceiveBuffers(4, notify: false)
+        let receiveNotification = try EventFD()
+        let activation = VirtioActivation(memory: harness.memory, features: 0, queues: [
+            VirtioQueueActivation(index: 0, queue: try harness.receive.deviceQueue(), notification: receiveNotification),
+            VirtioQueueActivation(index: 1, queue: try harness.transmit.deviceQueue(), notification: try EventFD()),
+        ], interrupt: harness.interrupt)
+        try device.activate(activation)
+        let client = try harness.connectToDevice()
+        defer { close(client) }
+        harness.write(client, Array("CONNECT 52\n".utf8))
+        var request: VsockHeader?
+        for _ in 0..<200 where request == nil {
+            usleep(10_000)
+            request = harness.receivedPackets().first?.header
+        }
+        #expect(request?.operation == .request && request?.destinationPort == 52)
+        #expect(harness.interrupt.signalledQueues.contains(0))
+        device.reset()
+        #expect(harness.read(client) == nil, "reset closed the host socket")
+        #expect(FileManager.default.fileExists(atPath: harness.listener.path))
+        #expect(device.deviceCounters.contains { $0.name == "vsock_host_connections" && $0.value == 1 })
     }
 }
