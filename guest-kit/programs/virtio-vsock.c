@@ -19,7 +19,8 @@
  *
  * Benchmark phases (benchmarks/vsock-bench.py is the host side):
  *   t  TX: connects to port 6000 (a host sink) and sends "bench_bytes="
- *      (default 64 MiB) as fast as the credit allows, then SHUTDOWN.
+ *      (default 64 MiB) in packets of "tx_len=" (default 65536) as fast as
+ *      the credit allows, then SHUTDOWN.
  *   x  RX: connects to port 6001 (a host source), counts until its SHUTDOWN.
  *   p  round trips: connects to port 6002 (a host echo), "pings=" (default
  *      2000) times sends 1 byte and waits for it back.
@@ -337,23 +338,42 @@ static void connect_to(struct conn *c, uint32_t local, uint32_t port, const char
         kit_fail("%s: connect to host port %u: %s", what, port, c->reset ? "RST" : "no answer");
 }
 
+/* TX bench packets: "tx_len=" bytes of payload each (default 65536, the
+   largest a packet may carry and what Linux uses for bulk writes), sent from
+   NTX preallocated buffers without a copy. */
 static void tx_bench(void)
 {
     static struct conn c;
-    static uint8_t chunk[PAYLOAD];
+    static uint8_t *big[NTX];
     connect_to(&c, 1100, 6000, "tx");
-    for (uint32_t i = 0; i < PAYLOAD; i++)
-        chunk[i] = (uint8_t)i;
+    uint32_t len = (uint32_t)kit_cmdline_u64("tx_len", 65536);
+    if (len == 0 || len > 65536)
+        kit_fail("tx_len=%u out of range", len);
+    for (int i = 0; i < NTX; i++) {
+        big[i] = kit_alloc(sizeof(struct hdr) + len, 64);
+        for (uint32_t j = 0; j < len; j++)
+            big[i][sizeof(struct hdr) + j] = (uint8_t)j;
+    }
     uint64_t want = kit_cmdline_u64("bench_bytes", 64u << 20), sent = 0;
     uint64_t t0 = rdtsc(), last = t0;
     while (sent < want) {
         uint32_t room = credit(&c);
         reclaim_tx();
         if (room && ntx_free) {
-            uint32_t n = want - sent < PAYLOAD ? (uint32_t)(want - sent) : PAYLOAD;
+            uint32_t n = want - sent < len ? (uint32_t)(want - sent) : len;
             if (n > room)
                 n = room;
-            send_pkt(&c, OP_RW, 0, chunk, n);
+            int slot = tx_free[--ntx_free];
+            struct hdr *h = (struct hdr *)big[slot];
+            *h = (struct hdr){ .src_cid = guest_cid, .dst_cid = HOST_CID, .src_port = c.local_port, .dst_port = c.peer_port,
+                               .len = n, .type = 1, .op = OP_RW, .buf_alloc = our_buf_alloc, .fwd_cnt = c.rx_cnt };
+            struct virtq_buf b = { (uintptr_t)big[slot], (uint32_t)(sizeof *h + n), false };
+            int head = virtq_add(txq, &b, 1, false);
+            if (head < 0)
+                kit_fail("TX ring full");
+            tx_slot[head] = slot;
+            virtq_kick(txq);
+            c.tx_cnt += n;
             sent += n;
             last = rdtsc();
         } else if (!poll_rx() && rdtsc() - last > ms_cycles(10000)) {
