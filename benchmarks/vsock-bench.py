@@ -125,7 +125,13 @@ def run_kit(count, pings):
         m = re.search(r"BENCH vsock rtt pings=(\d+) median_ns=(\d+) mean_ns=(\d+) min_ns=(\d+)", out)
         values["rtt_us"] = int(m.group(2)) / 1000
         values["rtt_min_us"] = int(m.group(4)) / 1000
-        return values, " ".join(shlex.quote(a) for a in command).replace(uds, "/tmp/vsock-bench-XXXX/v.sock")
+        return values, shown(command, uds)
+
+
+def shown(command, uds):
+    """The command as run, with repository paths relative and the temporary socket generic."""
+    text = " ".join(shlex.quote(a) for a in command)
+    return text.replace(uds, "/tmp/vsock-bench-XXXX/v.sock").replace(ROOT + "/", "")
 
 
 def read_line(sock):
@@ -212,7 +218,7 @@ def run_linux(count, pings):
             values["rtt_us"] = statistics.median(samples) * 1e6
             values["rtt_min_us"] = min(samples) * 1e6
             vm.wait(120)
-            return values, " ".join(shlex.quote(a) for a in command).replace(uds, "/tmp/vsock-bench-XXXX/v.sock")
+            return values, shown(command, uds)
         finally:
             if vm.poll() is None:
                 vm.terminate()
