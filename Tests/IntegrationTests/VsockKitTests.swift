@@ -210,4 +210,27 @@ struct VsockKitTests {
             "\(error)".contains("invalid vsock cid '2'")
         }
     }
+
+    @Test("--on-reboot restart rebuilds the VM with the same socket path; SIGTERM ends the VMM and removes the socket")
+    func rebootKeepsSocket() throws {
+        let directory = try HostVsock.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let uds = directory + "/v.sock"
+        let log = directory + "/serial"
+        let (process, _, errors) = try ProcessTests.start("swiftlet-vmm", [
+            "--kernel", try KitGuest.program("reboot"), "--on-reboot", "restart", "--serial", "file:\(log)",
+            "--vsock", "cid=3,uds=\(uds)",
+        ])
+        var boots = 0
+        for _ in 0..<300 where boots < 3 {
+            usleep(50_000)
+            boots = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").components(separatedBy: "KIT reboot requested").count - 1
+        }
+        #expect(boots >= 3, "each rebuilt VM binds the socket again")
+        process.terminate()
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 4, "\(stderr)")
+        #expect(!FileManager.default.fileExists(atPath: uds), "removed when the VMM exits")
+    }
 }
