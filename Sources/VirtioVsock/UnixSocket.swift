@@ -62,8 +62,8 @@ enum UnixSocket {
     static func connect(path: String) throws(SystemCallError) -> OwnedFileDescriptor {
         guard var address = address(path) else { throw SystemCallError(call: "connect", errno: Errno(rawValue: ENAMETOOLONG)) }
         let descriptor = OwnedFileDescriptor(adopting: try systemCall("socket") { socket(AF_UNIX, socketFlags, 0) })
-        // SAFETY: address is a sockaddr_un passed with its own size.
         _ = try systemCall("connect \(path)") {
+            // SAFETY: address is a sockaddr_un passed with its own size.
             withUnsafePointer(to: &address) { pointer in
                 pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                     Glibc.connect(descriptor.rawValue, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
@@ -115,6 +115,7 @@ enum UnixSocket {
     /// sendmsg of `vectors` with MSG_NOSIGNAL; returns the bytes sent.
     static func send(_ socket: OwnedFileDescriptor, _ vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int {
         var message = msghdr()
+        // SAFETY: sendmsg only reads the iovecs, which the caller keeps alive for this call.
         message.msg_iov = UnsafeMutablePointer(mutating: vectors.baseAddress)
         message.msg_iovlen = vectors.count
         return try systemCall("sendmsg") { sendmsg(socket.rawValue, &message, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }

@@ -77,6 +77,7 @@ struct ByteRing {
                 guard let base = ring.baseAddress else { return 0 }
                 var vectors = [iovec(iov_base: base + head, iov_len: first)]
                 if second > 0 { vectors.append(iovec(iov_base: base, iov_len: second)) }
+                // SAFETY: the iovec array lives for this call only.
                 return try vectors.withUnsafeBufferPointer { (pointer) throws(SystemCallError) -> Int in try UnixSocket.send(socket, pointer) }
             }
         }.get()

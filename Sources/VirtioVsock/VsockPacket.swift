@@ -84,11 +84,11 @@ public struct VsockHeader: Equatable, Sendable {
 
     public var operation: VsockOperation? { VsockOperation(rawValue: rawOperation) }
 
-    /// Decodes the first 44 bytes of `bytes` (which must hold at least that many).
+    /// Decodes the first 44 bytes of `bytes`; missing bytes read as zero.
     public init(bytes: [UInt8]) {
         func field<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
             var value: T = 0
-            for index in 0..<MemoryLayout<T>.size {
+            for index in 0..<MemoryLayout<T>.size where offset + index < bytes.count {
                 value |= T(truncatingIfNeeded: bytes[offset + index]) << (8 * index)
             }
             return value
