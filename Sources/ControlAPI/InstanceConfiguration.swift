@@ -316,10 +316,11 @@ public struct InstanceConfiguration: Equatable, Sendable {
         }
         members.append(("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))))
         if base.entropyDevice { members.append(("entropy", "{}")) }
+        members.append(("vsock", base.vsock.map { JSONText.object([("guest_cid", "\($0.guestCID)"), ("uds_path", JSONText.string($0.udsPath))]) } ?? "null"))
         return JSONText.object(members)
     }
 
-    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics"]
+    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics", "vsock"]
 
     /// Reads a Firecracker `--config-file` (the `FullVmConfiguration` layout).
     /// `logger` and `metrics` are accepted and ignored (use --log-path).
@@ -334,6 +335,9 @@ public struct InstanceConfiguration: Equatable, Sendable {
             try device.allowOnly(["rate_limiter"])
             if device.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
             result.base.entropyDevice = true
+        }
+        if let vsock = fields.value("vsock") {
+            result.base.vsock = try InstanceController.vsockConfiguration(JSONFields(vsock, context: "vsock")).0
         }
         if let machine = fields.value("machine-config") {
             result.machine = try MachineConfiguration(json: JSONFields(machine, context: "machine-config"), updating: MachineConfiguration())

@@ -34,6 +34,8 @@ public final class InstanceController: Sendable {
         var boots = 0
         /// PUT /metrics: where FlushMetrics appends a line of JSON.
         var metricsFile: OwnedFileDescriptor?
+        /// PUT /vsock bound this socket; the device built at start uses it.
+        var vsockReservation: VsockSocketReservation?
     }
 
     public let instanceID: String
@@ -259,6 +261,8 @@ public final class InstanceController: Sendable {
             if fields.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
             try updateBeforeBoot("entropy") { $0.base.entropyDevice = true }
             return .noContent
+        case .putGuestVsock:
+            return try putVsock(body)
         case .putLogger:
             let fields = try JSONFields(body: body, context: "logger")
             try fields.allowOnly(["log_path", "level", "show_level", "show_log_origin", "module"])

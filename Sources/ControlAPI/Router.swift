@@ -13,12 +13,13 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case getMetrics
     case putLogger, putMetrics
     case putEntropyDevice
+    case putGuestVsock
 
     public var method: String {
         switch self {
         case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics, .putEntropyDevice: "PUT"
+             .putLogger, .putMetrics, .putEntropyDevice, .putGuestVsock: "PUT"
         case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
         }
     }
@@ -36,6 +37,7 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .getMetrics, .putMetrics: "/metrics"
         case .putLogger: "/logger"
         case .putEntropyDevice: "/entropy"
+        case .putGuestVsock: "/vsock"
         }
     }
 }

@@ -71,6 +71,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var entropyDevice = false
     /// How the guest reaches the virtio devices (`--transport`, `--enable-pci`).
     public var transport: VirtioTransportKind = .pci
+    /// A virtio-vsock device with Firecracker's Unix-socket backend (`--vsock`).
+    public var vsock: VsockConfiguration?
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,
@@ -104,6 +106,7 @@ public struct VMConfiguration: Equatable, Sendable {
             throw .invalidConfiguration(field: "kernel", value: "(empty)", expected: "the path of a vmlinux or bzImage")
         }
         try DiskConfiguration.validate(disks)
+        try vsock?.validate()
     }
 }
 

@@ -46,6 +46,10 @@ public enum VirtioDeviceFactory {
         for interface in configuration.networkInterfaces {
             devices.append(try interface.makeDevice())
         }
+        // virtio-vsock: its Unix socket is bound now, before the vCPUs start.
+        if let vsock = configuration.vsock {
+            devices.append(try vsock.makeDevice())
+        }
         return devices
     }
 }

@@ -72,10 +72,10 @@ extension VirtualMachine {
     /// its virtio-mmio page ("virtio-rng mmio@0xd0001000").
     var deviceCounters: [(device: String, counters: [(name: String, value: UInt64)])] {
         let onPCI = (pci?.transports ?? []).map { transport in
-            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot)
+            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot + transport.device.deviceCounters)
         }
         let onMMIO = (mmio?.transports ?? []).map { transport in
-            (device: "\(transport.device.deviceType) mmio@0x\(String(transport.base, radix: 16))", counters: transport.device.counters.snapshot)
+            (device: "\(transport.device.deviceType) mmio@0x\(String(transport.base, radix: 16))", counters: transport.device.counters.snapshot + transport.device.deviceCounters)
         }
         return onPCI + onMMIO
     }

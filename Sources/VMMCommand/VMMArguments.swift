@@ -48,6 +48,7 @@ public enum VMMArguments {
         ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
         ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy): boot it at once."),
+        ("vsock", "SPEC", "A virtio-vsock device, Firecracker's hybrid model: cid=N,uds=PATH. The VMM listens on the Unix socket PATH (which must not exist; removed at exit): a host process connects, writes \"CONNECT <port>\\n\" and reads \"OK <host port>\\n\" once the guest accepts. Guest connections to CID 2 port P go to PATH_P. N is the guest's CID, 3 to 4294967294."),
         ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
         ("transport", "KIND", "How the guest reaches the virtio devices: pci (virtio-pci, MSI-X) or mmio (virtio-mmio pages announced on the kernel command line as virtio_mmio.device= and in the ACPI DSDT, at most \(VirtioTransportKind.maximumMMIODevices) devices; the guest may boot with pci=off). Default: mmio when configured as Firecracker is (--config-file, or --api-sock without --kernel/--config) unless --enable-pci; else pci."),
     ]
@@ -247,6 +248,7 @@ public enum VMMArguments {
             result.console = device
         }
         if values["rng"] != nil { result.entropyDevice = true }
+        if let text = values["vsock"] { result.vsock = try VsockConfiguration.parse(text) }
         if let text = values["serial"] {
             guard let mode = SerialMode(argument: text) else {
                 throw .invalidConfiguration(field: "serial", value: text, expected: "stdio, file:PATH or none")
@@ -319,6 +321,11 @@ public enum VMMArguments {
         }
         result.entropyDevice = values["rng"] != nil || file?.rng == true
         result.transport = try transport(values, configFile: file?.transport, firecrackerStyle: false)
+        if let text = values["vsock"] {
+            result.vsock = try VsockConfiguration.parse(text)
+        } else {
+            result.vsock = file?.vsock
+        }
         try result.validate()
         return result
     }
