@@ -229,6 +229,8 @@ public struct InstanceConfiguration: Equatable, Sendable {
     public var machine = MachineConfiguration()
     public var drives: [DriveConfiguration] = []
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
+    /// The metadata service and its configuration (PUT /mmds/config).
+    public var mmds = MMDSSettings()
     /// Serial, on-reboot and KVM device come from here.
     public var base: VMConfiguration
 
@@ -294,6 +296,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
         result.cpuCount = machine.vcpuCount
         result.memorySize = machine.memorySizeMiB << 20
         try DeviceConfigurationHook.apply(drives: drives, networkInterfaces: networkInterfaces, to: &result)
+        result.metadataService = mmds.attachment
         do {
             try result.validate()
         } catch {
@@ -316,10 +319,11 @@ public struct InstanceConfiguration: Equatable, Sendable {
         }
         members.append(("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))))
         if base.entropyDevice { members.append(("entropy", "{}")) }
+        members.append(("mmds-config", mmds.json))
         return JSONText.object(members)
     }
 
-    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics"]
+    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics", "mmds-config"]
 
     /// Reads a Firecracker `--config-file` (the `FullVmConfiguration` layout).
     /// `logger` and `metrics` are accepted and ignored (use --log-path).
@@ -357,6 +361,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
                 }
             }
         }
+        if let section = fields.value("mmds-config") { try result.applyMMDSSection(section) }
         return result
     }
 }

@@ -13,13 +13,14 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case getMetrics
     case putLogger, putMetrics
     case putEntropyDevice
+    case putMmds, patchMmds, getMmds, putMmdsConfig
 
     public var method: String {
         switch self {
-        case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
+        case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics, .getMmds: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics, .putEntropyDevice: "PUT"
-        case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
+             .putLogger, .putMetrics, .putEntropyDevice, .putMmds, .putMmdsConfig: "PUT"
+        case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm, .patchMmds: "PATCH"
         }
     }
 
@@ -36,6 +37,8 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .getMetrics, .putMetrics: "/metrics"
         case .putLogger: "/logger"
         case .putEntropyDevice: "/entropy"
+        case .putMmds, .patchMmds, .getMmds: "/mmds"
+        case .putMmdsConfig: "/mmds/config"
         }
     }
 }

@@ -69,6 +69,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var kvmDevicePath = "/dev/kvm"
     /// A virtio-rng device on PCI (`--rng`), fed from the host's getrandom.
     public var entropyDevice = false
+    /// MMDS on the listed network interfaces (PUT /mmds/config, `mmds-config`).
+    public var metadataService: MetadataServiceAttachment?
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

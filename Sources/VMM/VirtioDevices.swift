@@ -43,7 +43,7 @@ public enum VirtioDeviceFactory {
         }
         // Opens each tap now: one that cannot be opened stops the VMM before the guest starts.
         for interface in configuration.networkInterfaces {
-            devices.append(try interface.makeDevice())
+            devices.append(try interface.makeDevice(metadata: configuration.metadataService))
         }
         return devices
     }

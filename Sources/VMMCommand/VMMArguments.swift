@@ -47,9 +47,9 @@ public enum VMMArguments {
         ("api-sock", "PATH", "Serve the control API (HTTP/1.1, Firecracker's resources) on this Unix socket, mode 0600. Without a kernel, wait for PUT /boot-source and InstanceStart."),
         ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
-        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy): boot it at once."),
+        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy, mmds-config): boot it at once."),
         ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
-    ]
+    ] + metadataOptions
 
     /// Options that may be given more than once, each adding a device.
     static let repeatableOptions: Set<String> = ["disk", "net"]
@@ -150,7 +150,7 @@ public enum VMMArguments {
             }
             values[name] = value
         }
-        let apiOptions = ["api-sock", "id", "log-path", "config-file"]
+        let apiOptions = ["api-sock", "id", "log-path", "config-file", "metadata", "mmds-size-limit"]
         guard apiOptions.contains(where: { values[$0] != nil }) else {
             return .run(try configuration(from: values, repeated: repeated))
         }
@@ -230,6 +230,7 @@ public enum VMMArguments {
         guard mode.socketPath != nil || mode.bootsAtOnce else {
             throw .invalidConfiguration(field: "option", value: "--id/--log-path", expected: "with --api-sock or --config-file")
         }
+        try applyMetadataOptions(values, to: &mode.configuration)
         return mode
     }
 
