@@ -23,11 +23,18 @@ public struct MMDSNetworkStack: Sendable {
     private var identification: UInt16 = 0
     /// Round-robin start, so one busy connection cannot starve the others.
     private var nextConnection = 0
+    /// Where initial sequence numbers come from: random, or fixed for fuzzing.
+    let initialSequence: @Sendable () -> UInt32
 
-    public init(address: IPv4Address, service: MetadataService) {
+    public init(address: IPv4Address, service: MetadataService,
+                initialSequence: @escaping @Sendable () -> UInt32 = { UInt32.random(in: 0...UInt32.max) }) {
         self.address = address
         self.service = service
+        self.initialSequence = initialSequence
     }
+
+    /// Open connections (at most `maximumConnections`).
+    public var connectionCount: Int { connections.count }
 
     var counters: MMDSCounters { service.counters }
 
@@ -140,7 +147,7 @@ public struct MMDSNetworkStack: Sendable {
             }
             removeConnection(at: victim)
         }
-        connections.append(TCPConnection(syn: segment, initialSequence: UInt32.random(in: 0...UInt32.max), now: now))
+        connections.append(TCPConnection(syn: segment, initialSequence: initialSequence(), now: now))
         counters.connectionsCreated.add(1, ordering: .relaxed)
     }
 
