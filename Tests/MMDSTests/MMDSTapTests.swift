@@ -136,8 +136,8 @@ struct MMDSTapTests {
         #expect(service.counters.framesIntercepted.load(ordering: .relaxed) == 3)
     }
 
-    @Test("Through a virtio-net device: the worker answers ARP and SYN for MMDS from the RX queue and sends nothing to the tap")
-    func throughDevice() throws {
+    @Test("Through a virtio-net device: the worker answers ARP and SYN for MMDS from the RX queue and sends nothing to the tap; answers wait for RX buffers", arguments: [true, false])
+    func throughDevice(buffersFirst: Bool) throws {
         let memory = try GuestMemory(ranges: [(GuestAddress(0), 8 << 20)])
         let receive = DriverQueue(memory: memory, size: 16, base: GuestAddress(0x10000))
         let transmitQueue = DriverQueue(memory: memory, size: 16, base: GuestAddress(0x400000))
@@ -154,12 +154,15 @@ struct MMDSTapTests {
         defer { device.reset() }
 
         var buffers: [GuestAddress] = []
-        for _ in 0..<4 {
-            let address = receive.allocate(2048)
-            buffers.append(address)
-            receive.addChain([DriverQueue.Buffer(address: address, length: 2048, writable: true)])
+        func addReceiveBuffers() throws {
+            for _ in 0..<4 {
+                let address = receive.allocate(2048)
+                buffers.append(address)
+                receive.addChain([DriverQueue.Buffer(address: address, length: 2048, writable: true)])
+            }
+            try receiveNotification.signal()
         }
-        try receiveNotification.signal()
+        if buffersFirst { try addReceiveBuffers() }
         for frame in [GuestPackets.arpRequest(for: .defaultMMDS), GuestPackets.tcp(sequence: 7, flags: 0x02, mss: 1460)] {
             let bytes = VirtioNetHeader().bytes + frame
             let address = transmitQueue.allocate(bytes.count)
@@ -167,6 +170,14 @@ struct MMDSTapTests {
             transmitQueue.addChain([DriverQueue.Buffer(address: address, length: UInt32(bytes.count), writable: false)])
         }
         try transmitNotification.signal()
+        if !buffersFirst {
+            // Both frames taken from the guest; the answers wait for receive buffers.
+            for _ in 0..<2000 where transmitQueue.usedIndex < 2 { usleep(1000) }
+            #expect(transmitQueue.usedIndex == 2)
+            usleep(50_000)
+            #expect(receive.usedIndex == 0)
+            try addReceiveBuffers()
+        }
 
         var used: [(head: UInt32, length: UInt32)] = []
         for _ in 0..<2000 where used.count < 2 {
@@ -174,6 +185,7 @@ struct MMDSTapTests {
             usleep(1000)
         }
         #expect(used.count == 2)
+        guard used.count == 2 else { return }
         let arpReply = try memory.readBytes(at: buffers[Int(used[0].head)], count: Int(used[0].length))
         #expect(Array(arpReply[(12 + 12)..<(12 + 14)]) == [0x08, 0x06])
         let synAck = try GuestPackets.decode(Array(try memory.readBytes(at: buffers[Int(used[1].head)], count: Int(used[1].length)).dropFirst(12)))
