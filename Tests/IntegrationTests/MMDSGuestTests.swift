@@ -15,7 +15,9 @@ extension NetworkTests {
 
         // Counts every frame on the tap, and those to or from the MMDS address.
         let capture = try namespace.start(["python3", "-c", """
-            import socket
+            import signal, socket
+            # The test runner's threads block SIGTERM, and children inherit the mask: let stop() end this.
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
             s.bind(("tap0", 0))
             s.settimeout(1.0)
@@ -36,7 +38,10 @@ extension NetworkTests {
                     icmp += 1
                 print(f"CAPTURE total={total} mmds={to_mmds} icmp={icmp}", flush=True)
             """])
-        defer { capture.stop() }
+        defer {
+            kill(capture.process.processIdentifier, SIGKILL)
+            capture.stop()
+        }
         #expect(capture.waitForOutput("CAPTURE-READY", seconds: 30), "capture: \(capture.errors)")
 
         // Short: it travels base64-encoded on the kernel command line (2 KiB at most).
@@ -100,6 +105,8 @@ extension NetworkTests {
         let patch = try UnixHTTP.request(socket, "PATCH", "/mmds", body: #"{"latest": {"meta-data": {"ami-id": "ami-patched"}}}"#)
         #expect(patch.status == 204, "\(patch.body)")
         #expect(vmm.waitForExit(seconds: 240) == 0, "stderr: \(vmm.errors)\nconsole: \(console.suffix(3000))")
+        // SIGKILL as well: a capture that somehow kept SIGTERM blocked must not hold the test.
+        kill(capture.process.processIdentifier, SIGKILL)
         capture.stop()
 
         let output = console
