@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet", "MMDS"]),
+        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "MMDS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -45,6 +45,8 @@ let package = Package(
         .target(name: "PCI", dependencies: ["Devices", "KVM", "HostSystem"]),
         // The virtio-pci modern transport (VirtIO 1.2 section 4.1).
         .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
+        // The virtio-mmio transport (VirtIO 1.2 section 4.2, version 2).
+        .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
         // VirtIO devices, one target each.
         .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
@@ -56,7 +58,7 @@ let package = Package(
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
             "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
-            "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "MMDS",
+            "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "MMDS",
         ]),
         // A small JSON parser, so the VMM needs no Foundation.
         .target(name: "LeanJSON"),
@@ -102,6 +104,7 @@ let package = Package(
         .target(name: "VirtioTestSupport", dependencies: ["Virtio", "GuestMemory"], path: "Tests/VirtioTestSupport"),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "Virtio", "KVM", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),

@@ -5,7 +5,7 @@ import VMM
 /// The `--config` JSON file: an object with the same settings as the flags.
 /// Unknown keys are refused so that a typo is never silently ignored.
 public struct ConfigurationFile: Equatable, Sendable {
-    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "disks", "network_interfaces"]
+    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "disks", "network_interfaces", "transport"]
     /// Config files are small; anything larger is a mistake.
     public static let maximumSize = 1 << 20
 
@@ -20,6 +20,8 @@ public struct ConfigurationFile: Equatable, Sendable {
     public var onReboot: String?
     /// A virtio-rng device.
     public var rng: Bool?
+    /// "pci" or "mmio" (checked when the configuration is built).
+    public var transport: String?
     /// `"network_interfaces": [{"tap": "tap0", "mac": "...", "id": "...", "offloads": false}, {"tap_fd": 3}]`
     public var networkInterfaces: [VMM.NetworkInterfaceConfiguration]?
     /// "disks": [{"path": ..., "readonly": true, "id": ..., "direct": false}, ...]
@@ -61,6 +63,7 @@ public struct ConfigurationFile: Equatable, Sendable {
             case "serial": result.serial = try string()
             case "console": result.console = try string()
             case "on_reboot": result.onReboot = try string()
+            case "transport": result.transport = try string()
             case "rng":
                 guard let flag = value.boolValue else { throw mismatch(key, value, "true or false", path) }
                 result.rng = flag

@@ -49,6 +49,7 @@ public enum VMMArguments {
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
         ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy, mmds-config): boot it at once."),
         ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
+        ("transport", "KIND", "How the guest reaches the virtio devices: pci (virtio-pci, MSI-X) or mmio (virtio-mmio pages announced on the kernel command line as virtio_mmio.device= and in the ACPI DSDT, at most \(VirtioTransportKind.maximumMMIODevices) devices; the guest may boot with pci=off). Default: mmio when configured as Firecracker is (--config-file, or --api-sock without --kernel/--config) unless --enable-pci; else pci."),
     ] + metadataOptions
 
     /// Options that may be given more than once, each adding a device.
@@ -56,7 +57,8 @@ public enum VMMArguments {
 
     /// The options that take no value (on when given), with their help text.
     static let switches: [(name: String, help: String)] = [
-        ("rng", "Add a virtio-rng device (PCI) fed from the host's getrandom; the guest sees /dev/hwrng."),
+        ("rng", "Add a virtio-rng device fed from the host's getrandom; the guest sees /dev/hwrng."),
+        ("enable-pci", "Firecracker's switch: put the virtio devices on PCI (--transport pci); an explicit --transport wins."),
     ]
 
     public static let versionNumber = "0.1.0"
@@ -185,6 +187,7 @@ public enum VMMArguments {
             }
             var base = VMConfiguration(kernelPath: "")
             try applyProcessSettings(values, to: &base)
+            base.transport = try transport(values, configFile: nil, firecrackerStyle: true)
             let bytes: [UInt8]
             do {
                 bytes = try OwnedFileDescriptor.readWholeFile(file)
@@ -212,6 +215,7 @@ public enum VMMArguments {
             }
             var base = VMConfiguration(kernelPath: "")
             try applyProcessSettings(values, to: &base)
+            base.transport = try transport(values, configFile: nil, firecrackerStyle: true)
             mode.configuration = InstanceConfiguration(base: base)
             if let text = values["cpus"] {
                 guard let count = Int(text), (1...254).contains(count) else {
@@ -315,8 +319,31 @@ public enum VMMArguments {
             result.networkInterfaces = interfaces
         }
         result.entropyDevice = values["rng"] != nil || file?.rng == true
+        result.transport = try transport(values, configFile: file?.transport, firecrackerStyle: false)
         try result.validate()
         return result
+    }
+
+    /// The virtio transport: an explicit --transport wins; else --enable-pci
+    /// selects PCI; else the --config file's "transport"; else virtio-mmio
+    /// for a VM configured as Firecracker is (--config-file, or --api-sock
+    /// without --kernel/--config), as Firecracker does without --enable-pci,
+    /// and PCI for the rest (--kernel, --config, `swiftlet run`, swiftletd).
+    static func transport(_ values: [String: String], configFile: String?, firecrackerStyle: Bool) throws(VMMError) -> VirtioTransportKind {
+        if let text = values["transport"] {
+            guard let kind = VirtioTransportKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "transport", value: text, expected: "pci or mmio")
+            }
+            return kind
+        }
+        if values["enable-pci"] != nil { return .pci }
+        if let text = configFile {
+            guard let kind = VirtioTransportKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "transport", value: text, expected: "pci or mmio (the --config key \"transport\")")
+            }
+            return kind
+        }
+        return firecrackerStyle ? .mmio : .pci
     }
 }
 
