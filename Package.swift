@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock"]),
+        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "MMDS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -53,16 +53,19 @@ let package = Package(
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioVsock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
+        // Firecracker's MicroVM Metadata Service: the data store, its guest
+        // HTTP, V2 tokens, and the small ARP/IPv4/TCP stack in front of a tap.
+        .target(name: "MMDS", dependencies: ["LeanJSON", "HostSystem", "VirtioNet"]),
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
             "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
-            "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "VirtioVsock",
+            "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "VirtioVsock", "MMDS",
         ]),
         // A small JSON parser, so the VMM needs no Foundation.
         .target(name: "LeanJSON"),
         // The per-VM control API: a small HTTP/1.1 server on a Unix socket
         // with Firecracker's resources (no Foundation, no SwiftNIO).
-        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "LeanJSON"]),
+        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "LeanJSON", "MMDS"]),
         // swiftlet-vmm's command line and config file (`swiftlet run` execs it).
         .target(name: "VMMCommand", dependencies: ["CKVM", "VMM", "ControlAPI", "HostSystem", "LeanJSON"]),
         // A fully static binary: no dynamic loader, no shared-library
@@ -107,6 +110,7 @@ let package = Package(
         .testTarget(name: "VirtioVsockTests", dependencies: ["VirtioVsock", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
+        .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),

@@ -229,6 +229,8 @@ public struct InstanceConfiguration: Equatable, Sendable {
     public var machine = MachineConfiguration()
     public var drives: [DriveConfiguration] = []
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
+    /// The metadata service and its configuration (PUT /mmds/config).
+    public var mmds = MMDSSettings()
     /// Serial, on-reboot and KVM device come from here.
     public var base: VMConfiguration
 
@@ -294,6 +296,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
         result.cpuCount = machine.vcpuCount
         result.memorySize = machine.memorySizeMiB << 20
         try DeviceConfigurationHook.apply(drives: drives, networkInterfaces: networkInterfaces, to: &result)
+        result.metadataService = mmds.attachment
         do {
             try result.validate()
         } catch {
@@ -317,10 +320,11 @@ public struct InstanceConfiguration: Equatable, Sendable {
         members.append(("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))))
         if base.entropyDevice { members.append(("entropy", "{}")) }
         members.append(("vsock", base.vsock.map { JSONText.object([("guest_cid", "\($0.guestCID)"), ("uds_path", JSONText.string($0.udsPath))]) } ?? "null"))
+        members.append(("mmds-config", mmds.json))
         return JSONText.object(members)
     }
 
-    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics", "vsock"]
+    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics", "vsock", "mmds-config"]
 
     /// Reads a Firecracker `--config-file` (the `FullVmConfiguration` layout).
     /// `logger` and `metrics` are accepted and ignored (use --log-path).
@@ -361,6 +365,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
                 }
             }
         }
+        if let section = fields.value("mmds-config") { try result.applyMMDSSection(section) }
         return result
     }
 }

@@ -255,6 +255,8 @@ public final class InstanceController: Sendable {
             return .noContent
         case .getMetrics:
             return .json(try metrics())
+        case .putMmds, .patchMmds, .getMmds, .putMmdsConfig:
+            return try performMMDS(operation, body: body)
         case .putEntropyDevice:
             let fields = try JSONFields(body: body.isEmpty ? Array("{}".utf8) : body, context: "entropy")
             try fields.allowOnly(["rate_limiter"])
@@ -414,6 +416,7 @@ public final class InstanceController: Sendable {
         var members: [(String, String)] = [
             ("id", JSONText.string(instanceID)), ("state", JSONText.string(stateName)), ("boots", "\(boots)"),
             ("vcpu_count", "\(configuration.machine.vcpuCount)"), ("mem_size_mib", "\(configuration.machine.memorySizeMiB)"),
+            ("mmds", mmdsMetrics(configuration)),
         ]
         guard let counters = machine?.counters() else {
             members.append(("uptime_ms", "0"))

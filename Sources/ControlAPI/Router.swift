@@ -14,13 +14,14 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case putLogger, putMetrics
     case putEntropyDevice
     case putGuestVsock
+    case putMmds, patchMmds, getMmds, putMmdsConfig
 
     public var method: String {
         switch self {
-        case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
+        case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics, .getMmds: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics, .putEntropyDevice, .putGuestVsock: "PUT"
-        case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
+             .putLogger, .putMetrics, .putEntropyDevice, .putGuestVsock, .putMmds, .putMmdsConfig: "PUT"
+        case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm, .patchMmds: "PATCH"
         }
     }
 
@@ -38,6 +39,8 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .putLogger: "/logger"
         case .putEntropyDevice: "/entropy"
         case .putGuestVsock: "/vsock"
+        case .putMmds, .patchMmds, .getMmds: "/mmds"
+        case .putMmdsConfig: "/mmds/config"
         }
     }
 }

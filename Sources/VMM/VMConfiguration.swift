@@ -73,6 +73,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var transport: VirtioTransportKind = .pci
     /// A virtio-vsock device with Firecracker's Unix-socket backend (`--vsock`).
     public var vsock: VsockConfiguration?
+    /// MMDS on the listed network interfaces (PUT /mmds/config, `mmds-config`).
+    public var metadataService: MetadataServiceAttachment?
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

@@ -44,7 +44,7 @@ public enum VirtioDeviceFactory {
         }
         // Opens each tap now: one that cannot be opened stops the VMM before the guest starts.
         for interface in configuration.networkInterfaces {
-            devices.append(try interface.makeDevice())
+            devices.append(try interface.makeDevice(metadata: configuration.metadataService))
         }
         // virtio-vsock: its Unix socket is bound now, before the vCPUs start.
         if let vsock = configuration.vsock {

@@ -47,11 +47,11 @@ public enum VMMArguments {
         ("api-sock", "PATH", "Serve the control API (HTTP/1.1, Firecracker's resources) on this Unix socket, mode 0600. Without a kernel, wait for PUT /boot-source and InstanceStart."),
         ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
-        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy): boot it at once."),
+        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy, vsock, mmds-config): boot it at once."),
         ("vsock", "SPEC", "A virtio-vsock device, Firecracker's hybrid model: cid=N,uds=PATH. The VMM listens on the Unix socket PATH (which must not exist; removed at exit): a host process connects, writes \"CONNECT <port>\\n\" and reads \"OK <host port>\\n\" once the guest accepts. Guest connections to CID 2 port P go to PATH_P. N is the guest's CID, 3 to 4294967294."),
         ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
         ("transport", "KIND", "How the guest reaches the virtio devices: pci (virtio-pci, MSI-X) or mmio (virtio-mmio pages announced on the kernel command line as virtio_mmio.device= and in the ACPI DSDT, at most \(VirtioTransportKind.maximumMMIODevices) devices; the guest may boot with pci=off). Default: mmio when configured as Firecracker is (--config-file, or --api-sock without --kernel/--config) unless --enable-pci; else pci."),
-    ]
+    ] + metadataOptions
 
     /// Options that may be given more than once, each adding a device.
     static let repeatableOptions: Set<String> = ["disk", "net"]
@@ -153,7 +153,7 @@ public enum VMMArguments {
             }
             values[name] = value
         }
-        let apiOptions = ["api-sock", "id", "log-path", "config-file"]
+        let apiOptions = ["api-sock", "id", "log-path", "config-file", "metadata", "mmds-size-limit"]
         guard apiOptions.contains(where: { values[$0] != nil }) else {
             return .run(try configuration(from: values, repeated: repeated))
         }
@@ -235,6 +235,7 @@ public enum VMMArguments {
         guard mode.socketPath != nil || mode.bootsAtOnce else {
             throw .invalidConfiguration(field: "option", value: "--id/--log-path", expected: "with --api-sock or --config-file")
         }
+        try applyMetadataOptions(values, to: &mode.configuration)
         return mode
     }
 
