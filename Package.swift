@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet"]),
+        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "MMDS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -45,21 +45,27 @@ let package = Package(
         .target(name: "PCI", dependencies: ["Devices", "KVM", "HostSystem"]),
         // The virtio-pci modern transport (VirtIO 1.2 section 4.1).
         .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
+        // The virtio-mmio transport (VirtIO 1.2 section 4.2, version 2).
+        .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
         // VirtIO devices, one target each.
         .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioVsock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
+        // Firecracker's MicroVM Metadata Service: the data store, its guest
+        // HTTP, V2 tokens, and the small ARP/IPv4/TCP stack in front of a tap.
+        .target(name: "MMDS", dependencies: ["LeanJSON", "HostSystem", "VirtioNet"]),
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
             "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
-            "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole",
+            "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "VirtioVsock", "MMDS",
         ]),
         // A small JSON parser, so the VMM needs no Foundation.
         .target(name: "LeanJSON"),
         // The per-VM control API: a small HTTP/1.1 server on a Unix socket
         // with Firecracker's resources (no Foundation, no SwiftNIO).
-        .target(name: "ControlAPI", dependencies: ["CKVM", "VMM", "Devices", "HostSystem", "LeanJSON"]),
+        .target(name: "ControlAPI", dependencies: ["CKVM", "VMM", "Devices", "HostSystem", "LeanJSON", "MMDS"]),
         // The project version every executable reports.
         .target(name: "SwiftletVersion"),
         // swiftlet-vmm's command line and config file (`swiftlet run` execs it).
@@ -101,9 +107,12 @@ let package = Package(
         .target(name: "VirtioTestSupport", dependencies: ["Virtio", "GuestMemory"], path: "Tests/VirtioTestSupport"),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "Virtio", "KVM", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "VirtioVsockTests", dependencies: ["VirtioVsock", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
+        .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),

@@ -15,6 +15,8 @@ P5  virtio-net: guest-kit net-bench.elf with a tap inside a network
 
 --event-idx both runs every VMM twice per round, with and without
 VIRTIO_F_EVENT_IDX (guest command line event_idx=0), to show its effect.
+--transports pci,mmio runs Swiftlet once per virtio transport (row
+"Swiftlet virtio-mmio" for --transport mmio); the default is pci only.
 
 The guest measures time with the TSC; the script passes the host's TSC rate
 (tsc_hz=, from /proc/cpuinfo when the TSC is constant) so that every VMM
@@ -60,13 +62,20 @@ def log(msg: str) -> None:
 class VMM(core.VMM):
     """bench.py's VMM command line, plus the virtio disk or tap under test."""
 
-    def __init__(self, name: str, binary: str, args):
+    def __init__(self, name: str, binary: str, args, transport: str = "pci"):
         super().__init__(name, binary, args.qemu_machine, args.qemu_cpu)
         self.memory = args.memory
+        self.transport = transport
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.name] + (" virtio-mmio" if self.transport == "mmio" else "")
 
     def argv(self, elf: Path, cmdline: str, disk: Path | None = None, tap: str | None = None) -> list[str]:
         a = super().argv(elf, cmdline, self.memory)
         if self.name == "swiftlet":
+            if self.transport == "mmio":
+                a += ["--transport", "mmio"]
             if disk:
                 a += ["--disk", f"path={disk}"]
             if tap:
@@ -300,7 +309,7 @@ def table(results: dict, metrics: list[tuple[str, str, int]], rows: list[str], r
         lines.append(f"| {r} (n={n}{f', {fails} failed' if fails else ''}) | " + " | ".join(cells) + " |")
     sw, q = "Swiftlet", "QEMU microvm"
     for a, b, label in ((sw, q, "Swiftlet / QEMU"), (sw, "host fio", "Swiftlet / host"),
-                        (q, "host fio", "QEMU / host")):
+                        (q, "host fio", "QEMU / host"), (f"{sw} virtio-mmio", sw, "virtio-mmio / virtio-pci")):
         if a in results and b in results and (b != "host fio" or host):
             cells = []
             for m in metrics:
@@ -315,6 +324,8 @@ def produced_by(args) -> str:
          "--only", ",".join(args.only), "--vmms", args.vmms]
     if args.event_idx != "on":
         a += ["--event-idx", args.event_idx]
+    if args.transports != "pci":
+        a += ["--transports", args.transports]
     return f"Produced by: `{' '.join(a)}`"
 
 
@@ -325,7 +336,7 @@ def missing(results: dict, prefix: str) -> list[str]:
 
 def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> dict[str, str]:
     out = {}
-    rows4 = [f"{v}{t}" for v in ("Swiftlet", "QEMU microvm") for t in ("", " event_idx=0")] + ["host fio"]
+    rows4 = [f"{v}{t}" for v in ("Swiftlet", "Swiftlet virtio-mmio", "QEMU microvm") for t in ("", " event_idx=0")] + ["host fio"]
     if "P4" in args.only:
         m4 = [("randread4k_iops", "randread 4K QD32 IOPS", 0), ("randread4k_mb_s", "MB/s", 1),
               ("seqread1m_mb_s", "seqread 1M MB/s", 0), ("seqwrite1m_mb_s", "seqwrite 1M MB/s", 0),
@@ -342,7 +353,7 @@ def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> d
         body += [""] + [f"* {n}" for n in notes.get("P4", [])] + missing(results, "P4") + ["", produced_by(args)]
         out["P4"] = "\n".join(body).rstrip()
     if "P5" in args.only:
-        rows5 = [f"{v}{t}" for v in ("Swiftlet", "QEMU microvm") for t in ("", " event_idx=0")]
+        rows5 = [f"{v}{t}" for v in ("Swiftlet", "Swiftlet virtio-mmio", "QEMU microvm") for t in ("", " event_idx=0")]
         m5 = [("tx_mbit_s", "TX guest→host Mbit/s", 0), ("tx_pps", "TX frames/s", 0),
               ("rx_mbit_s", "RX host→guest Mbit/s", 0), ("rx_pps", "RX frames/s", 0),
               ("tx_kicks_per_frame", "notifies / TX frame", 3)]
@@ -391,6 +402,8 @@ def main() -> int:
     ap.add_argument("--fio-engine", default="io_uring",
                     help="fio ioengine (default io_uring: buffered libaio is synchronous, so queue depth is lost)")
     ap.add_argument("--event-idx", choices=("on", "off", "both"), default="on")
+    ap.add_argument("--transports", default="pci",
+                    help="Swiftlet's virtio transports, comma-separated: pci (default), mmio or pci,mmio")
     ap.add_argument("--tsc-hz", type=int, default=None,
                     help="guest TSC rate passed as tsc_hz= (default: host /proc/cpuinfo; 0: let the guest calibrate)")
     ap.add_argument("--timeout", type=float, default=120)
@@ -408,12 +421,17 @@ def main() -> int:
         args.swiftlet = str(rel if rel.exists() or not dbg.exists() else dbg)
     binaries = {"swiftlet": args.swiftlet, "qemu": args.qemu}
     vmms = []
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    if not transports or any(t not in ("pci", "mmio") for t in transports):
+        log(f"virtio-bench: --transports {args.transports}: expected pci, mmio or pci,mmio")
+        return 2
     for name in args.vmms.split(","):
-        v = VMM(name.strip(), binaries[name.strip()], args)
-        if v.resolved():
-            vmms.append(v)
-        else:
-            log(f"virtio-bench: {v.label} binary {v.binary} not found: skipped")
+        for transport in transports if name.strip() == "swiftlet" else ["pci"]:
+            v = VMM(name.strip(), binaries[name.strip()], args, transport)
+            if v.resolved():
+                vmms.append(v)
+            else:
+                log(f"virtio-bench: {v.label} binary {v.binary} not found: skipped")
     for prog in ("blk-bench", "net-bench") if not args.from_json else ():
         if not (Path(args.kit) / f"{prog}.elf").exists():
             log(f"virtio-bench: {args.kit}/{prog}.elf missing (make -C guest-kit)")

@@ -48,10 +48,31 @@ public enum Layout {
     /// PCI ECAM (configuration space), 256 MiB for buses 0-255.
     public static let pciECAMStart = GuestAddress(0xE000_0000)
     public static let pciECAMSize: UInt64 = 0x1000_0000
-    /// 32-bit window for PCI BARs (up to ECAM). Virtio BARs go here: guests
-    /// such as the test kit map only the first 4 GiB.
+    /// 32-bit window for PCI BARs, up to the boot timer. Virtio BARs go
+    /// here: guests such as the test kit map only the first 4 GiB.
     public static let pciMMIO32Start = GuestAddress(0xC000_0000)
-    public static let pciMMIO32Size: UInt64 = 0x2000_0000
+    public static let pciMMIO32Size: UInt64 = bootTimerStart.rawValue - pciMMIO32Start.rawValue
+    /// Firecracker's boot-timer device: one page, where Firecracker's x86
+    /// layout puts it, just below the virtio-mmio devices.
+    public static let bootTimerStart = GuestAddress(0xD000_0000)
+    public static let bootTimerSize: UInt64 = 0x1000
+    /// virtio-mmio devices: one 4 KiB page each from here, device `n` at
+    /// start + n * 4 KiB (Firecracker's spacing), each raising its own GSI
+    /// from `virtioMMIOInterrupts`.
+    public static let virtioMMIOStart = GuestAddress(0xD000_1000)
+    public static let virtioMMIOSize: UInt64 = 0x1000
+    /// One GSI per virtio-mmio device, in device order: inputs below 16 that
+    /// nothing else uses, so that a kernel without ACPI, which takes the
+    /// command line's number as an 8259/ISA IRQ, reaches them too. Not 0
+    /// (PIT), 2 (cascade), 4 (COM1), 5 (ACPI GED), 8 (RTC) or 9 (SCI), and
+    /// not 16-23 (PCI INTx).
+    public static let virtioMMIOInterrupts: [UInt32] = [6, 7, 10, 11, 12, 13, 14, 15, 3, 1]
+    /// Where virtio-mmio device `index` decodes and the GSI it raises; nil
+    /// past the last GSI.
+    public static func virtioMMIODevice(_ index: Int) -> (start: GuestAddress, gsi: UInt32)? {
+        guard index >= 0, index < virtioMMIOInterrupts.count else { return nil }
+        return (GuestAddress(virtioMMIOStart.rawValue + UInt64(index) * virtioMMIOSize), virtioMMIOInterrupts[index])
+    }
     /// 64-bit window for PCI BARs: 64 GiB from the first 1 GiB boundary above
     /// RAM (and above 4 GiB).
     public static let pciMMIO64Size: UInt64 = 64 << 30
@@ -61,9 +82,6 @@ public enum Layout {
         let gigabyte: UInt64 = 1 << 30
         return GuestAddress((ramEnd + gigabyte - 1) & ~(gigabyte - 1))
     }
-    /// Firecracker's boot-timer device (`--boot-timer`): one page of MMIO.
-    public static let bootTimerStart = GuestAddress(0xD000_0000)
-    public static let bootTimerSize: UInt64 = 0x1000
     /// KVM's identity-map page and TSS (three pages) for real-mode emulation on Intel.
     public static let kvmIdentityMapStart = GuestAddress(0xFFFB_C000)
     public static let kvmTSSStart = GuestAddress(0xFFFB_D000)

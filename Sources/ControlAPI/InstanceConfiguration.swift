@@ -299,6 +299,8 @@ public struct InstanceConfiguration: Equatable, Sendable {
     public var machine = MachineConfiguration()
     public var drives: [DriveConfiguration] = []
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
+    /// The metadata service and its configuration (PUT /mmds/config).
+    public var mmds = MMDSSettings()
     /// Serial, on-reboot and KVM device come from here.
     public var base: VMConfiguration
     /// The config file's `logger` and `metrics` sections, applied when the
@@ -372,6 +374,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
         result.memorySize = machine.memorySizeMiB << 20
         result.transparentHugePages = machine.hugePages == "Transparent"
         try DeviceConfigurationHook.apply(drives: drives, networkInterfaces: networkInterfaces, to: &result)
+        result.metadataService = mmds.attachment
         do {
             try result.validate()
         } catch {
@@ -399,9 +402,9 @@ public struct InstanceConfiguration: Equatable, Sendable {
             ("logger", "null"),
             ("machine-config", machine.json),
             ("metrics", "null"),
-            ("mmds-config", "null"),
+            ("mmds-config", mmds.json),
             ("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))),
-            ("vsock", "null"),
+            ("vsock", base.vsock.map { JSONText.object([("guest_cid", "\($0.guestCID)"), ("uds_path", JSONText.string($0.udsPath))]) } ?? "null"),
             ("entropy", base.entropyDevice ? JSONText.object([("rate_limiter", entropyRateLimiter ?? "null")]) : "null"),
             ("pmem", "[]"),
             ("memory-hotplug", "null"),
@@ -417,7 +420,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
     public static func parseFirecrackerFile(_ bytes: [UInt8], base: VMConfiguration) throws(APIError) -> InstanceConfiguration {
         let fields = try JSONFields(body: bytes, context: "config file")
         try fields.allowOnly(fileSections)
-        for section in unsupportedFileSections + ["vsock", "mmds-config"] {
+        for section in unsupportedFileSections {
             guard let value = fields.value(section) else { continue }
             if case let .array(elements) = value, elements.isEmpty { continue }
             throw .badRequest("config file: section '\(section)' is not supported by Swiftlet (see docs/firecracker-compatibility.md)")
@@ -432,6 +435,9 @@ public struct InstanceConfiguration: Equatable, Sendable {
             try device.allowOnly(["rate_limiter"])
             result.entropyRateLimiter = try device.value("rate_limiter").map { (value) throws(APIError) in try EntropyRateLimiter.validated(value) }
             result.base.entropyDevice = true
+        }
+        if let vsock = fields.value("vsock") {
+            result.base.vsock = try InstanceController.vsockConfiguration(JSONFields(vsock, context: "vsock")).0
         }
         if let machine = fields.value("machine-config") {
             result.machine = try MachineConfiguration(json: JSONFields(machine, context: "machine-config"), updating: MachineConfiguration())
@@ -455,6 +461,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
                 }
             }
         }
+        if let section = fields.value("mmds-config") { try result.applyMMDSSection(section) }
         return result
     }
 }

@@ -41,6 +41,8 @@ public final class InstanceController: Sendable {
         var startupCPUMicroseconds: UInt64?
         /// Metric totals of runs that have ended (before reboots), by Firecracker's names.
         var finishedRunMetrics: [String: UInt64] = [:]
+        /// PUT /vsock bound this socket; the device built at start uses it.
+        var vsockReservation: VsockSocketReservation?
     }
 
     public let instanceID: String
@@ -312,6 +314,8 @@ public final class InstanceController: Sendable {
             return .noContent
         case .getMetrics:
             return .json(try metrics())
+        case .putMmds, .patchMmds, .getMmds, .putMmdsConfig:
+            return try performMMDS(operation, body: body)
         case .putEntropyDevice:
             let fields = try JSONFields(body: body, context: "entropy")
             try fields.allowOnly(["rate_limiter"])
@@ -331,6 +335,8 @@ public final class InstanceController: Sendable {
                 if let path { configuration.base.serial = .file(path: path) }
             }
             return .noContent
+        case .putGuestVsock:
+            return try putVsock(body)
         case .putLogger:
             let settings = try LoggerSettings(json: JSONFields(body: body, context: "logger"))
             try updateBeforeBoot { _ in }
@@ -354,6 +360,11 @@ public final class InstanceController: Sendable {
             try change(&configuration)
             state.configuration = configuration
         }
+    }
+
+    /// The same, naming the resource (for readers of the handler; the refusal is Firecracker's words either way).
+    func updateBeforeBoot(_ resource: String, _ change: (inout InstanceConfiguration) throws(APIError) -> Void) throws(APIError) {
+        try updateBeforeBoot(change)
     }
 
     /// The running machine for a runtime-only request (PATCH of drives and
@@ -479,6 +490,7 @@ public final class InstanceController: Sendable {
         var members: [(String, String)] = [
             ("id", JSONText.string(instanceID)), ("state", JSONText.string(stateName)), ("boots", "\(boots)"),
             ("vcpu_count", "\(configuration.machine.vcpuCount)"), ("mem_size_mib", "\(configuration.machine.memorySizeMiB)"),
+            ("mmds", mmdsMetrics(configuration)),
         ]
         guard let counters = machine?.counters() else {
             members.append(("uptime_ms", "0"))

@@ -15,13 +15,15 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case putLogger, putMetrics
     case putEntropyDevice
     case putSerialDevice
+    case putGuestVsock
+    case putMmds, patchMmds, getMmds, putMmdsConfig
 
     public var method: String {
         switch self {
-        case .describeInstance, .getFirecrackerVersion, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
+        case .describeInstance, .getFirecrackerVersion, .getMachineConfiguration, .getExportVmConfig, .getMetrics, .getMmds: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics, .putEntropyDevice, .putSerialDevice: "PUT"
-        case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
+             .putLogger, .putMetrics, .putEntropyDevice, .putSerialDevice, .putGuestVsock, .putMmds, .putMmdsConfig: "PUT"
+        case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm, .patchMmds: "PATCH"
         }
     }
 
@@ -40,6 +42,9 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .putLogger: "/logger"
         case .putEntropyDevice: "/entropy"
         case .putSerialDevice: "/serial"
+        case .putGuestVsock: "/vsock"
+        case .putMmds, .patchMmds, .getMmds: "/mmds"
+        case .putMmdsConfig: "/mmds/config"
         }
     }
 }

@@ -9,6 +9,11 @@ public final class Epoll: Sendable {
     public struct Event: Sendable {
         public let token: UInt64
         public let events: UInt32
+
+        public init(token: UInt64, events: UInt32) {
+            self.token = token
+            self.events = events
+        }
     }
 
     public init() throws(SystemCallError) {
@@ -20,6 +25,14 @@ public final class Epoll: Sendable {
         event.events = events
         event.data.u64 = token
         _ = try systemCall("epoll_ctl add fd \(fd)") { epoll_ctl(descriptor.rawValue, EPOLL_CTL_ADD, fd, &event) }
+    }
+
+    /// Changes the events (and token) of a registered descriptor.
+    public func modify(_ fd: Int32, events: UInt32, token: UInt64) throws(SystemCallError) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        _ = try systemCall("epoll_ctl mod fd \(fd)") { epoll_ctl(descriptor.rawValue, EPOLL_CTL_MOD, fd, &event) }
     }
 
     public func remove(_ fd: Int32) throws(SystemCallError) {

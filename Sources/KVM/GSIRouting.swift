@@ -79,13 +79,12 @@ extension VirtualMachineHandle {
         try descriptor.kvmIoctl("KVM_IRQFD deassign gsi \(gsi)", CKVM_IRQFD, pointer: &request)
     }
 
-    /// Removes an ioeventfd registered with `registerIOEventFD` (same address, length and kind).
-    public func unregisterIOEventFD(_ eventFD: EventFD, address: UInt64, length: UInt32, isPortIO: Bool) throws(KVMError) {
-        var request = kvm_ioeventfd()
-        request.addr = address
-        request.len = length
-        request.fd = eventFD.descriptor.rawValue
-        request.flags = (isPortIO ? CKVM_IOEVENTFD_FLAG_PIO : 0) | CKVM_IOEVENTFD_FLAG_DEASSIGN
+    /// Removes an ioeventfd registered with `registerIOEventFD` (same
+    /// address, length, kind and datamatch).
+    public func unregisterIOEventFD(_ eventFD: EventFD, address: UInt64, length: UInt32, isPortIO: Bool,
+                                    datamatch: UInt64? = nil) throws(KVMError) {
+        var request = Self.ioEventFDRequest(eventFD, address: address, length: length, isPortIO: isPortIO, datamatch: datamatch)
+        request.flags |= CKVM_IOEVENTFD_FLAG_DEASSIGN
         try descriptor.kvmIoctl("KVM_IOEVENTFD deassign at 0x\(String(address, radix: 16))", CKVM_IOEVENTFD, pointer: &request)
     }
 }

@@ -59,14 +59,27 @@ public final class VirtualMachineHandle: Sendable {
         try descriptor.kvmIoctl("KVM_IRQFD gsi \(gsi)", CKVM_IRQFD, pointer: &request)
     }
 
-    /// Makes guest writes to `address` signal `eventFD` without leaving the kernel.
-    public func registerIOEventFD(_ eventFD: EventFD, address: UInt64, length: UInt32, isPortIO: Bool) throws(KVMError) {
+    /// Makes guest writes of `length` bytes to `address` signal `eventFD`
+    /// without leaving the kernel; with `datamatch`, only writes of that
+    /// value (several eventfds may then share one address, as virtio-mmio's
+    /// QueueNotify does, one per queue index).
+    public func registerIOEventFD(_ eventFD: EventFD, address: UInt64, length: UInt32, isPortIO: Bool,
+                                  datamatch: UInt64? = nil) throws(KVMError) {
+        var request = Self.ioEventFDRequest(eventFD, address: address, length: length, isPortIO: isPortIO, datamatch: datamatch)
+        try descriptor.kvmIoctl("KVM_IOEVENTFD at 0x\(String(address, radix: 16))", CKVM_IOEVENTFD, pointer: &request)
+    }
+
+    static func ioEventFDRequest(_ eventFD: EventFD, address: UInt64, length: UInt32, isPortIO: Bool, datamatch: UInt64?) -> kvm_ioeventfd {
         var request = kvm_ioeventfd()
         request.addr = address
         request.len = length
         request.fd = eventFD.descriptor.rawValue
         request.flags = isPortIO ? CKVM_IOEVENTFD_FLAG_PIO : 0
-        try descriptor.kvmIoctl("KVM_IOEVENTFD at 0x\(String(address, radix: 16))", CKVM_IOEVENTFD, pointer: &request)
+        if let datamatch {
+            request.datamatch = datamatch
+            request.flags |= CKVM_IOEVENTFD_FLAG_DATAMATCH
+        }
+        return request
     }
 
     /// Creates vCPU `id` with its shared run area mapped.

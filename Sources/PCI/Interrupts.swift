@@ -37,16 +37,6 @@ public protocol LevelInterruptLine: Sendable {
     func setLevel(_ asserted: Bool)
 }
 
-/// Writes one line to stderr (unbuffered): how devices report a guest's
-/// protocol violations without stopping the VM.
-public enum DeviceLog {
-    public static let standardError: @Sendable (String) -> Void = { message in
-        let line = Array((message + "\n").utf8)
-        // SAFETY: the pointer is used only for this call, within the array.
-        line.withUnsafeBytes { raw in _ = Glibc.write(STDERR_FILENO, raw.baseAddress, raw.count) }
-    }
-}
-
 /// How PCI INTx pins reach the IO-APIC: INTA-INTD of device `d` go to GSI
 /// 16 + (d + pin) % 8, the IO-APIC inputs PC chipsets leave to PCI. The DSDT
 /// publishes the same table as \_SB.PCI0._PRT.

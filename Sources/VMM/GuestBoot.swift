@@ -8,9 +8,9 @@ import GuestMemory
 /// Linux zero page. Returns the CPU state the entry point expects.
 enum GuestBoot {
     static func load(kernel: [UInt8], initrd: [UInt8]?, configuration: VMConfiguration,
-                     memory: GuestMemory, pci: PCIECAMConfiguration?) throws(VMMError) -> EntryState {
+                     memory: GuestMemory, pci: PCIECAMConfiguration?, mmio: MMIOSetup? = nil) throws(VMMError) -> EntryState {
         do {
-            return try loadOrThrow(kernel: kernel, initrd: initrd, configuration: configuration, memory: memory, pci: pci)
+            return try loadOrThrow(kernel: kernel, initrd: initrd, configuration: configuration, memory: memory, pci: pci, mmio: mmio)
         } catch let error as BootError {
             throw .boot(step: "cannot boot '\(configuration.kernelPath)'", message: error.description)
         } catch let error as ACPIError {
@@ -23,14 +23,15 @@ enum GuestBoot {
     }
 
     private static func loadOrThrow(kernel: [UInt8], initrd: [UInt8]?, configuration: VMConfiguration,
-                                    memory: GuestMemory, pci: PCIECAMConfiguration?) throws -> EntryState {
+                                    memory: GuestMemory, pci: PCIECAMConfiguration?, mmio: MMIOSetup?) throws -> EntryState {
         let loaded = try KernelLoader.load(image: kernel, into: memory, highMemoryStart: Layout.highMemoryStart)
         try BootGDT.write(into: memory)
 
         // Command line: the bzImage header bounds its length; PVH uses our buffer.
         var commandLine = loaded.setupHeader.map { KernelCommandLine(for: $0, capacity: Layout.commandLineMaxSize) }
             ?? KernelCommandLine(maximumLength: Layout.commandLineMaxSize - 1)
-        if !configuration.commandLine.isEmpty { try commandLine.append(configuration.commandLine) }
+        let text = withVirtioMMIODevices(configuration.commandLine, mmio?.commandLineParameters ?? [])
+        if !text.isEmpty { try commandLine.append(text) }
         try commandLine.write(into: memory, at: Layout.commandLineStart)
 
         let tables = try ACPITables.build(
@@ -47,8 +48,10 @@ enum GuestBoot {
                 // KVM's default routing wires the in-kernel PIT to IO-APIC pin 0, so no IRQ0→GSI2 override.
                 interruptSourceOverrides: [],
                 pciECAM: pci,
-                // The power button the control API's Shutdown action presses.
-                additionalDSDTContent: ACPIPowerButton.aml(gsi: Layout.acpiGEDInterrupt)),
+                // The power button the control API's Shutdown action presses,
+                // and the virtio-mmio devices.
+                additionalDSDTContent: ACPIPowerButton.aml(gsi: Layout.acpiGEDInterrupt)
+                    + ACPIVirtioMMIO.aml(mmio?.acpiDevices ?? [])),
             rsdpAddress: Layout.rsdpStart.rawValue, tablesAddress: Layout.acpiTablesStart.rawValue,
             tablesLimit: Int(Layout.acpiTablesEnd.rawValue - Layout.acpiTablesStart.rawValue))
         try memory.write(bytes: tables.rsdp, at: Layout.rsdpStart)
@@ -85,5 +88,19 @@ enum GuestBoot {
             let pageTableRoot = try IdentityPageTables.write(into: memory)
             return .longMode64(entry: entry.rawValue, zeroPage: 0, pageTableRoot: pageTableRoot)
         }
+    }
+
+    /// The command line with the virtio-mmio announcements added to the
+    /// kernel's part: before a ` -- ` that starts the init arguments, else at
+    /// the end (where Firecracker puts them).
+    static func withVirtioMMIODevices(_ commandLine: String, _ parameters: [String]) -> String {
+        guard !parameters.isEmpty else { return commandLine }
+        let added = parameters.joined(separator: " ")
+        var words = commandLine.split(separator: " ", omittingEmptySubsequences: false)
+        guard let separator = words.firstIndex(of: "--") else {
+            return commandLine.isEmpty ? added : commandLine + " " + added
+        }
+        words.insert(Substring(added), at: separator)
+        return words.joined(separator: " ")
     }
 }

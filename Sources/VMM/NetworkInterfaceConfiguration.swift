@@ -128,14 +128,16 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
 
     /// Opens the tap and builds the device; called while the VM is built,
     /// so a tap that cannot be opened stops the VMM before the guest starts.
-    public func makeDevice() throws(VMMError) -> VirtioNetDevice {
+    /// With `metadata` listing this interface, MMDS sits in front of the tap.
+    public func makeDevice(metadata: MetadataServiceAttachment? = nil) throws(VMMError) -> VirtioNetDevice {
         let backend: VirtioNet.Tap
         do {
             backend = try OpenTaps.tap(tap)
         } catch {
             throw .network(id: id, cause: error)
         }
-        return VirtioNetDevice(tap: backend, mac: effectiveMAC, offloads: offloads)
+        let tap = try metadata?.backend(for: id, tap: backend) ?? backend
+        return VirtioNetDevice(tap: tap, mac: effectiveMAC, offloads: offloads)
     }
 }
 

@@ -61,18 +61,24 @@ public struct VMConfiguration: Equatable, Sendable {
     public var onReboot: RebootAction
     /// Which device carries the console.
     public var console: ConsoleKind = .serial
-    /// virtio-net interfaces, in PCI slot order.
+    /// virtio-net interfaces, in device order.
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
-    /// virtio-blk disks, in PCI slot order (the guest's vda, vdb...).
+    /// virtio-blk disks, in device order (the guest's vda, vdb...).
     public var disks: [DiskConfiguration] = []
     /// The KVM device node (a different path helps in containers and tests).
     public var kvmDevicePath = "/dev/kvm"
-    /// A virtio-rng device on PCI (`--rng`), fed from the host's getrandom.
+    /// A virtio-rng device (`--rng`), fed from the host's getrandom.
     public var entropyDevice = false
     /// Firecracker's boot-timer device at `Layout.bootTimerStart` (`--boot-timer`).
     public var bootTimer = false
     /// Guest RAM advised MADV_HUGEPAGE (Firecracker's `huge_pages: "Transparent"`).
     public var transparentHugePages = false
+    /// How the guest reaches the virtio devices (`--transport`, `--enable-pci`).
+    public var transport: VirtioTransportKind = .pci
+    /// A virtio-vsock device with Firecracker's Unix-socket backend (`--vsock`).
+    public var vsock: VsockConfiguration?
+    /// MMDS on the listed network interfaces (PUT /mmds/config, `mmds-config`).
+    public var metadataService: MetadataServiceAttachment?
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,
@@ -106,6 +112,7 @@ public struct VMConfiguration: Equatable, Sendable {
             throw .invalidConfiguration(field: "kernel", value: "(empty)", expected: "the path of a vmlinux or bzImage")
         }
         try DiskConfiguration.validate(disks)
+        try vsock?.validate()
     }
 }
 

@@ -6,6 +6,7 @@ import KVM
 import PCI
 import VirtioBlock
 import VirtioNet
+import VirtioVsock
 
 /// Why a VM could not be built or run. Each case names the step.
 public enum VMMError: Error, Sendable, CustomStringConvertible {
@@ -21,6 +22,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case network(id: String, cause: VirtioNetError)
     /// A --disk image that cannot be attached.
     case disk(VirtioBlockError)
+    /// The vsock device's CID or Unix socket is unusable.
+    case vsock(VsockError)
 
     public var description: String {
         switch self {
@@ -47,6 +50,8 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
         case let .network(id, cause):
             "network interface \(id): \(cause)"
         case let .disk(error):
+            "\(error)"
+        case let .vsock(error):
             "\(error)"
         }
     }

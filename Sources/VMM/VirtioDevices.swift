@@ -10,8 +10,9 @@ import VirtioPCI
 import VirtioConsole
 import VirtioRNG
 
-/// Turns the configuration into the VM's virtio devices, in PCI slot order
-/// (the first is 00:01.0). Each device kind adds itself here, in one place.
+/// Turns the configuration into the VM's virtio devices, in device order
+/// (PCI slot 00:01.0 on, or the virtio-mmio pages in order). Each device
+/// kind adds itself here, in one place, whatever the transport.
 public enum VirtioDeviceFactory {
     /// `consoleOutput` is where a virtio-console writes (the same sink as COM1).
     public static func makeDevices(_ configuration: VMConfiguration, consoleOutput: any SerialOutput) throws(VMMError) -> [any VirtioDevice] {
@@ -43,7 +44,11 @@ public enum VirtioDeviceFactory {
         }
         // Opens each tap now: one that cannot be opened stops the VMM before the guest starts.
         for interface in configuration.networkInterfaces {
-            devices.append(try interface.makeDevice())
+            devices.append(try interface.makeDevice(metadata: configuration.metadataService))
+        }
+        // virtio-vsock: its Unix socket is bound now, before the vCPUs start.
+        if let vsock = configuration.vsock {
+            devices.append(try vsock.makeDevice())
         }
         return devices
     }

@@ -71,11 +71,16 @@ extension VirtualMachine {
     }
 
     /// Per-device counters for the metrics: each virtio device, named by
-    /// its type and PCI address ("virtio-rng 00:01.0").
+    /// its type and where it is, its PCI address ("virtio-rng 00:01.0") or
+    /// its virtio-mmio page ("virtio-rng mmio@0xd0001000").
     var deviceCounters: [(device: String, counters: [(name: String, value: UInt64)])] {
-        pci.transports.map { transport in
-            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot)
+        let onPCI = (pci?.transports ?? []).map { transport in
+            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot + transport.device.deviceCounters)
         }
+        let onMMIO = (mmio?.transports ?? []).map { transport in
+            (device: "\(transport.device.deviceType) mmio@0x\(String(transport.base, radix: 16))", counters: transport.device.counters.snapshot + transport.device.deviceCounters)
+        }
+        return onPCI + onMMIO
     }
 
     /// Forces every vCPU out of KVM_RUN: immediate_exit covers a vCPU about

@@ -58,7 +58,7 @@ extension VirtualMachine {
         }
         for thread in threads { thread.join() }
         // Devices last: no vCPU can touch them any more.
-        pci.shutdown()
+        shutdownDevices()
         vcpuThreads.withLock { $0 = [] }
         return exitReason.withLock { $0 } ?? .stoppedByUser
     }

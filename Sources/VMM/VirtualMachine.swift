@@ -27,8 +27,10 @@ public final class VirtualMachine: Sendable {
     /// Signalled when `exitReason` is set, to wake the event loop.
     let stopEvent: EventFD
     let stopping = Atomic<Bool>(false)
-    /// PCI bus 0 and the virtio devices on it.
-    let pci: PCISetup
+    /// PCI bus 0 and the virtio devices on it (`transport` pci).
+    let pci: PCISetup?
+    /// The virtio-mmio devices (`transport` mmio).
+    let mmio: MMIOSetup?
     /// Parks the vCPUs while the control API has the VM paused.
     let pauseGate = VCPUPauseGate()
     /// Exit counters, one object per vCPU (index = vCPU id).
@@ -111,16 +113,23 @@ public final class VirtualMachine: Sendable {
         }
         serial = Serial8250(output: serialCounter, interrupt: serialInterrupt)
 
-        // PCI: host bridge, configuration access, virtio devices.
+        // The virtio devices, on PCI (host bridge, configuration access) or on virtio-mmio.
         let devices = try VirtioDeviceFactory.makeDevices(configuration, consoleOutput: serialCounter)
         virtioConsole = devices.lazy.compactMap { $0 as? ConsoleDevice }.first
-        pci = try PCISetup(vm: handle, memory: memory, memorySize: configuration.memorySize, portBus: portBus,
-                           mmioBus: mmioBus, devices: devices)
+        switch configuration.transport {
+        case .pci:
+            pci = try PCISetup(vm: handle, memory: memory, memorySize: configuration.memorySize, portBus: portBus,
+                               mmioBus: mmioBus, devices: devices)
+            mmio = nil
+        case .mmio:
+            pci = nil
+            mmio = try MMIOSetup(vm: handle, memory: memory, mmioBus: mmioBus, devices: devices)
+        }
 
         // Load the kernel and describe the machine to it.
         let entry = try GuestBoot.load(
             kernel: kernelImage, initrd: initrdImage, configuration: configuration,
-            memory: memory, pci: pci.acpi)
+            memory: memory, pci: pci?.acpi, mmio: mmio)
 
         var vcpus: [VCPUHandle] = []
         do {
@@ -144,7 +153,13 @@ public final class VirtualMachine: Sendable {
     /// A VM that never ran (or whose run ended) still has its devices on
     /// the buses; detaching them frees the guest memory and the KVM VM.
     deinit {
-        pci.shutdown()
+        shutdownDevices()
+    }
+
+    /// Stops every virtio device (worker threads joined); once no vCPU runs.
+    func shutdownDevices() {
+        pci?.shutdown()
+        mmio?.shutdown()
     }
 
     private func attachLegacyDevices() throws(VMMError) {

@@ -5,7 +5,7 @@ import VMM
 /// The `--config` JSON file: an object with the same settings as the flags.
 /// Unknown keys are refused so that a typo is never silently ignored.
 public struct ConfigurationFile: Equatable, Sendable {
-    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "disks", "network_interfaces"]
+    public static let knownKeys = ["kernel", "initrd", "cmdline", "cpus", "memory", "serial", "console", "on_reboot", "rng", "disks", "network_interfaces", "transport", "vsock"]
     /// Config files are small; anything larger is a mistake.
     public static let maximumSize = 1 << 20
 
@@ -20,10 +20,14 @@ public struct ConfigurationFile: Equatable, Sendable {
     public var onReboot: String?
     /// A virtio-rng device.
     public var rng: Bool?
+    /// "pci" or "mmio" (checked when the configuration is built).
+    public var transport: String?
     /// `"network_interfaces": [{"tap": "tap0", "mac": "...", "id": "...", "offloads": false}, {"tap_fd": 3}]`
     public var networkInterfaces: [VMM.NetworkInterfaceConfiguration]?
     /// "disks": [{"path": ..., "readonly": true, "id": ..., "direct": false}, ...]
     public var disks: [DiskConfiguration]?
+    /// "vsock": {"guest_cid": 3, "uds_path": "/run/v.sock"}
+    public var vsock: VsockConfiguration?
 
     public static func load(path: String) throws(VMMError) -> ConfigurationFile {
         let bytes: [UInt8]
@@ -61,6 +65,7 @@ public struct ConfigurationFile: Equatable, Sendable {
             case "serial": result.serial = try string()
             case "console": result.console = try string()
             case "on_reboot": result.onReboot = try string()
+            case "transport": result.transport = try string()
             case "rng":
                 guard let flag = value.boolValue else { throw mismatch(key, value, "true or false", path) }
                 result.rng = flag
@@ -76,6 +81,8 @@ public struct ConfigurationFile: Equatable, Sendable {
                 }
             case "network_interfaces":
                 result.networkInterfaces = try networkInterfaces(value, path: path)
+            case "vsock":
+                result.vsock = try parseVsock(value, path: path)
             default:
                 throw .invalidConfiguration(field: "config key", value: key, expected: "one of \(knownKeys.joined(separator: ", ")) (in \(path))")
             }
@@ -145,6 +152,30 @@ public struct ConfigurationFile: Equatable, Sendable {
             disks.append(disk)
         }
         return disks
+    }
+
+    /// "vsock": an object with "guest_cid" (a number) and "uds_path" (a string).
+    static func parseVsock(_ value: JSONValue, path: String) throws(VMMError) -> VsockConfiguration {
+        guard case let .object(members) = value else { throw mismatch("vsock", value, "an object such as {\"guest_cid\": 3, \"uds_path\": \"/run/v.sock\"}", path) }
+        var cid: UInt64?, socket: String?
+        for (key, member) in members {
+            switch key {
+            case "guest_cid":
+                guard let number = member.unsignedValue else { throw mismatch("vsock.guest_cid", member, "a whole number", path) }
+                cid = number
+            case "uds_path":
+                guard let text = member.stringValue else { throw mismatch("vsock.uds_path", member, "a string", path) }
+                socket = text
+            default:
+                throw .invalidConfiguration(field: "config key", value: "vsock.\(key)", expected: "one of guest_cid, uds_path (in \(path))")
+            }
+        }
+        guard let cid, let socket else {
+            throw .invalidConfiguration(field: "config key", value: "vsock", expected: "both \"guest_cid\" and \"uds_path\" (in \(path))")
+        }
+        let configuration = VsockConfiguration(guestCID: cid, udsPath: socket)
+        try configuration.validate()
+        return configuration
     }
 
     private static func mismatch(_ key: String, _ value: JSONValue, _ expected: String, _ path: String) -> VMMError {

@@ -69,26 +69,29 @@ public enum VMMArguments {
         ("level", "LEVEL", "Log level: Error, Warning, Info, Debug, Trace or Off (default Info)."),
         ("module", "NAME", "Log only lines from source modules starting with NAME (Swiftlet's module names, e.g. ControlAPI)."),
         ("metrics-path", "PATH", "Write Firecracker-layout metrics to this file or FIFO: on FlushMetrics, every 60 s while the VM runs, and at exit."),
-        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy, logger, metrics): boot it at once."),
+        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy, logger, metrics, vsock, mmds-config): boot it at once."),
         ("seccomp-filter", "FILE", "Install these seccomp filters (Firecracker's compiled format, from seccompiler-bin): the vmm, api and vcpu programs on their threads before the guest runs. They must allow what Swiftlet calls. Without it, Swiftlet installs none."),
         ("http-api-max-payload-size", "BYTES", "The largest API request body (default \(defaultMaximumPayloadSize), Firecracker's)."),
         ("start-time-us", "US", "The jailer's: CLOCK_MONOTONIC microseconds when the process was started; the metrics report the time to serve the API."),
         ("start-time-cpu-us", "US", "The jailer's: the process CPU time in microseconds at that moment; the metrics report the CPU time to serve the API."),
         ("parent-cpu-time-us", "US", "The jailer's: CPU time its parent spent, in microseconds, added to the CPU start-up time."),
+        ("vsock", "SPEC", "A virtio-vsock device, Firecracker's hybrid model: cid=N,uds=PATH. The VMM listens on the Unix socket PATH (which must not exist; removed at exit): a host process connects, writes \"CONNECT <port>\\n\" and reads \"OK <host port>\\n\" once the guest accepts. Guest connections to CID 2 port P go to PATH_P. N is the guest's CID, 3 to 4294967294."),
         ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
-    ]
+        ("transport", "KIND", "How the guest reaches the virtio devices: pci (virtio-pci, MSI-X) or mmio (virtio-mmio pages announced on the kernel command line as virtio_mmio.device= and in the ACPI DSDT, at most \(VirtioTransportKind.maximumMMIODevices) devices; the guest may boot with pci=off). Default: mmio when configured as Firecracker is (--config-file, or --api-sock without --kernel/--config) unless --enable-pci; else pci."),
+    ] + metadataOptions
 
     /// Options that may be given more than once, each adding a device.
     static let repeatableOptions: Set<String> = ["disk", "net"]
 
     /// The options that take no value (on when given), with their help text.
     static let switches: [(name: String, help: String)] = [
-        ("rng", "Add a virtio-rng device (PCI) fed from the host's getrandom; the guest sees /dev/hwrng."),
+        ("rng", "Add a virtio-rng device fed from the host's getrandom; the guest sees /dev/hwrng."),
         ("no-api", "Run a --config-file VM without serving the API (Firecracker's flag; needs --config-file)."),
         ("no-seccomp", "Install no seccomp filters (Swiftlet installs none unless --seccomp-filter is given)."),
         ("boot-timer", "Add Firecracker's boot-timer device (MMIO at 0xD0000000): the guest's write of 123 to it logs \"Guest-boot-time = ...\"."),
         ("show-level", "Show each log line's level."),
         ("show-log-origin", "Show each log line's source file and line."),
+        ("enable-pci", "Firecracker's switch: put the virtio devices on PCI (--transport pci); an explicit --transport wins."),
     ]
 
     /// Swiftlet's version, as every executable reports it.
@@ -199,7 +202,7 @@ public enum VMMArguments {
         // boots --config-file). With --kernel/--config, Swiftlet's own run,
         // through the API runner only when a Firecracker process option asks for it.
         let firecrackerStyle = values["kernel"] == nil && values["config"] == nil
-        guard firecrackerStyle || processOptions.contains(where: { values[$0] != nil }) else {
+        guard firecrackerStyle || (processOptions + ["metadata", "mmds-size-limit"]).contains(where: { values[$0] != nil }) else {
             return .run(try configuration(from: values, repeated: repeated))
         }
         return .serve(try apiMode(from: values, repeated: repeated))
@@ -277,6 +280,7 @@ public enum VMMArguments {
             }
             var base = VMConfiguration(kernelPath: "")
             try applyProcessSettings(values, to: &base)
+            base.transport = try transport(values, configFile: nil, firecrackerStyle: true)
             let bytes: [UInt8]
             do {
                 bytes = try OwnedFileDescriptor.readWholeFile(file)
@@ -301,6 +305,7 @@ public enum VMMArguments {
             }
             var base = VMConfiguration(kernelPath: "")
             try applyProcessSettings(values, to: &base)
+            base.transport = try transport(values, configFile: nil, firecrackerStyle: true)
             mode.configuration = InstanceConfiguration(base: base)
             if let text = values["cpus"] {
                 guard let count = Int(text), (1...254).contains(count) else {
@@ -319,6 +324,7 @@ public enum VMMArguments {
         guard mode.socketPath != nil || mode.bootsAtOnce else {
             throw .invalidConfiguration(field: "option", value: "--no-api", expected: "with --config-file")
         }
+        try applyMetadataOptions(values, to: &mode.configuration)
         return mode
     }
 
@@ -332,6 +338,7 @@ public enum VMMArguments {
             result.console = device
         }
         if values["rng"] != nil { result.entropyDevice = true }
+        if let text = values["vsock"] { result.vsock = try VsockConfiguration.parse(text) }
         if let text = values["serial"] {
             guard let mode = SerialMode(argument: text) else {
                 throw .invalidConfiguration(field: "serial", value: text, expected: "stdio, file:PATH or none")
@@ -403,8 +410,36 @@ public enum VMMArguments {
             result.networkInterfaces = interfaces
         }
         result.entropyDevice = values["rng"] != nil || file?.rng == true
+        result.transport = try transport(values, configFile: file?.transport, firecrackerStyle: false)
+        if let text = values["vsock"] {
+            result.vsock = try VsockConfiguration.parse(text)
+        } else {
+            result.vsock = file?.vsock
+        }
         try result.validate()
         return result
+    }
+
+    /// The virtio transport: an explicit --transport wins; else --enable-pci
+    /// selects PCI; else the --config file's "transport"; else virtio-mmio
+    /// for a VM configured as Firecracker is (--config-file, or --api-sock
+    /// without --kernel/--config), as Firecracker does without --enable-pci,
+    /// and PCI for the rest (--kernel, --config, `swiftlet run`, swiftletd).
+    static func transport(_ values: [String: String], configFile: String?, firecrackerStyle: Bool) throws(VMMError) -> VirtioTransportKind {
+        if let text = values["transport"] {
+            guard let kind = VirtioTransportKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "transport", value: text, expected: "pci or mmio")
+            }
+            return kind
+        }
+        if values["enable-pci"] != nil { return .pci }
+        if let text = configFile {
+            guard let kind = VirtioTransportKind(rawValue: text) else {
+                throw .invalidConfiguration(field: "transport", value: text, expected: "pci or mmio (the --config key \"transport\")")
+            }
+            return kind
+        }
+        return firecrackerStyle ? .mmio : .pci
     }
 }
 

@@ -6,6 +6,7 @@ public enum VirtioDeviceType: UInt16, Sendable, CustomStringConvertible {
     case block = 2
     case console = 3
     case entropy = 4
+    case socket = 19
 
     public var description: String {
         switch self {
@@ -13,6 +14,7 @@ public enum VirtioDeviceType: UInt16, Sendable, CustomStringConvertible {
         case .block: "virtio-blk"
         case .console: "virtio-console"
         case .entropy: "virtio-rng"
+        case .socket: "virtio-vsock"
         }
     }
 }

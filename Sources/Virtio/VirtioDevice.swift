@@ -78,6 +78,13 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func reset()
     /// Counters the control API and benchmarks report.
     var counters: VirtioCounters { get }
+    /// Device-specific counters (name, value) reported after `counters`.
+    var deviceCounters: [(name: String, value: UInt64)] { get }
+}
+
+extension VirtioDevice {
+    /// Most devices have only the common counters.
+    public var deviceCounters: [(name: String, value: UInt64)] { [] }
 }
 
 /// Per-device activity counters, updated with relaxed atomics from the

@@ -53,6 +53,7 @@ public enum VirtioPCILayout {
         case .block: 0x01_80_00 // other mass storage controller
         case .console: 0x07_80_00 // other communication controller
         case .entropy: 0xFF_00_00 // unassigned class
+        case .socket: 0x07_80_00 // other communication controller (QEMU's vhost-vsock-pci)
         }
     }
 

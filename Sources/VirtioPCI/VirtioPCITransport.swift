@@ -24,33 +24,19 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     let msix: MSIXTable
     let intx: any LevelInterruptLine
     let log: @Sendable (String) -> Void
+    /// What a guest can make this device log, in all (see `DeviceLogBudget`).
+    let logBudget = DeviceLogBudget()
     /// The features offered: the device's, plus VERSION_1; never RING_PACKED.
     public let offeredFeatures: UInt64
-    let queueMaximumSizes: [UInt16]
     /// Configuration-space offsets of the MSI-X capability and of the PCI
     /// configuration access capability.
     let msixCapability: Int
     let pciConfigurationCapability: Int
 
-    struct QueueRegisters {
-        var size: UInt16
-        var enabled = false
-        var descriptorTable: UInt64 = 0
-        var driverArea: UInt64 = 0
-        var deviceArea: UInt64 = 0
-    }
-
     struct Registers {
         var configuration: PCIConfigurationSpace
-        var deviceFeatureSelect: UInt32 = 0
-        var driverFeatureSelect: UInt32 = 0
-        var driverFeatures: UInt64 = 0
-        var status: UInt8 = 0
-        var queueSelect: UInt16 = 0
-        var queues: [QueueRegisters]
-        /// While the device runs: each enabled queue's notification eventfd.
-        var notifiers: [EventFD?] = []
-        var active = false
+        /// Features, status and queues: the part virtio-mmio shares.
+        var core: VirtioTransportCore
         /// Where BAR 0 is on the MMIO bus, and where the notifiers are registered.
         var mappedBAR: UInt64?
         var notifierBase: UInt64?
@@ -90,8 +76,8 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         self.platform = platform
         self.intx = intx
         self.log = log
-        offeredFeatures = (device.offeredFeatures | VirtioFeature.version1) & ~VirtioFeature.ringPacked
-        queueMaximumSizes = device.queueMaximumSizes
+        let core = VirtioTransportCore(device: device)
+        offeredFeatures = core.offeredFeatures
         msix = MSIXTable(vectors: msixVectors, router: router)
 
         var space = PCIConfigurationSpace(
@@ -129,7 +115,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         space.setValue(UInt32(PCICommand.memorySpace), offset: PCIRegister.command, size: 2)
         msixCapability = msixOffset
         pciConfigurationCapability = accessOffset
-        registers = Mutex(Registers(configuration: space, queues: queueMaximumSizes.map { QueueRegisters(size: $0) }))
+        registers = Mutex(Registers(configuration: space, core: core))
         interrupts = Mutex(Interrupts(queueVectors: Array(repeating: VirtioPCILayout.noVector, count: queueCount)))
         registers.withLock { updateBARMapping(&$0) }
     }
@@ -239,14 +225,14 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     }
 
     private func registerNotifiers(_ registers: inout Registers) {
-        guard registers.active, registers.notifierBase == nil, let base = registers.mappedBAR else { return }
-        for (index, notifier) in registers.notifiers.enumerated() {
+        guard registers.core.active, registers.notifierBase == nil, let base = registers.mappedBAR else { return }
+        for (index, notifier) in registers.core.notifiers.enumerated() {
             guard let notifier else { continue }
             do {
                 try platform.registerNotifier(notifier, address: notifyAddress(base: base, queue: index), length: VirtioPCILayout.notifyWriteLength)
             } catch {
                 // Notifications still arrive, through a VM exit (see `write`).
-                log("\(name): queue \(index) notifications go through user space: \(error)")
+                report("\(name): queue \(index) notifications go through user space: \(error)")
             }
         }
         registers.notifierBase = base
@@ -254,7 +240,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
 
     private func unregisterNotifiers(_ registers: inout Registers) {
         guard let base = registers.notifierBase else { return }
-        for (index, notifier) in registers.notifiers.enumerated() {
+        for (index, notifier) in registers.core.notifiers.enumerated() {
             guard let notifier else { continue }
             platform.unregisterNotifier(notifier, address: notifyAddress(base: base, queue: index), length: VirtioPCILayout.notifyWriteLength)
         }
@@ -303,10 +289,8 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         case VirtioPCILayout.notifyOffset..<(VirtioPCILayout.notifyOffset + VirtioPCILayout.notifyLength):
             // A notification the ioeventfd did not catch (another width, or
             // no ioeventfd): pass it on the same way.
-            let queue = Int((offset - VirtioPCILayout.notifyOffset) / VirtioPCILayout.notifyOffsetMultiplier)
-            let notifier = registers.withLock { registers in
-                registers.active && queue < registers.notifiers.count ? registers.notifiers[queue] : nil
-            }
+            let queue = (offset - VirtioPCILayout.notifyOffset) / VirtioPCILayout.notifyOffsetMultiplier
+            let notifier = registers.withLock { $0.core.notifier(queue: queue) }
             try? notifier?.signal()
         case VirtioPCILayout.msixTableOffset..<VirtioPCILayout.msixPBAOffset:
             msix.writeTable(offset: offset - VirtioPCILayout.msixTableOffset, from: data)
@@ -326,20 +310,18 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
                 for index in 0..<width { bytes[field + index] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(index))) }
             }
             typealias C = VirtioPCILayout.Common
-            put(UInt64(registers.deviceFeatureSelect), C.deviceFeatureSelect, 4)
-            let featureWord = registers.deviceFeatureSelect < 2 ? offeredFeatures >> (32 * UInt64(registers.deviceFeatureSelect)) : 0
-            put(featureWord, C.deviceFeature, 4)
-            put(UInt64(registers.driverFeatureSelect), C.driverFeatureSelect, 4)
-            let driverWord = registers.driverFeatureSelect < 2 ? registers.driverFeatures >> (32 * UInt64(registers.driverFeatureSelect)) : 0
-            put(driverWord, C.driverFeature, 4)
+            let core = registers.core
+            put(UInt64(core.deviceFeatureSelect), C.deviceFeatureSelect, 4)
+            put(UInt64(core.deviceFeatureWord), C.deviceFeature, 4)
+            put(UInt64(core.driverFeatureSelect), C.driverFeatureSelect, 4)
+            put(UInt64(core.driverFeatureWord), C.driverFeature, 4)
             put(UInt64(vectors.0), C.configMSIXVector, 2)
-            put(UInt64(registers.queues.count), C.numberOfQueues, 2)
+            put(UInt64(core.queues.count), C.numberOfQueues, 2)
             put(UInt64(status(registers)), C.deviceStatus, 1)
             put(UInt64(configurationGeneration.load(ordering: .relaxed)), C.configGeneration, 1)
-            put(UInt64(registers.queueSelect), C.queueSelect, 2)
-            let selected = Int(registers.queueSelect)
-            if selected < registers.queues.count {
-                let queue = registers.queues[selected]
+            put(UInt64(core.queueSelect), C.queueSelect, 2)
+            if let queue = core.selectedQueue {
+                let selected = Int(core.queueSelect)
                 put(UInt64(queue.size), C.queueSize, 2)
                 put(UInt64(vectors.1[selected]), C.queueMSIXVector, 2)
                 put(queue.enabled ? 1 : 0, C.queueEnable, 2)
@@ -356,7 +338,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     }
 
     private func status(_ registers: Registers) -> UInt8 {
-        registers.status | (needsReset.load(ordering: .acquiring) ? VirtioStatus.deviceNeedsReset : 0)
+        registers.core.status | (needsReset.load(ordering: .acquiring) ? VirtioStatus.deviceNeedsReset : 0)
     }
 
     /// Splits the write into the fields it covers; each field gets its old
@@ -386,18 +368,16 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         }
         typealias C = VirtioPCILayout.Common
         let vectors = interrupts.withLock { ($0.configurationVector, $0.queueVectors) }
-        put(UInt64(registers.deviceFeatureSelect), C.deviceFeatureSelect, 4)
-        put(UInt64(registers.driverFeatureSelect), C.driverFeatureSelect, 4)
-        let driverWord = registers.driverFeatureSelect < 2 ? registers.driverFeatures >> (32 * UInt64(registers.driverFeatureSelect)) : 0
-        put(driverWord, C.driverFeature, 4)
+        let core = registers.core
+        put(UInt64(core.deviceFeatureSelect), C.deviceFeatureSelect, 4)
+        put(UInt64(core.driverFeatureSelect), C.driverFeatureSelect, 4)
+        put(UInt64(core.driverFeatureWord), C.driverFeature, 4)
         put(UInt64(vectors.0), C.configMSIXVector, 2)
-        put(UInt64(registers.status), C.deviceStatus, 1)
-        put(UInt64(registers.queueSelect), C.queueSelect, 2)
-        let selected = Int(registers.queueSelect)
-        if selected < registers.queues.count {
-            let queue = registers.queues[selected]
+        put(UInt64(core.status), C.deviceStatus, 1)
+        put(UInt64(core.queueSelect), C.queueSelect, 2)
+        if let queue = core.selectedQueue {
             put(UInt64(queue.size), C.queueSize, 2)
-            put(UInt64(vectors.1[selected]), C.queueMSIXVector, 2)
+            put(UInt64(vectors.1[Int(core.queueSelect)]), C.queueMSIXVector, 2)
             put(queue.descriptorTable, C.queueDescriptor, 8)
             put(queue.driverArea, C.queueDriver, 8)
             put(queue.deviceArea, C.queueDevice, 8)
@@ -407,45 +387,38 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
 
     private func writeCommonField(_ field: Int, _ value: UInt64, _ registers: inout Registers) {
         typealias C = VirtioPCILayout.Common
-        let selected = Int(registers.queueSelect)
-        let queueExists = selected < registers.queues.count
-        // Queue layout may change only while the queue is off and before DRIVER_OK.
-        let queueWritable = queueExists && !registers.queues[selected].enabled && registers.status & VirtioStatus.driverOK == 0
+        let selected = Int(registers.core.queueSelect)
+        let queueExists = registers.core.selectedQueue != nil
         switch field {
         case C.deviceFeatureSelect:
-            registers.deviceFeatureSelect = UInt32(truncatingIfNeeded: value)
+            registers.core.deviceFeatureSelect = UInt32(truncatingIfNeeded: value)
         case C.driverFeatureSelect:
-            registers.driverFeatureSelect = UInt32(truncatingIfNeeded: value)
+            registers.core.driverFeatureSelect = UInt32(truncatingIfNeeded: value)
         case C.driverFeature:
-            // Features are fixed once FEATURES_OK is set (3.1.1).
-            guard registers.status & VirtioStatus.featuresOK == 0, registers.driverFeatureSelect < 2 else { return }
-            let shift = 32 * UInt64(registers.driverFeatureSelect)
-            registers.driverFeatures = (registers.driverFeatures & ~(0xFFFF_FFFF << shift)) | ((value & 0xFFFF_FFFF) << shift)
+            registers.core.writeDriverFeatureWord(UInt32(truncatingIfNeeded: value))
         case C.configMSIXVector:
             let vector = validVector(value)
             interrupts.withLock { $0.configurationVector = vector }
         case C.deviceStatus:
             writeStatus(UInt8(truncatingIfNeeded: value), &registers)
         case C.queueSelect:
-            registers.queueSelect = UInt16(truncatingIfNeeded: value)
+            registers.core.queueSelect = UInt32(UInt16(truncatingIfNeeded: value))
         case C.queueSize:
-            // Any size up to the maximum is stored; Virtqueue checks it is a power of two at DRIVER_OK.
-            guard queueWritable, value <= UInt64(queueMaximumSizes[selected]) else { return }
-            registers.queues[selected].size = UInt16(value)
+            registers.core.setSelectedQueueSize(value)
         case C.queueMSIXVector:
             guard queueExists else { return }
             let vector = validVector(value)
             interrupts.withLock { $0.queueVectors[selected] = vector }
         case C.queueEnable:
             // Only 1 may be written (4.1.4.3.2); a queue is disabled by reset.
-            guard queueWritable, value == 1 else { return }
-            registers.queues[selected].enabled = true
+            guard value == 1, registers.core.selectedQueueWritable else { return }
+            registers.core.setSelectedQueueEnabled(true)
         case C.queueDescriptor:
-            if queueWritable { registers.queues[selected].descriptorTable = value }
+            registers.core.setSelectedQueueAddress(.descriptorTable, value)
         case C.queueDriver:
-            if queueWritable { registers.queues[selected].driverArea = value }
+            registers.core.setSelectedQueueAddress(.driverArea, value)
         case C.queueDevice:
-            if queueWritable { registers.queues[selected].deviceArea = value }
+            registers.core.setSelectedQueueAddress(.deviceArea, value)
         default:
             return // read-only fields
         }
@@ -460,71 +433,26 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     // MARK: Status
 
     private func writeStatus(_ value: UInt8, _ registers: inout Registers) {
-        if value == 0 {
-            reset(&registers)
-            return
+        switch registers.core.writeStatus(value, name: name, log: report) {
+        case .reset: reset(&registers)
+        case .activate: activate(&registers)
+        case .none: return
         }
-        let old = registers.status
-        var new = value & ~VirtioStatus.deviceNeedsReset
-        // The driver never clears a bit but by resetting (3.1.1).
-        guard new & old == old else { return }
-        if new & VirtioStatus.featuresOK != 0 && old & VirtioStatus.featuresOK == 0 && !acceptFeatures(registers.driverFeatures) {
-            new &= ~VirtioStatus.featuresOK
-        }
-        if new & VirtioStatus.driverOK != 0 && old & VirtioStatus.driverOK == 0 {
-            guard new & VirtioStatus.featuresOK != 0, new & VirtioStatus.failed == 0 else {
-                // DRIVER_OK before a successful FEATURES_OK: nothing to start.
-                registers.status = new & ~VirtioStatus.driverOK
-                return
-            }
-            registers.status = new
-            activate(&registers)
-            return
-        }
-        registers.status = new
-    }
-
-    /// FEATURES_OK is granted for a subset of the offered features that
-    /// includes VERSION_1: this transport has no legacy interface.
-    private func acceptFeatures(_ features: UInt64) -> Bool {
-        guard features & VirtioFeature.version1 != 0 else {
-            log("\(name): refused a legacy-only driver: it did not accept VIRTIO_F_VERSION_1 (features 0x\(String(features, radix: 16))); this device speaks VirtIO 1.x only")
-            return false
-        }
-        return features & ~offeredFeatures == 0
     }
 
     /// DRIVER_OK: validate every enabled queue, give each a notification
     /// eventfd on its doorbell, and start the device.
     private func activate(_ registers: inout Registers) {
-        let features = registers.driverFeatures
-        var queues: [VirtioQueueActivation] = []
-        for (index, queue) in registers.queues.enumerated() where queue.enabled {
-            let configuration = VirtqueueConfiguration(
-                size: queue.size, descriptorTable: GuestAddress(queue.descriptorTable),
-                availableRing: GuestAddress(queue.driverArea), usedRing: GuestAddress(queue.deviceArea))
-            let virtqueue: Virtqueue
-            do {
-                virtqueue = try Virtqueue(configuration: configuration, maximumSize: queueMaximumSizes[index], features: features, memory: memory)
-            } catch {
-                reportDeviceError("queue \(index): \(error)")
-                return
-            }
-            let notification: EventFD
-            do {
-                notification = try EventFD()
-            } catch {
-                reportDeviceError("queue \(index): cannot create its notification eventfd: \(error)")
-                return
-            }
-            queues.append(VirtioQueueActivation(index: index, queue: virtqueue, notification: notification))
+        let activation: VirtioActivation
+        do {
+            activation = try registers.core.startQueues(memory: memory, interrupt: self)
+        } catch {
+            reportDeviceError("\(error)")
+            return
         }
-        registers.notifiers = Array(repeating: nil, count: registers.queues.count)
-        for queue in queues { registers.notifiers[queue.index] = queue.notification }
-        registers.active = true
         registerNotifiers(&registers)
         do {
-            try device.activate(VirtioActivation(memory: memory, features: features, queues: queues, interrupt: self))
+            try device.activate(activation)
         } catch {
             reportDeviceError("\(error)")
         }
@@ -535,14 +463,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     private func reset(_ registers: inout Registers) {
         device.reset()
         unregisterNotifiers(&registers)
-        registers.notifiers = []
-        registers.active = false
-        registers.deviceFeatureSelect = 0
-        registers.driverFeatureSelect = 0
-        registers.driverFeatures = 0
-        registers.status = 0
-        registers.queueSelect = 0
-        registers.queues = queueMaximumSizes.map { QueueRegisters(size: $0) }
+        registers.core.reset()
         interrupts.withLock { interrupts in
             interrupts.configurationVector = VirtioPCILayout.noVector
             for index in interrupts.queueVectors.indices { interrupts.queueVectors[index] = VirtioPCILayout.noVector }
@@ -550,6 +471,11 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
             updateINTx(interrupts)
         }
         needsReset.store(false, ordering: .releasing)
+    }
+
+    /// Logs a line a guest caused, within the device's budget.
+    private func report(_ message: String) {
+        if let line = logBudget.admit(message) { log(line) }
     }
 
     // MARK: VirtioInterrupt
@@ -570,7 +496,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
 
     public func reportDeviceError(_ message: String) {
         guard needsReset.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
-        log("\(name): device needs reset: \(message)")
+        report("\(name): device needs reset: \(message)")
         signalConfigurationChange()
     }
 
@@ -601,5 +527,5 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     public var deviceStatus: UInt8 { registers.withLock { status($0) } }
     /// Where BAR 0 decodes now, if anywhere.
     public var mappedBARAddress: UInt64? { registers.withLock { $0.mappedBAR } }
-    public var isActive: Bool { registers.withLock { $0.active } }
+    public var isActive: Bool { registers.withLock { $0.core.active } }
 }

@@ -42,6 +42,25 @@ struct ArchX86Tests {
         #expect(Layout.pciECAMStart.rawValue + Layout.pciECAMSize <= Layout.ioAPICStart.rawValue)
     }
 
+    @Test("the 32-bit hole holds the PCI window, the boot timer, then the virtio-mmio pages, then ECAM, without overlap")
+    func mmioHoleLayout() throws {
+        #expect(Layout.pciMMIO32Start == Layout.mmioHoleStart)
+        #expect(Layout.pciMMIO32Start.rawValue + Layout.pciMMIO32Size == 0xD000_0000, "the PCI window ends at the boot timer")
+        #expect(Layout.bootTimerStart.rawValue == 0xD000_0000 && Layout.bootTimerSize == 0x1000)
+        #expect(Layout.virtioMMIOStart.rawValue == Layout.bootTimerStart.rawValue + Layout.bootTimerSize)
+        let count = Layout.virtioMMIOInterrupts.count
+        let first = try #require(Layout.virtioMMIODevice(0)), second = try #require(Layout.virtioMMIODevice(1))
+        #expect(first.start.rawValue == 0xD000_1000 && second.start.rawValue == 0xD000_2000, "4 KiB apart, as Firecracker places them")
+        let last = try #require(Layout.virtioMMIODevice(count - 1))
+        #expect(last.start.rawValue + Layout.virtioMMIOSize <= Layout.pciECAMStart.rawValue)
+        #expect(Layout.virtioMMIODevice(count) == nil && Layout.virtioMMIODevice(-1) == nil)
+        // Each device its own input below 16 (an ISA IRQ for kernels without
+        // ACPI), none of COM1, the ACPI GED, the PIT, the cascade, the RTC or the SCI.
+        #expect(Set(Layout.virtioMMIOInterrupts).count == count)
+        #expect(Layout.virtioMMIOInterrupts.allSatisfy { $0 < 16 && ![0, 2, 4, 5, 8, 9].contains($0) })
+        #expect(!Layout.virtioMMIOInterrupts.contains(Layout.com1IRQ) && !Layout.virtioMMIOInterrupts.contains(Layout.acpiGEDInterrupt))
+    }
+
     @Test("CPUID gives each vCPU its APIC ID and topology, and hides hypercall-based PV features")
     func cpuid() {
         let supported = [

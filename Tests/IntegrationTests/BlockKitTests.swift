@@ -21,21 +21,24 @@ struct BlockKitTests {
         return image
     }
 
-    static func boot(_ cmdline: String, disks: [DiskConfiguration]) throws -> (VMExitReason, String) {
+    static func boot(_ cmdline: String, disks: [DiskConfiguration], transport: VirtioTransportKind = .pci) throws -> (VMExitReason, String) {
         var configuration = VMConfiguration(kernelPath: try KitGuest.program("virtio-blk"), commandLine: cmdline, serial: .none)
         configuration.disks = disks
+        configuration.transport = transport
         let output = CapturingSerialOutput()
         let machine = try VirtualMachine(configuration: configuration, serialOutput: output)
         let reason = try machine.run()
         return (reason, output.text)
     }
 
-    @Test("Reads the host's pattern, writes and flushes, GET_ID, discard and write-zeroes; the image shows the writes")
-    func functional() throws {
+    @Test("Reads the host's pattern, writes and flushes, GET_ID, discard and write-zeroes; the image shows the writes",
+          arguments: VirtioTransportKind.allCases)
+    func functional(transport: VirtioTransportKind) throws {
         let image = try Self.patternImage()
         let (reason, text) = try Self.boot("id=kit-disk pattern=1 write_lba=64 discard_lba=128 zeroes_lba=200",
-                                           disks: [DiskConfiguration(path: image.path, id: "kit-disk")])
+                                           disks: [DiskConfiguration(path: image.path, id: "kit-disk")], transport: transport)
         #expect(reason == .poweredOff, "\(text)")
+        #expect(text.contains("virtio ready transport=\(transport)"), "\(text)")
         #expect(text.contains("KIT virtio-blk id ok"), "\(text)")
         #expect(text.contains("KIT virtio-blk pattern lba=0 count=8 last=1023 ok"))
         #expect(text.contains("KIT virtio-blk write lba=64 count=8 flush=ok readback=ok"))
@@ -62,11 +65,12 @@ struct BlockKitTests {
     }
 
     @Test("Hostile chains make the device need a reset; the VMM stays up and a reset brings the device back",
-          arguments: ["loop", "oob", "zerolen", "oversize", "wrongdir"])
-    func hostile(kind: String) throws {
+          arguments: ["loop", "oob", "zerolen", "oversize", "wrongdir"], VirtioTransportKind.allCases)
+    func hostile(kind: String, transport: VirtioTransportKind) throws {
         let image = try Self.patternImage()
         let before = try image.contents()
-        let (reason, text) = try Self.boot("pattern=1 hostile=\(kind)", disks: [DiskConfiguration(path: image.path, id: "disk0")])
+        let (reason, text) = try Self.boot("pattern=1 hostile=\(kind)", disks: [DiskConfiguration(path: image.path, id: "disk0")],
+                                           transport: transport)
         #expect(reason == .poweredOff, "\(text)")
         // Each of these breaks the virtqueue protocol: DEVICE_NEEDS_RESET, not a request error.
         #expect(text.contains("KIT virtio-blk hostile=\(kind) outcome=needs_reset"), "\(text)")

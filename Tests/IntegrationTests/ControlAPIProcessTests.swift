@@ -321,4 +321,28 @@ struct ControlAPIProcessTests {
         vm.process.terminate()
         #expect(vm.waitForExit(seconds: 10) == 4, "the VMM exits on SIGTERM despite the flood")
     }
+
+    @Test("a --config-file VM puts its devices on virtio-mmio as Firecracker does (--enable-pci on PCI); GET /metrics lists them either way",
+          arguments: [false, true])
+    func configFileTransport(enablePCI: Bool) throws {
+        let directory = FileManager.default.temporaryDirectory
+        let image = directory.appendingPathComponent("swiftlet-fc-mmio-\(getpid())-\(enablePCI).img")
+        try Data(count: 1 << 20).write(to: image)
+        defer { try? FileManager.default.removeItem(at: image) }
+        let file = directory.appendingPathComponent("swiftlet-fc-mmio-\(getpid())-\(enablePCI).json")
+        let json = #"{"boot-source": {"kernel_image_path": "\#(try KitGuest.program("idle"))", "boot_args": "period_ms=20"}, "#
+            + #""machine-config": {"vcpu_count": 1, "mem_size_mib": 64}, "entropy": {}, "#
+            + #""drives": [{"drive_id": "rootfs", "path_on_host": "\#(image.path)", "is_root_device": true, "is_read_only": false}]}"#
+        try Data(json.utf8).write(to: file)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let vm = try VMMProcess(["--config-file", file.path] + (enablePCI ? ["--enable-pci"] : []), name: "transport-\(enablePCI)")
+        #expect(vm.waitForSerial { $0.contains("KIT idle tick 1") }, "serial: \(vm.serial.suffix(500))")
+        // The kit prints its command line: the devices are announced there over MMIO only.
+        #expect(vm.serial.contains("virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7") != enablePCI, "serial: \(vm.serial.prefix(600))")
+        let devices = (Self.json(try vm.request("GET", "/metrics").body)["devices"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        let expected = enablePCI ? ["virtio-rng 00:01.0", "virtio-blk 00:02.0"] : ["virtio-rng mmio@0xd0001000", "virtio-blk mmio@0xd0002000"]
+        #expect(devices == expected)
+        #expect(try vm.request("PUT", "/actions", #"{"action_type": "Stop"}"#).status == 204)
+        #expect(vm.waitForExit() == 0, "stderr: \(vm.stderrText())")
+    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VMM
 
 /// virtio-net end to end. Each test makes its own network namespace with a
 /// tap inside (`ip netns add swiftlet-test-<random>`), runs the VMM and the
@@ -74,8 +75,9 @@ struct NetworkTests {
         #expect(upGuest != nil && Self.field(after: "UP-MD5 ", in: served) == upGuest, "guest sent \(upGuest ?? "-"); server: \(served)")
     }
 
-    @Test("The kit's virtio-net program sends 4 frames to the tap and echoes 16 of the host's back")
-    func kitEcho() throws {
+    @Test("The kit's virtio-net program sends 4 frames to the tap and echoes 16 of the host's back",
+          arguments: VirtioTransportKind.allCases)
+    func kitEcho(transport: VirtioTransportKind) throws {
         let namespace = try NetworkNamespace()
         defer { namespace.delete() }
         try namespace.addTap("kt0", address: "10.0.0.1/24")
@@ -85,9 +87,11 @@ struct NetworkTests {
         defer { peer.stop() }
         usleep(500_000)
         let guest = try namespace.run([ProcessTests.binary("swiftlet-vmm"), "--kernel", try KitGuest.program("virtio-net"),
-                                       "--cmdline", "send=4 echo=16", "--net", "tap=kt0,mac=52:54:00:12:34:56"], timeout: 120)
+                                       "--cmdline", "send=4 echo=16", "--net", "tap=kt0,mac=52:54:00:12:34:56",
+                                       "--transport", transport.rawValue], timeout: 120)
         #expect(guest.status == 0, "stderr: \(guest.errors)\nconsole: \(guest.output.suffix(2000))")
         #expect(guest.output.contains("mac=52:54:00:12:34:56"))
+        #expect(guest.output.contains("virtio ready transport=\(transport)"), "console: \(guest.output.prefix(2000))")
         #expect(guest.output.contains("KIT virtio-net sent=4"))
         #expect(guest.output.contains("KIT virtio-net echoed=16"), "console: \(guest.output.suffix(2000))")
         #expect(peer.waitForExit(seconds: 30) == 0, "peer: \(peer.output) \(peer.errors)")

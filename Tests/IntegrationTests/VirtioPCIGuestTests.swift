@@ -84,20 +84,28 @@ struct VirtioPCIGuestTests {
 /// PCI devices on kit guests: no Linux needed.
 @Suite("virtio-pci device lifetime", .serialized, .enabled(if: KitGuest.shouldRun, KitGuest.skipReason))
 struct VirtioPCILifetimeTests {
-    @Test("a VM's virtio functions, guest memory and KVM VM are freed with it (--on-reboot restart builds a new one each time)")
-    func devicesFreedWithTheVM() throws {
-        weak var transport: VirtioPCITransport?
+    @Test("a VM's virtio transports, guest memory and KVM VM are freed with it (--on-reboot restart builds a new one each time)",
+          arguments: VirtioTransportKind.allCases)
+    func devicesFreedWithTheVM(transport kind: VirtioTransportKind) throws {
+        weak var transport: AnyObject?
         weak var handle: VirtualMachineHandle?
         try {
             var configuration = VMConfiguration(kernelPath: try KitGuest.program("hello"), serial: .none)
             configuration.entropyDevice = true
+            configuration.transport = kind
             let machine = try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput())
-            #expect(machine.pci.transports.count == 1)
-            transport = machine.pci.transports.first
+            switch kind {
+            case .pci:
+                #expect(machine.pci?.transports.count == 1 && machine.mmio == nil)
+                transport = machine.pci?.transports.first
+            case .mmio:
+                #expect(machine.mmio?.transports.count == 1 && machine.pci == nil)
+                transport = machine.mmio?.transports.first
+            }
             handle = machine.handle
             #expect(try machine.run() == .poweredOff)
         }()
-        #expect(transport == nil, "the function outlived its VM")
+        #expect(transport == nil, "the transport outlived its VM")
         #expect(handle == nil, "the KVM VM outlived the VirtualMachine")
     }
 }

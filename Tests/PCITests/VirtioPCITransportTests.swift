@@ -8,43 +8,6 @@ import Virtio
 import VirtioPCI
 import VirtioTestSupport
 
-/// A device that records what the transport does to it.
-final class FakeDevice: VirtioDevice {
-    let deviceType = VirtioDeviceType.entropy
-    let queueMaximumSizes: [UInt16] = [16, 8]
-    /// EVENT_IDX and device feature bit 5.
-    let offeredFeatures: UInt64 = VirtioFeature.eventIndex | 1 << 5
-    let counters = VirtioCounters()
-    let failActivation: Bool
-    private let state = Mutex<(activations: [VirtioActivation], resets: Int)>(([], 0))
-
-    init(failActivation: Bool = false) {
-        self.failActivation = failActivation
-    }
-
-    func readConfiguration(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
-        for index in data.indices { data[index] = UInt8(truncatingIfNeeded: offset &+ UInt64(index)) }
-    }
-
-    func writeConfiguration(offset: UInt64, from data: UnsafeRawBufferPointer) {}
-
-    func activate(_ activation: VirtioActivation) throws(VirtioDeviceError) {
-        state.withLock { $0.activations.append(activation) }
-        if failActivation { throw .activation(device: "fake", step: "testing", cause: "asked to fail") }
-    }
-
-    func reset() { state.withLock { $0.resets += 1 } }
-
-    var activations: [VirtioActivation] { state.withLock { $0.activations } }
-    var resets: Int { state.withLock { $0.resets } }
-}
-
-final class LogCollector: Sendable {
-    let lines = Mutex<[String]>([])
-    var recorded: [String] { lines.withLock { $0 } }
-    var sink: @Sendable (String) -> Void { { [self] line in lines.withLock { $0.append(line) } } }
-}
-
 typealias Common = (offset: UInt64, size: Int)
 
 /// The common configuration fields, as a driver addresses them.

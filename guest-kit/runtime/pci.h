@@ -8,8 +8,9 @@
  * microvm put every device there). BARs the firmware/VMM left at zero (QEMU
  * microvm has no firmware PCI set-up), or placed above the 4 GiB identity
  * map, are assigned from the 32-bit window given by "pci_mmio=BASE" and
- * "pci_mmio_size=SIZE" on the command line (default 0xC0000000 + 512 MiB:
- * the window of both Swiftlet and QEMU microvm).
+ * "pci_mmio_size=SIZE" on the command line (default 0xC0000000 + 512 MiB,
+ * QEMU microvm's window; Swiftlet's is its first 256 MiB, below its
+ * virtio-mmio pages at 0xD0000000, and Swiftlet assigns every BAR itself).
  */
 #ifndef KIT_PCI_H
 #define KIT_PCI_H

@@ -1,4 +1,6 @@
-/* Swiftlet guest kit: minimal modern virtio-pci driver (polling, ring 3). */
+/* Swiftlet guest kit: minimal modern virtio driver (polling, ring 3) over
+   virtio-pci or virtio-mmio. Everything transport-specific is in the
+   tr_* functions below; the rest only sees a struct virtio_dev. */
 #include "virtio.h"
 
 /* virtio_pci_common_cfg offsets */
@@ -32,10 +34,9 @@ static void wr64(uint64_t a, uint64_t v)
     mmio_write32(a + 4, (uint32_t)(v >> 32));
 }
 
-bool virtio_find(uint16_t type, int index, struct virtio_dev *vd)
+/* ------------------------------------------------------------------ discovery */
+static bool pci_find_virtio(uint16_t type, int index, struct virtio_dev *vd)
 {
-    memset(vd, 0, sizeof *vd);
-    vd->type = type;
     if (!pci_find(VIRTIO_VENDOR, (uint16_t)(0x1040 + type), index, &vd->pci)) {
         kit_printf("KIT %s virtio no device 1af4:%04x (modern) index %d\n", kit_name, 0x1040 + type, index);
         return false;
@@ -79,16 +80,262 @@ bool virtio_find(uint16_t type, int index, struct virtio_dev *vd)
     return true;
 }
 
+/* Parses one "[virtio_mmio.]device=<size>@<base>:<irq>" value (size with
+   an optional K/M suffix). */
+static bool parse_mmio_device(const char *v, struct virtio_mmio_slot *slot)
+{
+    uint64_t n[3] = { 0, 0, 0 };
+    for (int part = 0; part < 3; part++) {
+        int base = 10, digits = 0;
+        if (v[0] == '0' && (v[1] == 'x' || v[1] == 'X')) {
+            base = 16;
+            v += 2;
+        }
+        for (;; v++, digits++) {
+            char c = *v;
+            unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0')
+                       : base == 16 && c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                       : base == 16 && c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 99;
+            if (d == 99)
+                break;
+            n[part] = n[part] * (unsigned)base + d;
+        }
+        if (!digits)
+            return false;
+        if (part == 0) {
+            if (*v == 'K' || *v == 'k') { n[0] <<= 10; v++; }
+            else if (*v == 'M' || *v == 'm') { n[0] <<= 20; v++; }
+        }
+        char want = part == 0 ? '@' : part == 1 ? ':' : 0;
+        if (want && *v++ != want)
+            return false;
+    }
+    slot->base = n[1];
+    slot->size = n[0];
+    slot->irq = (uint32_t)n[2];
+    return slot->size >= 0x200 && slot->base && slot->base + slot->size <= (1ull << 32);
+}
+
+int virtio_mmio_slots(struct virtio_mmio_slot *slots, int max)
+{
+    static const char key[] = "virtio_mmio.device=";
+    int count = 0;
+    const char *p = kit_cmdline();
+    while (*p && count < max) {
+        while (*p == ' ')
+            p++;
+        if (!strncmp(p, key, sizeof key - 1) && parse_mmio_device(p + sizeof key - 1, &slots[count]))
+            slots[count++].announced = true;
+        while (*p && *p != ' ')
+            p++;
+    }
+    if (count)
+        return count;
+    /* Nothing announced: probe the pages where Swiftlet places them
+       ("mmio_base=" moves the start), for the magic value. */
+    uint64_t base = kit_cmdline_u64("mmio_base", 0xD0001000ull);
+    for (int i = 0; i < VIRTIO_MMIO_PROBE && count < max; i++) {
+        uint64_t page = base + 0x1000ull * (uint64_t)i;
+        if (mmio_read32(page) != VIRTIO_MMIO_MAGIC)
+            break;
+        slots[count].base = page;
+        slots[count].size = 0x1000;
+        slots[count].irq = 0;
+        slots[count++].announced = false;
+    }
+    return count;
+}
+
+static bool mmio_find_virtio(uint16_t type, int index, const struct virtio_mmio_slot *slots, int count,
+                             struct virtio_dev *vd)
+{
+    for (int i = 0; i < count; i++) {
+        uint64_t b = slots[i].base;
+        uint32_t magic = mmio_read32(b + VIRTIO_MMIO_MAGIC_VALUE);
+        uint32_t version = mmio_read32(b + VIRTIO_MMIO_VERSION);
+        uint32_t id = mmio_read32(b + VIRTIO_MMIO_DEVICE_ID);
+        if (magic != VIRTIO_MMIO_MAGIC) {
+            kit_printf("KIT %s virtio mmio 0x%lx bad magic 0x%x\n", kit_name, b, magic);
+            continue;
+        }
+        if (id != type)
+            continue;
+        if (version != 2) {
+            kit_printf("KIT %s virtio mmio 0x%lx version %u (legacy): skipped\n", kit_name, b, version);
+            continue;
+        }
+        if (index-- > 0)
+            continue;
+        vd->transport = VIRTIO_TRANSPORT_MMIO;
+        vd->mmio = b;
+        vd->mmio_irq = slots[i].irq;
+        vd->devcfg = b + VIRTIO_MMIO_CONFIG;
+        vd->devcfg_len = (uint32_t)(slots[i].size - VIRTIO_MMIO_CONFIG);
+        kit_printf("KIT %s virtio mmio 0x%lx irq=%u type=%u vendor=0x%x %s\n", kit_name, b, vd->mmio_irq, type,
+                   mmio_read32(b + VIRTIO_MMIO_VENDOR_ID), slots[i].announced ? "announced" : "probed");
+        return true;
+    }
+    kit_printf("KIT %s virtio no mmio device of type %u index %d (%d pages)\n", kit_name, type, index, count);
+    return false;
+}
+
+bool virtio_find(uint16_t type, int index, struct virtio_dev *vd)
+{
+    memset(vd, 0, sizeof *vd);
+    vd->type = type;
+    char force[8] = "";
+    kit_cmdline_str("virtio", force, sizeof force);     /* virtio=pci | virtio=mmio */
+    struct virtio_mmio_slot slots[VIRTIO_MMIO_PROBE];
+    if (!strncmp(force, "pci", 4))
+        return pci_find_virtio(type, index, vd);
+    /* Devices announced on the command line mean virtio-mmio (and often
+       no PCI at all): look nowhere else. */
+    int announced = 0;
+    if (strncmp(force, "mmio", 5)) {
+        const char *p = kit_cmdline();
+        for (; *p; p++)
+            if (!strncmp(p, "virtio_mmio.device=", 19))
+                announced++;
+    }
+    if (!strncmp(force, "mmio", 5) || announced || !pci_init()) {
+        int count = virtio_mmio_slots(slots, VIRTIO_MMIO_PROBE);
+        return mmio_find_virtio(type, index, slots, count, vd);
+    }
+    return pci_find_virtio(type, index, vd);
+}
+
+const char *virtio_transport_name(const struct virtio_dev *vd)
+{
+    return vd->transport == VIRTIO_TRANSPORT_MMIO ? "mmio" : "pci";
+}
+
+/* ------------------------------------------------------------------ transport operations */
+static uint8_t tr_status(struct virtio_dev *vd)
+{
+    if (vd->transport == VIRTIO_TRANSPORT_MMIO)
+        return (uint8_t)mmio_read32(vd->mmio + VIRTIO_MMIO_STATUS);
+    return mmio_read8(vd->common + CC_STATUS);
+}
+
+static void tr_set_status(struct virtio_dev *vd, uint8_t v)
+{
+    if (vd->transport == VIRTIO_TRANSPORT_MMIO)
+        mmio_write32(vd->mmio + VIRTIO_MMIO_STATUS, v);
+    else
+        mmio_write8(vd->common + CC_STATUS, v);
+}
+
+static uint32_t tr_generation(struct virtio_dev *vd)
+{
+    if (vd->transport == VIRTIO_TRANSPORT_MMIO)
+        return mmio_read32(vd->mmio + VIRTIO_MMIO_CONFIG_GENERATION);
+    return mmio_read8(vd->common + CC_GEN);
+}
+
+static uint64_t tr_device_features(struct virtio_dev *vd)
+{
+    uint64_t sel, reg;
+    if (vd->transport == VIRTIO_TRANSPORT_MMIO) {
+        sel = vd->mmio + VIRTIO_MMIO_DEVICE_FEATURES_SEL;
+        reg = vd->mmio + VIRTIO_MMIO_DEVICE_FEATURES;
+    } else {
+        sel = vd->common + CC_DFSELECT;
+        reg = vd->common + CC_DF;
+    }
+    mmio_write32(sel, 0);
+    uint64_t f = mmio_read32(reg);
+    mmio_write32(sel, 1);
+    return f | (uint64_t)mmio_read32(reg) << 32;
+}
+
+static void tr_driver_features(struct virtio_dev *vd, uint64_t f)
+{
+    uint64_t sel, reg;
+    if (vd->transport == VIRTIO_TRANSPORT_MMIO) {
+        sel = vd->mmio + VIRTIO_MMIO_DRIVER_FEATURES_SEL;
+        reg = vd->mmio + VIRTIO_MMIO_DRIVER_FEATURES;
+    } else {
+        sel = vd->common + CC_GFSELECT;
+        reg = vd->common + CC_GF;
+    }
+    mmio_write32(sel, 0);
+    mmio_write32(reg, (uint32_t)f);
+    mmio_write32(sel, 1);
+    mmio_write32(reg, (uint32_t)(f >> 32));
+}
+
+/* Selects queue i and returns its maximum size (0: the device has no such queue). */
+static uint16_t tr_queue_max(struct virtio_dev *vd, int i)
+{
+    if (vd->transport == VIRTIO_TRANSPORT_MMIO) {
+        mmio_write32(vd->mmio + VIRTIO_MMIO_QUEUE_SEL, (uint32_t)i);
+        uint32_t max = mmio_read32(vd->mmio + VIRTIO_MMIO_QUEUE_NUM_MAX);
+        if (max && mmio_read32(vd->mmio + VIRTIO_MMIO_QUEUE_READY)) {
+            kit_printf("KIT %s virtio queue %d is already in use\n", kit_name, i);
+            return 0;
+        }
+        return max > 0xFFFF ? 0x8000 : (uint16_t)max;
+    }
+    if (i >= mmio_read16(vd->common + CC_NUMQ))
+        return 0;
+    mmio_write16(vd->common + CC_QSELECT, (uint16_t)i);
+    return mmio_read16(vd->common + CC_QSIZE);
+}
+
+/* Gives the selected queue its size and rings and enables it. */
+static void tr_queue_enable(struct virtio_dev *vd, struct virtq *q)
+{
+    if (vd->transport == VIRTIO_TRANSPORT_MMIO) {
+        uint64_t b = vd->mmio;
+        mmio_write32(b + VIRTIO_MMIO_QUEUE_NUM, q->size);
+        wr64(b + VIRTIO_MMIO_QUEUE_DESC_LOW, (uintptr_t)q->desc);
+        wr64(b + VIRTIO_MMIO_QUEUE_DRIVER_LOW, (uintptr_t)q->avail);
+        wr64(b + VIRTIO_MMIO_QUEUE_DEVICE_LOW, (uintptr_t)q->used);
+        q->notify_addr = b + VIRTIO_MMIO_QUEUE_NOTIFY;
+        mmio_write32(b + VIRTIO_MMIO_QUEUE_READY, 1);
+        return;
+    }
+    uint64_t c = vd->common;
+    mmio_write16(c + CC_QSIZE, q->size);
+    mmio_write16(c + CC_QMSIX, NO_VECTOR);
+    wr64(c + CC_QDESC, (uintptr_t)q->desc);
+    wr64(c + CC_QDRIVER, (uintptr_t)q->avail);
+    wr64(c + CC_QDEVICE, (uintptr_t)q->used);
+    uint16_t noff = mmio_read16(c + CC_QNOFF);
+    q->notify_addr = vd->notify + (uint64_t)noff * vd->notify_mult;
+    mmio_write16(c + CC_QENABLE, 1);
+}
+
+static void tr_notify(struct virtq *q)
+{
+    if (q->dev->transport == VIRTIO_TRANSPORT_MMIO)
+        mmio_write32(q->notify_addr, q->index);         /* QueueNotify: the queue index */
+    else
+        mmio_write16(q->notify_addr, q->index);
+}
+
+uint32_t virtio_interrupt_status(struct virtio_dev *vd)
+{
+    if (vd->transport == VIRTIO_TRANSPORT_MMIO) {
+        uint32_t s = mmio_read32(vd->mmio + VIRTIO_MMIO_INTERRUPT_STATUS);
+        if (s)
+            mmio_write32(vd->mmio + VIRTIO_MMIO_INTERRUPT_ACK, s);
+        return s;
+    }
+    return vd->isr ? mmio_read8(vd->isr) : 0;           /* reading the ISR clears it */
+}
+
+/* ------------------------------------------------------------------ device set-up */
 uint8_t virtio_status(struct virtio_dev *vd)
 {
-    return mmio_read8(vd->common + CC_STATUS);
+    return tr_status(vd);
 }
 
 bool virtio_reset(struct virtio_dev *vd)
 {
-    mmio_write8(vd->common + CC_STATUS, 0);
+    tr_set_status(vd, 0);
     for (int i = 0; i < 100000; i++)
-        if (mmio_read8(vd->common + CC_STATUS) == 0)
+        if (tr_status(vd) == 0)
             return true;
     return false;
 }
@@ -100,9 +347,9 @@ uint32_t virtio_cfg32(struct virtio_dev *vd, uint32_t off) { return mmio_read32(
 uint64_t virtio_cfg64(struct virtio_dev *vd, uint32_t off)
 {
     for (int i = 0; i < 100; i++) {
-        uint8_t g = mmio_read8(vd->common + CC_GEN);
+        uint32_t g = tr_generation(vd);
         uint64_t v = mmio_read32(vd->devcfg + off) | ((uint64_t)mmio_read32(vd->devcfg + off + 4) << 32);
-        if (mmio_read8(vd->common + CC_GEN) == g)
+        if (tr_generation(vd) == g)
             return v;
     }
     return 0;
@@ -110,7 +357,7 @@ uint64_t virtio_cfg64(struct virtio_dev *vd, uint32_t off)
 
 static void set_status(struct virtio_dev *vd, uint8_t bits)
 {
-    mmio_write8(vd->common + CC_STATUS, (uint8_t)(virtio_status(vd) | bits));
+    tr_set_status(vd, (uint8_t)(virtio_status(vd) | bits));
 }
 
 static void queue_memory(struct virtq *q)
@@ -137,7 +384,6 @@ static void queue_memory(struct virtq *q)
 
 bool virtio_init(struct virtio_dev *vd, uint64_t wanted, int nqueues, uint16_t qsize)
 {
-    uint64_t c = vd->common;
     if (nqueues > VIRTIO_MAX_QUEUES)
         nqueues = VIRTIO_MAX_QUEUES;
     vd->wanted = wanted;
@@ -147,10 +393,7 @@ bool virtio_init(struct virtio_dev *vd, uint64_t wanted, int nqueues, uint16_t q
     }
     set_status(vd, VIRTIO_STATUS_ACKNOWLEDGE);
     set_status(vd, VIRTIO_STATUS_DRIVER);
-    mmio_write32(c + CC_DFSELECT, 0);
-    uint64_t offered = mmio_read32(c + CC_DF);
-    mmio_write32(c + CC_DFSELECT, 1);
-    offered |= (uint64_t)mmio_read32(c + CC_DF) << 32;
+    uint64_t offered = tr_device_features(vd);
     vd->offered = offered;
     if (!((offered >> VIRTIO_F_VERSION_1) & 1)) {
         kit_printf("KIT %s virtio device does not offer VERSION_1 (offered=0x%lx)\n", kit_name, offered);
@@ -163,10 +406,7 @@ bool virtio_init(struct virtio_dev *vd, uint64_t wanted, int nqueues, uint16_t q
     if (kit_cmdline_u64("indirect", 1))
         want |= 1ull << VIRTIO_F_INDIRECT_DESC;
     uint64_t f = offered & want;
-    mmio_write32(c + CC_GFSELECT, 0);
-    mmio_write32(c + CC_GF, (uint32_t)f);
-    mmio_write32(c + CC_GFSELECT, 1);
-    mmio_write32(c + CC_GF, (uint32_t)(f >> 32));
+    tr_driver_features(vd, f);
     set_status(vd, VIRTIO_STATUS_FEATURES_OK);
     if (!(virtio_status(vd) & VIRTIO_STATUS_FEATURES_OK)) {
         kit_printf("KIT %s virtio FEATURES_OK not accepted (features=0x%lx)\n", kit_name, f);
@@ -176,20 +416,15 @@ bool virtio_init(struct virtio_dev *vd, uint64_t wanted, int nqueues, uint16_t q
     vd->features = f;
     vd->event_idx = (f >> VIRTIO_F_EVENT_IDX) & 1;
     vd->indirect = (f >> VIRTIO_F_INDIRECT_DESC) & 1;
-    mmio_write16(c + CC_MSIX, NO_VECTOR);
-    uint16_t numq = mmio_read16(c + CC_NUMQ);
-    if (nqueues > numq) {
-        kit_printf("KIT %s virtio device has %u queues, need %d\n", kit_name, numq, nqueues);
-        return false;
-    }
+    if (vd->transport == VIRTIO_TRANSPORT_PCI)
+        mmio_write16(vd->common + CC_MSIX, NO_VECTOR);
     uint16_t want_size = (uint16_t)kit_cmdline_u64("qsize", qsize);
     vd->nqueues = nqueues;
     for (int i = 0; i < nqueues; i++) {
         struct virtq *q = &vd->vq[i];
-        mmio_write16(c + CC_QSELECT, (uint16_t)i);
-        uint16_t max = mmio_read16(c + CC_QSIZE);
+        uint16_t max = tr_queue_max(vd, i);
         if (!max) {
-            kit_printf("KIT %s virtio queue %d not available\n", kit_name, i);
+            kit_printf("KIT %s virtio queue %d not available (the device needs %d)\n", kit_name, i, nqueues);
             return false;
         }
         uint16_t size = max < want_size ? max : want_size;
@@ -207,19 +442,12 @@ bool virtio_init(struct virtio_dev *vd, uint64_t wanted, int nqueues, uint16_t q
             q->avail[0] = 1;                    /* VRING_AVAIL_F_NO_INTERRUPT: we poll */
         else
             q->avail[2 + size] = 0x8000;         /* used_event far ahead */
-        mmio_write16(c + CC_QSIZE, size);
-        mmio_write16(c + CC_QMSIX, NO_VECTOR);
-        wr64(c + CC_QDESC, (uintptr_t)q->desc);
-        wr64(c + CC_QDRIVER, (uintptr_t)q->avail);
-        wr64(c + CC_QDEVICE, (uintptr_t)q->used);
-        uint16_t noff = mmio_read16(c + CC_QNOFF);
-        q->notify_addr = vd->notify + (uint64_t)noff * vd->notify_mult;
-        mmio_write16(c + CC_QENABLE, 1);
+        tr_queue_enable(vd, q);
     }
     set_status(vd, VIRTIO_STATUS_DRIVER_OK);
     uint8_t st = virtio_status(vd);
-    kit_printf("KIT %s virtio ready offered=0x%lx features=0x%lx event_idx=%d indirect=%d queues=%d qsize=%u status=0x%x\n",
-               kit_name, offered, f, vd->event_idx, vd->indirect, nqueues, vd->vq[0].size, st);
+    kit_printf("KIT %s virtio ready transport=%s offered=0x%lx features=0x%lx event_idx=%d indirect=%d queues=%d qsize=%u status=0x%x\n",
+               kit_name, virtio_transport_name(vd), offered, f, vd->event_idx, vd->indirect, nqueues, vd->vq[0].size, st);
     return !(st & (VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED));
 }
 
@@ -302,7 +530,7 @@ void virtq_kick(struct virtq *q)
         need = !(*used_flags(q) & 1);           /* VRING_USED_F_NO_NOTIFY */
     }
     if (need) {
-        mmio_write16(q->notify_addr, q->index);
+        tr_notify(q);
         q->kicks++;
     } else {
         q->kicks_suppressed++;

@@ -1,14 +1,22 @@
 /*
- * Swiftlet guest kit: a minimal modern (VirtIO 1.x) virtio-pci driver that
- * runs in ring 3 and polls (no interrupts: MSI-X vectors are left at
- * NO_VECTOR and the used ring is polled).
+ * Swiftlet guest kit: a minimal modern (VirtIO 1.x) virtio driver that runs
+ * in ring 3 and polls (no interrupts: MSI-X vectors are left at NO_VECTOR
+ * and the used ring is polled), over virtio-pci or virtio-mmio. Programs
+ * see only a device handle (struct virtio_dev) and the functions below; the
+ * transport is chosen when the device is found.
  *
- * Device discovery: vendor 0x1AF4, device 0x1040 + type; the vendor
- * capabilities (common, notify, ISR, device config) are mapped through the
- * BARs set up by pci_setup_bars(). Negotiation: VERSION_1 required; the
- * device-specific features a program asks for; INDIRECT_DESC and EVENT_IDX
- * when offered unless "indirect=0" / "event_idx=0" is on the command line.
- * Split queues live in kit_alloc() RAM.
+ * Device discovery (virtio_find): "virtio=pci" or "virtio=mmio" on the
+ * command line forces a transport. Otherwise, devices announced on the
+ * command line as "virtio_mmio.device=<size>@<base>:<irq>" (what Swiftlet
+ * and Firecracker pass) mean virtio-mmio; with none, PCI (vendor 0x1AF4,
+ * device 0x1040 + type; the vendor capabilities are mapped through the BARs
+ * set up by pci_setup_bars()); and without PCI configuration access, the
+ * pages from 0xD0001000 ("mmio_base=") are probed for the magic value.
+ * virtio-mmio devices must be version 2 (a legacy page is skipped).
+ *
+ * Negotiation: VERSION_1 required; the device-specific features a program
+ * asks for; INDIRECT_DESC and EVENT_IDX when offered unless "indirect=0" /
+ * "event_idx=0" is on the command line. Split queues live in kit_alloc() RAM.
  */
 #ifndef KIT_VIRTIO_H
 #define KIT_VIRTIO_H
@@ -72,10 +80,49 @@ struct virtq {
     uint64_t kicks, kicks_suppressed;
 };
 
+enum virtio_transport { VIRTIO_TRANSPORT_PCI, VIRTIO_TRANSPORT_MMIO };
+
+/* virtio-mmio registers (VirtIO 1.2 section 4.2.2, version 2). */
+#define VIRTIO_MMIO_MAGIC 0x74726976u          /* "virt" */
+#define VIRTIO_MMIO_MAGIC_VALUE 0x000
+#define VIRTIO_MMIO_VERSION 0x004
+#define VIRTIO_MMIO_DEVICE_ID 0x008
+#define VIRTIO_MMIO_VENDOR_ID 0x00c
+#define VIRTIO_MMIO_DEVICE_FEATURES 0x010
+#define VIRTIO_MMIO_DEVICE_FEATURES_SEL 0x014
+#define VIRTIO_MMIO_DRIVER_FEATURES 0x020
+#define VIRTIO_MMIO_DRIVER_FEATURES_SEL 0x024
+#define VIRTIO_MMIO_QUEUE_SEL 0x030
+#define VIRTIO_MMIO_QUEUE_NUM_MAX 0x034
+#define VIRTIO_MMIO_QUEUE_NUM 0x038
+#define VIRTIO_MMIO_QUEUE_READY 0x044
+#define VIRTIO_MMIO_QUEUE_NOTIFY 0x050
+#define VIRTIO_MMIO_INTERRUPT_STATUS 0x060
+#define VIRTIO_MMIO_INTERRUPT_ACK 0x064
+#define VIRTIO_MMIO_STATUS 0x070
+#define VIRTIO_MMIO_QUEUE_DESC_LOW 0x080
+#define VIRTIO_MMIO_QUEUE_DRIVER_LOW 0x090
+#define VIRTIO_MMIO_QUEUE_DEVICE_LOW 0x0a0
+#define VIRTIO_MMIO_CONFIG_GENERATION 0x0fc
+#define VIRTIO_MMIO_CONFIG 0x100
+/* Pages probed when nothing is announced. */
+#define VIRTIO_MMIO_PROBE 16
+
+/* One virtio-mmio page: announced on the command line, or found by probing. */
+struct virtio_mmio_slot {
+    uint64_t base, size;
+    uint32_t irq;                       /* the GSI announced (0 when probed) */
+    bool announced;
+};
+
 struct virtio_dev {
-    struct pci_dev pci;
+    enum virtio_transport transport;
+    struct pci_dev pci;                 /* PCI: the function */
+    uint64_t mmio;                      /* MMIO: the register page */
+    uint32_t mmio_irq;                  /* MMIO: its interrupt (GSI) */
     uint16_t type;
-    uint64_t common, notify, isr, devcfg;
+    uint64_t common, notify, isr;       /* PCI structures */
+    uint64_t devcfg;                    /* device configuration (PCI capability, or MMIO page + 0x100) */
     uint32_t notify_mult, devcfg_len;
     uint64_t offered, features;
     uint64_t wanted;                    /* device-specific bits the program asked for */
@@ -85,9 +132,19 @@ struct virtio_dev {
     struct virtq vq[VIRTIO_MAX_QUEUES];
 };
 
-/* Finds the index-th virtio device of this type, sets up its BARs and maps
-   its capabilities. Prints why not and returns false on failure. */
+/* Finds the index-th virtio device of this type (see the discovery rules
+   above); on PCI sets up its BARs and maps its capabilities. Prints one
+   "KIT <name> virtio ..." line naming it, or why not and returns false. */
 bool virtio_find(uint16_t type, int index, struct virtio_dev *vd);
+/* "pci" or "mmio". */
+const char *virtio_transport_name(const struct virtio_dev *vd);
+/* The virtio-mmio pages announced on the command line, else those probed
+   from 0xD0001000; at most max. Returns how many. */
+int virtio_mmio_slots(struct virtio_mmio_slot *slots, int max);
+/* Reads and acknowledges the pending interrupt causes (bit 0: used
+   buffers, bit 1: configuration change): the ISR on PCI (reading clears
+   it), InterruptStatus then InterruptACK on MMIO. */
+uint32_t virtio_interrupt_status(struct virtio_dev *vd);
 /* Reset, ACKNOWLEDGE, DRIVER, negotiation (VERSION_1 + wanted + ring
    features), FEATURES_OK check, nqueues queues of at most qsize entries
    ("qsize=" on the command line overrides), DRIVER_OK. Can be called again

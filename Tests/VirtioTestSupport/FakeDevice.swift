@@ -1,0 +1,46 @@
+import Synchronization
+import Virtio
+
+/// A device that records what a transport does to it: two queues (16 and 8
+/// entries), EVENT_IDX and device feature bit 5, a configuration space that
+/// reads as its own offsets.
+public final class FakeDevice: VirtioDevice {
+    public let deviceType = VirtioDeviceType.entropy
+    public let queueMaximumSizes: [UInt16] = [16, 8]
+    /// EVENT_IDX and device feature bit 5.
+    public let offeredFeatures: UInt64 = VirtioFeature.eventIndex | 1 << 5
+    public let counters = VirtioCounters()
+    let failActivation: Bool
+    private let state = Mutex<(activations: [VirtioActivation], resets: Int, configurationWrites: [(UInt64, [UInt8])])>(([], 0, []))
+
+    public init(failActivation: Bool = false) {
+        self.failActivation = failActivation
+    }
+
+    public func readConfiguration(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
+        for index in data.indices { data[index] = UInt8(truncatingIfNeeded: offset &+ UInt64(index)) }
+    }
+
+    public func writeConfiguration(offset: UInt64, from data: UnsafeRawBufferPointer) {
+        state.withLock { $0.configurationWrites.append((offset, Array(data))) }
+    }
+
+    public func activate(_ activation: VirtioActivation) throws(VirtioDeviceError) {
+        state.withLock { $0.activations.append(activation) }
+        if failActivation { throw .activation(device: "fake", step: "testing", cause: "asked to fail") }
+    }
+
+    public func reset() { state.withLock { $0.resets += 1 } }
+
+    public var activations: [VirtioActivation] { state.withLock { $0.activations } }
+    public var resets: Int { state.withLock { $0.resets } }
+    public var configurationWrites: [(offset: UInt64, bytes: [UInt8])] { state.withLock { $0.configurationWrites.map { ($0.0, $0.1) } } }
+}
+
+/// Collects the lines a transport logs.
+public final class LogCollector: Sendable {
+    let lines = Mutex<[String]>([])
+    public init() {}
+    public var recorded: [String] { lines.withLock { $0 } }
+    public var sink: @Sendable (String) -> Void { { [self] line in lines.withLock { $0.append(line) } } }
+}
