@@ -335,7 +335,8 @@ public final class InstanceController: Sendable {
                 if let path { configuration.base.serial = .file(path: path) }
             }
             return .noContent
-        case .putGuestVsock:
+        case .putGuestVsock, .putGuestVsockByID:
+            // Firecracker's parser ignores what follows /vsock (bandsox sends /vsock/<vsock_id>).
             return try putVsock(body)
         case .putLogger:
             let settings = try LoggerSettings(json: JSONFields(body: body, context: "logger"))

@@ -15,14 +15,14 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case putLogger, putMetrics
     case putEntropyDevice
     case putSerialDevice
-    case putGuestVsock
+    case putGuestVsock, putGuestVsockByID
     case putMmds, patchMmds, getMmds, putMmdsConfig
 
     public var method: String {
         switch self {
         case .describeInstance, .getFirecrackerVersion, .getMachineConfiguration, .getExportVmConfig, .getMetrics, .getMmds: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics, .putEntropyDevice, .putSerialDevice, .putGuestVsock, .putMmds, .putMmdsConfig: "PUT"
+             .putLogger, .putMetrics, .putEntropyDevice, .putSerialDevice, .putGuestVsock, .putGuestVsockByID, .putMmds, .putMmdsConfig: "PUT"
         case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm, .patchMmds: "PATCH"
         }
     }
@@ -43,6 +43,7 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .putEntropyDevice: "/entropy"
         case .putSerialDevice: "/serial"
         case .putGuestVsock: "/vsock"
+        case .putGuestVsockByID: "/vsock/{vsock_id}"
         case .putMmds, .patchMmds, .getMmds: "/mmds"
         case .putMmdsConfig: "/mmds/config"
         }

@@ -271,7 +271,7 @@ def smolvm_flow():
 
 # -- bandsox (PyPI: bandsox; its MicroVM process wrapper and FirecrackerClient)
 
-@flow("bandsox 3.5: start_process, configure (Async drive, entropy limiter), start, pause, resume")
+@flow("bandsox 3.5: start_process, configure (Async drive, entropy limiter, vsock by id), start, pause, resume")
 def bandsox_flow():
     from bandsox.vm import MicroVM
 
@@ -289,6 +289,8 @@ def bandsox_flow():
         client.put_drives("rootfs", ARGS.rootfs, is_root_device=True)  # io_engine "Async"
         client.put_network_interface("eth0", tap, "02:fc:00:00:00:02")
         client.put_entropy()  # with a bandwidth rate limiter
+        if not route_missing("PUT", "/vsock", {"guest_cid": 3, "uds_path": str(workdir / "probe.vsock")}):
+            client.put_vsock("vsock0", 3, str(workdir / "v.sock"))  # PUT /vsock/vsock0 with the deprecated vsock_id
         client.instance_start()
         wait_until(lambda: state(sock) == "Running", 10, "Running")
         config = api(sock, "GET", "/vm/config")[1]
