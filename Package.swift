@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet"]),
+        .library(name: "SwiftletFuzzable", targets: ["Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet", "RateLimiter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -45,15 +45,17 @@ let package = Package(
         .target(name: "PCI", dependencies: ["Devices", "KVM", "HostSystem"]),
         // The virtio-pci modern transport (VirtIO 1.2 section 4.1).
         .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
+        // Firecracker's token-bucket rate limiters (bandwidth and operations), woken by a timerfd.
+        .target(name: "RateLimiter", dependencies: ["HostSystem"]),
         // VirtIO devices, one target each.
-        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
-        .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
+        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
+        .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
             "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
-            "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole",
+            "Virtio", "PCI", "VirtioPCI", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "RateLimiter",
         ]),
         // A small JSON parser, so the VMM needs no Foundation.
         .target(name: "LeanJSON"),
@@ -99,10 +101,11 @@ let package = Package(
         .target(name: "VirtioTestSupport", dependencies: ["Virtio", "GuestMemory"], path: "Tests/VirtioTestSupport"),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem", "RateLimiter"]),
+        .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
-        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem", "RateLimiter"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
