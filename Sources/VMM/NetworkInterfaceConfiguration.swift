@@ -1,3 +1,4 @@
+import RateLimiter
 import Synchronization
 import VirtioNet
 
@@ -24,6 +25,10 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     public var mac: MACAddress?
     /// Offer checksum and TSO offloads to the guest (default on).
     public var offloads = true
+    /// Limits on what the guest receives and sends (Firecracker's
+    /// rx_rate_limiter and tx_rate_limiter).
+    public var receiveRateLimiter = RateLimiterConfiguration.unlimited
+    public var transmitRateLimiter = RateLimiterConfiguration.unlimited
 
     public init(id: String, tap: Tap, mac: MACAddress? = nil, offloads: Bool = true) {
         self.id = id
@@ -135,7 +140,8 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
         } catch {
             throw .network(id: id, cause: error)
         }
-        return VirtioNetDevice(tap: backend, mac: effectiveMAC, offloads: offloads)
+        return VirtioNetDevice(tap: backend, mac: effectiveMAC, offloads: offloads,
+                               receiveRateLimiter: receiveRateLimiter, transmitRateLimiter: transmitRateLimiter)
     }
 }
 

@@ -36,7 +36,7 @@ public enum VirtioDeviceFactory {
             }
             try DiskImage.checkDistinct(images)
             for (disk, image) in zip(configuration.disks, images) {
-                devices.append(try VirtioBlockDevice(disk: image, identifier: disk.id))
+                devices.append(try VirtioBlockDevice(disk: image, name: disk.id, serial: disk.fixedSerial, rateLimiter: disk.rateLimiter))
             }
         } catch {
             throw .disk(error)

@@ -5,6 +5,7 @@ import GuestMemory
 import HostSystem
 import KVM
 import Synchronization
+import Virtio
 import VirtioConsole
 
 /// One running guest: KVM VM, guest RAM, devices and one thread per vCPU.
@@ -29,6 +30,8 @@ public final class VirtualMachine: Sendable {
     let stopping = Atomic<Bool>(false)
     /// PCI bus 0 and the virtio devices on it.
     let pci: PCISetup
+    /// Every virtio device, in creation order (runtime updates find them here).
+    let virtioDevices: [any VirtioDevice]
     /// Parks the vCPUs while the control API has the VM paused.
     let pauseGate = VCPUPauseGate()
     /// Exit counters, one object per vCPU (index = vCPU id).
@@ -110,6 +113,7 @@ public final class VirtualMachine: Sendable {
         // PCI: host bridge, configuration access, virtio devices.
         let devices = try VirtioDeviceFactory.makeDevices(configuration, consoleOutput: serialCounter)
         virtioConsole = devices.lazy.compactMap { $0 as? ConsoleDevice }.first
+        virtioDevices = devices
         pci = try PCISetup(vm: handle, memory: memory, memorySize: configuration.memorySize, portBus: portBus,
                            mmioBus: mmioBus, devices: devices)
 
