@@ -211,13 +211,8 @@ public final class InstanceController: Sendable {
             return .noContent
         case .patchGuestDriveByID:
             let id = parameters["drive_id"] ?? ""
-            let fields = try JSONFields(body: body, context: "drive '\(id)'")
-            try updateBeforeBoot("drives") { (configuration) throws(APIError) in
-                guard let index = configuration.drives.firstIndex(where: { $0.driveID == id }) else {
-                    throw APIError(404, "no drive '\(id)'; create it with PUT /drives/\(id)")
-                }
-                try configuration.drives[index].update(json: fields, pathID: id)
-            }
+            let patch = try DriveConfiguration.patch(json: JSONFields(body: body, context: "drive '\(id)'"), pathID: id)
+            try patchDrive(id: id, patch)
             return .noContent
         case .putGuestNetworkInterfaceByID:
             let id = parameters["iface_id"] ?? ""
@@ -227,18 +222,8 @@ public final class InstanceController: Sendable {
             return .noContent
         case .patchGuestNetworkInterfaceByID:
             let id = parameters["iface_id"] ?? ""
-            let fields = try JSONFields(body: body, context: "network interface '\(id)'")
-            try updateBeforeBoot("network-interfaces") { (configuration) throws(APIError) in
-                guard let index = configuration.networkInterfaces.firstIndex(where: { $0.interfaceID == id }) else {
-                    throw APIError(404, "no network interface '\(id)'; create it with PUT /network-interfaces/\(id)")
-                }
-                var updated = configuration.networkInterfaces[index]
-                try updated.update(json: fields, pathID: id)
-                var others = configuration
-                others.networkInterfaces.remove(at: index)
-                try others.putNetworkInterface(updated)
-                configuration.networkInterfaces[index] = updated
-            }
+            let patch = try NetworkInterfaceConfiguration.patch(json: JSONFields(body: body, context: "network interface '\(id)'"), pathID: id)
+            try patchNetworkInterface(id: id, patch)
             return .noContent
         case .createSyncAction:
             return try performAction(JSONFields(body: body, context: "actions"))
@@ -303,6 +288,70 @@ public final class InstanceController: Sendable {
             var configuration = state.configuration
             try change(&configuration)
             state.configuration = configuration
+        }
+    }
+
+    /// Firecracker's answer to a PATCH of a device before InstanceStart.
+    static let notSupportedBeforeStart = "The requested operation is not supported before starting the microVM."
+
+    /// PATCH /drives/{id} on a running VM: a new backing file (opened and
+    /// checked first; on error the drive keeps its image) and/or new rate
+    /// limiter buckets. The configuration records them, so GET /vm/config
+    /// shows them and a reboot keeps them.
+    func patchDrive(id: String, _ patch: DriveConfiguration.Patch) throws(APIError) {
+        let machine = try machineForPatch(resource: "drive '\(id)'")
+        let known = state.withLock { state in
+            state.configuration.drives.contains { $0.driveID == id } || state.configuration.base.disks.contains { $0.id == id }
+        }
+        guard known else { throw APIError(404, "no drive '\(id)'; drives are added with PUT /drives/{id} before InstanceStart") }
+        do {
+            try machine.updateDrive(id: id, path: patch.pathOnHost, rateLimiter: patch.rateLimiter)
+        } catch {
+            throw .badRequest("drive '\(id)': \(error)\(patch.pathOnHost == nil ? "" : "; the drive keeps its current image")")
+        }
+        state.withLock { state in
+            if let index = state.configuration.drives.firstIndex(where: { $0.driveID == id }) {
+                if let path = patch.pathOnHost { state.configuration.drives[index].pathOnHost = path }
+                state.configuration.drives[index].rateLimiter = state.configuration.drives[index].rateLimiter.applying(patch.rateLimiter)
+            } else if let index = state.configuration.base.disks.firstIndex(where: { $0.id == id }) {
+                if let path = patch.pathOnHost { state.configuration.base.disks[index].path = path }
+                state.configuration.base.disks[index].rateLimiter = state.configuration.base.disks[index].rateLimiter.applying(patch.rateLimiter)
+            }
+        }
+        log.write("drive '\(id)' updated\(patch.pathOnHost.map { ": now \($0)" } ?? "")")
+    }
+
+    /// PATCH /network-interfaces/{id} on a running VM: new rx/tx rate limiter buckets.
+    func patchNetworkInterface(id: String, _ patch: NetworkInterfaceConfiguration.Patch) throws(APIError) {
+        let machine = try machineForPatch(resource: "network interface '\(id)'")
+        let known = state.withLock { state in
+            state.configuration.networkInterfaces.contains { $0.interfaceID == id } || state.configuration.base.networkInterfaces.contains { $0.id == id }
+        }
+        guard known else { throw APIError(404, "no network interface '\(id)'; interfaces are added with PUT /network-interfaces/{id} before InstanceStart") }
+        do {
+            try machine.updateNetworkInterface(id: id, receive: patch.receive, transmit: patch.transmit)
+        } catch {
+            throw .badRequest("network interface '\(id)': \(error)")
+        }
+        state.withLock { state in
+            if let index = state.configuration.networkInterfaces.firstIndex(where: { $0.interfaceID == id }) {
+                state.configuration.networkInterfaces[index].receiveRateLimiter = state.configuration.networkInterfaces[index].receiveRateLimiter.applying(patch.receive)
+                state.configuration.networkInterfaces[index].transmitRateLimiter = state.configuration.networkInterfaces[index].transmitRateLimiter.applying(patch.transmit)
+            } else if let index = state.configuration.base.networkInterfaces.firstIndex(where: { $0.id == id }) {
+                state.configuration.base.networkInterfaces[index].receiveRateLimiter = state.configuration.base.networkInterfaces[index].receiveRateLimiter.applying(patch.receive)
+                state.configuration.base.networkInterfaces[index].transmitRateLimiter = state.configuration.base.networkInterfaces[index].transmitRateLimiter.applying(patch.transmit)
+            }
+        }
+    }
+
+    /// The running machine a PATCH applies to; before InstanceStart, Firecracker's refusal.
+    func machineForPatch(resource: String) throws(APIError) -> VirtualMachine {
+        try state.withLock { (state) throws(APIError) -> VirtualMachine in
+            guard state.phase != .notStarted else { throw .badRequest(Self.notSupportedBeforeStart) }
+            guard let machine = state.machine, state.phase == .running, !machine.hasStopped else {
+                throw .conflict("\(resource): the VM is not running (it is \(Self.stateName(state)))")
+            }
+            return machine
         }
     }
 

@@ -83,15 +83,15 @@ public struct DiskConfiguration: Equatable, Sendable {
             guard !disk.path.isEmpty else {
                 throw .invalidConfiguration(field: "disk path", value: "(empty)", expected: "the path of a raw image")
             }
-            guard !disk.id.isEmpty else {
-                throw .invalidConfiguration(field: "disk id", value: "(empty)", expected: "a name for the disk")
-            }
             if let serial = disk.fixedSerial {
                 do {
                     try VirtioBlockDevice.validate(identifier: serial)
                 } catch {
                     throw .invalidConfiguration(field: "disk id", value: disk.id, expected: "1 to 20 letters, digits, '-', '_' or '.'")
                 }
+            }
+            guard !disk.id.isEmpty else {
+                throw .invalidConfiguration(field: "disk id", value: "(empty)", expected: "a name for the disk")
             }
             guard seen.insert(disk.id).inserted else {
                 throw .invalidConfiguration(field: "disk id", value: disk.id, expected: "an id no other disk has (give each disk its own id=)")
