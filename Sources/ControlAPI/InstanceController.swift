@@ -303,7 +303,7 @@ public final class InstanceController: Sendable {
         let known = state.withLock { state in
             state.configuration.drives.contains { $0.driveID == id } || state.configuration.base.disks.contains { $0.id == id }
         }
-        guard known else { throw APIError(404, "no drive '\(id)'; drives are added with PUT /drives/{id} before InstanceStart") }
+        guard known else { throw .badRequest("no drive '\(id)'; drives are added with PUT /drives/{id} before InstanceStart") }
         do {
             try machine.updateDrive(id: id, path: patch.pathOnHost, rateLimiter: patch.rateLimiter)
         } catch {
@@ -327,7 +327,7 @@ public final class InstanceController: Sendable {
         let known = state.withLock { state in
             state.configuration.networkInterfaces.contains { $0.interfaceID == id } || state.configuration.base.networkInterfaces.contains { $0.id == id }
         }
-        guard known else { throw APIError(404, "no network interface '\(id)'; interfaces are added with PUT /network-interfaces/{id} before InstanceStart") }
+        guard known else { throw .badRequest("no network interface '\(id)'; interfaces are added with PUT /network-interfaces/{id} before InstanceStart") }
         do {
             try machine.updateNetworkInterface(id: id, receive: patch.receive, transmit: patch.transmit)
         } catch {
@@ -349,7 +349,7 @@ public final class InstanceController: Sendable {
         try state.withLock { (state) throws(APIError) -> VirtualMachine in
             guard state.phase != .notStarted else { throw .badRequest(Self.notSupportedBeforeStart) }
             guard let machine = state.machine, state.phase == .running, !machine.hasStopped else {
-                throw .conflict("\(resource): the VM is not running (it is \(Self.stateName(state)))")
+                throw .badRequest("\(resource): the VM is not running (it is \(Self.stateName(state)))")
             }
             return machine
         }

@@ -38,11 +38,16 @@ final class BlockEventHandler: Sendable {
     let name: String
     /// The device's shared state: pending updates come from here.
     let backing: BlockBackingStore?
+    /// Signalled by the device when `backing` has an update.
+    let updateEvent: EventFD?
+    /// Times the worker woke (tests check that nothing spins).
+    let wakeups = Atomic<UInt64>(0)
     /// Only the worker thread takes this lock; it makes the queue Sendable.
     let state: Mutex<QueueState>
 
     init(processor: BlockRequestProcessor, queue: VirtioQueueActivation, interrupt: any VirtioInterrupt, name: String,
-         limiter: RateLimiter, backing: BlockBackingStore? = nil, generation: UInt64 = 0) {
+         limiter: RateLimiter, backing: BlockBackingStore? = nil, updateEvent: EventFD? = nil, generation: UInt64 = 0) {
+        self.updateEvent = updateEvent
         queueIndex = queue.index
         notification = queue.notification
         self.interrupt = interrupt
@@ -59,6 +64,7 @@ final class BlockEventHandler: Sendable {
 
     /// Descriptors `ready` (by `Token`) are readable.
     func handle(_ ready: [Int]) {
+        wakeups.add(1, ordering: .relaxed)
         var updated = false, timer = false
         for token in ready {
             switch token {
@@ -67,7 +73,9 @@ final class BlockEventHandler: Sendable {
                 if let count = try? notification.consume() {
                     counters.notifications.add(count, ordering: .relaxed)
                 }
-            case Token.update: updated = true
+            case Token.update:
+                _ = try? updateEvent?.consume()
+                updated = true
             case Token.timer: timer = true
             default: break
             }

@@ -204,7 +204,7 @@ public final class VirtioBlockDevice: VirtioDevice {
                                                   identifier: serial, counters: counters)
             let limiter = RateLimiter(configuration, clock: clock, timer: timer)
             let handler = BlockEventHandler(processor: processor, queue: queue, interrupt: activation.interrupt, name: label,
-                                            limiter: limiter, backing: backing, generation: generation)
+                                            limiter: limiter, backing: backing, updateEvent: updateEvent, generation: generation)
             let descriptors = BlockEventHandler.descriptors(notification: queue.notification, update: updateEvent, limiter: limiter)
             let worker: VirtioWorker
             do {

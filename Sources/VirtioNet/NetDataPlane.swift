@@ -137,7 +137,7 @@ struct NetDataPlane {
                 case NetToken.transmitTimer:
                     if transmitLimiter.timerFired() { try processTransmit() }
                 case NetToken.update:
-                    consume(updateEvent)
+                    _ = try? updateEvent?.consume()
                     applyUpdates()
                     try processTransmit()
                     receive = true

@@ -266,6 +266,12 @@ struct BlockRateLimitTests {
         try device.update(rateLimiter: RateLimiterUpdate(operations: .replace(TokenBucketConfiguration(size: 0, refillTimeMilliseconds: 0))))
         #expect(disk.status(second.status) == BlockStatus.ok)
         #expect(device.rateLimiter.isUnlimited)
+        // Each update woke the worker once: nothing left readable, nothing spinning.
+        let handler = try #require(device.running.withLock { $0?.handler })
+        let before = handler.wakeups.load(ordering: .relaxed)
+        usleep(100_000)
+        #expect(handler.wakeups.load(ordering: .relaxed) == before, "the worker keeps waking with nothing to do")
+        #expect(before <= 8, "\(before) wake-ups for 2 requests and 2 updates")
     }
 
     @Test("Throttled on the worker: requests complete no faster than the rate, without busy waking")
