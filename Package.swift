@@ -50,7 +50,7 @@ let package = Package(
         // VirtIO devices, one target each.
         .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
-        .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem", "RateLimiter"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
         // Building and running a VM.
         .target(name: "VMM", dependencies: [

@@ -328,7 +328,9 @@ public struct InstanceConfiguration: Equatable, Sendable {
                                     ("guest_mac", JSONText.string("\(interface.effectiveMAC)"))])
         }
         members.append(("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))))
-        if base.entropyDevice { members.append(("entropy", "{}")) }
+        if base.entropyDevice {
+            members.append(("entropy", JSONText.object([("rate_limiter", RateLimiterJSON.json(base.entropyRateLimiter))])))
+        }
         return JSONText.object(members)
     }
 
@@ -345,7 +347,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
         if let entropy = fields.value("entropy") {
             let device = try JSONFields(entropy, context: "entropy")
             try device.allowOnly(["rate_limiter"])
-            if device.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
+            result.base.entropyRateLimiter = try RateLimiterJSON.configuration(device, key: "rate_limiter")
             result.base.entropyDevice = true
         }
         if let machine = fields.value("machine-config") {

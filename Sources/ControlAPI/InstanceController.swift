@@ -241,8 +241,11 @@ public final class InstanceController: Sendable {
         case .putEntropyDevice:
             let fields = try JSONFields(body: body.isEmpty ? Array("{}".utf8) : body, context: "entropy")
             try fields.allowOnly(["rate_limiter"])
-            if fields.has("rate_limiter") { throw .badRequest("entropy: 'rate_limiter' is not supported") }
-            try updateBeforeBoot("entropy") { $0.base.entropyDevice = true }
+            let limiter = try RateLimiterJSON.configuration(fields, key: "rate_limiter")
+            try updateBeforeBoot("entropy") { configuration in
+                configuration.base.entropyDevice = true
+                configuration.base.entropyRateLimiter = limiter
+            }
             return .noContent
         case .putLogger:
             let fields = try JSONFields(body: body, context: "logger")

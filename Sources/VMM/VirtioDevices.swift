@@ -26,7 +26,7 @@ public enum VirtioDeviceFactory {
             }
         }
         if configuration.entropyDevice {
-            devices.append(VirtioRNG())
+            devices.append(VirtioRNG(rateLimiter: configuration.entropyRateLimiter))
         }
         // virtio-blk: every image opened and checked here, before the guest starts.
         var images: [DiskImage] = []

@@ -86,13 +86,16 @@ struct InstanceControllerTests {
         #expect(interfaces.first?["guest_mac"]?.stringValue == "06:00:ac:10:00:02")
     }
 
-    @Test("PUT /entropy adds the virtio-rng before boot; rate limiters are refused")
+    @Test("PUT /entropy adds the virtio-rng before boot, with an optional rate limiter")
     func entropy() throws {
         let controller = try makeController()
-        #expect(send(controller, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#).status == 400)
+        #expect(send(controller, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1}}}"#).status == 400)
         #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == nil)
         #expect(send(controller, "PUT", "/entropy", "{}").status == 204)
-        #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == .object([]))
+        #expect(json(send(controller, "GET", "/vm/config"))?["entropy"] == .object([("rate_limiter", .null)]))
+        #expect(send(controller, "PUT", "/entropy", #"{"rate_limiter": {"bandwidth": {"size": 1000000, "refill_time": 100}, "ops": {"size": 1, "refill_time": 100}}}"#).status == 204)
+        let limiter = json(send(controller, "GET", "/vm/config"))?["entropy"]?["rate_limiter"]
+        #expect(limiter?["bandwidth"]?["size"]?.integerValue == 1_000_000 && limiter?["ops"]?["refill_time"]?.integerValue == 100)
     }
 
     @Test("out-of-order and impossible actions get 4xx and change nothing")
