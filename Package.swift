@@ -62,8 +62,10 @@ let package = Package(
         // The per-VM control API: a small HTTP/1.1 server on a Unix socket
         // with Firecracker's resources (no Foundation, no SwiftNIO).
         .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "LeanJSON"]),
+        // The project version every executable reports.
+        .target(name: "SwiftletVersion"),
         // swiftlet-vmm's command line and config file (`swiftlet run` execs it).
-        .target(name: "VMMCommand", dependencies: ["CKVM", "VMM", "ControlAPI", "HostSystem", "LeanJSON"]),
+        .target(name: "VMMCommand", dependencies: ["CKVM", "VMM", "ControlAPI", "HostSystem", "LeanJSON", "SwiftletVersion"]),
         // A fully static binary: no dynamic loader, no shared-library
         // relocations. This halves the VMM's resident memory (benchmark P2)
         // and shortens its start-up (P1).
@@ -71,7 +73,7 @@ let package = Package(
             name: "swiftlet-vmm", dependencies: ["VMMCommand"],
             linkerSettings: [.unsafeFlags(["-static-executable"], .when(platforms: [.linux]))]),
         .executableTarget(name: "swiftlet", dependencies: [
-            "HostSystem", "SwiftletClient",
+            "HostSystem", "SwiftletClient", "SwiftletVersion",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
@@ -80,7 +82,7 @@ let package = Package(
         .target(name: "SwiftletClient"),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
-            "SwiftletClient",
+            "SwiftletClient", "SwiftletVersion",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),

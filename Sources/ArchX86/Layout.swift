@@ -61,6 +61,9 @@ public enum Layout {
         let gigabyte: UInt64 = 1 << 30
         return GuestAddress((ramEnd + gigabyte - 1) & ~(gigabyte - 1))
     }
+    /// Firecracker's boot-timer device (`--boot-timer`): one page of MMIO.
+    public static let bootTimerStart = GuestAddress(0xD000_0000)
+    public static let bootTimerSize: UInt64 = 0x1000
     /// KVM's identity-map page and TSS (three pages) for real-mode emulation on Intel.
     public static let kvmIdentityMapStart = GuestAddress(0xFFFB_C000)
     public static let kvmTSSStart = GuestAddress(0xFFFB_D000)

@@ -166,13 +166,31 @@ public final class APIServer: Sendable {
         var connections: [UInt64: Connection] = [:]
         var nextToken: UInt64 = 2
         let clientEvents = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+        // Connections with work left after their turn: served again, in
+        // turn, before the loop sleeps (edge-triggered epoll will not report
+        // them again), so one busy client cannot starve the others or the stop.
+        var pending: [UInt64] = []
+        func serveTurn(_ token: UInt64) {
+            guard let connection = connections[token] else { return }
+            switch service(connection) {
+            case .closed:
+                try? epoll.remove(connection.descriptor.rawValue)
+                connections[token] = nil
+            case .idle:
+                break
+            case .moreWork:
+                if !pending.contains(token) { pending.append(token) }
+            }
+        }
         while !stopRequested.load(ordering: .relaxed) {
-            var timeout: Int32 = -1
-            if let deadline = controller.nextDeadline {
+            var timeout: Int32 = pending.isEmpty ? -1 : 0
+            if pending.isEmpty, let deadline = controller.nextDeadline {
                 let now = InstanceController.monotonicNow()
                 timeout = deadline <= now ? 0 : Int32(clamping: (deadline - now) / 1_000_000 + 1)
             }
             let events = (try? epoll.wait(maxEvents: 64, timeout: timeout)) ?? []
+            var turns = pending
+            pending.removeAll()
             for event in events {
                 switch event.token {
                 case Self.listenerToken:
@@ -183,17 +201,17 @@ public final class APIServer: Sendable {
                         guard (try? epoll.add(client.rawValue, events: clientEvents, token: token)) != nil else { continue }
                         connections[token] = Connection(descriptor: client)
                         // Edge-triggered: serve what may already be waiting.
-                        if let connection = connections[token], !service(connection) { connections[token] = nil }
+                        if !turns.contains(token) { turns.append(token) }
                     }
                 case Self.wakeToken:
                     _ = try? wake.consume()
                 default:
-                    guard let connection = connections[event.token] else { continue }
-                    if !service(connection) {
-                        try? epoll.remove(connection.descriptor.rawValue)
-                        connections[event.token] = nil
-                    }
+                    if !turns.contains(event.token) { turns.append(event.token) }
                 }
+            }
+            for token in turns {
+                if stopRequested.load(ordering: .relaxed) { break }
+                serveTurn(token)
             }
             controller.tick(now: InstanceController.monotonicNow())
         }
@@ -214,41 +232,44 @@ public final class APIServer: Sendable {
         }
     }
 
-    /// Reads, answers and writes what it can. Returns false when the
-    /// connection is finished and should be closed.
-    func service(_ connection: Connection) -> Bool {
+    /// What a connection's turn left.
+    enum TurnOutcome { case closed, idle, moreWork }
+
+    /// One turn: reads what fits, answers what is complete, writes what it
+    /// can. A turn is bounded (one input buffer's worth), so a client that
+    /// never stops sending gets `.moreWork` and waits for its next turn.
+    func service(_ connection: Connection) -> TurnOutcome {
         var buffer = [UInt8](repeating: 0, count: 16 << 10)
         let inputLimit = parser.limits.maximumHeaderBytes + parser.limits.maximumBodyBytes + 4096
-        while true {
-            // Read while there is room; a client that floods waits for its answers.
-            while !connection.peerClosed && !connection.closeAfterOutput && connection.input.count < inputLimit {
-                // SAFETY: reads into buffer's own storage, at most its size.
-                let count = buffer.withUnsafeMutableBytes { raw in recv(connection.descriptor.rawValue, raw.baseAddress, raw.count, 0) }
-                if count > 0 {
-                    connection.input += buffer[..<count]
-                } else if count == 0 {
-                    connection.peerClosed = true
-                } else if errno == EINTR {
-                    continue
-                } else if errno == EAGAIN || errno == EWOULDBLOCK {
-                    break
-                } else {
-                    return false
-                }
+        var drained = false
+        // Read while there is room; a client that floods waits for its answers.
+        while !connection.peerClosed && !connection.closeAfterOutput && connection.input.count < inputLimit {
+            // SAFETY: reads into buffer's own storage, at most its size.
+            let count = buffer.withUnsafeMutableBytes { raw in recv(connection.descriptor.rawValue, raw.baseAddress, raw.count, 0) }
+            if count > 0 {
+                connection.input += buffer[..<count]
+            } else if count == 0 {
+                connection.peerClosed = true
+            } else if errno == EINTR {
+                continue
+            } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                drained = true
+                break
+            } else {
+                return .closed
             }
-            let before = connection.input.count
-            process(connection)
-            guard flush(connection) else { return false }
-            if connection.closeAfterOutput && connection.output.isEmpty { return false }
-            if connection.peerClosed && connection.output.isEmpty { return false }
-            if connection.peerClosed || connection.closeAfterOutput { return true }
-            // Go round again if answering freed room in a full input buffer,
-            // or if answers were held back by unsent output that has now
-            // gone out (edge-triggered: no further event would say so).
-            let freedInput = connection.input.count < before && before >= inputLimit
-            let heldBack = connection.lastProcessHeldBack && connection.output.count < outputHighWater
-            if !freedInput && !heldBack { return true }
         }
+        process(connection)
+        guard flush(connection) else { return .closed }
+        if connection.closeAfterOutput && connection.output.isEmpty { return .closed }
+        if connection.peerClosed && connection.output.isEmpty { return .closed }
+        if connection.peerClosed || connection.closeAfterOutput { return .idle }
+        // More may be waiting in the socket (the buffer filled before EAGAIN),
+        // or answers were held back by unsent output that has now gone out:
+        // edge-triggered epoll would not say so, so ask for another turn.
+        let unread = !drained && connection.output.count < outputHighWater
+        let heldBack = connection.lastProcessHeldBack && connection.output.count < outputHighWater
+        return unread || heldBack ? .moreWork : .idle
     }
 
     /// Parses and answers every complete request in the input buffer.

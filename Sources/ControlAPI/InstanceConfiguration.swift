@@ -1,3 +1,5 @@
+import Glibc
+import HostSystem
 import LeanJSON
 import RateLimiter
 import VMM
@@ -24,21 +26,52 @@ public struct BootSource: Equatable, Sendable {
         bootArgs = try fields.string("boot_args")
     }
 
-    var json: String {
-        var members = [("kernel_image_path", JSONText.string(kernelImagePath))]
-        if let initrdPath { members.append(("initrd_path", JSONText.string(initrdPath))) }
-        members.append(("boot_args", JSONText.string(bootArgs ?? VMConfiguration.defaultCommandLine)))
-        return JSONText.object(members)
+    /// Firecracker opens the kernel and initrd when they are PUT, so a bad
+    /// path is that request's error (in its words), not InstanceStart's.
+    func checkFiles() throws(APIError) {
+        if let errno = Self.openError(kernelImagePath) {
+            throw .badRequest("Boot source error: The kernel file cannot be opened: \(APIError.osError(errno))")
+        }
+        if let initrdPath, let errno = Self.openError(initrdPath) {
+            throw .badRequest("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. \(APIError.osError(errno))")
+        }
     }
+
+    /// Why `path` cannot be opened for reading, or nil if it can.
+    static func openError(_ path: String, flags: Int32 = O_RDONLY) -> Errno? {
+        do {
+            _ = try OwnedFileDescriptor.open(path, flags: flags)
+            return nil
+        } catch {
+            return error.errno
+        }
+    }
+
+    /// As in Firecracker's `GET /vm/config`: absent members are null.
+    var json: String {
+        JSONText.object([
+            ("kernel_image_path", JSONText.string(kernelImagePath)),
+            ("initrd_path", initrdPath.map(JSONText.string) ?? "null"),
+            ("boot_args", bootArgs.map(JSONText.string) ?? "null"),
+        ])
+    }
+
+    /// Firecracker's boot source before any PUT: an empty kernel path and nulls.
+    static let unsetJSON = #"{"kernel_image_path":"","initrd_path":null,"boot_args":null}"#
 }
 
-/// Firecracker's `MachineConfiguration`. Swiftlet has no SMT, dirty-page
-/// tracking, CPU templates or huge pages: those members are accepted only
-/// with their "off" values so that Firecracker clients, which send them,
-/// still work.
+/// Firecracker's `MachineConfiguration`. `smt`, `track_dirty_pages`,
+/// `cpu_template` (the x86 static templates) and `huge_pages` ("None",
+/// "Transparent") are accepted, validated as Firecracker does and reported
+/// back; what Swiftlet applies of them is in docs/firecracker-compatibility.md.
 public struct MachineConfiguration: Equatable, Sendable {
     public var vcpuCount: Int
     public var memorySizeMiB: UInt64
+    public var smt = false
+    public var trackDirtyPages = false
+    /// A static CPU template name, or nil for "None".
+    public var cpuTemplate: String?
+    public var hugePages = "None"
 
     public init(vcpuCount: Int = 1, memorySizeMiB: UInt64 = VMConfiguration.defaultMemorySize >> 20) {
         self.vcpuCount = vcpuCount
@@ -48,32 +81,52 @@ public struct MachineConfiguration: Equatable, Sendable {
     static let fields = ["vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "cpu_template", "huge_pages"]
     static let vcpuRange: ClosedRange<UInt64> = 1...254
     static let memoryRange: ClosedRange<UInt64> = (VMConfiguration.minimumMemorySize >> 20)...(VMConfiguration.maximumMemorySize >> 20)
+    /// Firecracker's static CPU templates for x86_64 (V1N1 is for Arm).
+    static let cpuTemplates = ["C3", "T2", "T2S", "T2CL", "T2A"]
+    static let hugePageModes = ["None", "Transparent"]
 
-    /// PUT replaces (both counts required); PATCH (`updating`) changes what is given.
+    /// PUT replaces (both counts required; the rest back to their defaults,
+    /// as in Firecracker); PATCH (`updating`) changes what is given.
     init(json fields: JSONFields, updating base: MachineConfiguration?) throws(APIError) {
         try fields.allowOnly(Self.fields)
-        if try fields.bool("smt") == true { throw .badRequest("machine-config: 'smt' true is not supported (Swiftlet gives each vCPU one thread)") }
-        if try fields.bool("track_dirty_pages") == true { throw .badRequest("machine-config: 'track_dirty_pages' true is not supported") }
-        if let template = try fields.string("cpu_template"), template != "None" {
-            throw .badRequest("machine-config: 'cpu_template' '\(template)' is not supported; only \"None\"")
-        }
-        if let pages = try fields.string("huge_pages"), pages != "None" {
-            throw .badRequest("machine-config: 'huge_pages' '\(pages)' is not supported; only \"None\"")
-        }
         if let base {
+            self = base
             vcpuCount = try fields.integer("vcpu_count", in: Self.vcpuRange).map { Int($0) } ?? base.vcpuCount
             memorySizeMiB = try fields.integer("mem_size_mib", in: Self.memoryRange) ?? base.memorySizeMiB
         } else {
             vcpuCount = Int(try fields.requiredInteger("vcpu_count", in: Self.vcpuRange))
             memorySizeMiB = try fields.requiredInteger("mem_size_mib", in: Self.memoryRange)
         }
+        if let smt = try fields.bool("smt") { self.smt = smt }
+        if let track = try fields.bool("track_dirty_pages") { trackDirtyPages = track }
+        if let template = try fields.string("cpu_template") {
+            if template == "None" {
+                cpuTemplate = nil
+            } else if Self.cpuTemplates.contains(template) {
+                cpuTemplate = template
+            } else {
+                throw .deserialization("unknown variant `\(template.prefix(40))`, expected one of `None`, \(Self.cpuTemplates.map { "`\($0)`" }.joined(separator: ", ")) (V1N1 is for aarch64)")
+            }
+        }
+        if let pages = try fields.string("huge_pages") {
+            guard Self.hugePageModes.contains(pages) else {
+                if pages == "2M" {
+                    throw .badRequest("Machine config error: huge_pages \"2M\" (hugetlbfs) is not supported by Swiftlet; use \"None\" or \"Transparent\"")
+                }
+                throw .deserialization("unknown variant `\(pages.prefix(40))`, expected one of `None`, `Transparent`, `2M`")
+            }
+            hugePages = pages
+        }
+        if smt && vcpuCount > 1 && vcpuCount % 2 != 0 {
+            throw .badRequest("Machine config error: The number of vCPUs must be greater than 0, less than \(Self.vcpuRange.upperBound + 1) and must be 1 or an even number if SMT is enabled.")
+        }
     }
 
     var json: String {
-        JSONText.object([
-            ("vcpu_count", "\(vcpuCount)"), ("mem_size_mib", "\(memorySizeMiB)"),
-            ("smt", "false"), ("track_dirty_pages", "false"), ("huge_pages", JSONText.string("None")),
-        ])
+        var members = [("vcpu_count", "\(vcpuCount)"), ("mem_size_mib", "\(memorySizeMiB)"), ("smt", JSONText.bool(smt))]
+        if let cpuTemplate { members.append(("cpu_template", JSONText.string(cpuTemplate))) }
+        members += [("track_dirty_pages", JSONText.bool(trackDirtyPages)), ("huge_pages", JSONText.string(hugePages))]
+        return JSONText.object(members)
     }
 }
 
@@ -84,8 +137,10 @@ public struct DriveConfiguration: Equatable, Sendable {
     public var isRootDevice: Bool
     public var isReadOnly: Bool
     public var partUUID: String?
-    /// "Unsafe" or "Writeback": recorded and shown; the device always offers FLUSH.
-    public var cacheType: String
+    /// "Unsafe" (Firecracker's default: flushes are ignored) or "Writeback".
+    public var cacheType = "Unsafe"
+    /// "Sync" or "Async"; Swiftlet's block I/O is the same for both (a worker thread).
+    public var ioEngine = "Sync"
     public var rateLimiter: RateLimiterConfiguration
 
     public init(driveID: String, pathOnHost: String, isRootDevice: Bool = false, isReadOnly: Bool = false, partUUID: String? = nil,
@@ -113,14 +168,22 @@ public struct DriveConfiguration: Equatable, Sendable {
         isRootDevice = try fields.requiredBool("is_root_device")
         isReadOnly = try fields.bool("is_read_only") ?? false
         partUUID = try fields.string("partuuid")
+        if let cache = try fields.string("cache_type"), cache != "Unsafe", cache != "Writeback" {
+            throw .deserialization("unknown variant `\(cache.prefix(40))`, expected `Unsafe` or `Writeback`")
+        }
+        if let engine = try fields.string("io_engine"), engine != "Sync", engine != "Async" {
+            throw .deserialization("unknown variant `\(engine.prefix(40))`, expected `Sync` or `Async`")
+        }
         cacheType = try fields.string("cache_type") ?? "Unsafe"
-        guard cacheType == "Unsafe" || cacheType == "Writeback" else {
-            throw .badRequest("drive: 'cache_type' '\(cacheType)' is not one of Unsafe, Writeback")
-        }
-        if let engine = try fields.string("io_engine"), engine != "Sync" {
-            throw .badRequest("drive: 'io_engine' '\(engine)' is not supported; only \"Sync\"")
-        }
+        ioEngine = try fields.string("io_engine") ?? "Sync"
         rateLimiter = try RateLimiterJSON.configuration(fields, key: "rate_limiter")
+    }
+
+    /// Firecracker opens the backing file when the drive is PUT.
+    func checkFile() throws(APIError) {
+        if let errno = BootSource.openError(pathOnHost, flags: isReadOnly ? O_RDONLY : O_RDWR) {
+            throw .badRequest("Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: \(APIError.osError(errno)) \(pathOnHost)")
+        }
     }
 
     /// Firecracker's `PartialDrive`: what PATCH /drives/{id} changes on a running VM.
@@ -145,13 +208,13 @@ public struct DriveConfiguration: Equatable, Sendable {
         return Patch(pathOnHost: path, rateLimiter: limiter)
     }
 
-    /// GET /vm/config's form (Firecracker's layout, nulls included).
+    /// Firecracker's drive in `GET /vm/config`, nulls included.
     var json: String {
         JSONText.object([
             ("drive_id", JSONText.string(driveID)), ("partuuid", partUUID.map(JSONText.string) ?? "null"),
             ("is_root_device", JSONText.bool(isRootDevice)), ("cache_type", JSONText.string(cacheType)),
             ("is_read_only", JSONText.bool(isReadOnly)), ("path_on_host", JSONText.string(pathOnHost)),
-            ("rate_limiter", RateLimiterJSON.json(rateLimiter)), ("io_engine", JSONText.string("Sync")), ("socket", "null"),
+            ("rate_limiter", RateLimiterJSON.json(rateLimiter)), ("io_engine", JSONText.string(ioEngine)), ("socket", "null"),
         ])
     }
 }
@@ -224,7 +287,7 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
         }
     }
 
-    /// GET /vm/config's form (Firecracker's layout, nulls included).
+    /// Firecracker's interface in `GET /vm/config`, nulls included.
     var json: String {
         JSONText.object([
             ("iface_id", JSONText.string(interfaceID)), ("host_dev_name", JSONText.string(hostDeviceName)),
@@ -244,6 +307,10 @@ public struct InstanceConfiguration: Equatable, Sendable {
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
     /// Serial, on-reboot and KVM device come from here.
     public var base: VMConfiguration
+    /// The config file's `logger` and `metrics` sections, applied when the
+    /// process starts; like Firecracker, `GET /vm/config` shows them as null.
+    var logger: LoggerSettings?
+    var metrics: MetricsSettings?
 
     public init(base: VMConfiguration = VMConfiguration(kernelPath: "")) {
         self.base = base
@@ -271,7 +338,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
 
     mutating func putDrive(_ drive: DriveConfiguration) throws(APIError) {
         if drive.isRootDevice, let other = drives.first(where: { $0.isRootDevice && $0.driveID != drive.driveID }) {
-            throw .badRequest("drive '\(drive.driveID)': drive '\(other.driveID)' is already the root device")
+            throw .badRequest("Drive config error: A root block device already exists! (drive '\(other.driveID)')")
         }
         if let index = drives.firstIndex(where: { $0.driveID == drive.driveID }) {
             drives[index] = drive
@@ -283,10 +350,10 @@ public struct InstanceConfiguration: Equatable, Sendable {
 
     mutating func putNetworkInterface(_ interface: NetworkInterfaceConfiguration) throws(APIError) {
         if let other = networkInterfaces.first(where: { $0.hostDeviceName == interface.hostDeviceName && $0.interfaceID != interface.interfaceID }) {
-            throw .badRequest("network interface '\(interface.interfaceID)': host device '\(interface.hostDeviceName)' is already used by '\(other.interfaceID)'")
+            throw .badRequest("Network config error: Could not create the network device: host device '\(interface.hostDeviceName)' is already used by '\(other.interfaceID)'")
         }
         if let mac = interface.guestMAC, let other = networkInterfaces.first(where: { $0.guestMAC?.lowercased() == mac.lowercased() && $0.interfaceID != interface.interfaceID }) {
-            throw .badRequest("network interface '\(interface.interfaceID)': guest MAC \(mac) is already used by '\(other.interfaceID)'")
+            throw .badRequest("Network config error: The MAC address is already in use: \(mac) (by '\(other.interfaceID)')")
         }
         if let index = networkInterfaces.firstIndex(where: { $0.interfaceID == interface.interfaceID }) {
             networkInterfaces[index] = interface
@@ -315,33 +382,51 @@ public struct InstanceConfiguration: Equatable, Sendable {
         return result
     }
 
-    /// Firecracker's `GET /vm/config` document.
+    /// Firecracker's `GET /vm/config` document (`FullVmConfiguration`):
+    /// every section, null or empty when not configured, as Firecracker
+    /// returns it. Sections Swiftlet does not offer are always null/empty.
     public var json: String {
-        var members: [(String, String)] = []
-        if let bootSource { members.append(("boot-source", bootSource.json)) }
-        members.append(("machine-config", machine.json))
-        members.append(("drives", JSONText.array(drives.map(\.json))))
         // Command-line (--net) interfaces on a named tap, then the API's.
         let commandLine = base.networkInterfaces.compactMap { interface -> String? in
             guard case let .name(tap) = interface.tap else { return nil }
             return JSONText.object([("iface_id", JSONText.string(interface.id)), ("host_dev_name", JSONText.string(tap)),
-                                    ("guest_mac", JSONText.string("\(interface.effectiveMAC)"))])
+                                    ("guest_mac", JSONText.string("\(interface.effectiveMAC)")), ("mtu", "null"),
+                                    ("rx_rate_limiter", "null"), ("tx_rate_limiter", "null")])
         }
-        members.append(("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))))
-        if base.entropyDevice {
-            members.append(("entropy", JSONText.object([("rate_limiter", RateLimiterJSON.json(base.entropyRateLimiter))])))
-        }
-        return JSONText.object(members)
+        return JSONText.object([
+            ("balloon", "null"),
+            ("drives", JSONText.array(drives.map(\.json))),
+            ("boot-source", bootSource?.json ?? BootSource.unsetJSON),
+            ("cpu-config", "null"),
+            ("logger", "null"),
+            ("machine-config", machine.json),
+            ("metrics", "null"),
+            ("mmds-config", "null"),
+            ("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))),
+            ("vsock", "null"),
+            ("entropy", base.entropyDevice ? JSONText.object([("rate_limiter", RateLimiterJSON.json(base.entropyRateLimiter))]) : "null"),
+            ("pmem", "[]"),
+            ("memory-hotplug", "null"),
+        ])
     }
 
-    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics"]
+    static let fileSections = ["boot-source", "machine-config", "drives", "network-interfaces", "entropy", "logger", "metrics",
+                               "balloon", "cpu-config", "mmds-config", "vsock", "pmem", "memory-hotplug"]
+    /// Sections of Firecracker's file Swiftlet has no device or feature for: refused unless null or empty.
+    static let unsupportedFileSections = ["balloon", "cpu-config", "pmem", "memory-hotplug"]
 
     /// Reads a Firecracker `--config-file` (the `FullVmConfiguration` layout).
-    /// `logger` and `metrics` are accepted and ignored (use --log-path).
     public static func parseFirecrackerFile(_ bytes: [UInt8], base: VMConfiguration) throws(APIError) -> InstanceConfiguration {
         let fields = try JSONFields(body: bytes, context: "config file")
         try fields.allowOnly(fileSections)
+        for section in unsupportedFileSections + ["vsock", "mmds-config"] {
+            guard let value = fields.value(section) else { continue }
+            if case let .array(elements) = value, elements.isEmpty { continue }
+            throw .badRequest("config file: section '\(section)' is not supported by Swiftlet (see docs/firecracker-compatibility.md)")
+        }
         var result = InstanceConfiguration(base: base)
+        if let logger = fields.value("logger") { result.logger = try LoggerSettings(json: JSONFields(logger, context: "logger")) }
+        if let metrics = fields.value("metrics") { result.metrics = try MetricsSettings(json: JSONFields(metrics, context: "metrics")) }
         guard let boot = fields.value("boot-source") else { throw fields.missing("boot-source") }
         result.bootSource = try BootSource(json: JSONFields(boot, context: "boot-source"))
         if let entropy = fields.value("entropy") {

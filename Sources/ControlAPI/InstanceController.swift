@@ -32,8 +32,13 @@ public final class InstanceController: Sendable {
         /// Shutdown with timeout_ms: when to stop the VM if it is still running (monotonic ns).
         var shutdownDeadline: UInt64?
         var boots = 0
-        /// PUT /metrics: where FlushMetrics appends a line of JSON.
-        var metricsFile: OwnedFileDescriptor?
+        /// When the next periodic metrics line is due (monotonic ns), once the VM runs.
+        var nextMetricsFlush: UInt64?
+        /// API requests by Firecracker's metric name ("put_api_requests.actions_count").
+        var requestCounts: [String: UInt64] = [:]
+        /// Microseconds from process start to the API being served (`--start-time-us`), and its CPU time.
+        var startupMicroseconds: UInt64?
+        var startupCPUMicroseconds: UInt64?
     }
 
     public let instanceID: String
@@ -44,6 +49,8 @@ public final class InstanceController: Sendable {
     /// Wakes the main thread when InstanceStart has built a machine.
     let startEvent: EventFD
     let makeMachine: @Sendable (VMConfiguration) throws(VMMError) -> VirtualMachine
+    /// Firecracker-layout metrics (PUT /metrics, --metrics-path).
+    let metricsSink = MetricsSink()
 
     public init(instanceID: String, vmmVersion: String, configuration: InstanceConfiguration, log: APILog = APILog(),
                 makeMachine: @escaping @Sendable (VMConfiguration) throws(VMMError) -> VirtualMachine = { (configuration) throws(VMMError) in
@@ -52,6 +59,7 @@ public final class InstanceController: Sendable {
         self.instanceID = instanceID
         self.vmmVersion = vmmVersion
         self.log = log
+        log.setInstanceID(instanceID)
         self.makeMachine = makeMachine
         state = Mutex(State(configuration: configuration))
         startEvent = try EventFD()
@@ -67,11 +75,12 @@ public final class InstanceController: Sendable {
         } catch {
             throw .boot(step: "cannot start the VM", message: "\(error)")
         }
-        let machine = try makeMachine(configuration)
+        let machine = try buildMachine(configuration)
         state.withLock { state in
             state.phase = .running
             state.machine = machine
             state.boots += 1
+            state.nextMetricsFlush = Self.monotonicNow() &+ Self.metricsPeriod
         }
         log.write("instance started (vcpus \(configuration.cpuCount), memory \(MemorySize.format(configuration.memorySize)))")
         return machine
@@ -124,7 +133,7 @@ public final class InstanceController: Sendable {
         } catch {
             throw .boot(step: "cannot restart the VM", message: "\(error)")
         }
-        let machine = try makeMachine(configuration)
+        let machine = try buildMachine(configuration)
         state.withLock { state in
             state.machine = machine
             state.boots += 1
@@ -133,54 +142,97 @@ public final class InstanceController: Sendable {
         return machine
     }
 
-    /// The process is about to exit.
+    /// The process is about to exit: the metrics get a last line, as in Firecracker.
     public func finish() {
-        state.withLock { state in
-            state.phase = .ended
-            state.machine = nil
+        let started = state.withLock { state -> Bool in
+            defer {
+                state.phase = .ended
+                state.machine = nil
+            }
+            return state.phase != .notStarted
         }
+        if started { flushMetrics() }
     }
 
     // MARK: API thread: timers
 
     /// When `tick` should run next (monotonic ns), if ever.
-    var nextDeadline: UInt64? { state.withLock { $0.shutdownDeadline } }
-
-    /// Enforces a Shutdown's timeout.
-    func tick(now: UInt64) {
-        let machine = state.withLock { state -> VirtualMachine? in
-            guard let deadline = state.shutdownDeadline, now >= deadline else { return nil }
-            state.shutdownDeadline = nil
-            return state.machine
+    var nextDeadline: UInt64? {
+        state.withLock { state in
+            [state.shutdownDeadline, state.nextMetricsFlush].compactMap { $0 }.min()
         }
+    }
+
+    /// Enforces a Shutdown's timeout and flushes metrics every minute, as Firecracker does.
+    func tick(now: UInt64) {
+        let (machine, flushDue) = state.withLock { state -> (VirtualMachine?, Bool) in
+            var flushDue = false
+            if let due = state.nextMetricsFlush, now >= due {
+                state.nextMetricsFlush = now &+ Self.metricsPeriod
+                flushDue = true
+            }
+            guard let deadline = state.shutdownDeadline, now >= deadline else { return (nil, flushDue) }
+            state.shutdownDeadline = nil
+            return (state.machine, flushDue)
+        }
+        if flushDue { flushMetrics() }
         guard let machine, !machine.hasStopped else { return }
-        log.write("the guest did not power off before the shutdown timeout; stopping it")
+        log.warn("the guest did not power off before the shutdown timeout; stopping it")
         machine.stop(.stoppedByUser)
     }
+
+    /// Firecracker writes metrics every 60 s once the VM runs.
+    static let metricsPeriod: UInt64 = 60_000_000_000
 
     // MARK: API thread: requests
 
     /// Answers one request.
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
-        let response: HTTPResponse
-        switch router.match(method: request.method, path: request.path) {
-        case .notFound:
-            response = .fault(404, "no resource at '\(request.path.prefix(200))'; see docs/api/vmm-api.yaml")
-        case let .methodNotAllowed(allowed):
-            var fault = HTTPResponse.fault(405, "\(request.method) is not allowed on '\(request.path)'; allowed: \(allowed.joined(separator: ", "))")
-            fault.headers.append(("Allow", allowed.joined(separator: ", ")))
-            response = fault
-        case let .operation(operation, parameters):
-            do {
-                response = try perform(operation, parameters: parameters, request: request)
-            } catch {
-                response = error.response
-            }
+        let described = request.body.isEmpty || request.path == "/mmds"
+            ? "\(Self.methodName(request.method)) request on \"\(request.path.prefix(200))\""
+            : "\(Self.methodName(request.method)) request on \"\(request.path.prefix(200))\" with body \"\(String(decoding: request.body.prefix(1024), as: UTF8.self))\""
+        log.write("The API server received a \(described).")
+        var response: HTTPResponse
+        var operation: APIOperation?
+        do {
+            let (matched, parameters) = try route(request)
+            operation = matched
+            response = try perform(matched, parameters: parameters, request: request)
+        } catch {
+            response = error.response
         }
-        if request.method != "GET" || response.status >= 400 {
-            log.write("\(request.method) \(request.path) -> \(response.status)")
+        countRequest(method: request.method, operation: operation, failed: response.status >= 400)
+        if response.status >= 400 {
+            let message = json(fault: response) ?? ""
+            log.error("Received Error. Status code: \(response.status) \(HTTPResponse.reasonPhrase(response.status)). Message: \(message)")
+        } else {
+            log.write("The request was executed successfully. Status code: \(response.status) \(HTTPResponse.reasonPhrase(response.status)).")
         }
         return response
+    }
+
+    /// Firecracker's checks before a request reaches its handler: a known
+    /// path and method, a body on PUT/PATCH and none on GET.
+    func route(_ request: HTTPRequest) throws(APIError) -> (APIOperation, [String: String]) {
+        guard case let .operation(operation, parameters) = router.match(method: request.method, path: request.path) else {
+            throw .invalidPathOrMethod(method: request.method, path: request.path)
+        }
+        switch request.method {
+        case "GET" where !request.body.isEmpty: throw .badRequest("GET request cannot have a body.")
+        case "PUT" where request.body.isEmpty: throw .badRequest("Empty PUT request.")
+        case "PATCH" where request.body.isEmpty: throw .badRequest("Empty PATCH request.")
+        default: return (operation, parameters)
+        }
+    }
+
+    /// "Put", "Get", as Firecracker's request log names methods.
+    static func methodName(_ method: String) -> String {
+        method.prefix(1).uppercased() + method.dropFirst().lowercased()
+    }
+
+    func json(fault response: HTTPResponse) -> String? {
+        guard let value = try? LeanJSON.JSONParser.parse(response.body) else { return nil }
+        return value["fault_message"]?.stringValue
     }
 
     func perform(_ operation: APIOperation, parameters: [String: String], request: HTTPRequest) throws(APIError) -> HTTPResponse {
@@ -188,26 +240,36 @@ public final class InstanceController: Sendable {
         switch operation {
         case .describeInstance:
             return .json(instanceInfo)
+        case .getFirecrackerVersion:
+            return .json(JSONText.object([("firecracker_version", JSONText.string(vmmVersion))]))
         case .getMachineConfiguration:
             return .json(state.withLock { $0.configuration.machine.json })
         case .getExportVmConfig:
             return .json(state.withLock { $0.configuration.json })
         case .putMachineConfiguration, .patchMachineConfiguration:
             let fields = try JSONFields(body: body, context: "machine-config")
-            try updateBeforeBoot("machine-config") { (configuration) throws(APIError) in
+            try updateBeforeBoot { (configuration) throws(APIError) in
                 configuration.machine = try MachineConfiguration(
                     json: fields, updating: operation == .patchMachineConfiguration ? configuration.machine : nil)
             }
-            return .noContent
+            var response = HTTPResponse.noContent
+            if fields.has("cpu_template") {
+                // Firecracker marks the static CPU templates deprecated on every use.
+                log.warn("\(request.method) /machine-config: cpu_template field is deprecated.")
+                response.headers.append(("Deprecation", "true"))
+            }
+            return response
         case .putGuestBootSource:
             let source = try BootSource(json: JSONFields(body: body, context: "boot-source"))
-            try updateBeforeBoot("boot-source") { $0.bootSource = source }
+            try source.checkFiles()
+            try updateBeforeBoot { $0.bootSource = source }
             return .noContent
         case .putGuestDriveByID:
             let id = parameters["drive_id"] ?? ""
             try InstanceConfiguration.checkID(id, what: "drive")
             let drive = try DriveConfiguration(json: JSONFields(body: body, context: "drive '\(id)'"), pathID: id)
-            try updateBeforeBoot("drives") { (configuration) throws(APIError) in try configuration.putDrive(drive) }
+            try drive.checkFile()
+            try updateBeforeBoot { (configuration) throws(APIError) in try configuration.putDrive(drive) }
             return .noContent
         case .patchGuestDriveByID:
             let id = parameters["drive_id"] ?? ""
@@ -218,7 +280,7 @@ public final class InstanceController: Sendable {
             let id = parameters["iface_id"] ?? ""
             try InstanceConfiguration.checkID(id, what: "network interface")
             let interface = try NetworkInterfaceConfiguration(json: JSONFields(body: body, context: "network interface '\(id)'"), pathID: id)
-            try updateBeforeBoot("network-interfaces") { (configuration) throws(APIError) in try configuration.putNetworkInterface(interface) }
+            try updateBeforeBoot { (configuration) throws(APIError) in try configuration.putNetworkInterface(interface) }
             return .noContent
         case .patchGuestNetworkInterfaceByID:
             let id = parameters["iface_id"] ?? ""
@@ -233,76 +295,61 @@ public final class InstanceController: Sendable {
             switch try fields.requiredString("state") {
             case "Paused": try pause()
             case "Resumed": try resume()
-            case let other: throw .badRequest("vm: 'state' '\(other)' is not one of Paused, Resumed")
+            case let other: throw .deserialization("unknown variant `\(other.prefix(100))`, expected `Paused` or `Resumed`")
             }
             return .noContent
         case .getMetrics:
             return .json(try metrics())
         case .putEntropyDevice:
-            let fields = try JSONFields(body: body.isEmpty ? Array("{}".utf8) : body, context: "entropy")
+            let fields = try JSONFields(body: body, context: "entropy")
             try fields.allowOnly(["rate_limiter"])
             let limiter = try RateLimiterJSON.configuration(fields, key: "rate_limiter")
-            try updateBeforeBoot("entropy") { configuration in
+            try updateBeforeBoot { configuration in
                 configuration.base.entropyDevice = true
                 configuration.base.entropyRateLimiter = limiter
             }
             return .noContent
-        case .putLogger:
-            let fields = try JSONFields(body: body, context: "logger")
-            try fields.allowOnly(["log_path", "level", "show_level", "show_log_origin", "module"])
-            if let level = try fields.string("level"), !["error", "warning", "info", "debug", "trace", "off"].contains(level.lowercased()) {
-                throw .badRequest("logger: 'level' '\(level)' is not one of Error, Warning, Info, Debug, Trace, Off")
-            }
-            _ = try fields.bool("show_level")
-            _ = try fields.bool("show_log_origin")
-            _ = try fields.string("module")
-            if let path = try fields.string("log_path") {
-                do {
-                    try log.open(path: path)
-                } catch {
-                    throw .badRequest("logger: cannot open 'log_path' '\(path)': \(error.errno)")
-                }
+        case .putSerialDevice:
+            // Firecracker's serial console output file (or FIFO with a reader).
+            let fields = try JSONFields(body: body, context: "serial")
+            try fields.allowOnly(["serial_out_path", "rate_limiter"])
+            if fields.has("rate_limiter") { throw .badRequest("serial: 'rate_limiter' is not supported by Swiftlet (the guest's console is not rate-limited)") }
+            let path = try fields.string("serial_out_path")
+            try updateBeforeBoot { configuration in
+                if let path { configuration.base.serial = .file(path: path) }
             }
             return .noContent
+        case .putLogger:
+            let settings = try LoggerSettings(json: JSONFields(body: body, context: "logger"))
+            try updateBeforeBoot { _ in }
+            try settings.apply(to: log)
+            return .noContent
         case .putMetrics:
-            let fields = try JSONFields(body: body, context: "metrics")
-            try fields.allowOnly(["metrics_path"])
-            let path = try fields.requiredString("metrics_path")
-            let file: OwnedFileDescriptor
-            do {
-                file = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o600)
-            } catch {
-                throw .badRequest("metrics: cannot open 'metrics_path' '\(path)': \(error.errno)")
-            }
-            try state.withLock { (state) throws(APIError) in
-                guard state.metricsFile == nil else { throw .badRequest("metrics: the metrics file is already set") }
-                state.metricsFile = file
-            }
+            let settings = try MetricsSettings(json: JSONFields(body: body, context: "metrics"))
+            try updateBeforeBoot { _ in }
+            try settings.apply(to: metricsSink)
             return .noContent
         }
     }
 
-    /// Applies `change` to the configuration if the VM has not started.
-    func updateBeforeBoot(_ resource: String, _ change: (inout InstanceConfiguration) throws(APIError) -> Void) throws(APIError) {
+    /// Applies `change` to the configuration if the VM has not started;
+    /// afterwards refuses with Firecracker's words. Routes of pre-boot-only
+    /// resources (boot source, machine config, vsock, MMDS config, ...) go through here.
+    func updateBeforeBoot(_ change: (inout InstanceConfiguration) throws(APIError) -> Void) throws(APIError) {
         try state.withLock { (state) throws(APIError) in
-            guard state.phase == .notStarted else {
-                throw .conflict("\(resource) can only be changed before the VM starts (the VM is \(Self.stateName(state)))")
-            }
+            guard state.phase == .notStarted else { throw .notSupportedAfterStart }
             var configuration = state.configuration
             try change(&configuration)
             state.configuration = configuration
         }
     }
 
-    /// Firecracker's answer to a PATCH of a device before InstanceStart.
-    static let notSupportedBeforeStart = "The requested operation is not supported before starting the microVM."
-
     /// PATCH /drives/{id} on a running VM: a new backing file (opened and
     /// checked first; on error the drive keeps its image) and/or new rate
     /// limiter buckets. The configuration records them, so GET /vm/config
     /// shows them and a reboot keeps them.
     func patchDrive(id: String, _ patch: DriveConfiguration.Patch) throws(APIError) {
-        let machine = try machineForPatch(resource: "drive '\(id)'")
+        let machine = try machineAfterBoot(for: "drive '\(id)'")
         let known = state.withLock { state in
             state.configuration.drives.contains { $0.driveID == id } || state.configuration.base.disks.contains { $0.id == id }
         }
@@ -326,7 +373,7 @@ public final class InstanceController: Sendable {
 
     /// PATCH /network-interfaces/{id} on a running VM: new rx/tx rate limiter buckets.
     func patchNetworkInterface(id: String, _ patch: NetworkInterfaceConfiguration.Patch) throws(APIError) {
-        let machine = try machineForPatch(resource: "network interface '\(id)'")
+        let machine = try machineAfterBoot(for: "network interface '\(id)'")
         let known = state.withLock { state in
             state.configuration.networkInterfaces.contains { $0.interfaceID == id } || state.configuration.base.networkInterfaces.contains { $0.id == id }
         }
@@ -347,12 +394,14 @@ public final class InstanceController: Sendable {
         }
     }
 
-    /// The running machine a PATCH applies to; before InstanceStart, Firecracker's refusal.
-    func machineForPatch(resource: String) throws(APIError) -> VirtualMachine {
+    /// The running machine for a runtime-only request (PATCH of drives and
+    /// interfaces, MMDS updates, pause): before InstanceStart, Firecracker's
+    /// "not supported before starting"; after the VM stopped, "not running".
+    func machineAfterBoot(for action: String = "the request") throws(APIError) -> VirtualMachine {
         try state.withLock { (state) throws(APIError) -> VirtualMachine in
-            guard state.phase != .notStarted else { throw .badRequest(Self.notSupportedBeforeStart) }
+            guard state.phase != .notStarted else { throw .notSupportedBeforeStart }
             guard let machine = state.machine, state.phase == .running, !machine.hasStopped else {
-                throw .badRequest("\(resource): the VM is not running (it is \(Self.stateName(state)))")
+                throw .conflict("\(action): the VM is not running")
             }
             return machine
         }
@@ -364,7 +413,7 @@ public final class InstanceController: Sendable {
         try fields.allowOnly(["action_type", "timeout_ms"])
         let action = try fields.requiredString("action_type")
         guard Self.actionTypes.contains(action) else {
-            throw .badRequest("actions: 'action_type' '\(action)' is not one of \(Self.actionTypes.joined(separator: ", "))")
+            throw .deserialization("unknown variant `\(action.prefix(100))`, expected one of \(Self.actionTypes.map { "`\($0)`" }.joined(separator: ", "))")
         }
         let timeout = try fields.integer("timeout_ms", in: 1...86_400_000)
         if timeout != nil && action != "Shutdown" {
@@ -374,23 +423,32 @@ public final class InstanceController: Sendable {
         case "InstanceStart":
             try startInstance()
         case "FlushMetrics":
-            // Appends GET /metrics' document to the PUT /metrics file, if one is set.
-            if let file = state.withLock({ $0.metricsFile }) {
-                try? file.writeAll(Array((try metrics() + "\n").utf8))
+            _ = try machineAfterBoot(for: action)
+            guard metricsSink.isConfigured else {
+                throw .badRequest("Internal VMM error: Metrics system not initialized: PUT /metrics (or --metrics-path) first")
             }
+            guard flushMetrics() else { throw .badRequest("Internal VMM error: the metrics could not be written") }
         case "SendCtrlAltDel", "Shutdown":
-            let machine = try runningMachine(for: action)
+            let machine = try machineAfterBoot(for: action)
             guard !machine.isPaused else { throw .conflict("\(action): the VM is paused; resume it first so the guest can shut down") }
             if let timeout {
                 state.withLock { $0.shutdownDeadline = Self.monotonicNow() &+ timeout &* 1_000_000 }
             }
             machine.pressPowerButton()
         case "Reboot":
-            let machine = try runningMachine(for: action)
-            state.withLock { $0.resetRequested = true }
-            machine.stop(.rebootRequested)
+            let machine = try machineAfterBoot(for: action)
+            // Only a Reboot that itself ended the run asks for a new one: if the
+            // guest's own reboot (or power-off, or a signal) came first, that
+            // stands, and `--on-reboot exit` still exits. Under the state lock,
+            // so that `runEnded` sees the request with the reason it belongs to.
+            let ended = state.withLock { state -> Bool in
+                guard machine.stop(.rebootRequested) else { return false }
+                state.resetRequested = true
+                return true
+            }
+            guard ended else { throw .conflict("Reboot: the VM is not running (it is already stopping)") }
         default:  // "Stop"
-            let machine = try runningMachine(for: action)
+            let machine = try machineAfterBoot(for: action)
             machine.stop(.stoppedByUser)
         }
         log.write("action \(action)")
@@ -399,44 +457,36 @@ public final class InstanceController: Sendable {
 
     func startInstance() throws(APIError) {
         let configuration = try state.withLock { (state) throws(APIError) -> VMConfiguration in
-            guard state.phase == .notStarted else { throw .conflict("InstanceStart: the VM has already started") }
+            guard state.phase == .notStarted else { throw .notSupportedAfterStart }
             return try state.configuration.vmConfiguration()
         }
         // Built here so that a bad kernel path or size is this request's 400.
         let machine: VirtualMachine
         do {
-            machine = try makeMachine(configuration)
+            machine = try buildMachine(configuration)
         } catch {
-            throw .badRequest("InstanceStart: \(error)")
+            throw .badRequest("Start microvm error: \(error)")
         }
         try state.withLock { (state) throws(APIError) in
-            guard state.phase == .notStarted else { throw .conflict("InstanceStart: the VM has already started") }
+            guard state.phase == .notStarted else { throw .notSupportedAfterStart }
             state.phase = .running
             state.machine = machine
             state.handoff = machine
             state.boots += 1
+            state.nextMetricsFlush = Self.monotonicNow() &+ Self.metricsPeriod
         }
         try? startEvent.signal()
     }
 
-    func runningMachine(for action: String) throws(APIError) -> VirtualMachine {
-        try state.withLock { (state) throws(APIError) -> VirtualMachine in
-            guard let machine = state.machine, state.phase == .running, !machine.hasStopped else {
-                throw .conflict("\(action): the VM is not running (it is \(Self.stateName(state)))")
-            }
-            return machine
-        }
-    }
-
     func pause() throws(APIError) {
-        let machine = try runningMachine(for: "pause")
+        let machine = try machineAfterBoot(for: "pause")
         guard machine.pause() else {
-            throw APIError(500, "pause: some vCPU did not stop within 2 s; the VM stays paused (PATCH /vm Resumed undoes it)")
+            throw APIError(400, "pause: some vCPU did not stop within 2 s; the VM stays paused (PATCH /vm Resumed undoes it)")
         }
     }
 
     func resume() throws(APIError) {
-        let machine = try runningMachine(for: "resume")
+        let machine = try machineAfterBoot(for: "resume")
         machine.resume()
     }
 
@@ -448,12 +498,17 @@ public final class InstanceController: Sendable {
         ])
     }
 
-    /// Firecracker's state names: "Not started", "Running", "Paused".
+    /// Firecracker's state names: "Not started", "Running", "Paused". A VM
+    /// whose run has ended (the guest powered off or rebooted, and the
+    /// process is exiting or booting it again) is not running: Firecracker
+    /// has no name for that moment, and "Running" would contradict the
+    /// actions, which refuse it.
     static func stateName(_ state: State) -> String {
         switch state.phase {
-        case .notStarted: "Not started"
-        case .ended: "Not started"  // Firecracker has no name for it; the process is exiting.
-        case .running: state.machine?.isPaused == true ? "Paused" : "Running"
+        case .notStarted, .ended: return "Not started"
+        case .running:
+            guard let machine = state.machine, !machine.hasStopped else { return "Not started" }
+            return machine.isPaused ? "Paused" : "Running"
         }
     }
 
@@ -489,37 +544,5 @@ public final class InstanceController: Sendable {
         var time = timespec()
         clock_gettime(CLOCK_MONOTONIC, &time)
         return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
-    }
-}
-
-/// The `--log-path` file: one line per lifecycle event and changing request.
-public final class APILog: Sendable {
-    let descriptor: Mutex<OwnedFileDescriptor?>
-
-    /// No log.
-    public init() { descriptor = Mutex(nil) }
-
-    /// Appends to `path` (created if missing).
-    public init(path: String) throws(SystemCallError) {
-        // Non-blocking: a log that cannot keep up loses lines rather than stalling the VMM.
-        descriptor = Mutex(try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o600))
-    }
-
-    /// Logs to `path` from now on (Firecracker's PUT /logger).
-    func open(path: String) throws(SystemCallError) {
-        let file = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o600)
-        descriptor.withLock { $0 = file }
-    }
-
-    public func write(_ message: String) {
-        guard let descriptor = descriptor.withLock({ $0 }) else { return }
-        var time = timespec()
-        clock_gettime(CLOCK_REALTIME, &time)
-        var broken = tm()
-        var seconds = time.tv_sec
-        gmtime_r(&seconds, &broken)
-        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        let stamp = "\(broken.tm_year + 1900)-\(two(broken.tm_mon + 1))-\(two(broken.tm_mday))T\(two(broken.tm_hour)):\(two(broken.tm_min)):\(two(broken.tm_sec))Z"
-        try? descriptor.writeAll(Array("\(stamp) swiftlet-vmm: \(message)\n".utf8))
     }
 }

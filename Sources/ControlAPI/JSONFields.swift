@@ -10,7 +10,7 @@ struct JSONFields {
 
     init(_ value: JSONValue, context: String) throws(APIError) {
         guard case let .object(members) = value else {
-            throw .badRequest("\(context): expected a JSON object, not \(value.typeName)")
+            throw .deserialization("invalid type: \(value.typeName), expected a JSON object (\(context))")
         }
         self.members = members
         self.context = context
@@ -18,12 +18,12 @@ struct JSONFields {
 
     /// Parses a request body as a JSON object.
     init(body: [UInt8], context: String) throws(APIError) {
-        guard !body.isEmpty else { throw .badRequest("\(context): the request needs a JSON body") }
+        guard !body.isEmpty else { throw .deserialization("EOF while parsing a value: \(context) needs a JSON body") }
         let value: JSONValue
         do {
             value = try JSONParser.parse(body)
         } catch {
-            throw .badRequest("\(context): malformed JSON: \(error)")
+            throw .deserialization("malformed JSON (\(context)): \(error)")
         }
         try self.init(value, context: context)
     }
@@ -31,7 +31,7 @@ struct JSONFields {
     /// Refuses any member not in `known`.
     func allowOnly(_ known: [String]) throws(APIError) {
         for member in members where !known.contains(member.key) {
-            throw .badRequest("\(context): unknown field '\(member.key)'; known fields: \(known.joined(separator: ", "))")
+            throw .deserialization("unknown field `\(member.key.prefix(100))`, expected one of \(known.map { "`\($0)`" }.joined(separator: ", ")) (\(context))")
         }
     }
 
@@ -79,10 +79,10 @@ struct JSONFields {
     }
 
     func missing(_ key: String) -> APIError {
-        .badRequest("\(context): missing required field '\(key)'")
+        .deserialization("missing field `\(key)` (\(context))")
     }
 
     func mismatch(_ key: String, _ value: JSONValue, _ expected: String) -> APIError {
-        .badRequest("\(context): '\(key)' must be \(expected), not \(value.typeName)")
+        .deserialization("invalid type: \(value.typeName) for `\(key)`, expected \(expected) (\(context))")
     }
 }

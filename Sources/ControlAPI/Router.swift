@@ -3,6 +3,7 @@
 /// test keeps the two in step.
 public enum APIOperation: String, CaseIterable, Sendable {
     case describeInstance
+    case getFirecrackerVersion
     case getMachineConfiguration, putMachineConfiguration, patchMachineConfiguration
     case putGuestBootSource
     case putGuestDriveByID, patchGuestDriveByID
@@ -13,12 +14,13 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case getMetrics
     case putLogger, putMetrics
     case putEntropyDevice
+    case putSerialDevice
 
     public var method: String {
         switch self {
-        case .describeInstance, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
+        case .describeInstance, .getFirecrackerVersion, .getMachineConfiguration, .getExportVmConfig, .getMetrics: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics, .putEntropyDevice: "PUT"
+             .putLogger, .putMetrics, .putEntropyDevice, .putSerialDevice: "PUT"
         case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm: "PATCH"
         }
     }
@@ -26,6 +28,7 @@ public enum APIOperation: String, CaseIterable, Sendable {
     public var pathTemplate: String {
         switch self {
         case .describeInstance: "/"
+        case .getFirecrackerVersion: "/version"
         case .getMachineConfiguration, .putMachineConfiguration, .patchMachineConfiguration: "/machine-config"
         case .putGuestBootSource: "/boot-source"
         case .putGuestDriveByID, .patchGuestDriveByID: "/drives/{drive_id}"
@@ -36,6 +39,7 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .getMetrics, .putMetrics: "/metrics"
         case .putLogger: "/logger"
         case .putEntropyDevice: "/entropy"
+        case .putSerialDevice: "/serial"
         }
     }
 }

@@ -24,6 +24,8 @@ public final class HostThread: Sendable {
             guard let raw else { return nil }
             let context = Unmanaged<Context>.fromOpaque(raw).takeRetainedValue()
             _ = ckvm_set_thread_name(String(context.name.prefix(15)))
+            // --seccomp-filter: the thread's category filter, before it does anything.
+            SeccompFilters.installOrExit(SeccompFilters.Category(threadName: context.name))
             context.body()
             return nil
         }, context)

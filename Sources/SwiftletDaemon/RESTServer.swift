@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import SwiftletClient
+import SwiftletVersion
 
 /// The REST API (docs/api/swiftletd-api.yaml) on Hummingbird. Every route
 /// is registered from `DaemonAPI.routes`, which the OpenAPI test compares
@@ -17,7 +18,7 @@ public struct DaemonAPI: Sendable {
     }
 
     public static let maximumBodySize = 64 * 1024
-    public static let version = "0.1.0"
+    public static let version = SwiftletVersion.current
 
     let store: DefinitionStore
     let supervisor: Supervisor

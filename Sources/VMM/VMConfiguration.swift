@@ -73,6 +73,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var entropyDevice = false
     /// Its rate limiter (Firecracker's entropy `rate_limiter`).
     public var entropyRateLimiter = RateLimiterConfiguration.unlimited
+    /// Firecracker's boot-timer device at `Layout.bootTimerStart` (`--boot-timer`).
+    public var bootTimer = false
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

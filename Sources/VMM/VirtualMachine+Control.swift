@@ -38,8 +38,11 @@ extension VirtualMachine {
         powerButton.trigger()
     }
 
-    /// Ends the run now, as if the power were cut (`reason` is what `run()` returns).
-    public func stop(_ reason: VMExitReason = .stoppedByUser) {
+    /// Ends the run now, as if the power were cut (`reason` is what `run()`
+    /// returns). Returns false when the run had already been ended by
+    /// something else (the guest, a signal), whose reason stands.
+    @discardableResult
+    public func stop(_ reason: VMExitReason = .stoppedByUser) -> Bool {
         requestStop(reason)
     }
 

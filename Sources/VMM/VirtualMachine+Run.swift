@@ -43,6 +43,9 @@ extension VirtualMachine {
         }
 
         vcpuThreads.withLock { $0 = threads }
+        // --seccomp-filter: the main thread's filter, now that the vCPU threads
+        // (which must not inherit it) have started.
+        SeccompFilters.installOnMainThreadOnce()
         serveEvents(readsConsole: readsConsole, signals: signals)
 
         // Stop every vCPU: immediate_exit covers a vCPU about to enter the

@@ -46,11 +46,14 @@ public final class VirtualMachine: Sendable {
     let timing = Mutex(RunTiming())
     /// The running vCPU threads, for kicks (empty outside `run()`).
     let vcpuThreads = Mutex<[HostThread]>([])
+    /// Firecracker's boot-timer device (`--boot-timer`), timing from this VM's build.
+    public let bootTimer: BootTimer?
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
     /// `serialOutput` overrides where COM1 writes go (tests capture it).
     public init(configuration: VMConfiguration, serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
         self.configuration = configuration
+        bootTimer = configuration.bootTimer ? BootTimer() : nil
         do {
             system = try KVMSystem(path: configuration.kvmDevicePath)
         } catch {
@@ -157,6 +160,7 @@ public final class VirtualMachine: Sendable {
             try portBus.insert(serial, base: UInt64(Layout.com1Port), length: 8)
             try portBus.insert(i8042, base: UInt64(Layout.i8042DataPort), length: 5)
             try portBus.insert(power, base: UInt64(Layout.acpiSleepControlPort), length: 3)
+            if let bootTimer { try mmioBus.insert(bootTimer, base: Layout.bootTimerStart.rawValue, length: Layout.bootTimerSize) }
         } catch {
             throw .bus(error)
         }
@@ -186,13 +190,16 @@ public final class VirtualMachine: Sendable {
     }
 
     /// Ends the run with `reason` unless it already ended; callable from any thread.
-    func requestStop(_ reason: VMExitReason) {
+    /// Returns whether this request was the one that ended the run.
+    @discardableResult
+    func requestStop(_ reason: VMExitReason) -> Bool {
         let first = exitReason.withLock { current -> Bool in
             guard current == nil else { return false }
             current = reason
             return true
         }
         if first { try? stopEvent.signal() }
+        return first
     }
 }
 

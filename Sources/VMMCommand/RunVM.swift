@@ -40,7 +40,9 @@ func exitStatus(for reason: VMExitReason, onReboot: RebootAction) -> VMMExitStat
 
 /// Runs with the control API: serves it from the start, boots at once or
 /// when InstanceStart arrives, and exits as `runVM` does when the guest
-/// powers off (an API Reboot boots again in the same process).
+/// powers off (an API Reboot boots again in the same process). Also the
+/// runner for Firecracker's process options (logger, metrics, seccomp,
+/// boot timer) with or without a socket.
 public func runWithAPI(_ mode: VMMArguments.APIMode) -> VMMExitStatus {
     // One malloc arena: glibc would give the API thread an arena of its own
     // (about 0.2 MiB resident); small allocations still use per-thread caches.
@@ -48,30 +50,81 @@ public func runWithAPI(_ mode: VMMArguments.APIMode) -> VMMExitStatus {
     // A log or metrics FIFO whose reader went away must not kill the VMM:
     // writes fail with EPIPE instead (the API's sockets use MSG_NOSIGNAL).
     signal(SIGPIPE, SIG_IGN)
+    let log = APILog(settings: mode.logSettings, instanceID: mode.instanceID)
+    if let path = mode.logPath {
+        do {
+            try log.open(path: path)
+        } catch {
+            printError("swiftlet-vmm: cannot open --log-path '\(path)': \(APIError.osError(error.errno))")
+            return .failure
+        }
+    }
+    log.write("Running Swiftlet v\(VMMArguments.versionNumber) (Firecracker-compatible swiftlet-vmm)")
+    // Read before any thread starts: every thread installs its filter first.
+    if let path = mode.seccompFilterPath {
+        do {
+            let bytes: [UInt8]
+            do {
+                bytes = try OwnedFileDescriptor.readWholeFile(path)
+            } catch {
+                throw VMMError.readFile(role: "seccomp filter", path: path, cause: error)
+            }
+            do {
+                SeccompFilters.configure(try SeccompFilters.parse(bytes))
+            } catch {
+                throw VMMError.invalidConfiguration(field: "seccomp-filter", value: path, expected: "Firecracker's compiled filters: \(error)")
+            }
+        } catch {
+            printError("swiftlet-vmm: \(error)")
+            return .failure
+        }
+    }
+    var configuration = mode.configuration
+    configuration.base.bootTimer = mode.bootTimer
     // Blocked before any thread starts, so the API and vCPU threads inherit
     // the mask and these signals reach the event loops through signalfd.
     let signals: SignalFD
     let controller: InstanceController
     do {
         signals = try SignalFD(signals: [SIGINT, SIGTERM, SIGHUP])
-        let log = try mode.logPath.map { (path) throws(SystemCallError) in try APILog(path: path) } ?? APILog()
         controller = try InstanceController(instanceID: mode.instanceID, vmmVersion: VMMArguments.versionNumber,
-                                            configuration: mode.configuration, log: log)
+                                            configuration: configuration, log: log)
     } catch {
         printError("swiftlet-vmm: \(error)")
+        return .failure
+    }
+    do throws(APIError) {
+        if let path = mode.metricsPath { try controller.configureMetrics(path: path) }
+        try controller.applyFileSettings()
+    } catch {
+        printError("swiftlet-vmm: \(error.message)")
         return .failure
     }
     let server: APIServer?
     do {
-        server = try mode.socketPath.map { (path) throws(APIServerError) in try APIServer(path: path, controller: controller) }
+        let limits = HTTPRequestParser.Limits(maximumBodyBytes: mode.maximumPayloadSize)
+        server = try mode.socketPath.map { (path) throws(APIServerError) in try APIServer(path: path, controller: controller, limits: limits) }
     } catch {
         printError("swiftlet-vmm: \(error)")
+        log.error("\(error)")
         return .failure
     }
-    defer {
-        controller.finish()
-        server?.shutdown()
+    if let path = mode.socketPath { log.write("API server listening on \(path)") }
+    controller.reportStartTimes(startMicroseconds: mode.startTimeMicroseconds, startCPUMicroseconds: mode.startTimeCPUMicroseconds,
+                                parentCPUMicroseconds: mode.parentCPUTimeMicroseconds)
+    let status = serve(mode, controller: controller, signals: signals)
+    controller.finish()
+    server?.shutdown()
+    if status == .poweredOff {
+        log.write("Swiftlet exiting successfully. exit_code=0")
+    } else {
+        log.error("Swiftlet exiting with error. exit_code=\(status.rawValue)")
     }
+    return status
+}
+
+/// Boots (at once or on InstanceStart) and runs until the process should exit.
+private func serve(_ mode: VMMArguments.APIMode, controller: InstanceController, signals: SignalFD) -> VMMExitStatus {
     var machine: VirtualMachine
     do {
         if mode.bootsAtOnce {

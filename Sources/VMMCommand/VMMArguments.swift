@@ -1,5 +1,6 @@
 import ControlAPI
 import HostSystem
+import SwiftletVersion
 import VMM
 
 /// swiftlet-vmm's command line. Parsed by hand rather than with
@@ -26,10 +27,28 @@ public enum VMMArguments {
         public var configuration: InstanceConfiguration
         /// Boot without waiting for InstanceStart (`--kernel`, `--config`, `--config-file`).
         public var bootsAtOnce: Bool
+        /// `--level`, `--show-level`, `--show-log-origin`, `--module`.
+        public var logSettings = APILog.Settings()
+        /// `--metrics-path`: Firecracker-layout metrics from the start.
+        public var metricsPath: String?
+        /// `--seccomp-filter FILE` (Firecracker's compiled filters); nil installs none.
+        public var seccompFilterPath: String?
+        /// `--boot-timer`: the guest's write of 123 to the boot-timer device is logged.
+        public var bootTimer = false
+        /// `--http-api-max-payload-size`: the largest request body, in bytes.
+        public var maximumPayloadSize = VMMArguments.defaultMaximumPayloadSize
+        /// The jailer's `--start-time-us`, `--start-time-cpu-us`, `--parent-cpu-time-us`.
+        public var startTimeMicroseconds: UInt64?
+        public var startTimeCPUMicroseconds: UInt64?
+        public var parentCPUTimeMicroseconds: UInt64?
     }
 
     /// Firecracker's default instance id.
     public static let defaultInstanceID = "anonymous-instance"
+    /// Where Firecracker serves its API when started without `--api-sock`.
+    public static let defaultSocketPath = "/run/firecracker.socket"
+    /// Firecracker's default request body limit (`--http-api-max-payload-size`).
+    public static let defaultMaximumPayloadSize = 51200
 
     /// The options that take a value, with their help text.
     static let options: [(name: String, value: String, help: String)] = [
@@ -44,10 +63,18 @@ public enum VMMArguments {
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
-        ("api-sock", "PATH", "Serve the control API (HTTP/1.1, Firecracker's resources) on this Unix socket, mode 0600. Without a kernel, wait for PUT /boot-source and InstanceStart."),
-        ("id", "ID", "Instance id reported by GET / (default \(defaultInstanceID))."),
-        ("log-path", "PATH", "Append log lines (lifecycle, API requests that change state) to this file."),
-        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy): boot it at once."),
+        ("api-sock", "PATH", "Serve the control API (HTTP/1.1, Firecracker's resources) on this Unix socket, mode 0600. Without --kernel or --config this is Firecracker's mode: the API is served (on \(defaultSocketPath) unless given) and the VM waits for PUT /boot-source and InstanceStart."),
+        ("id", "ID", "Instance id reported by GET / and in log lines (default \(defaultInstanceID))."),
+        ("log-path", "PATH", "Log to this file or FIFO (opened read-write, non-blocking, as Firecracker does), in Firecracker's line format."),
+        ("level", "LEVEL", "Log level: Error, Warning, Info, Debug, Trace or Off (default Info)."),
+        ("module", "NAME", "Log only lines from source modules starting with NAME (Swiftlet's module names, e.g. ControlAPI)."),
+        ("metrics-path", "PATH", "Write Firecracker-layout metrics to this file or FIFO: on FlushMetrics, every 60 s while the VM runs, and at exit."),
+        ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy, logger, metrics): boot it at once."),
+        ("seccomp-filter", "FILE", "Install these seccomp filters (Firecracker's compiled format, from seccompiler-bin): the vmm, api and vcpu programs on their threads before the guest runs. They must allow what Swiftlet calls. Without it, Swiftlet installs none."),
+        ("http-api-max-payload-size", "BYTES", "The largest API request body (default \(defaultMaximumPayloadSize), Firecracker's)."),
+        ("start-time-us", "US", "The jailer's: CLOCK_MONOTONIC microseconds when the process was started; the metrics report the time to serve the API."),
+        ("start-time-cpu-us", "US", "The jailer's: the process CPU time in microseconds at that moment; the metrics report the CPU time to serve the API."),
+        ("parent-cpu-time-us", "US", "The jailer's: CPU time its parent spent, in microseconds, added to the CPU start-up time."),
         ("net", "SPEC", "A virtio-net interface on a tap (repeatable): tap=NAME (created if missing; needs CAP_NET_ADMIN unless made for you) or tap-fd=N (an open tap with vnet headers), then optionally ,mac=52:54:00:12:34:56 (default: derived from id and tap), ,id=ID (default net0, net1, ...), ,offloads=off."),
     ]
 
@@ -57,19 +84,35 @@ public enum VMMArguments {
     /// The options that take no value (on when given), with their help text.
     static let switches: [(name: String, help: String)] = [
         ("rng", "Add a virtio-rng device (PCI) fed from the host's getrandom; the guest sees /dev/hwrng."),
+        ("no-api", "Run a --config-file VM without serving the API (Firecracker's flag; needs --config-file)."),
+        ("no-seccomp", "Install no seccomp filters (Swiftlet installs none unless --seccomp-filter is given)."),
+        ("boot-timer", "Add Firecracker's boot-timer device (MMIO at 0xD0000000): the guest's write of 123 to it logs \"Guest-boot-time = ...\"."),
+        ("show-level", "Show each log line's level."),
+        ("show-log-origin", "Show each log line's source file and line."),
     ]
 
-    public static let versionNumber = "0.1.0"
-    public static let version = "swiftlet-vmm \(versionNumber)"
+    /// Swiftlet's version, as every executable reports it.
+    public static let versionNumber = SwiftletVersion.current
+    /// `--version`'s first line: Firecracker's layout ("Firecracker v1.7.0"), which Kata's check parses.
+    public static let version = "Swiftlet v\(versionNumber)"
+
+    /// The options that make a `--kernel` run use the Firecracker-style runner (logger, metrics, API).
+    static let processOptions = ["api-sock", "id", "log-path", "config-file", "level", "module", "metrics-path", "seccomp-filter",
+                                 "http-api-max-payload-size", "start-time-us", "start-time-cpu-us", "parent-cpu-time-us",
+                                 "no-api", "no-seccomp", "boot-timer", "show-level", "show-log-origin"]
 
     public static let help: String = {
         var text = """
             USAGE: swiftlet-vmm --kernel PATH [options]
-                   swiftlet-vmm --api-sock PATH [--id ID] [--log-path PATH] [--config-file FILE] [options]
+                   swiftlet-vmm [--api-sock PATH] [--id ID] [--config-file FILE [--no-api]] [options]
 
             Runs one KVM virtual machine: boots a Linux kernel (ELF vmlinux through its
             PVH entry, or a bzImage through the 64-bit boot protocol) on /dev/kvm with an
             8250 serial console and ACPI power-off.
+
+            Without --kernel or --config it behaves as Firecracker: it serves Firecracker's
+            API on --api-sock (default \(defaultSocketPath)) unless --no-api, and takes
+            Firecracker's flags. Installed as `firecracker`, Firecracker's clients drive it.
 
             OPTIONS:
 
@@ -150,11 +193,46 @@ public enum VMMArguments {
             }
             values[name] = value
         }
-        let apiOptions = ["api-sock", "id", "log-path", "config-file"]
-        guard apiOptions.contains(where: { values[$0] != nil }) else {
+        // Firecracker's invocation names no kernel: it serves the API (or
+        // boots --config-file). With --kernel/--config, Swiftlet's own run,
+        // through the API runner only when a Firecracker process option asks for it.
+        let firecrackerStyle = values["kernel"] == nil && values["config"] == nil
+        guard firecrackerStyle || processOptions.contains(where: { values[$0] != nil }) else {
             return .run(try configuration(from: values, repeated: repeated))
         }
         return .serve(try apiMode(from: values, repeated: repeated))
+    }
+
+    /// A whole number option (`--start-time-us`, ...).
+    static func number(_ values: [String: String], _ name: String, in range: ClosedRange<UInt64> = 0...UInt64.max) throws(VMMError) -> UInt64? {
+        guard let text = values[name] else { return nil }
+        guard let value = UInt64(text), range.contains(value) else {
+            throw .invalidConfiguration(field: name, value: text, expected: "a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
+    }
+
+    /// The process options every API mode shares: logger, metrics, seccomp, limits, start times.
+    static func applyProcessOptions(_ values: [String: String], to mode: inout APIMode) throws(VMMError) {
+        if let text = values["level"] {
+            guard let level = APILog.Level(name: text) else {
+                throw .invalidConfiguration(field: "level", value: text, expected: "one of \(APILog.Level.names)")
+            }
+            mode.logSettings.level = level
+        }
+        mode.logSettings.showLevel = values["show-level"] != nil
+        mode.logSettings.showOrigin = values["show-log-origin"] != nil
+        mode.logSettings.module = values["module"]
+        mode.metricsPath = values["metrics-path"]
+        if values["no-seccomp"] != nil, values["seccomp-filter"] != nil {
+            throw .invalidConfiguration(field: "option", value: "--no-seccomp", expected: "not with --seccomp-filter")
+        }
+        mode.seccompFilterPath = values["seccomp-filter"]
+        mode.bootTimer = values["boot-timer"] != nil
+        if let size = try number(values, "http-api-max-payload-size", in: 1024...(64 << 20)) { mode.maximumPayloadSize = Int(size) }
+        mode.startTimeMicroseconds = try number(values, "start-time-us")
+        mode.startTimeCPUMicroseconds = try number(values, "start-time-cpu-us")
+        mode.parentCPUTimeMicroseconds = try number(values, "parent-cpu-time-us")
     }
 
     /// The Firecracker-style modes: `--api-sock` and/or `--config-file`.
@@ -174,8 +252,20 @@ public enum VMMArguments {
         if !hasKernel, repeated["net"] != nil {
             throw .invalidConfiguration(field: "option", value: "--net", expected: "with --kernel or --config (with --config-file or the API, use network-interfaces)")
         }
-        var mode = APIMode(socketPath: values["api-sock"], instanceID: instanceID, logPath: values["log-path"],
+        let firecrackerStyle = !hasKernel
+        if values["no-api"] != nil {
+            guard values["config-file"] != nil else {
+                throw .invalidConfiguration(field: "option", value: "--no-api", expected: "with --config-file (without the API nothing could configure the VM)")
+            }
+            guard values["api-sock"] == nil else {
+                throw .invalidConfiguration(field: "option", value: "--no-api", expected: "not with --api-sock")
+            }
+        }
+        // Firecracker serves its default socket unless told otherwise.
+        let socketPath = values["api-sock"] ?? (firecrackerStyle && values["no-api"] == nil ? defaultSocketPath : nil)
+        var mode = APIMode(socketPath: socketPath, instanceID: instanceID, logPath: values["log-path"],
                            configuration: InstanceConfiguration(), bootsAtOnce: false)
+        try applyProcessOptions(values, to: &mode)
         if let file = values["config-file"] {
             guard !hasKernel else {
                 throw .invalidConfiguration(field: "option", value: "--config-file", expected: "without --kernel or --config (it holds the boot source)")
@@ -204,9 +294,6 @@ public enum VMMArguments {
             mode.configuration = InstanceConfiguration(try configuration(from: values, repeated: repeated))
             mode.bootsAtOnce = true
         } else {
-            guard mode.socketPath != nil else {
-                throw .invalidConfiguration(field: "kernel", value: "(none)", expected: "--kernel, --config, --config-file or --api-sock")
-            }
             for flag in ["initrd", "cmdline"] where values[flag] != nil {
                 throw .invalidConfiguration(field: "option", value: "--\(flag)", expected: "with --kernel (or set it with PUT /boot-source)")
             }
@@ -228,7 +315,7 @@ public enum VMMArguments {
             }
         }
         guard mode.socketPath != nil || mode.bootsAtOnce else {
-            throw .invalidConfiguration(field: "option", value: "--id/--log-path", expected: "with --api-sock or --config-file")
+            throw .invalidConfiguration(field: "option", value: "--no-api", expected: "with --config-file")
         }
         return mode
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import SwiftletVersion
 
 /// `swiftlet`: the Swiftlet command-line tool.
 struct Swiftlet: ParsableCommand {
@@ -19,6 +20,7 @@ struct Swiftlet: ParsableCommand {
             3 no such VM, 4 the VM is in the wrong state or the name is taken, 5 swiftletd is not \
             reachable, 64 bad command-line usage.
             """,
+        version: "Swiftlet v\(SwiftletVersion.current)",
         subcommands: [Run.self, Define.self, Undefine.self, List.self, Start.self, Shutdown.self, Reboot.self,
                       Destroy.self, Pause.self, Resume.self, Info.self, Stats.self, Console.self, Logs.self,
                       Edit.self, Events.self])

@@ -23,6 +23,15 @@ struct RateLimiterAPITests {
 
     func fields(_ text: String) throws -> JSONFields { try JSONFields(body: Array(text.utf8), context: "test") }
 
+    /// Drives are opened when PUT: empty image files under /tmp.
+    static func images(_ names: [String]) throws -> [String] {
+        try names.map { name in
+            let path = "/tmp/swiftlet-unit-rl-\(getpid())-\(name)"
+            _ = try OwnedFileDescriptor.open(path, flags: O_RDWR | O_CREAT, mode: 0o600)
+            return path
+        }
+    }
+
     @Test("RateLimiter JSON: buckets with size, refill_time and an optional one_time_burst; {} and null are unlimited")
     func parsing() throws {
         let both = try RateLimiterJSON.configuration(fields(#"{"r": {"bandwidth": {"size": 1048576, "one_time_burst": 4096, "refill_time": 1000}, "ops": {"size": 100, "refill_time": 250}}}"#), key: "r")
@@ -37,13 +46,13 @@ struct RateLimiterAPITests {
             .operations?.size == UInt64.max)
 
         let refused = [
-            (#"{"r": {"bandwidth": {"size": 1}}}"#, "missing required field 'refill_time'"),
-            (#"{"r": {"bandwidth": {"refill_time": 1}}}"#, "missing required field 'size'"),
-            (#"{"r": {"bandwidth": {"size": -1, "refill_time": 1}}}"#, "'size' must be a whole number"),
-            (#"{"r": {"bandwidth": {"size": 1.5, "refill_time": 1}}}"#, "'size' must be a whole number"),
+            (#"{"r": {"bandwidth": {"size": 1}}}"#, "missing field `refill_time`"),
+            (#"{"r": {"bandwidth": {"refill_time": 1}}}"#, "missing field `size`"),
+            (#"{"r": {"bandwidth": {"size": -1, "refill_time": 1}}}"#, "for `size`, expected a whole number"),
+            (#"{"r": {"bandwidth": {"size": 1.5, "refill_time": 1}}}"#, "for `size`, expected a whole number"),
             (#"{"r": {"bandwidth": {"size": 1, "refill_time": 18446744073710}}}"#, "'refill_time' is 18446744073710; expected 0 to 18446744073709"),
-            (#"{"r": {"bandwidth": {"size": 1, "refill_time": 1, "rate": 5}}}"#, "unknown field 'rate'"),
-            (#"{"r": {"bw": {"size": 1, "refill_time": 1}}}"#, "unknown field 'bw'"),
+            (#"{"r": {"bandwidth": {"size": 1, "refill_time": 1, "rate": 5}}}"#, "unknown field `rate`"),
+            (#"{"r": {"bw": {"size": 1, "refill_time": 1}}}"#, "unknown field `bw`"),
             (#"{"r": {"ops": 5}}"#, "expected a JSON object"),
             (#"{"r": []}"#, "expected a JSON object"),
         ]
@@ -73,18 +82,20 @@ struct RateLimiterAPITests {
     @Test("GET /vm/config shows rate limiters and the rest of Firecracker's drive and interface layout, nulls included")
     func vmConfig() throws {
         let controller = try makeController()
-        #expect(send(controller, "PUT", "/drives/rootfs", #"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": true}"#).status == 204)
-        #expect(send(controller, "PUT", "/drives/bwops", #"{"drive_id": "bwops", "path_on_host": "/b", "is_root_device": false, "is_read_only": false, "cache_type": "Writeback", "rate_limiter": {"bandwidth": {"size": 1000000, "refill_time": 100}, "ops": {"size": 1, "one_time_burst": 10, "refill_time": 100}}}"#).status == 204)
-        #expect(send(controller, "PUT", "/drives/nada", #"{"drive_id": "nada", "path_on_host": "/n", "is_root_device": false, "is_read_only": false, "rate_limiter": {}}"#).status == 204)
+        let paths = try Self.images(["r", "b", "n"])
+        defer { for path in paths { unlink(path) } }
+        #expect(send(controller, "PUT", "/drives/rootfs", #"{"drive_id": "rootfs", "path_on_host": "\#(paths[0])", "is_root_device": true, "is_read_only": true}"#).status == 204)
+        #expect(send(controller, "PUT", "/drives/bwops", #"{"drive_id": "bwops", "path_on_host": "\#(paths[1])", "is_root_device": false, "is_read_only": false, "cache_type": "Writeback", "rate_limiter": {"bandwidth": {"size": 1000000, "refill_time": 100}, "ops": {"size": 1, "one_time_burst": 10, "refill_time": 100}}}"#).status == 204)
+        #expect(send(controller, "PUT", "/drives/nada", #"{"drive_id": "nada", "path_on_host": "\#(paths[2])", "is_root_device": false, "is_read_only": false, "rate_limiter": {}}"#).status == 204)
         #expect(send(controller, "PUT", "/network-interfaces/3", #"{"iface_id": "3", "host_dev_name": "tap3", "guest_mac": "06:00:00:00:00:03", "rx_rate_limiter": {"bandwidth": {"size": 1000000, "refill_time": 100}, "ops": {"size": 1, "refill_time": 100}}, "tx_rate_limiter": {"bandwidth": {"size": 1000000, "refill_time": 100}}}"#).status == 204)
         let config = json(send(controller, "GET", "/vm/config", ""))
         guard case let .array(drives)? = config?["drives"], case let .array(interfaces)? = config?["network-interfaces"] else {
             Issue.record("no drives or interfaces in /vm/config")
             return
         }
-        let expectedRoot: JSONValue = try JSONParser.parse(Array(#"{"drive_id":"rootfs","partuuid":null,"is_root_device":true,"cache_type":"Unsafe","is_read_only":true,"path_on_host":"/r","rate_limiter":null,"io_engine":"Sync","socket":null}"#.utf8))
+        let expectedRoot: JSONValue = try JSONParser.parse(Array(#"{"drive_id":"rootfs","partuuid":null,"is_root_device":true,"cache_type":"Unsafe","is_read_only":true,"path_on_host":"\#(paths[0])","rate_limiter":null,"io_engine":"Sync","socket":null}"#.utf8))
         #expect(drives.first == expectedRoot)
-        let expectedLimited: JSONValue = try JSONParser.parse(Array(#"{"drive_id":"bwops","partuuid":null,"is_root_device":false,"cache_type":"Writeback","is_read_only":false,"path_on_host":"/b","rate_limiter":{"bandwidth":{"size":1000000,"one_time_burst":null,"refill_time":100},"ops":{"size":1,"one_time_burst":10,"refill_time":100}},"io_engine":"Sync","socket":null}"#.utf8))
+        let expectedLimited: JSONValue = try JSONParser.parse(Array(#"{"drive_id":"bwops","partuuid":null,"is_root_device":false,"cache_type":"Writeback","is_read_only":false,"path_on_host":"\#(paths[1])","rate_limiter":{"bandwidth":{"size":1000000,"one_time_burst":null,"refill_time":100},"ops":{"size":1,"one_time_burst":10,"refill_time":100}},"io_engine":"Sync","socket":null}"#.utf8))
         #expect(drives.dropFirst().first == expectedLimited)
         #expect(drives.last?["rate_limiter"] == .null, "{} is shown as null")
         let expectedInterface: JSONValue = try JSONParser.parse(Array(#"{"iface_id":"3","host_dev_name":"tap3","guest_mac":"06:00:00:00:00:03","mtu":null,"rx_rate_limiter":{"bandwidth":{"size":1000000,"one_time_burst":null,"refill_time":100},"ops":{"size":1,"one_time_burst":null,"refill_time":100}},"tx_rate_limiter":{"bandwidth":{"size":1000000,"one_time_burst":null,"refill_time":100},"ops":null}}"#.utf8))
@@ -118,7 +129,9 @@ struct RateLimiterAPITests {
     @Test("PATCH of drives and interfaces before InstanceStart: Firecracker's refusal, nothing changed; bad bodies are 400 first")
     func patchBeforeBoot() throws {
         let controller = try makeController()
-        #expect(send(controller, "PUT", "/drives/scratch", #"{"drive_id": "scratch", "path_on_host": "/s", "is_root_device": false}"#).status == 204)
+        let paths = try Self.images(["s"])
+        defer { unlink(paths[0]) }
+        #expect(send(controller, "PUT", "/drives/scratch", #"{"drive_id": "scratch", "path_on_host": "\#(paths[0])", "is_root_device": false}"#).status == 204)
         #expect(send(controller, "PUT", "/network-interfaces/1", #"{"iface_id": "1", "host_dev_name": "tap1"}"#).status == 204)
         for (path, body) in [("/drives/scratch", #"{"drive_id": "scratch", "path_on_host": "foo.bar"}"#),
                              ("/drives/scratch", #"{"drive_id": "scratch", "rate_limiter": {"ops": {"size": 1, "refill_time": 100}}}"#),
@@ -133,7 +146,7 @@ struct RateLimiterAPITests {
                                     ("/drives/scratch", #"{"drive_id": "scratch", "is_root_device": false}"#, "is_root_device"),
                                     ("/network-interfaces/1", #"{"iface_id": "1", "host_dev_name": "tap9"}"#, "host_dev_name")] {
             let response = send(controller, "PATCH", path, body)
-            #expect(response.status == 400 && fault(response).contains("unknown field '\(field)'"), "\(body): \(fault(response))")
+            #expect(response.status == 400 && fault(response).contains("unknown field `\(field)`"), "\(body): \(fault(response))")
         }
         let mismatch = send(controller, "PATCH", "/drives/scratch", #"{"drive_id": "other", "path_on_host": "/x"}"#)
         #expect(mismatch.status == 400 && fault(mismatch).contains("differs from the id"))
@@ -144,7 +157,7 @@ struct RateLimiterAPITests {
             Issue.record("no drives")
             return
         }
-        #expect(drives.first?["path_on_host"]?.stringValue == "/s")
+        #expect(drives.first?["path_on_host"]?.stringValue == paths[0])
     }
 
     @Test("Drive and interface ids: Firecracker's (letters and digits of any script, '_', any length), plus '-' and '.'")

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 
 /// A minimal HTTP/1.1 client over a Unix socket (one request per connection).
@@ -140,7 +141,7 @@ struct ControlAPIProcessTests {
         #expect(info["app_name"] as? String == "swiftlet")
 
         let early = try vm.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
-        #expect(early.status == 409 && early.body.contains("boot-source"), "\(early.body)")
+        #expect(early.status == 400 && early.body.contains("boot-source"), "\(early.body)")
 
         let kernel = try KitGuest.program("idle")
         #expect(try vm.request("PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)", "boot_args": "period_ms=20"}"#).status == 204)
@@ -153,9 +154,9 @@ struct ControlAPIProcessTests {
         #expect(vm.waitForSerial { $0.contains("KIT idle tick 3") }, "serial: \(vm.serial.suffix(500))")
 
         let late = try vm.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#)
-        #expect(late.status == 409 && late.body.contains("before the VM starts"), "\(late.body)")
+        #expect(late.status == 400 && late.body.contains("not supported after starting the microVM"), "\(late.body)")
         let again = try vm.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
-        #expect(again.status == 409)
+        #expect(again.status == 400 && again.body.contains("not supported after starting the microVM"))
         let config = Self.json(try vm.request("GET", "/vm/config").body)
         #expect((config["machine-config"] as? [String: Any])?["vcpu_count"] as? Int == 2)
         #expect((config["boot-source"] as? [String: Any])?["kernel_image_path"] as? String == kernel)
@@ -205,18 +206,18 @@ struct ControlAPIProcessTests {
         let before = try vm.request("GET", "/vm/config").body
         let cases: [(String, String, String?, Int, String)] = [
             ("PUT", "/machine-config", #"{"vcpu_count": 2"#, 400, "malformed JSON"),
-            ("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 64, "cpus": 3}"#, 400, "unknown field 'cpus'"),
-            ("PUT", "/machine-config", #"{"vcpu_count": "two", "mem_size_mib": 64}"#, 400, "'vcpu_count' must be a whole number"),
+            ("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 64, "cpus": 3}"#, 400, "unknown field `cpus`"),
+            ("PUT", "/machine-config", #"{"vcpu_count": "two", "mem_size_mib": 64}"#, 400, "invalid type: a string for `vcpu_count`"),
             ("PUT", "/machine-config", #"{"vcpu_count": 0, "mem_size_mib": 64}"#, 400, "expected 1 to 254"),
-            ("PUT", "/machine-config", #"{"mem_size_mib": 64}"#, 400, "missing required field 'vcpu_count'"),
+            ("PUT", "/machine-config", #"{"mem_size_mib": 64}"#, 400, "missing field `vcpu_count`"),
             ("PUT", "/boot-source", #"["kernel"]"#, 400, "expected a JSON object"),
-            ("PUT", "/boot-source", nil, 400, "needs a JSON body"),
+            ("PUT", "/boot-source", nil, 400, "Empty PUT request."),
             ("PUT", "/drives/root", #"{"drive_id": "other", "path_on_host": "/x", "is_root_device": true}"#, 400, "differs from the id"),
             ("PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}"#, 400, "not a MAC address"),
-            ("PUT", "/actions", #"{"action_type": "Explode"}"#, 400, "not one of"),
-            ("PATCH", "/vm", #"{"state": "Paused"}"#, 409, "not running"),
-            ("DELETE", "/machine-config", nil, 405, "not allowed"),
-            ("GET", "/no/such/thing", nil, 404, "no resource"),
+            ("PUT", "/actions", #"{"action_type": "Explode"}"#, 400, "unknown variant `Explode`"),
+            ("PATCH", "/vm", #"{"state": "Paused"}"#, 400, "not supported before starting the microVM"),
+            ("DELETE", "/machine-config", nil, 400, "Invalid request method and/or path: DELETE /machine-config."),
+            ("GET", "/no/such/thing", nil, 400, "Invalid request method and/or path"),
             ("PUT", "/boot-source", String(repeating: " ", count: 70_000), 413, "exceeds the limit"),
         ]
         for (method, path, body, status, message) in cases {
@@ -270,5 +271,54 @@ struct ControlAPIProcessTests {
 
         #expect(try vm.request("PUT", "/actions", #"{"action_type": "Stop"}"#).status == 204)
         #expect(vm.waitForExit() == 0)
+    }
+
+    /// Sends `request` pipelined, over and over, on one connection until `finish()`.
+    final class RequestFlood: Sendable {
+        let done = Mutex(false)
+
+        init(socket path: String, request: String) {
+            let payload = Array(String(repeating: request, count: 32).utf8)
+            let thread = Thread { [self] in
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                defer { close(fd) }
+                var address = sockaddr_un()
+                address.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+                let connected = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+                guard connected == 0 else { return }
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                var sink = [UInt8](repeating: 0, count: 65536)
+                while !done.withLock({ $0 }) {
+                    _ = payload.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    let count = sink.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                    if count == 0 { return }
+                }
+            }
+            thread.start()
+        }
+
+        func finish() { done.withLock { $0 = true } }
+    }
+
+    @Test("a client flooding the API cannot starve another client, nor keep the VMM from exiting")
+    func floodFairness() throws {
+        let vm = try VMMProcess(["--on-reboot", "exit"], name: "flood")
+        let body = #"{"action_type": "Reboot"}"#
+        let flood = RequestFlood(socket: vm.socket, request: "PUT /actions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        defer { flood.finish() }
+        usleep(200_000)
+        // Another client is answered while the flood goes on.
+        let started = Date()
+        let kernel = try KitGuest.program("idle")
+        #expect(try vm.request("PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).status == 204)
+        #expect(try vm.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+        #expect(Date().timeIntervalSince(started) < 5, "answered in turn, not after the flood")
+        // The flood reboots the VM again and again (the API asked for it); a signal still ends the process.
+        usleep(300_000)
+        vm.process.terminate()
+        #expect(vm.waitForExit(seconds: 10) == 4, "the VMM exits on SIGTERM despite the flood")
     }
 }

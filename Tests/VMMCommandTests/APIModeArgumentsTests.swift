@@ -41,7 +41,8 @@ struct APIModeArgumentsTests {
         try Data(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 2, "mem_size_mib": 64}}"#.utf8).write(to: file)
         defer { try? FileManager.default.removeItem(at: file) }
         let result = try mode(["--config-file", file.path, "--serial", "none"])
-        #expect(result.bootsAtOnce && result.socketPath == nil)
+        #expect(result.bootsAtOnce && result.socketPath == VMMArguments.defaultSocketPath, "Firecracker serves its default socket")
+        #expect(try mode(["--config-file", file.path, "--no-api"]).socketPath == nil)
         #expect(result.configuration.bootSource?.kernelImagePath == "/k" && result.configuration.machine.memorySizeMiB == 64)
         #expect(throws: VMMError.self) { try VMMArguments.parse(["--config-file", file.path, "--kernel", "k"]) }
         #expect(throws: VMMError.self) { try VMMArguments.parse(["--config-file", file.path, "--cpus", "2"]) }
@@ -51,7 +52,8 @@ struct APIModeArgumentsTests {
         (["--api-sock", "s", "--id", "bad/id"], "invalid id 'bad/id'"),
         (["--api-sock", "s", "--id", ""], "invalid id ''"),
         (["--api-sock", "s", "--initrd", "i"], "--initrd"),
-        (["--id", "x"], "--kernel, --config, --config-file or --api-sock"),
+        (["--id", "x", "--no-api"], "--no-api"),
+        (["--api-sock", "s", "--no-api", "--config-file", "f"], "--no-api"),
         (["--api-sock", "s", "--memory", "1M"], "invalid memory '1M'"),
         (["--config-file", "/no/such/file.json"], "config file '/no/such/file.json' does not exist"),
     ])
@@ -62,5 +64,36 @@ struct APIModeArgumentsTests {
         } catch {
             #expect("\(error)".contains(message), "\(error)")
         }
+    }
+
+    @Test("Firecracker's invocation: no kernel serves the default socket; its process flags are taken")
+    func firecrackerFlags() throws {
+        let bare = try mode([])
+        #expect(bare.socketPath == VMMArguments.defaultSocketPath && !bare.bootsAtOnce)
+        let result = try mode(["--api-sock", "/tmp/x.sock", "--level", "Debug", "--show-level", "--show-log-origin", "--module", "ControlAPI",
+                               "--metrics-path", "/tmp/m", "--boot-timer", "--no-seccomp", "--http-api-max-payload-size", "100000",
+                               "--start-time-us", "12", "--start-time-cpu-us", "3", "--parent-cpu-time-us", "4"])
+        #expect(result.logSettings == APILog.Settings(level: .debug, showLevel: true, showOrigin: true, module: "ControlAPI"))
+        #expect(result.metricsPath == "/tmp/m" && result.bootTimer && result.seccompFilterPath == nil)
+        #expect(result.maximumPayloadSize == 100000)
+        #expect(result.startTimeMicroseconds == 12 && result.startTimeCPUMicroseconds == 3 && result.parentCPUTimeMicroseconds == 4)
+        #expect(try mode(["--seccomp-filter", "/f.bpf"]).seccompFilterPath == "/f.bpf")
+        // --kernel runs stay Swiftlet's, with no socket unless asked; a process flag routes them through the API runner.
+        guard case .run = try VMMArguments.parse(["--kernel", "k"]) else {
+            Issue.record("--kernel alone must not serve an API")
+            return
+        }
+        let logged = try mode(["--kernel", "k", "--log-path", "/tmp/l"])
+        #expect(logged.socketPath == nil && logged.bootsAtOnce)
+    }
+
+    @Test("--version's first line is Firecracker's layout with a semver Kata accepts (>= 0.21.1)")
+    func version() throws {
+        #expect(try VMMArguments.parse(["--version"]) == .version)
+        let fields = VMMArguments.version.split(separator: " ")
+        #expect(fields.count == 2 && fields[1].hasPrefix("v"))
+        let numbers = fields[1].dropFirst().split(separator: ".").compactMap { Int($0) }
+        #expect(numbers.count == 3)
+        #expect(numbers.lexicographicallyPrecedes([0, 21, 1]) == false, "\(numbers)")
     }
 }

@@ -45,7 +45,8 @@ struct CommandLineTests {
         (["--kernel", "/etc/hostname", "--serial", "telnet"], "invalid serial 'telnet'"),
         (["--kernel", "/etc/hostname", "--kvm-device", "/nonexistent/kvm"], "cannot open /nonexistent/kvm"),
         (["--config", "/nonexistent/vm.json"], "config file '/nonexistent/vm.json' does not exist"),
-        ([], "invalid kernel '(none)'"),
+        (["--no-api"], "invalid option '--no-api': expected with --config-file"),
+        (["--seccomp-filter", "/nonexistent/filter.bpf", "--no-seccomp"], "invalid option '--no-seccomp': expected not with --seccomp-filter"),
     ])
     func badInput(arguments: [String], message: String) throws {
         let (status, stderr) = try Self.run(arguments)

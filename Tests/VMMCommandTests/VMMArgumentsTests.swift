@@ -62,11 +62,13 @@ struct VMMArgumentsTests {
         (["--kernel", "k", "--memory", "lots"], "invalid memory 'lots': expected a size such as 512M, 2G or 1024 (MiB)"),
         (["--kernel", "k", "--serial", "tty"], "invalid serial 'tty': expected stdio, file:PATH or none"),
         (["--kernel", "k", "--on-reboot", "maybe"], "invalid on-reboot 'maybe': expected restart or exit"),
-        (["--kernel", "k", "--cpu", "2"], "invalid option '--cpu': expected one of --kernel, --initrd, --cmdline, --cpus, --memory, --serial, --console, --disk, --on-reboot, --config, --kvm-device, --api-sock, --id, --log-path, --config-file, --net, --rng"),
+        (["--kernel", "k", "--cpu", "2"], "invalid option '--cpu': expected one of --kernel, --initrd, --cmdline, --cpus, --memory, --serial, --console, --disk, --on-reboot, --config, --kvm-device, --api-sock, --id, --log-path, --level, --module, --metrics-path, --config-file, --seccomp-filter, --http-api-max-payload-size, --start-time-us, --start-time-cpu-us, --parent-cpu-time-us, --net, --rng, --no-api, --no-seccomp, --boot-timer, --show-level, --show-log-origin"),
         (["--kernel"], "invalid option '--kernel': expected a value after it"),
         (["--kernel", "a", "--kernel", "b"], "invalid option '--kernel': expected at most once"),
         (["vmlinux"], "invalid argument 'vmlinux': expected an option such as --kernel PATH (see --help)"),
-        ([], "invalid kernel '(none)': expected --kernel PATH or \"kernel\" in --config"),
+        (["--no-api"], "invalid option '--no-api': expected with --config-file (without the API nothing could configure the VM)"),
+        (["--start-time-us", "soon"], "invalid start-time-us 'soon': expected a whole number from 0 to 18446744073709551615"),
+        (["--level", "Loud"], "invalid level 'Loud': expected one of Error, Warning, Info, Debug, Trace, Off"),
     ])
     func badValues(arguments: [String], message: String) {
         #expect(throws: VMMError.self) { try VMMArguments.parse(arguments) }

@@ -12,6 +12,10 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <unistd.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
 #include <signal.h>
@@ -121,6 +125,17 @@ static inline long ckvm_getrandom(void *buffer, unsigned long length, unsigned i
 
 // Names the calling thread (shown by top -H, gdb, /proc).
 static inline int ckvm_set_thread_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
+// The calling thread's name into `buffer`, which must hold 16 bytes.
+static inline int ckvm_get_thread_name(char *buffer) { return prctl(PR_GET_NAME, buffer, 0, 0, 0); }
+
+// Installs a seccomp-BPF program (`count` 8-byte sock_filter instructions)
+// on the calling thread, after PR_SET_NO_NEW_PRIVS as seccomp requires of an
+// unprivileged caller. Returns 0, or -1 with errno.
+static inline int ckvm_install_seccomp_filter(const void *instructions, unsigned short count) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    struct sock_fprog program = { .len = count, .filter = (struct sock_filter *)instructions };
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program);
+}
 
 // Caps glibc's malloc arenas (M_ARENA_MAX): each extra thread would otherwise
 // get an arena of its own, about 0.2 MiB resident.
