@@ -92,8 +92,9 @@ public struct RateLimiter: Sendable {
         }
     }
 
-    /// No bucket: every consume succeeds.
-    public var isUnlimited: Bool { bandwidth == nil && operations == nil }
+    /// No bucket: every consume succeeds. Inlinable: devices check it per
+    /// request on their unlimited fast path.
+    @inlinable public var isUnlimited: Bool { bandwidth == nil && operations == nil }
 
     /// What the buckets are configured with now.
     public var configuration: RateLimiterConfiguration {
