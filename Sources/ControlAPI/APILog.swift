@@ -137,10 +137,31 @@ public final class APILog: Sendable {
         if settings.showOrigin { tag += ":\(file):\(line)" }
         // One write per line, so lines from different threads do not interleave.
         do {
-            try target.writeAll(Array("\(Self.timestamp()) [\(tag)] \(message())\n".utf8))
+            try target.writeAll(Array("\(Self.timestamp()) [\(tag)] \(Self.oneLine(message()))\n".utf8))
         } catch {
             missed.add(1, ordering: .relaxed)
         }
+    }
+
+    /// Control characters escaped, so that text from a request (a path, a
+    /// body, a field name) can never start a line of its own in the log.
+    static func oneLine(_ text: String) -> String {
+        guard text.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return text }
+        var result = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": result += "\\n"
+            case "\r": result += "\\r"
+            case "\t": result += "\\t"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F {
+                    result += "\\u{\(String(scalar.value, radix: 16))}"
+                } else {
+                    result.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return result
     }
 
     /// Local time with nanoseconds, as Firecracker's `LocalTime` prints it.

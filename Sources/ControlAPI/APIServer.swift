@@ -13,7 +13,7 @@ public enum APIServerError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .pathTooLong(path): "API socket path '\(path)' is longer than 107 bytes"
-        case let .inUse(path): "API socket '\(path)': another process is listening on it (is another swiftlet-vmm running?)"
+        case let .inUse(path): "Failed to open the API socket at: \(path). Check that it is not already used: another process is listening on it (is another swiftlet-vmm running?)"
         case let .notASocket(path): "API socket '\(path)' exists and is not a socket; refusing to replace it"
         case let .socket(step, cause): "API socket: \(step): \(cause)"
         }

@@ -63,7 +63,8 @@ public struct BootSource: Equatable, Sendable {
 /// Firecracker's `MachineConfiguration`. `smt`, `track_dirty_pages`,
 /// `cpu_template` (the x86 static templates) and `huge_pages` ("None",
 /// "Transparent") are accepted, validated as Firecracker does and reported
-/// back; what Swiftlet applies of them is in docs/firecracker-compatibility.md.
+/// back; of them Swiftlet applies `huge_pages: "Transparent"` (MADV_HUGEPAGE)
+/// only (docs/firecracker-compatibility.md).
 public struct MachineConfiguration: Equatable, Sendable {
     public var vcpuCount: Int
     public var memorySizeMiB: UInt64
@@ -373,6 +374,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
         result.commandLine = bootSource.bootArgs ?? VMConfiguration.defaultCommandLine
         result.cpuCount = machine.vcpuCount
         result.memorySize = machine.memorySizeMiB << 20
+        result.transparentHugePages = machine.hugePages == "Transparent"
         try DeviceConfigurationHook.apply(drives: drives, networkInterfaces: networkInterfaces, to: &result)
         do {
             try result.validate()

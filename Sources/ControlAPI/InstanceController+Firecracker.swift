@@ -64,6 +64,12 @@ extension InstanceController {
         }
     }
 
+    /// A request used a deprecated part of Firecracker's API (the answer
+    /// carries `Deprecation: true`): Firecracker's `deprecated_api` metric.
+    func countDeprecatedCall() {
+        state.withLock { $0.requestCounts["deprecated_api.deprecated_http_api_calls", default: 0] &+= 1 }
+    }
+
     /// Records how long the process took to serve its API, from the
     /// jailer's `--start-time-us` (CLOCK_MONOTONIC µs at the exec) and
     /// `--start-time-cpu-us`/`--parent-cpu-time-us`, as Firecracker does.
@@ -104,45 +110,52 @@ extension InstanceController {
 
     /// The totals behind the metrics document: what Swiftlet counts, by Firecracker's names.
     func firecrackerMetricValues() -> [String: UInt64] {
-        let (machine, counts, startup, startupCPU) = state.withLock {
-            ($0.machine, $0.requestCounts, $0.startupMicroseconds, $0.startupCPUMicroseconds)
+        let (machine, counts, finished, startup, startupCPU) = state.withLock {
+            ($0.machine, $0.requestCounts, $0.finishedRunMetrics, $0.startupMicroseconds, $0.startupCPUMicroseconds)
         }
-        var values = counts
+        var values = counts.merging(finished) { $0 &+ $1 }
         values["api_server.process_startup_time_us"] = startup
         values["api_server.process_startup_time_cpu_us"] = startupCPU
         values["logger.missed_log_count"] = log.missedLines
         if let counters = machine?.counters() {
-            for (kind, count) in counters.exits {
-                switch kind {
-                case .portIn: values["vcpu.exit_io_in"] = count
-                case .portOut: values["vcpu.exit_io_out"] = count
-                case .mmioRead: values["vcpu.exit_mmio_read"] = count
-                case .mmioWrite: values["vcpu.exit_mmio_write"] = count
-                case .internalError, .failedEntry, .unhandled: values["vcpu.failures", default: 0] &+= count
-                default: break
-                }
+            values.merge(Self.metricValues(counters)) { $0 &+ $1 }
+        }
+        return values
+    }
+
+    /// One run's counters by Firecracker's metric names.
+    static func metricValues(_ counters: VMCounters) -> [String: UInt64] {
+        var values: [String: UInt64] = [:]
+        for (kind, count) in counters.exits {
+            switch kind {
+            case .portIn: values["vcpu.exit_io_in"] = count
+            case .portOut: values["vcpu.exit_io_out"] = count
+            case .mmioRead: values["vcpu.exit_mmio_read"] = count
+            case .mmioWrite: values["vcpu.exit_mmio_write"] = count
+            case .internalError, .failedEntry, .unhandled: values["vcpu.failures", default: 0] &+= count
+            default: break
             }
-            values["uart.write_count"] = counters.serialBytesOut
-            for device in counters.devices {
-                let counter = { (name: String) in device.counters.first { $0.name == name }?.value ?? 0 }
-                values["interrupts.triggers", default: 0] &+= counter("interrupts")
-                // Device names start with the virtio type ("virtio-blk 00:02.0").
-                if device.device.hasPrefix("virtio-blk") {
-                    values["block.read_bytes", default: 0] &+= counter("bytes_to_guest")
-                    values["block.write_bytes", default: 0] &+= counter("bytes_from_guest")
-                    values["block.queue_event_count", default: 0] &+= counter("notifications")
-                    values["block.execute_fails", default: 0] &+= counter("errors")
-                } else if device.device.hasPrefix("virtio-net") {
-                    values["net.rx_bytes_count", default: 0] &+= counter("bytes_to_guest")
-                    values["net.tx_bytes_count", default: 0] &+= counter("bytes_from_guest")
-                    values["net.tx_queue_event_count", default: 0] &+= counter("notifications")
-                } else if device.device.hasPrefix("virtio-rng") || device.device.hasPrefix("virtio-entropy") {
-                    values["entropy.entropy_bytes", default: 0] &+= counter("bytes_to_guest")
-                    values["entropy.entropy_event_count", default: 0] &+= counter("notifications")
-                } else if device.device.hasPrefix("virtio-vsock") {
-                    values["vsock.rx_bytes_count", default: 0] &+= counter("bytes_to_guest")
-                    values["vsock.tx_bytes_count", default: 0] &+= counter("bytes_from_guest")
-                }
+        }
+        values["uart.write_count"] = counters.serialBytesOut
+        for device in counters.devices {
+            let counter = { (name: String) in device.counters.first { $0.name == name }?.value ?? 0 }
+            values["interrupts.triggers", default: 0] &+= counter("interrupts")
+            // Device names start with the virtio type ("virtio-blk 00:02.0").
+            if device.device.hasPrefix("virtio-blk") {
+                values["block.read_bytes", default: 0] &+= counter("bytes_to_guest")
+                values["block.write_bytes", default: 0] &+= counter("bytes_from_guest")
+                values["block.queue_event_count", default: 0] &+= counter("notifications")
+                values["block.execute_fails", default: 0] &+= counter("errors")
+            } else if device.device.hasPrefix("virtio-net") {
+                values["net.rx_bytes_count", default: 0] &+= counter("bytes_to_guest")
+                values["net.tx_bytes_count", default: 0] &+= counter("bytes_from_guest")
+                values["net.tx_queue_event_count", default: 0] &+= counter("notifications")
+            } else if device.device.hasPrefix("virtio-rng") {
+                values["entropy.entropy_bytes", default: 0] &+= counter("bytes_to_guest")
+                values["entropy.entropy_event_count", default: 0] &+= counter("notifications")
+            } else if device.device.hasPrefix("virtio-vsock") {
+                values["vsock.rx_bytes_count", default: 0] &+= counter("bytes_to_guest")
+                values["vsock.tx_bytes_count", default: 0] &+= counter("bytes_from_guest")
             }
         }
         return values

@@ -39,6 +39,8 @@ public final class InstanceController: Sendable {
         /// Microseconds from process start to the API being served (`--start-time-us`), and its CPU time.
         var startupMicroseconds: UInt64?
         var startupCPUMicroseconds: UInt64?
+        /// Metric totals of runs that have ended (before reboots), by Firecracker's names.
+        var finishedRunMetrics: [String: UInt64] = [:]
     }
 
     public let instanceID: String
@@ -118,6 +120,10 @@ public final class InstanceController: Sendable {
     public func runEnded(_ reason: VMExitReason) -> Bool {
         log.write("run ended: \(reason.description.split(separator: "\n").first ?? "")")
         return state.withLock { state in
+            // Firecracker's metrics count over the whole process: keep what this run counted.
+            if let counters = state.machine?.counters() {
+                state.finishedRunMetrics.merge(Self.metricValues(counters)) { $0 &+ $1 }
+            }
             state.machine = nil
             state.shutdownDeadline = nil
             defer { state.resetRequested = false }
@@ -188,9 +194,11 @@ public final class InstanceController: Sendable {
 
     /// Answers one request.
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
-        let described = request.body.isEmpty || request.path == "/mmds"
-            ? "\(Self.methodName(request.method)) request on \"\(request.path.prefix(200))\""
-            : "\(Self.methodName(request.method)) request on \"\(request.path.prefix(200))\" with body \"\(String(decoding: request.body.prefix(1024), as: UTF8.self))\""
+        // As Firecracker's: the path and body quoted with escapes (Rust's {:?}); /mmds bodies are not logged.
+        let path = JSONText.string(String(request.path.prefix(200)))
+        let described = request.body.isEmpty || request.path.hasPrefix("/mmds")
+            ? "\(Self.methodName(request.method)) request on \(path)"
+            : "\(Self.methodName(request.method)) request on \(path) with body \(JSONText.string(String(decoding: request.body.prefix(1024), as: UTF8.self)))"
         log.write("The API server received a \(described).")
         var response: HTTPResponse
         var operation: APIOperation?
@@ -257,6 +265,7 @@ public final class InstanceController: Sendable {
                 // Firecracker marks the static CPU templates deprecated on every use.
                 log.warn("\(request.method) /machine-config: cpu_template field is deprecated.")
                 response.headers.append(("Deprecation", "true"))
+                countDeprecatedCall()
             }
             return response
         case .putGuestBootSource:

@@ -1,4 +1,5 @@
 import CKVM
+import Glibc
 import HostSystem
 
 /// Plain-old-data types that may be copied to and from guest memory byte for
@@ -92,6 +93,13 @@ public final class GuestMemory: Sendable {
 
     /// Total bytes of RAM.
     public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
+
+    /// Asks the host kernel to back RAM with transparent huge pages
+    /// (madvise MADV_HUGEPAGE; Firecracker's `huge_pages: "Transparent"`).
+    /// Advisory: where THP is off, nothing changes.
+    public func adviseTransparentHugePages() {
+        for region in regions { region.mapping.advise(MADV_HUGEPAGE) }
+    }
 
     /// True if all `length` bytes at `address` are RAM in one region.
     public func contains(_ address: GuestAddress, length: UInt64 = 1) -> Bool {

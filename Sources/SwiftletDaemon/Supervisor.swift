@@ -243,6 +243,9 @@ public final class Supervisor: Sendable {
             publish(name, .running, nil)
         } else {
             let after = runtime(name)
+            // The guest ran and crashed before "Running" was seen (the VMM
+            // reports a run that has ended as "Not started"): it started.
+            if after.state == .crashed, after.reason?.hasPrefix("the guest crashed") == true { return }
             if after.state == .crashed || after.state == .shutOff, after.pid == nil {
                 throw .badRequest("'\(name)' stopped right after starting: \(after.reason ?? "no reason reported")")
             }

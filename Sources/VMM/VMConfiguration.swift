@@ -75,6 +75,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var entropyRateLimiter = RateLimiterConfiguration.unlimited
     /// Firecracker's boot-timer device at `Layout.bootTimerStart` (`--boot-timer`).
     public var bootTimer = false
+    /// Guest RAM advised MADV_HUGEPAGE (Firecracker's `huge_pages: "Transparent"`).
+    public var transparentHugePages = false
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

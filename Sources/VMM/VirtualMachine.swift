@@ -81,6 +81,7 @@ public final class VirtualMachine: Sendable {
         } catch {
             throw .memory(step: "allocating \(MemorySize.format(configuration.memorySize)) of guest RAM", cause: error)
         }
+        if configuration.transparentHugePages { memory.adviseTransparentHugePages() }
         for (slot, region) in memory.regions.enumerated() {
             do {
                 try handle.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.rawValue, size: region.size, hostAddress: region.hostAddress)

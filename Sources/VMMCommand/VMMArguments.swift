@@ -138,6 +138,8 @@ public enum VMMArguments {
             EXAMPLE:
               swiftlet-vmm --kernel vmlinux --initrd initrd.cpio.gz --cpus 2 --memory 256M
               swiftlet-vmm --kernel vmlinux --net tap=tap0,mac=52:54:00:12:34:56
+              swiftlet-vmm --api-sock /tmp/fc.sock --log-path /tmp/fc.log --level Debug   (Firecracker's way: configure over the API)
+              swiftlet-vmm --config-file vm.json --no-api
 
             """
         return text

@@ -266,3 +266,19 @@ struct RunEndStateTests {
         controller.finish()
     }
 }
+
+@Suite("The log")
+struct APILogTests {
+    @Test("text from a request cannot start a log line of its own")
+    func oneLine() {
+        #expect(APILog.oneLine("plain") == "plain")
+        #expect(APILog.oneLine("a\nb\r\t\u{1}") == #"a\nb\r\t\u{1}"#)
+    }
+
+    @Test("levels parse as Firecracker's, case-insensitively, Warn and Warning alike")
+    func levels() {
+        #expect(APILog.Level(name: "warning") == .warn && APILog.Level(name: "WARN") == .warn && APILog.Level(name: "Off") == .off)
+        #expect(APILog.Level(name: "loud") == nil)
+        #expect(APILog.Level.debug > APILog.Level.info)
+    }
+}

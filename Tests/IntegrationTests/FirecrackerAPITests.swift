@@ -260,4 +260,69 @@ struct FirecrackerAPITests {
         let bad = try ProcessTests.run("swiftlet-vmm", ["--kernel", hello, "--seccomp-filter", path])
         #expect(bad.status == 1 && bad.stderr.contains("invalid seccomp-filter") && bad.stderr.split(separator: "\n").count == 1, "\(bad.stderr)")
     }
+
+    @Test("--config-file with --no-api boots without a socket; its logger and metrics sections apply; metrics get a line at exit")
+    func configFileNoAPI() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-fcapi-noapi-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let config = #"""
+            {"boot-source": {"kernel_image_path": "\#(try KitGuest.program("hello"))"},
+             "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+             "logger": {"log_path": "\#(directory)/log", "level": "Info", "show_level": true},
+             "metrics": {"metrics_path": "\#(directory)/metrics", "emit_id": true, "properties": {"team": "swiftlet"}},
+             "balloon": null, "pmem": []}
+            """#
+        _ = FileManager.default.createFile(atPath: directory + "/vm.json", contents: Data(config.utf8))
+        let run = try ProcessTests.run("swiftlet-vmm", ["--config-file", directory + "/vm.json", "--no-api", "--id", "noapi", "--serial", "none"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let log = (try? String(contentsOfFile: directory + "/log", encoding: .utf8)) ?? ""
+        #expect(log.contains("[noapi:") && log.contains(":INFO] Swiftlet exiting successfully. exit_code=0"), "\(log)")
+        let metrics = (try? String(contentsOfFile: directory + "/metrics", encoding: .utf8)) ?? ""
+        let last = Self.json(String(metrics.split(separator: "\n").last ?? ""))
+        #expect(last["id"] as? String == "noapi" && (last["properties"] as? [String: Any])?["team"] as? String == "swiftlet", "\(metrics)")
+        #expect(((last["vcpu"] as? [String: Any])?["exit_io_out"] as? Int ?? 0) > 0, "the run's exits are in the last line")
+
+        let bad = try ProcessTests.run("swiftlet-vmm", ["--config-file", directory + "/vm.json", "--no-api", "--api-sock", directory + "/s"])
+        #expect(bad.status == 1 && bad.stderr.contains("--no-api"), "\(bad.stderr)")
+    }
+
+    @Test("Firecracker's process flags with --kernel: --metrics-path and --log-path work without an API socket")
+    func processFlagsWithKernel() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-fcapi-kflags-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let run = try ProcessTests.run("swiftlet-vmm", ["--kernel", try KitGuest.program("hello"), "--serial", "none",
+                                                        "--metrics-path", directory + "/m", "--log-path", directory + "/l", "--boot-timer"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(((try? String(contentsOfFile: directory + "/m", encoding: .utf8)) ?? "").contains("\"utc_timestamp_ms\""))
+        #expect(((try? String(contentsOfFile: directory + "/l", encoding: .utf8)) ?? "").contains("Successfully built the microVM"))
+    }
+
+    @Test("huge_pages Transparent advises guest RAM MADV_HUGEPAGE; None does not")
+    func transparentHugePages() throws {
+        for (mode, advised) in [("Transparent", true), ("None", false)] {
+            let vm = try VMM([], name: "thp-\(mode)")
+            #expect(try vm.request("PUT", "/boot-source", #"{"kernel_image_path": "\#(try KitGuest.program("idle"))"}"#).status == 204)
+            #expect(try vm.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "\#(mode)"}"#).status == 204)
+            #expect(try vm.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+            #expect(vm.waitForSerial { $0.contains("KIT idle tick 1") })
+            // The guest RAM mapping (64 MiB) carries "hg" in its VmFlags when advised.
+            // /proc files report size 0: read them to the end.
+            let smaps = FileHandle(forReadingAtPath: "/proc/\(vm.process.processIdentifier)/smaps")
+                .map { String(decoding: $0.readDataToEndOfFile(), as: UTF8.self) } ?? ""
+            var flagsOfGuestRAM: String?
+            var currentSize = 0
+            for line in smaps.split(separator: "\n") {
+                if line.hasPrefix("Size:") { currentSize = Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0 }
+                if line.hasPrefix("VmFlags:"), currentSize == 64 * 1024 { flagsOfGuestRAM = String(line) }
+            }
+            #expect(flagsOfGuestRAM != nil, "no 64 MiB mapping in smaps")
+            #expect((flagsOfGuestRAM?.split(separator: " ").contains("hg") ?? false) == advised, "\(mode): \(flagsOfGuestRAM ?? "")")
+            #expect(try vm.request("PUT", "/actions", #"{"action_type": "Stop"}"#).status == 204)
+            #expect(vm.waitForExit() == 0)
+        }
+    }
 }
