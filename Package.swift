@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "MMDS"]),
+        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "MMDS", "RateLimiter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -47,10 +47,12 @@ let package = Package(
         .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
         // The virtio-mmio transport (VirtIO 1.2 section 4.2, version 2).
         .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
+        // Firecracker's token-bucket rate limiters (bandwidth and operations), woken by a timerfd.
+        .target(name: "RateLimiter", dependencies: ["HostSystem"]),
         // VirtIO devices, one target each.
-        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
-        .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
-        .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
+        .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
+        .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem", "RateLimiter"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioVsock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         // Firecracker's MicroVM Metadata Service: the data store, its guest
@@ -59,7 +61,7 @@ let package = Package(
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
             "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
-            "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "VirtioVsock", "MMDS",
+            "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "VirtioVsock", "MMDS", "RateLimiter",
         ]),
         // A small JSON parser, so the VMM needs no Foundation.
         .target(name: "LeanJSON"),
@@ -108,14 +110,15 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
         .testTarget(name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "Virtio", "KVM", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem", "RateLimiter"]),
         .testTarget(name: "VirtioVsockTests", dependencies: ["VirtioVsock", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
         .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem", "RateLimiter"]),
         // Boots guest-kit programs on /dev/kvm.
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
         .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", .product(name: "Yams", package: "Yams")]),
     ],

@@ -1,6 +1,7 @@
 import Glibc
 import HostSystem
 import LeanJSON
+import RateLimiter
 import VMM
 
 /// Firecracker's `BootSource`.
@@ -141,13 +142,17 @@ public struct DriveConfiguration: Equatable, Sendable {
     public var cacheType = "Unsafe"
     /// "Sync" or "Async"; Swiftlet's block I/O is the same for both (a worker thread).
     public var ioEngine = "Sync"
+    public var rateLimiter: RateLimiterConfiguration
 
-    public init(driveID: String, pathOnHost: String, isRootDevice: Bool = false, isReadOnly: Bool = false, partUUID: String? = nil) {
+    public init(driveID: String, pathOnHost: String, isRootDevice: Bool = false, isReadOnly: Bool = false, partUUID: String? = nil,
+                cacheType: String = "Unsafe", rateLimiter: RateLimiterConfiguration = .unlimited) {
         self.driveID = driveID
         self.pathOnHost = pathOnHost
         self.isRootDevice = isRootDevice
         self.isReadOnly = isReadOnly
         self.partUUID = partUUID
+        self.cacheType = cacheType
+        self.rateLimiter = rateLimiter
     }
 
     static let fields = ["drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid", "cache_type", "io_engine", "rate_limiter"]
@@ -164,9 +169,15 @@ public struct DriveConfiguration: Equatable, Sendable {
         isRootDevice = try fields.requiredBool("is_root_device")
         isReadOnly = try fields.bool("is_read_only") ?? false
         partUUID = try fields.string("partuuid")
-        try Self.checkUnsupported(fields)
+        if let cache = try fields.string("cache_type"), cache != "Unsafe", cache != "Writeback" {
+            throw .deserialization("unknown variant `\(cache.prefix(40))`, expected `Unsafe` or `Writeback`")
+        }
+        if let engine = try fields.string("io_engine"), engine != "Sync", engine != "Async" {
+            throw .deserialization("unknown variant `\(engine.prefix(40))`, expected `Sync` or `Async`")
+        }
         cacheType = try fields.string("cache_type") ?? "Unsafe"
         ioEngine = try fields.string("io_engine") ?? "Sync"
+        rateLimiter = try RateLimiterJSON.configuration(fields, key: "rate_limiter")
     }
 
     /// Firecracker opens the backing file when the drive is PUT.
@@ -176,28 +187,26 @@ public struct DriveConfiguration: Equatable, Sendable {
         }
     }
 
+    /// Firecracker's `PartialDrive`: what PATCH /drives/{id} changes on a running VM.
+    struct Patch: Equatable {
+        var pathOnHost: String?
+        var rateLimiter: RateLimiterUpdate
+    }
+
     static let patchFields = ["drive_id", "path_on_host", "rate_limiter"]
 
-    /// PATCH: Firecracker's `PartialDrive` (path_on_host).
-    mutating func update(json fields: JSONFields, pathID: String) throws(APIError) {
+    /// Parses a PATCH body (`PartialDrive`).
+    static func patch(json fields: JSONFields, pathID: String) throws(APIError) -> Patch {
         try fields.allowOnly(Self.patchFields)
         let id = try fields.requiredString("drive_id")
         guard id == pathID else { throw .badRequest("drive: 'drive_id' '\(id)' differs from the id '\(pathID)' in the path") }
-        if fields.has("rate_limiter") { throw .badRequest("drive '\(pathID)': 'rate_limiter' is not supported") }
-        if let path = try fields.string("path_on_host") {
-            guard !path.isEmpty else { throw .badRequest("drive '\(pathID)': 'path_on_host' is empty") }
-            pathOnHost = path
+        let path = try fields.string("path_on_host")
+        if let path, path.isEmpty { throw .badRequest("drive '\(pathID)': 'path_on_host' is empty") }
+        let limiter = try RateLimiterJSON.update(fields, key: "rate_limiter")
+        guard path != nil || fields.has("rate_limiter") else {
+            throw .badRequest("drive '\(pathID)': nothing to change: a PATCH needs 'path_on_host' and/or 'rate_limiter'")
         }
-    }
-
-    static func checkUnsupported(_ fields: JSONFields) throws(APIError) {
-        if let cache = try fields.string("cache_type"), cache != "Unsafe", cache != "Writeback" {
-            throw .deserialization("unknown variant `\(cache.prefix(40))`, expected `Unsafe` or `Writeback`")
-        }
-        if let engine = try fields.string("io_engine"), engine != "Sync", engine != "Async" {
-            throw .deserialization("unknown variant `\(engine.prefix(40))`, expected `Sync` or `Async`")
-        }
-        if fields.has("rate_limiter") { throw .badRequest("drive: 'rate_limiter' is not supported") }
+        return Patch(pathOnHost: path, rateLimiter: limiter)
     }
 
     /// Firecracker's drive in `GET /vm/config`, nulls included.
@@ -206,7 +215,7 @@ public struct DriveConfiguration: Equatable, Sendable {
             ("drive_id", JSONText.string(driveID)), ("partuuid", partUUID.map(JSONText.string) ?? "null"),
             ("is_root_device", JSONText.bool(isRootDevice)), ("cache_type", JSONText.string(cacheType)),
             ("is_read_only", JSONText.bool(isReadOnly)), ("path_on_host", JSONText.string(pathOnHost)),
-            ("rate_limiter", "null"), ("io_engine", JSONText.string(ioEngine)), ("socket", "null"),
+            ("rate_limiter", RateLimiterJSON.json(rateLimiter)), ("io_engine", JSONText.string(ioEngine)), ("socket", "null"),
         ])
     }
 }
@@ -217,12 +226,17 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     public var hostDeviceName: String
     public var guestMAC: String?
     public var mtu: Int?
+    public var receiveRateLimiter: RateLimiterConfiguration
+    public var transmitRateLimiter: RateLimiterConfiguration
 
-    public init(interfaceID: String, hostDeviceName: String, guestMAC: String? = nil, mtu: Int? = nil) {
+    public init(interfaceID: String, hostDeviceName: String, guestMAC: String? = nil, mtu: Int? = nil,
+                receiveRateLimiter: RateLimiterConfiguration = .unlimited, transmitRateLimiter: RateLimiterConfiguration = .unlimited) {
         self.interfaceID = interfaceID
         self.hostDeviceName = hostDeviceName
         self.guestMAC = guestMAC
         self.mtu = mtu
+        self.receiveRateLimiter = receiveRateLimiter
+        self.transmitRateLimiter = transmitRateLimiter
     }
 
     static let fields = ["iface_id", "host_dev_name", "guest_mac", "mtu", "rx_rate_limiter", "tx_rate_limiter"]
@@ -238,31 +252,24 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
         guestMAC = try fields.string("guest_mac")
         if let guestMAC { try Self.checkMAC(guestMAC) }
         mtu = try fields.integer("mtu", in: 68...65535).map { Int($0) }
-        if fields.has("rx_rate_limiter") || fields.has("tx_rate_limiter") {
-            throw .badRequest("network interface '\(pathID)': rate limiters are not supported")
-        }
+        receiveRateLimiter = try RateLimiterJSON.configuration(fields, key: "rx_rate_limiter")
+        transmitRateLimiter = try RateLimiterJSON.configuration(fields, key: "tx_rate_limiter")
     }
 
-    static let patchFields = ["iface_id", "host_dev_name", "guest_mac", "mtu", "rx_rate_limiter", "tx_rate_limiter"]
+    /// Firecracker's `PartialNetworkInterface`: PATCH changes the rate limiters of a running VM.
+    struct Patch: Equatable {
+        var receive: RateLimiterUpdate
+        var transmit: RateLimiterUpdate
+    }
 
-    mutating func update(json fields: JSONFields, pathID: String) throws(APIError) {
+    static let patchFields = ["iface_id", "rx_rate_limiter", "tx_rate_limiter"]
+
+    static func patch(json fields: JSONFields, pathID: String) throws(APIError) -> Patch {
         try fields.allowOnly(Self.patchFields)
         let id = try fields.requiredString("iface_id")
         guard id == pathID else { throw .badRequest("network interface: 'iface_id' '\(id)' differs from the id '\(pathID)' in the path") }
-        if fields.has("rx_rate_limiter") || fields.has("tx_rate_limiter") {
-            throw .badRequest("network interface '\(pathID)': rate limiters are not supported")
-        }
-        var updated = self
-        if let name = try fields.string("host_dev_name") {
-            try Self.checkDeviceName(name)
-            updated.hostDeviceName = name
-        }
-        if let mac = try fields.string("guest_mac") {
-            try Self.checkMAC(mac)
-            updated.guestMAC = mac
-        }
-        if let mtu = try fields.integer("mtu", in: 68...65535) { updated.mtu = Int(mtu) }
-        self = updated
+        return Patch(receive: try RateLimiterJSON.update(fields, key: "rx_rate_limiter"),
+                     transmit: try RateLimiterJSON.update(fields, key: "tx_rate_limiter"))
     }
 
     /// Linux interface names: 1 to 15 bytes, no '/', whitespace or ':'.
@@ -286,7 +293,7 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
         JSONText.object([
             ("iface_id", JSONText.string(interfaceID)), ("host_dev_name", JSONText.string(hostDeviceName)),
             ("guest_mac", guestMAC.map(JSONText.string) ?? "null"), ("mtu", mtu.map { "\($0)" } ?? "null"),
-            ("rx_rate_limiter", "null"), ("tx_rate_limiter", "null"),
+            ("rx_rate_limiter", RateLimiterJSON.json(receiveRateLimiter)), ("tx_rate_limiter", RateLimiterJSON.json(transmitRateLimiter)),
         ])
     }
 }
@@ -307,9 +314,6 @@ public struct InstanceConfiguration: Equatable, Sendable {
     /// process starts; like Firecracker, `GET /vm/config` shows them as null.
     var logger: LoggerSettings?
     var metrics: MetricsSettings?
-    /// The entropy device's `rate_limiter` as given (JSON text): accepted and
-    /// reported, not enforced (the guest's entropy comes from getrandom).
-    var entropyRateLimiter: String?
 
     public init(base: VMConfiguration = VMConfiguration(kernelPath: "")) {
         self.base = base
@@ -323,15 +327,15 @@ public struct InstanceConfiguration: Equatable, Sendable {
         machine = MachineConfiguration(vcpuCount: configuration.cpuCount, memorySizeMiB: configuration.memorySize >> 20)
     }
 
-    /// Ids of drives and interfaces: 1 to 64 of A-Z a-z 0-9 _ - .
+    /// Ids of drives and interfaces, as Firecracker accepts them: non-empty,
+    /// letters and digits (any script) and '_', any length (the request size
+    /// bounds it); '-' and '.' are accepted too, as Swiftlet always did.
     static func checkID(_ id: String, what: String) throws(APIError) {
-        let bytes = Array(id.utf8)
-        let valid = bytes.allSatisfy { byte in
-            (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
-                || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".")
+        let valid = id.unicodeScalars.allSatisfy { scalar in
+            scalar.properties.isAlphabetic || scalar.properties.numericType != nil || scalar == "_" || scalar == "-" || scalar == "."
         }
-        guard (1...64).contains(bytes.count), valid else {
-            throw .badRequest("\(what) id '\(id.prefix(80))' is invalid: use 1 to 64 letters, digits, '_', '-' or '.'")
+        guard !id.isEmpty, valid else {
+            throw .badRequest("\(what) id '\(id.prefix(80))' is invalid: API resource ids hold only letters, digits and '_' (and '-', '.')")
         }
     }
 
@@ -405,7 +409,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
             ("mmds-config", mmds.json),
             ("network-interfaces", JSONText.array(commandLine + networkInterfaces.map(\.json))),
             ("vsock", base.vsock.map { JSONText.object([("guest_cid", "\($0.guestCID)"), ("uds_path", JSONText.string($0.udsPath))]) } ?? "null"),
-            ("entropy", base.entropyDevice ? JSONText.object([("rate_limiter", entropyRateLimiter ?? "null")]) : "null"),
+            ("entropy", base.entropyDevice ? JSONText.object([("rate_limiter", RateLimiterJSON.json(base.entropyRateLimiter))]) : "null"),
             ("pmem", "[]"),
             ("memory-hotplug", "null"),
         ])
@@ -433,7 +437,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
         if let entropy = fields.value("entropy") {
             let device = try JSONFields(entropy, context: "entropy")
             try device.allowOnly(["rate_limiter"])
-            result.entropyRateLimiter = try device.value("rate_limiter").map { (value) throws(APIError) in try EntropyRateLimiter.validated(value) }
+            result.base.entropyRateLimiter = try RateLimiterJSON.configuration(device, key: "rate_limiter")
             result.base.entropyDevice = true
         }
         if let vsock = fields.value("vsock") {
@@ -471,10 +475,12 @@ public struct InstanceConfiguration: Equatable, Sendable {
 enum DeviceConfigurationHook {
     static func apply(drives: [DriveConfiguration], networkInterfaces: [NetworkInterfaceConfiguration],
                       to configuration: inout VMConfiguration) throws(APIError) {
-        // Drives become virtio-blk disks in order (the root drive is first: vda);
-        // the drive id is the disk id, so it must fit GET_ID's 20 bytes.
+        // Drives become virtio-blk disks in order (the root drive is first:
+        // vda). The drive id names the disk; GET_ID answers the serial
+        // Firecracker derives from the image, not the id.
         for drive in drives {
-            configuration.disks.append(DiskConfiguration(path: drive.pathOnHost, id: drive.driveID, readOnly: drive.isReadOnly))
+            configuration.disks.append(DiskConfiguration(path: drive.pathOnHost, id: drive.driveID, readOnly: drive.isReadOnly,
+                                                         serialFromImage: true, rateLimiter: drive.rateLimiter))
         }
         // Firecracker's convention: the root drive goes on the kernel command line.
         if let root = drives.first, root.isRootDevice {
@@ -487,8 +493,11 @@ enum DeviceConfigurationHook {
                 throw .badRequest("network interface '\(interface.interfaceID)': mtu \(mtu) is not supported (the device offers no MTU; the guest uses 1500)")
             }
             do {
-                interfaces.append(try VMM.NetworkInterfaceConfiguration.make(
-                    id: interface.interfaceID, tapName: interface.hostDeviceName, tapDescriptor: nil, mac: interface.guestMAC))
+                var made = try VMM.NetworkInterfaceConfiguration.make(
+                    id: interface.interfaceID, tapName: interface.hostDeviceName, tapDescriptor: nil, mac: interface.guestMAC)
+                made.receiveRateLimiter = interface.receiveRateLimiter
+                made.transmitRateLimiter = interface.transmitRateLimiter
+                interfaces.append(made)
             } catch {
                 // .network errors already name the interface.
                 if case .network = error { throw .badRequest("\(error)") }
@@ -497,24 +506,5 @@ enum DeviceConfigurationHook {
         }
         // Interfaces from the command line (--net with --kernel) come first.
         configuration.networkInterfaces += interfaces
-    }
-}
-
-/// The entropy device's rate limiter: Firecracker's `RateLimiter` shape
-/// (`bandwidth` and `ops` token buckets, each `size`, `refill_time`,
-/// optional `one_time_burst`), checked and kept as JSON text.
-enum EntropyRateLimiter {
-    static func validated(_ value: JSONValue) throws(APIError) -> String {
-        let limiter = try JSONFields(value, context: "entropy rate_limiter")
-        try limiter.allowOnly(["bandwidth", "ops"])
-        for name in ["bandwidth", "ops"] {
-            guard let bucket = limiter.value(name) else { continue }
-            let fields = try JSONFields(bucket, context: "entropy rate_limiter \(name)")
-            try fields.allowOnly(["size", "one_time_burst", "refill_time"])
-            _ = try fields.requiredInteger("size", in: 0...UInt64.max)
-            _ = try fields.requiredInteger("refill_time", in: 0...UInt64.max)
-            _ = try fields.integer("one_time_burst", in: 0...UInt64.max)
-        }
-        return value.serialized
     }
 }

@@ -284,11 +284,9 @@ public final class InstanceController: Sendable {
             return .noContent
         case .patchGuestDriveByID:
             let id = parameters["drive_id"] ?? ""
-            let fields = try JSONFields(body: body, context: "drive '\(id)'")
-            // Firecracker: PATCH changes a running VM's drive; before boot, PUT does.
-            _ = try machineAfterBoot()
-            try fields.allowOnly(DriveConfiguration.patchFields)
-            throw .badRequest("The requested operation is not supported: updating drive '\(id)' of a running VM")
+            let patch = try DriveConfiguration.patch(json: JSONFields(body: body, context: "drive '\(id)'"), pathID: id)
+            try patchDrive(id: id, patch)
+            return .noContent
         case .putGuestNetworkInterfaceByID:
             let id = parameters["iface_id"] ?? ""
             try InstanceConfiguration.checkID(id, what: "network interface")
@@ -297,10 +295,9 @@ public final class InstanceController: Sendable {
             return .noContent
         case .patchGuestNetworkInterfaceByID:
             let id = parameters["iface_id"] ?? ""
-            let fields = try JSONFields(body: body, context: "network interface '\(id)'")
-            _ = try machineAfterBoot()
-            try fields.allowOnly(NetworkInterfaceConfiguration.patchFields)
-            throw .badRequest("The requested operation is not supported: updating network interface '\(id)' of a running VM")
+            let patch = try NetworkInterfaceConfiguration.patch(json: JSONFields(body: body, context: "network interface '\(id)'"), pathID: id)
+            try patchNetworkInterface(id: id, patch)
+            return .noContent
         case .createSyncAction:
             return try performAction(JSONFields(body: body, context: "actions"))
         case .patchVm:
@@ -319,10 +316,10 @@ public final class InstanceController: Sendable {
         case .putEntropyDevice:
             let fields = try JSONFields(body: body, context: "entropy")
             try fields.allowOnly(["rate_limiter"])
-            let limiter = try fields.value("rate_limiter").map { (value) throws(APIError) in try EntropyRateLimiter.validated(value) }
+            let limiter = try RateLimiterJSON.configuration(fields, key: "rate_limiter")
             try updateBeforeBoot { configuration in
                 configuration.base.entropyDevice = true
-                configuration.entropyRateLimiter = limiter
+                configuration.base.entropyRateLimiter = limiter
             }
             return .noContent
         case .putSerialDevice:
@@ -366,6 +363,56 @@ public final class InstanceController: Sendable {
     /// The same, naming the resource (for readers of the handler; the refusal is Firecracker's words either way).
     func updateBeforeBoot(_ resource: String, _ change: (inout InstanceConfiguration) throws(APIError) -> Void) throws(APIError) {
         try updateBeforeBoot(change)
+    }
+
+    /// PATCH /drives/{id} on a running VM: a new backing file (opened and
+    /// checked first; on error the drive keeps its image) and/or new rate
+    /// limiter buckets. The configuration records them, so GET /vm/config
+    /// shows them and a reboot keeps them.
+    func patchDrive(id: String, _ patch: DriveConfiguration.Patch) throws(APIError) {
+        let machine = try machineAfterBoot(for: "drive '\(id)'")
+        let known = state.withLock { state in
+            state.configuration.drives.contains { $0.driveID == id } || state.configuration.base.disks.contains { $0.id == id }
+        }
+        guard known else { throw .badRequest("no drive '\(id)'; drives are added with PUT /drives/{id} before InstanceStart") }
+        do {
+            try machine.updateDrive(id: id, path: patch.pathOnHost, rateLimiter: patch.rateLimiter)
+        } catch {
+            throw .badRequest("drive '\(id)': \(error)\(patch.pathOnHost == nil ? "" : "; the drive keeps its current image")")
+        }
+        state.withLock { state in
+            if let index = state.configuration.drives.firstIndex(where: { $0.driveID == id }) {
+                if let path = patch.pathOnHost { state.configuration.drives[index].pathOnHost = path }
+                state.configuration.drives[index].rateLimiter = state.configuration.drives[index].rateLimiter.applying(patch.rateLimiter)
+            } else if let index = state.configuration.base.disks.firstIndex(where: { $0.id == id }) {
+                if let path = patch.pathOnHost { state.configuration.base.disks[index].path = path }
+                state.configuration.base.disks[index].rateLimiter = state.configuration.base.disks[index].rateLimiter.applying(patch.rateLimiter)
+            }
+        }
+        log.write("drive '\(id)' updated\(patch.pathOnHost.map { ": now \($0)" } ?? "")")
+    }
+
+    /// PATCH /network-interfaces/{id} on a running VM: new rx/tx rate limiter buckets.
+    func patchNetworkInterface(id: String, _ patch: NetworkInterfaceConfiguration.Patch) throws(APIError) {
+        let machine = try machineAfterBoot(for: "network interface '\(id)'")
+        let known = state.withLock { state in
+            state.configuration.networkInterfaces.contains { $0.interfaceID == id } || state.configuration.base.networkInterfaces.contains { $0.id == id }
+        }
+        guard known else { throw .badRequest("no network interface '\(id)'; interfaces are added with PUT /network-interfaces/{id} before InstanceStart") }
+        do {
+            try machine.updateNetworkInterface(id: id, receive: patch.receive, transmit: patch.transmit)
+        } catch {
+            throw .badRequest("network interface '\(id)': \(error)")
+        }
+        state.withLock { state in
+            if let index = state.configuration.networkInterfaces.firstIndex(where: { $0.interfaceID == id }) {
+                state.configuration.networkInterfaces[index].receiveRateLimiter = state.configuration.networkInterfaces[index].receiveRateLimiter.applying(patch.receive)
+                state.configuration.networkInterfaces[index].transmitRateLimiter = state.configuration.networkInterfaces[index].transmitRateLimiter.applying(patch.transmit)
+            } else if let index = state.configuration.base.networkInterfaces.firstIndex(where: { $0.id == id }) {
+                state.configuration.base.networkInterfaces[index].receiveRateLimiter = state.configuration.base.networkInterfaces[index].receiveRateLimiter.applying(patch.receive)
+                state.configuration.base.networkInterfaces[index].transmitRateLimiter = state.configuration.base.networkInterfaces[index].transmitRateLimiter.applying(patch.transmit)
+            }
+        }
     }
 
     /// The running machine for a runtime-only request (PATCH of drives and

@@ -1,23 +1,39 @@
+import RateLimiter
 import VirtioBlock
 
 /// One virtio-blk disk: a raw image file (or block device) and how to attach it.
 public struct DiskConfiguration: Equatable, Sendable {
-    /// The image; its size must be a non-zero multiple of 512 bytes.
+    /// The image; its size must be a multiple of 512 bytes (0 is a placeholder
+    /// disk of capacity 0, to be replaced at run time).
     public var path: String
-    /// What GET_ID returns (/sys/block/vdX/serial in a Linux guest): 1 to 20
-    /// letters, digits, '-', '_' or '.'. Unique per VM; `disk0`, `disk1`... by default.
+    /// Names the disk (control API lookups, messages); unique per VM; `disk0`,
+    /// `disk1`... by default. Unless `serialFromImage`, it is also what GET_ID
+    /// returns (/sys/block/vdX/serial in a Linux guest), so 1 to 20 letters,
+    /// digits, '-', '_' or '.'.
     public var id: String
     /// Opened O_RDONLY; the device offers VIRTIO_BLK_F_RO and fails writes with IOERR.
     public var readOnly: Bool
     /// Opened O_DIRECT: no host page cache (unaligned guest buffers are bounced).
     public var directIO: Bool
+    /// GET_ID answers with the serial Firecracker derives from the image
+    /// (device and inode numbers) instead of `id`: Firecracker drives, whose
+    /// drive_id is any length and not the guest-visible serial.
+    public var serialFromImage: Bool
+    /// Bandwidth and operations limits (Firecracker's `rate_limiter`).
+    public var rateLimiter: RateLimiterConfiguration
 
-    public init(path: String, id: String, readOnly: Bool = false, directIO: Bool = false) {
+    public init(path: String, id: String, readOnly: Bool = false, directIO: Bool = false,
+                serialFromImage: Bool = false, rateLimiter: RateLimiterConfiguration = .unlimited) {
         self.path = path
         self.id = id
         self.readOnly = readOnly
         self.directIO = directIO
+        self.serialFromImage = serialFromImage
+        self.rateLimiter = rateLimiter
     }
+
+    /// The GET_ID serial to fix at creation; nil when derived from each image.
+    public var fixedSerial: String? { serialFromImage ? nil : id }
 
     /// The keys `--disk` accepts, for help and errors.
     public static let keys = ["path", "readonly", "id", "direct"]
@@ -58,7 +74,7 @@ public struct DiskConfiguration: Equatable, Sendable {
         }
     }
 
-    /// Checks what does not need the host: paths given, ids valid and unique.
+    /// Checks what does not need the host: ids valid and unique.
     /// (Opening the images, which catches missing files and bad sizes, happens
     /// when the VM is built, still before the guest starts.)
     public static func validate(_ disks: [DiskConfiguration]) throws(VMMError) {
@@ -67,10 +83,15 @@ public struct DiskConfiguration: Equatable, Sendable {
             guard !disk.path.isEmpty else {
                 throw .invalidConfiguration(field: "disk path", value: "(empty)", expected: "the path of a raw image")
             }
-            do {
-                try VirtioBlockDevice.validate(identifier: disk.id)
-            } catch {
-                throw .invalidConfiguration(field: "disk id", value: disk.id, expected: "1 to 20 letters, digits, '-', '_' or '.'")
+            if let serial = disk.fixedSerial {
+                do {
+                    try VirtioBlockDevice.validate(identifier: serial)
+                } catch {
+                    throw .invalidConfiguration(field: "disk id", value: disk.id, expected: "1 to 20 letters, digits, '-', '_' or '.'")
+                }
+            }
+            guard !disk.id.isEmpty else {
+                throw .invalidConfiguration(field: "disk id", value: "(empty)", expected: "a name for the disk")
             }
             guard seen.insert(disk.id).inserted else {
                 throw .invalidConfiguration(field: "disk id", value: disk.id, expected: "an id no other disk has (give each disk its own id=)")

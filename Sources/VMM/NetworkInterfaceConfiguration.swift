@@ -1,3 +1,4 @@
+import RateLimiter
 import Synchronization
 import VirtioNet
 
@@ -24,6 +25,10 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     public var mac: MACAddress?
     /// Offer checksum and TSO offloads to the guest (default on).
     public var offloads = true
+    /// Limits on what the guest receives and sends (Firecracker's
+    /// rx_rate_limiter and tx_rate_limiter).
+    public var receiveRateLimiter = RateLimiterConfiguration.unlimited
+    public var transmitRateLimiter = RateLimiterConfiguration.unlimited
 
     public init(id: String, tap: Tap, mac: MACAddress? = nil, offloads: Bool = true) {
         self.id = id
@@ -63,6 +68,7 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
             default: throw .invalidConfiguration(field: "net offloads", value: value, expected: "on or off")
             }
         }
+        try validateCommandLine(id: fields["id"] ?? defaultID)
         return try make(id: fields["id"] ?? defaultID, tapName: fields["tap"], tapDescriptor: fields["tap-fd"],
                         mac: fields["mac"], offloads: offloads)
     }
@@ -101,12 +107,20 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
         return NetworkInterfaceConfiguration(id: id, tap: tap, mac: address, offloads: offloads)
     }
 
-    /// Ids name devices in messages and the control API: 1 to 32 letters,
-    /// digits, '-', '_' or '.'.
-    static func validate(id: String) throws(VMMError) {
+    /// `--net id=`: 1 to 32 letters, digits, '-', '_' or '.' (names that read
+    /// well in messages and the command line).
+    static func validateCommandLine(id: String) throws(VMMError) {
         guard (1...32).contains(id.utf8.count),
               id.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x2D || $0 == 0x5F || $0 == 0x2E }) else {
             throw .invalidConfiguration(field: "net id", value: id, expected: "1 to 32 letters, digits, '-', '_' or '.'")
+        }
+    }
+
+    /// Ids name devices in messages and the control API: any non-empty text
+    /// without control characters (Firecracker's iface_id has no length limit).
+    static func validate(id: String) throws(VMMError) {
+        guard !id.isEmpty, !id.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            throw .invalidConfiguration(field: "net id", value: id, expected: "a non-empty name without control characters")
         }
     }
 
@@ -137,7 +151,8 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
             throw .network(id: id, cause: error)
         }
         let tap = try metadata?.backend(for: id, tap: backend) ?? backend
-        return VirtioNetDevice(tap: tap, mac: effectiveMAC, offloads: offloads)
+        return VirtioNetDevice(tap: tap, mac: effectiveMAC, offloads: offloads,
+                               receiveRateLimiter: receiveRateLimiter, transmitRateLimiter: transmitRateLimiter)
     }
 }
 

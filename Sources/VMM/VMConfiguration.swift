@@ -1,3 +1,5 @@
+import RateLimiter
+
 /// Where the guest's COM1 output goes, and where its input comes from.
 public enum SerialMode: Equatable, Sendable, CustomStringConvertible {
     /// The terminal: output to stdout, input from stdin (raw mode on a TTY).
@@ -69,6 +71,8 @@ public struct VMConfiguration: Equatable, Sendable {
     public var kvmDevicePath = "/dev/kvm"
     /// A virtio-rng device (`--rng`), fed from the host's getrandom.
     public var entropyDevice = false
+    /// Its rate limiter (Firecracker's entropy `rate_limiter`).
+    public var entropyRateLimiter = RateLimiterConfiguration.unlimited
     /// Firecracker's boot-timer device at `Layout.bootTimerStart` (`--boot-timer`).
     public var bootTimer = false
     /// Guest RAM advised MADV_HUGEPAGE (Firecracker's `huge_pages: "Transparent"`).

@@ -27,7 +27,7 @@ public enum VirtioDeviceFactory {
             }
         }
         if configuration.entropyDevice {
-            devices.append(VirtioRNG())
+            devices.append(VirtioRNG(rateLimiter: configuration.entropyRateLimiter))
         }
         // virtio-blk: every image opened and checked here, before the guest starts.
         var images: [DiskImage] = []
@@ -37,7 +37,7 @@ public enum VirtioDeviceFactory {
             }
             try DiskImage.checkDistinct(images)
             for (disk, image) in zip(configuration.disks, images) {
-                devices.append(try VirtioBlockDevice(disk: image, identifier: disk.id))
+                devices.append(try VirtioBlockDevice(disk: image, name: disk.id, serial: disk.fixedSerial, rateLimiter: disk.rateLimiter))
             }
         } catch {
             throw .disk(error)

@@ -5,6 +5,7 @@ import GuestMemory
 import HostSystem
 import KVM
 import Synchronization
+import Virtio
 import VirtioConsole
 
 /// One running guest: KVM VM, guest RAM, devices and one thread per vCPU.
@@ -31,6 +32,8 @@ public final class VirtualMachine: Sendable {
     let pci: PCISetup?
     /// The virtio-mmio devices (`transport` mmio).
     let mmio: MMIOSetup?
+    /// Every virtio device, in creation order (runtime updates find them here).
+    let virtioDevices: [any VirtioDevice]
     /// Parks the vCPUs while the control API has the VM paused.
     let pauseGate = VCPUPauseGate()
     /// Exit counters, one object per vCPU (index = vCPU id).
@@ -116,6 +119,7 @@ public final class VirtualMachine: Sendable {
         // The virtio devices, on PCI (host bridge, configuration access) or on virtio-mmio.
         let devices = try VirtioDeviceFactory.makeDevices(configuration, consoleOutput: serialCounter)
         virtioConsole = devices.lazy.compactMap { $0 as? ConsoleDevice }.first
+        virtioDevices = devices
         switch configuration.transport {
         case .pci:
             pci = try PCISetup(vm: handle, memory: memory, memorySize: configuration.memorySize, portBus: portBus,

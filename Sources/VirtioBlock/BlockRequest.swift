@@ -49,6 +49,15 @@ public struct BlockRequest: Sendable, Equatable {
 
     public let operation: Operation
 
+    /// The bytes a bandwidth limiter charges: the data of IN and OUT (other
+    /// requests cost one operation and no bandwidth, as in Firecracker).
+    public var transferLength: UInt64 {
+        switch operation {
+        case let .read(_, _, length), let .write(_, _, length): length
+        default: 0
+        }
+    }
+
     /// Where the status byte goes: the last device-writable byte, or nil when
     /// the chain has none (the request cannot even be failed; the device
     /// returns it with nothing written).

@@ -33,8 +33,21 @@ public struct BlockRequestProcessor: Sendable {
     /// Serves one chain. Never fails: a bad request completes with IOERR or
     /// UNSUPP, and a chain without a status byte comes back with nothing written.
     public func handle(_ chain: DescriptorChain) -> BlockRequestOutcome {
-        counters.requests.add(1, ordering: .relaxed)
+        serve(chain) { _ in true } ?? BlockRequestOutcome(status: nil, writtenLength: 0, error: nil)
+    }
+
+    /// Serves one chain if `admit` accepts its (valid) request; nil, with
+    /// nothing done, when it does not (the rate limiter is short of tokens:
+    /// the caller keeps the chain for later). Invalid requests are not
+    /// offered to `admit`: they complete with an error at once.
+    public func handle(_ chain: DescriptorChain, admit: (BlockRequest) -> Bool) -> BlockRequestOutcome? {
+        serve(chain, admit: admit)
+    }
+
+    @inline(__always)
+    func serve(_ chain: DescriptorChain, admit: (BlockRequest) -> Bool) -> BlockRequestOutcome? {
         guard let statusAddress = BlockRequest.statusAddress(of: chain) else {
+            counters.requests.add(1, ordering: .relaxed)
             counters.errors.add(1, ordering: .relaxed)
             return BlockRequestOutcome(status: nil, writtenLength: 0, error: nil)
         }
@@ -43,10 +56,13 @@ public struct BlockRequestProcessor: Sendable {
         let failure: BlockRequestError?
         do {
             let request = try BlockRequest.parse(chain, memory: memory, limits: limits)
+            guard admit(request) else { return nil }
+            counters.requests.add(1, ordering: .relaxed)
             dataWritten = try execute(request)
             status = BlockStatus.ok
             failure = nil
         } catch {
+            counters.requests.add(1, ordering: .relaxed)
             counters.errors.add(1, ordering: .relaxed)
             status = error.status
             dataWritten = 0

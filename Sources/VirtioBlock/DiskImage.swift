@@ -10,7 +10,8 @@ import Virtio
 /// requests whose buffers are not 512-byte aligned go through a bounce buffer.
 public final class DiskImage: Sendable {
     public let path: String
-    /// Bytes; always a non-zero multiple of 512.
+    /// Bytes; always a multiple of 512. Zero is a valid placeholder (a disk of
+    /// capacity 0 that `PATCH /drives` later points at a real image).
     public let size: UInt64
     public let readOnly: Bool
     public let directIO: Bool
@@ -18,6 +19,8 @@ public final class DiskImage: Sendable {
     public let preferredBlockSize: UInt64
     /// The file's device and inode, to catch one image attached twice.
     public let fileIdentity: FileIdentity
+    /// st_rdev (non-zero for a block device), part of the derived serial.
+    let specialDevice: UInt64
     let file: OwnedFileDescriptor
     /// Page-aligned scratch space for O_DIRECT transfers of unaligned guest
     /// buffers, and zeroes for write-zeroes without fallocate support.
@@ -68,7 +71,7 @@ public final class DiskImage: Sendable {
         case S_IFSOCK: throw .notADiskImage(path: path, kind: "a socket")
         default: throw .notADiskImage(path: path, kind: "not a regular file")
         }
-        guard size > 0, size % BlockLimits.sectorSize == 0 else { throw .invalidSize(path: path, size: size) }
+        guard size % BlockLimits.sectorSize == 0 else { throw .invalidSize(path: path, size: size) }
         self.path = path
         self.size = size
         self.readOnly = readOnly
@@ -77,12 +80,20 @@ public final class DiskImage: Sendable {
         preferredBlockSize = blockSize % BlockLimits.sectorSize == 0 ? blockSize : BlockLimits.sectorSize
         self.file = file
         fileIdentity = FileIdentity(device: UInt64(status.st_dev), inode: UInt64(status.st_ino))
+        specialDevice = UInt64(status.st_rdev)
         scratch = Mutex(nil)
     }
 
     public struct FileIdentity: Hashable, Sendable {
         public let device: UInt64
         public let inode: UInt64
+    }
+
+    /// The GET_ID serial Firecracker gives a drive: st_dev, st_rdev and st_ino
+    /// in decimal, concatenated and cut to 20 bytes. The same image (file)
+    /// always gets the same serial; a different file gets another.
+    public var derivedSerial: String {
+        String("\(fileIdentity.device)\(specialDevice)\(fileIdentity.inode)".prefix(BlockLimits.identifierSize))
     }
 
     /// Refuses one image attached twice unless every attachment is read-only:

@@ -11,13 +11,16 @@ public enum VirtioBlockError: Error, Equatable, Sendable, CustomStringConvertibl
     case inspect(path: String, cause: SystemCallError)
     /// A directory, socket, FIFO...: only regular files and block devices hold sectors.
     case notADiskImage(path: String, kind: String)
-    /// The image's size is not a whole number of 512-byte sectors (or is zero).
+    /// The image's size is not a whole number of 512-byte sectors.
     case invalidSize(path: String, size: UInt64)
     /// A disk id GET_ID cannot return: empty, longer than 20 bytes, or with
     /// characters other than letters, digits, '-', '_', '.'.
     case invalidIdentifier(String)
     /// Two disks on one image, at least one of them writable.
     case sameImage(path: String, otherPath: String)
+    /// A replacement image opened with other flags than the disk it replaces
+    /// (read-only is a feature the driver negotiated and cannot change).
+    case replacementMismatch(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -41,13 +44,13 @@ public enum VirtioBlockError: Error, Equatable, Sendable, CustomStringConvertibl
         case let .notADiskImage(path, kind):
             "disk image '\(path)' is \(kind): expected a raw image file or a block device"
         case let .invalidSize(path, size):
-            size == 0
-                ? "disk image '\(path)' is empty: expected at least one 512-byte sector"
-                : "disk image '\(path)' is \(size) bytes: expected a multiple of 512 (truncate -s to round it)"
+            "disk image '\(path)' is \(size) bytes: expected a multiple of 512 (truncate -s to round it)"
         case let .invalidIdentifier(id):
             "invalid disk id '\(id)': expected 1 to 20 letters, digits, '-', '_' or '.'"
         case let .sameImage(path, otherPath):
             "disk image '\(path)' is already attached as '\(otherPath)': attach an image once, or every time with readonly=on"
+        case let .replacementMismatch(path, reason):
+            "disk image '\(path)' cannot replace the current one: \(reason)"
         }
     }
 }

@@ -1,6 +1,7 @@
 import Glibc
 import GuestMemory
 import HostSystem
+import RateLimiter
 import Synchronization
 import Virtio
 
@@ -9,6 +10,9 @@ enum NetToken {
     static let receiveNotification = 0
     static let transmitNotification = 1
     static let tap = 2
+    static let receiveTimer = 3
+    static let transmitTimer = 4
+    static let update = 5
 }
 
 /// The device's queues and tap, served from one worker thread: TX chains are
@@ -17,6 +21,13 @@ enum NetToken {
 /// Receive never busy-waits: when the driver has no RX buffers left the tap
 /// is dropped from the worker's epoll set and notifications are enabled on
 /// the RX queue; the driver's next notification brings the tap back.
+///
+/// Rate limiters (Firecracker's rx/tx_rate_limiter): a TX chain the limiter
+/// refuses is kept and the queue stops until the limiter's timer fires. A
+/// received frame is charged once it has been read (its length is known only
+/// then): refused, it stays where it was read (the RX chains or the bounce
+/// buffer) and the tap leaves the epoll set, so further frames wait in the
+/// kernel's tap queue until the timer fires.
 struct NetDataPlane {
     static let receiveQueueIndex = 0
     static let transmitQueueIndex = 1
@@ -55,8 +66,26 @@ struct NetDataPlane {
     var bounce: [UInt8]
     /// Length of a frame in `bounce` waiting for RX buffers.
     var pendingLength: Int?
+    /// The frame in `bounce` has not been paid for yet (the RX limiter refused it).
+    var pendingUnpaid = false
+    /// Length of a frame already read into the spare RX chains whose tokens
+    /// the RX limiter refused: committed once they are there.
+    var heldLength: Int?
 
-    init(activation: VirtioActivation, tap: any TapBackend, counters: VirtioCounters, netCounters: VirtioNetCounters, link: LinkStatus) {
+    var receiveLimiter: RateLimiter
+    var transmitLimiter: RateLimiter
+    /// A TX chain the limiter refused, sent before any other.
+    var deferredTransmit: DescriptorChain?
+    /// Where runtime limiter updates come from, and what wakes the worker for them.
+    let settings: NetLimiterSettings?
+    var updateEvent: EventFD?
+
+    init(activation: VirtioActivation, tap: any TapBackend, counters: VirtioCounters, netCounters: VirtioNetCounters, link: LinkStatus,
+         receiveLimiter: RateLimiter = RateLimiter(.unlimited, timer: nil), transmitLimiter: RateLimiter = RateLimiter(.unlimited, timer: nil),
+         settings: NetLimiterSettings? = nil) {
+        self.receiveLimiter = receiveLimiter
+        self.transmitLimiter = transmitLimiter
+        self.settings = settings
         memory = activation.memory
         features = activation.features
         self.tap = tap
@@ -81,7 +110,9 @@ struct NetDataPlane {
     /// The descriptors the worker polls, by `NetToken` index.
     var pollDescriptors: [Int32] {
         let idle = placeholder?.descriptor.rawValue ?? -1
-        return [receiveNotification?.descriptor.rawValue ?? idle, transmitNotification?.descriptor.rawValue ?? idle, tap.descriptor]
+        func polled(_ descriptor: Int32) -> Int32 { descriptor >= 0 ? descriptor : idle }
+        return [receiveNotification?.descriptor.rawValue ?? idle, transmitNotification?.descriptor.rawValue ?? idle, tap.descriptor,
+                polled(receiveLimiter.descriptor), polled(transmitLimiter.descriptor), updateEvent?.descriptor.rawValue ?? idle]
     }
 
     // MARK: Events
@@ -101,6 +132,15 @@ struct NetDataPlane {
                     try processTransmit()
                 case NetToken.tap:
                     receive = true
+                case NetToken.receiveTimer:
+                    if receiveLimiter.timerFired() { receive = true }
+                case NetToken.transmitTimer:
+                    if transmitLimiter.timerFired() { try processTransmit() }
+                case NetToken.update:
+                    _ = try? updateEvent?.consume()
+                    applyUpdates()
+                    try processTransmit()
+                    receive = true
                 default:
                     break
                 }
@@ -109,6 +149,13 @@ struct NetDataPlane {
         } catch {
             markBroken(error)
         }
+    }
+
+    /// Applies limiter updates the API made since the last look.
+    mutating func applyUpdates() {
+        guard let (receive, transmit) = settings?.takePending() else { return }
+        receiveLimiter.update(receive)
+        transmitLimiter.update(transmit)
     }
 
     func consume(_ notification: EventFD?) {
@@ -125,9 +172,11 @@ struct NetDataPlane {
     mutating func markBroken(_ error: VirtqueueError) {
         broken = true
         interrupt.reportDeviceError("virtio-net (\(tap.label)): \(error)")
+        deferredTransmit = nil
         if let worker {
             let descriptors = pollDescriptors
-            for index in [NetToken.receiveNotification, NetToken.transmitNotification] where descriptors[index] >= 0 {
+            for index in [NetToken.receiveNotification, NetToken.transmitNotification, NetToken.receiveTimer, NetToken.transmitTimer, NetToken.update]
+            where descriptors[index] >= 0 {
                 worker.setWatching(descriptors[index], index: index, false)
             }
             if tapWatched { worker.setWatching(tap.descriptor, index: NetToken.tap, false) }
@@ -144,19 +193,42 @@ struct NetDataPlane {
     // MARK: Transmit
 
     mutating func processTransmit() throws(VirtqueueError) {
-        guard var queue = transmitQueue else { return }
+        guard var queue = transmitQueue, !broken else { return }
+        guard !transmitLimiter.isBlocked else {
+            netCounters.transmitThrottled.add(1, ordering: .relaxed)
+            return
+        }
         defer { transmitQueue = queue }
         try queue.disableNotifications()
         while true {
-            while let chain = try queue.popChain() {
+            var throttled = false
+            while let chain = try nextTransmit(&queue) {
+                // Charged whole chains, vnet header included, as Firecracker does.
+                if !transmitLimiter.isUnlimited, !transmitLimiter.consume(operationOf: chain.readableLength) {
+                    deferredTransmit = chain
+                    throttled = true
+                    netCounters.transmitThrottled.add(1, ordering: .relaxed)
+                    break
+                }
                 transmit(chain)
                 try queue.addUsed(head: chain.head, writtenLength: 0)
                 counters.requests.add(1, ordering: .relaxed)
             }
             // One interrupt decision per drained batch.
             if try queue.shouldInterrupt() { signal(queue: Self.transmitQueueIndex) }
+            // Throttled: notifications stay off; the limiter's timer brings us back.
+            if throttled { break }
             if try !queue.enableNotifications() { break }
         }
+    }
+
+    /// The deferred TX chain, else the next available one.
+    mutating func nextTransmit(_ queue: inout Virtqueue) throws(VirtqueueError) -> DescriptorChain? {
+        if let chain = deferredTransmit {
+            deferredTransmit = nil
+            return chain
+        }
+        return try queue.popChain()
     }
 
     /// Writes one TX chain to the tap, or counts it as malformed and drops it.
@@ -192,8 +264,8 @@ struct NetDataPlane {
 
     // MARK: Receive
 
-    enum ReceiveOutcome { case tapEmpty, budgetSpent, outOfBuffers, tapFailed }
-    enum FrameOutcome { case delivered, dropped, pending, tapEmpty, tapFailed, noBuffers }
+    enum ReceiveOutcome { case tapEmpty, budgetSpent, outOfBuffers, tapFailed, throttled }
+    enum FrameOutcome { case delivered, dropped, pending, tapEmpty, tapFailed, noBuffers, throttled }
 
     mutating func processReceive() throws(VirtqueueError) {
         guard var queue = receiveQueue else {
@@ -201,14 +273,30 @@ struct NetDataPlane {
             setTapWatched(false)
             return
         }
+        guard !receiveLimiter.isBlocked else {
+            // Frames wait in the tap (the kernel queues them) until the timer fires.
+            netCounters.receiveThrottled.add(1, ordering: .relaxed)
+            setTapWatched(false)
+            return
+        }
         defer { receiveQueue = queue }
         var delivered = 0
         var outcome = ReceiveOutcome.budgetSpent
         receiving: for _ in 0..<Self.receiveBudget {
-            let step = pendingLength == nil ? try readFrame(&queue) : try deliverPending(&queue)
+            let step: FrameOutcome
+            if let length = heldLength {
+                step = try deliverHeld(&queue, length: length)
+            } else if pendingLength == nil {
+                step = try readFrame(&queue)
+            } else {
+                step = try deliverPending(&queue)
+            }
             switch step {
             case .delivered: delivered += 1
             case .dropped, .pending: continue
+            case .throttled:
+                outcome = .throttled
+                break receiving
             case .tapEmpty:
                 outcome = .tapEmpty
                 break receiving
@@ -233,9 +321,26 @@ struct NetDataPlane {
                 setTapWatched(true)
                 try queue.disableNotifications()
             }
+        case .throttled:
+            netCounters.receiveThrottled.add(1, ordering: .relaxed)
+            setTapWatched(false)
         case .tapFailed:
             break
         }
+    }
+
+    /// The RX limiter's tokens for a frame of `length` bytes (vnet header
+    /// included, as Firecracker counts); true when unlimited.
+    mutating func payForReceive(_ length: Int) -> Bool {
+        receiveLimiter.isUnlimited || receiveLimiter.consume(operationOf: UInt64(length))
+    }
+
+    /// Commits the frame held in the spare chains once its tokens are there.
+    mutating func deliverHeld(_ queue: inout Virtqueue, length: Int) throws(VirtqueueError) -> FrameOutcome {
+        guard payForReceive(length) else { return .throttled }
+        heldLength = nil
+        try commit(&queue, length: length, fromBounce: false)
+        return .delivered
     }
 
     /// Reads the next frame from the tap: straight into RX chains when they
@@ -263,6 +368,10 @@ struct NetDataPlane {
                     netCounters.receiveDropped.add(1, ordering: .relaxed)
                     return .dropped
                 }
+                guard payForReceive(length) else {
+                    heldLength = length
+                    return .throttled
+                }
                 try commit(&queue, length: length, fromBounce: false)
                 return .delivered
             }
@@ -288,6 +397,7 @@ struct NetDataPlane {
                 return .dropped
             }
             pendingLength = length
+            pendingUnpaid = true
             return try deliverPending(&queue)
         }
     }
@@ -338,6 +448,10 @@ struct NetDataPlane {
     /// Hands the frame in `bounce` to the driver, if it has the room.
     mutating func deliverPending(_ queue: inout Virtqueue) throws(VirtqueueError) -> FrameOutcome {
         guard let length = pendingLength else { return .dropped }
+        if pendingUnpaid {
+            guard payForReceive(length) else { return .throttled }
+            pendingUnpaid = false
+        }
         if mergeable {
             try refillSpare(&queue, target: UInt64(length))
             guard spareRoom >= UInt64(length) else { return .noBuffers }

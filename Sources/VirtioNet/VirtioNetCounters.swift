@@ -20,6 +20,10 @@ public final class VirtioNetCounters: Sendable {
     public let receiveErrors = Atomic<UInt64>(0)
     /// Times the worker thread woke up (notifications and tap readiness).
     public let wakeups = Atomic<UInt64>(0)
+    /// Times the RX rate limiter held a frame back (or kept the tap unpolled).
+    public let receiveThrottled = Atomic<UInt64>(0)
+    /// Times the TX rate limiter held a chain back (or left a notification unserved).
+    public let transmitThrottled = Atomic<UInt64>(0)
 
     public init() {}
 
@@ -32,6 +36,8 @@ public final class VirtioNetCounters: Sendable {
          ("transmit_malformed", transmitMalformed.load(ordering: .relaxed)),
          ("transmit_errors", transmitErrors.load(ordering: .relaxed)),
          ("receive_errors", receiveErrors.load(ordering: .relaxed)),
-         ("wakeups", wakeups.load(ordering: .relaxed))]
+         ("wakeups", wakeups.load(ordering: .relaxed)),
+         ("receive_throttled", receiveThrottled.load(ordering: .relaxed)),
+         ("transmit_throttled", transmitThrottled.load(ordering: .relaxed))]
     }
 }

@@ -1,5 +1,6 @@
 import GuestMemory
 import HostSystem
+import RateLimiter
 import Synchronization
 import Virtio
 
@@ -22,12 +23,22 @@ public final class VirtioNetDevice: VirtioDevice {
     /// Reported in the status field; goes down if the tap fails.
     let link = LinkStatus()
     let active = Mutex<NetWorker?>(nil)
+    /// The rate limiters' configuration and the updates the worker has not applied.
+    let limiterSettings: NetLimiterSettings
+    /// The clock rate limiters read; injectable for tests.
+    let clock: any RateLimiterClock
 
     /// `offloads: false` offers no checksum or segmentation offload (every
-    /// frame is at most MTU-sized and fully checksummed).
-    public init(tap: any TapBackend, mac: MACAddress, offloads: Bool = true) {
+    /// frame is at most MTU-sized and fully checksummed). The rate limiters
+    /// bound what the guest receives and transmits (Firecracker's
+    /// rx_rate_limiter and tx_rate_limiter).
+    public init(tap: any TapBackend, mac: MACAddress, offloads: Bool = true,
+                receiveRateLimiter: RateLimiterConfiguration = .unlimited, transmitRateLimiter: RateLimiterConfiguration = .unlimited,
+                clock: any RateLimiterClock = MonotonicClock()) {
         self.tap = tap
         self.mac = mac
+        limiterSettings = NetLimiterSettings(receive: receiveRateLimiter, transmit: transmitRateLimiter)
+        self.clock = clock
         offeredFeatures = VirtioNetFeature.mac | VirtioNetFeature.status | VirtioNetFeature.mergeableReceiveBuffers
             | VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
             | (offloads ? Self.offloadFeatures : 0)
@@ -66,17 +77,51 @@ public final class VirtioNetDevice: VirtioDevice {
         } catch {
             throw .activation(device: "virtio-net", step: "setting tap offloads", cause: "\(error)")
         }
-        var plane = NetDataPlane(activation: activation, tap: tap, counters: counters, netCounters: netCounters, link: link)
-        // Until the RX ring runs dry the device finds buffers by looking;
-        // notifications are asked for only then.
-        _ = try? plane.receiveQueue?.disableNotifications()
-        let worker = NetWorker(plane: plane)
+        let receiveTimer: MonotonicTimer, transmitTimer: MonotonicTimer, updateEvent: EventFD
         do {
-            try worker.start(name: "virtio-net")
+            receiveTimer = try MonotonicTimer()
+            transmitTimer = try MonotonicTimer()
+            updateEvent = try EventFD()
         } catch {
-            throw .activation(device: "virtio-net", step: "starting the worker thread", cause: "\(error)")
+            throw .activation(device: "virtio-net", step: "creating the rate-limiter timerfds and update eventfd", cause: "\(error)")
         }
-        active.withLock { $0 = worker }
+        // Under `active`'s lock: an update either lands before the settings
+        // are read here or signals this worker.
+        let failure = active.withLock { (active) -> VirtioDeviceError? in
+            let (receive, transmit) = limiterSettings.startFresh()
+            var plane = NetDataPlane(activation: activation, tap: tap, counters: counters, netCounters: netCounters, link: link,
+                                     receiveLimiter: RateLimiter(receive, clock: clock, timer: receiveTimer),
+                                     transmitLimiter: RateLimiter(transmit, clock: clock, timer: transmitTimer),
+                                     settings: limiterSettings)
+            plane.updateEvent = updateEvent
+            // Until the RX ring runs dry the device finds buffers by looking;
+            // notifications are asked for only then.
+            _ = try? plane.receiveQueue?.disableNotifications()
+            let worker = NetWorker(plane: plane)
+            do {
+                try worker.start(name: "virtio-net")
+            } catch {
+                return .activation(device: "virtio-net", step: "starting the worker thread", cause: "\(error)")
+            }
+            active = worker
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    /// The rate limiters' configuration, updates included.
+    public var rateLimiters: (receive: RateLimiterConfiguration, transmit: RateLimiterConfiguration) {
+        limiterSettings.configuration
+    }
+
+    /// Changes the rate limiters (Firecracker's PATCH semantics per bucket),
+    /// running or not. A running worker applies the change between two
+    /// frames; returns at once.
+    public func updateRateLimiters(receive: RateLimiterUpdate, transmit: RateLimiterUpdate) {
+        active.withLock { active in
+            limiterSettings.record(receive: receive, transmit: transmit, pending: active != nil)
+            try? active?.updateEvent?.signal()
+        }
     }
 
     /// Runs the data plane on the calling thread, without a worker: each
@@ -103,8 +148,11 @@ public final class VirtioNetDevice: VirtioDevice {
 /// hand-over at start and stop safe.
 final class NetWorker: Sendable {
     let plane: Mutex<NetDataPlane>
+    /// Wakes the worker to apply rate-limiter updates (the plane polls it too).
+    let updateEvent: EventFD?
 
     init(plane: NetDataPlane) {
+        updateEvent = plane.updateEvent
         self.plane = Mutex(plane)
     }
 
@@ -134,4 +182,51 @@ final class NetWorker: Sendable {
 /// The link state in the status field, shared with the worker.
 final class LinkStatus: Sendable {
     let up = Atomic<Bool>(true)
+}
+
+/// What the API set for the rate limiters, and the updates a running worker
+/// has not applied yet (merged, so they stay bounded).
+final class NetLimiterSettings: Sendable {
+    struct State {
+        var receive: RateLimiterConfiguration
+        var transmit: RateLimiterConfiguration
+        var pendingReceive = RateLimiterUpdate.none
+        var pendingTransmit = RateLimiterUpdate.none
+    }
+    let state: Mutex<State>
+
+    init(receive: RateLimiterConfiguration, transmit: RateLimiterConfiguration) {
+        state = Mutex(State(receive: receive, transmit: transmit))
+    }
+
+    var configuration: (receive: RateLimiterConfiguration, transmit: RateLimiterConfiguration) {
+        state.withLock { ($0.receive, $0.transmit) }
+    }
+
+    func record(receive: RateLimiterUpdate, transmit: RateLimiterUpdate, pending: Bool) {
+        state.withLock { state in
+            state.receive = state.receive.applying(receive)
+            state.transmit = state.transmit.applying(transmit)
+            if pending {
+                state.pendingReceive = state.pendingReceive.then(receive)
+                state.pendingTransmit = state.pendingTransmit.then(transmit)
+            }
+        }
+    }
+
+    /// A new worker starts from the configuration; nothing is pending for it.
+    func startFresh() -> (RateLimiterConfiguration, RateLimiterConfiguration) {
+        state.withLock { state in
+            state.pendingReceive = .none
+            state.pendingTransmit = .none
+            return (state.receive, state.transmit)
+        }
+    }
+
+    func takePending() -> (RateLimiterUpdate, RateLimiterUpdate) {
+        state.withLock { state in
+            defer { state.pendingReceive = .none; state.pendingTransmit = .none }
+            return (state.pendingReceive, state.pendingTransmit)
+        }
+    }
 }

@@ -1,11 +1,14 @@
 import GuestMemory
 import HostSystem
+import RateLimiter
 import Synchronization
 import Virtio
 
 /// virtio-rng (VirtIO 1.2 section 5.4): one request queue whose
 /// device-writable buffers the device fills with bytes from the host's
-/// getrandom(2). The work runs on the device's own worker thread.
+/// getrandom(2). The work runs on the device's own worker thread. An
+/// optional rate limiter (Firecracker's entropy `rate_limiter`) charges one
+/// operation and the bytes served per request.
 public final class VirtioRNG: VirtioDevice {
     /// The most bytes returned for one request; the driver asks again for
     /// more (the specification lets the device write fewer bytes than offered).
@@ -19,14 +22,19 @@ public final class VirtioRNG: VirtioDevice {
 
     /// The bytes source: getrandom by default; tests substitute their own.
     let source: @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int
+    /// Limits on requests and bytes served.
+    public let rateLimiter: RateLimiterConfiguration
     private let running = Mutex<(worker: VirtioWorker, queue: RequestQueue)?>(nil)
 
-    public init() {
+    public init(rateLimiter: RateLimiterConfiguration = .unlimited) {
         source = VirtioRNG.getrandom
+        self.rateLimiter = rateLimiter
     }
 
-    init(source: @escaping @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int) {
+    init(rateLimiter: RateLimiterConfiguration = .unlimited,
+         source: @escaping @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int) {
         self.source = source
+        self.rateLimiter = rateLimiter
     }
 
     /// Fills as much of `buffer` as getrandom gives in one call.
@@ -45,10 +53,11 @@ public final class VirtioRNG: VirtioDevice {
         reset()
         // The driver may leave the queue disabled: then there is nothing to serve.
         guard let queue = activation.queues.first(where: { $0.index == 0 }) else { return }
-        let requests = RequestQueue(activation: activation, queue: queue, counters: counters, source: source)
         do {
-            let worker = try VirtioWorker(name: "virtio-rng", descriptors: [queue.notification.descriptor.rawValue]) { _ in
-                requests.serve()
+            let limiter = RateLimiter(rateLimiter, timer: try MonotonicTimer())
+            let requests = RequestQueue(activation: activation, queue: queue, counters: counters, source: source, limiter: limiter)
+            let worker = try VirtioWorker(name: "virtio-rng", descriptors: [queue.notification.descriptor.rawValue, limiter.descriptor]) { ready in
+                requests.serve(timerFired: ready.contains(1))
             }
             running.withLock { $0 = (worker, requests) }
         } catch {
@@ -75,19 +84,26 @@ final class RequestQueue: Sendable {
     let interrupt: any VirtioInterrupt
     let counters: VirtioCounters
     let source: @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int
-    let queue: Mutex<Virtqueue>
+    struct State {
+        var queue: Virtqueue
+        var limiter: RateLimiter
+        /// A request the limiter refused, served first when its timer fires.
+        var deferred: DescriptorChain?
+    }
+    let state: Mutex<State>
     /// Set when the driver broke the queue: nothing more is served until reset.
     let broken = Atomic<Bool>(false)
 
     init(activation: VirtioActivation, queue: VirtioQueueActivation, counters: VirtioCounters,
-         source: @escaping @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int) {
+         source: @escaping @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int,
+         limiter: RateLimiter = RateLimiter(.unlimited, timer: nil)) {
         index = queue.index
         memory = activation.memory
         notification = queue.notification
         interrupt = activation.interrupt
         self.counters = counters
         self.source = source
-        self.queue = Mutex(queue.queue)
+        state = Mutex(State(queue: queue.queue, limiter: limiter))
     }
 
     enum Failure: Error {
@@ -96,14 +112,16 @@ final class RequestQueue: Sendable {
         case host(SystemCallError)
     }
 
-    /// Answers every available request, then interrupts the driver if it asked.
-    func serve() {
+    /// Answers every available request (as far as the limiter allows), then
+    /// interrupts the driver if it asked.
+    func serve(timerFired: Bool = false) {
         if (try? notification.consume()) != nil {
             counters.notifications.add(1, ordering: .relaxed)
         }
-        guard !broken.load(ordering: .relaxed) else { return }
-        let result = queue.withLock { queue in
-            Result { () throws(Failure) in try process(&queue) }
+        let result = state.withLock { state in
+            if timerFired { state.limiter.timerFired() }
+            guard !broken.load(ordering: .relaxed), !state.limiter.isBlocked else { return Result<Void, Failure>.success(()) }
+            return Result { () throws(Failure) in try process(&state) }
         }
         if case let .failure(failure) = result {
             broken.store(true, ordering: .relaxed)
@@ -117,12 +135,34 @@ final class RequestQueue: Sendable {
         }
     }
 
-    private func process(_ queue: inout Virtqueue) throws(Failure) {
+    private func process(_ state: inout State) throws(Failure) {
         func checked<T>(_ body: () throws(VirtqueueError) -> T) throws(Failure) -> T {
             do { return try body() } catch { throw .queue(error) }
         }
+        var queue = state.queue
+        defer { state.queue = queue }
+        func nextChain() throws(Failure) -> DescriptorChain? {
+            try checked { () throws(VirtqueueError) in try queue.popChain() }
+        }
         while true {
-            while let chain = try checked({ () throws(VirtqueueError) in try queue.popChain() }) {
+            var throttled = false
+            requests: while true {
+                let chain: DescriptorChain
+                if let deferred = state.deferred {
+                    state.deferred = nil
+                    chain = deferred
+                } else if let popped = try nextChain() {
+                    chain = popped
+                } else {
+                    break requests
+                }
+                let bytes = min(chain.writableLength, UInt64(VirtioRNG.maximumBytesPerRequest))
+                if !state.limiter.isUnlimited, !state.limiter.consume(operationOf: bytes) {
+                    // Out of tokens: keep the request; the limiter's timer resumes the queue.
+                    state.deferred = chain
+                    throttled = true
+                    break requests
+                }
                 let written = try fill(chain)
                 try checked { () throws(VirtqueueError) in try queue.addUsed(head: chain.head, writtenLength: written) }
                 counters.requests.add(1, ordering: .relaxed)
@@ -131,6 +171,7 @@ final class RequestQueue: Sendable {
             if try checked({ () throws(VirtqueueError) in try queue.shouldInterrupt() }) {
                 interrupt.signalUsedBuffers(queue: index)
             }
+            if throttled { return }
             if try !checked({ () throws(VirtqueueError) in try queue.enableNotifications() }) { return }
         }
     }

@@ -2,6 +2,7 @@ import CKVM
 import Glibc
 import GuestMemory
 import HostSystem
+import RateLimiter
 import Synchronization
 import Testing
 import Virtio
@@ -69,12 +70,14 @@ struct NetBench {
 
     static let mac = MACAddress(unchecked: [0x52, 0x54, 0, 0x12, 0x34, 0x56])
 
-    init(size: UInt16 = 16, offloads: Bool = false) throws {
+    init(size: UInt16 = 16, offloads: Bool = false, receiveLimiter: RateLimiterConfiguration = .unlimited,
+         transmitLimiter: RateLimiterConfiguration = .unlimited) throws {
         memory = try GuestMemory(ranges: [(GuestAddress(0), 8 << 20)])
         receive = DriverQueue(memory: memory, size: size, base: GuestAddress(0x10000))
         transmit = DriverQueue(memory: memory, size: size, base: GuestAddress(0x400000))
         tap = try SocketPairTap()
-        device = VirtioNetDevice(tap: tap, mac: Self.mac, offloads: offloads)
+        device = VirtioNetDevice(tap: tap, mac: Self.mac, offloads: offloads,
+                                 receiveRateLimiter: receiveLimiter, transmitRateLimiter: transmitLimiter)
         receiveNotification = try EventFD()
         transmitNotification = try EventFD()
     }

@@ -1,6 +1,7 @@
 import Glibc
 import GuestMemory
 import HostSystem
+import RateLimiter
 import Testing
 import Virtio
 @testable import VirtioRNG
@@ -51,6 +52,27 @@ struct VirtioRNGTests {
         #expect(eventually { interrupt.signalledQueues == [0] })
         #expect(device.counters.requests.load(ordering: .relaxed) == 1)
         #expect(device.counters.bytesToGuest.load(ordering: .relaxed) == 116)
+    }
+
+    @Test("with Firecracker's entropy rate_limiter, requests beyond the ops budget wait for the limiter's timer, in order")
+    func rateLimited() throws {
+        // Two requests, then one per 100 ms.
+        let device = VirtioRNG(rateLimiter: RateLimiterConfiguration(operations: TokenBucketConfiguration(size: 2, refillTimeMilliseconds: 200)))
+        defer { device.reset() }
+        var heads: [UInt16] = []
+        for _ in 0..<5 { heads.append(queue.addChain([.init(address: queue.allocate(32), length: 32, writable: true)])) }
+        let start = MonotonicClock().now()
+        try activate(device)
+        var used: [UInt32] = []
+        #expect(eventually { while let entry = queue.popUsed() { used.append(entry.head) }; return used.count >= 2 })
+        usleep(30_000)
+        while let entry = queue.popUsed() { used.append(entry.head) }
+        #expect(used.count == 2, "the third request waits for a token")
+        #expect(eventually { while let entry = queue.popUsed() { used.append(entry.head) }; return used.count == 5 })
+        #expect(used == heads.map(UInt32.init))
+        let elapsed = (MonotonicClock().now() - start) / 1_000_000
+        #expect(elapsed >= 280, "3 requests at 10/s after a burst of 2 took \(elapsed) ms")
+        #expect(device.counters.bytesToGuest.load(ordering: .relaxed) == 160)
     }
 
     @Test("buffers queued before activation are served without a notification; indirect chains work")
