@@ -35,7 +35,10 @@ struct VirtioMMIOKitTests {
           arguments: VirtioTransportKind.allCases)
     func notificationsStayInTheKernel(transport: VirtioTransportKind) throws {
         func run(bytes: Int) throws -> (writes: UInt64, notifications: UInt64, text: String) {
-            var configuration = VMConfiguration(kernelPath: try KitGuest.program("virtio-rng"), commandLine: "bytes=\(bytes)", serial: .none)
+            // kick_always=1: the kit writes the notify register for every
+            // request, whatever the device's suppression says, so 64
+            // requests are 64 notifications however the worker is scheduled.
+            var configuration = VMConfiguration(kernelPath: try KitGuest.program("virtio-rng"), commandLine: "bytes=\(bytes) kick_always=1", serial: .none)
             configuration.entropyDevice = true
             configuration.transport = transport
             let output = CapturingSerialOutput()
@@ -47,8 +50,10 @@ struct VirtioMMIOKitTests {
             return (writes, notifications, output.text)
         }
         let one = try run(bytes: 4096), many = try run(bytes: 64 * 4096)
-        #expect(many.text.contains("KIT virtio-rng read=262144 requests=64"), "\(many.text)")
-        #expect(many.notifications >= 32, "the device saw \(many.notifications) notifications")
+        #expect(many.text.contains("KIT virtio-rng read=262144 requests=64 kicks=64 "), "\(many.text)")
+        // An eventfd coalesces signals the worker has not read yet, so the
+        // device may count fewer than 64; it must have seen some.
+        #expect(many.notifications >= 1, "the device saw \(many.notifications) notifications")
         #expect(many.writes < one.writes + 8, "MMIO write exits: \(one.writes) for one request, \(many.writes) for 64")
     }
 

@@ -88,8 +88,8 @@ int kit_main(void)
             seen[buf[i]] = true;
             distinct++;
         }
-    kit_printf("KIT virtio-rng read=%lu requests=%lu distinct=%d first=%02x%02x%02x%02x%02x%02x%02x%02x\n",
-               got, requests, distinct, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]);
+    kit_printf("KIT virtio-rng read=%lu requests=%lu kicks=%lu distinct=%d first=%02x%02x%02x%02x%02x%02x%02x%02x\n",
+               got, requests, q->kicks, distinct, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]);
     uint64_t sample = got < 4096 ? got : 4096;
     if (distinct < (sample >= 1024 ? 64 : 2))
         kit_fail("data looks constant (%d distinct byte values)", distinct);

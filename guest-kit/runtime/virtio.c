@@ -393,6 +393,7 @@ bool virtio_init(struct virtio_dev *vd, uint64_t wanted, int nqueues, uint16_t q
     }
     set_status(vd, VIRTIO_STATUS_ACKNOWLEDGE);
     set_status(vd, VIRTIO_STATUS_DRIVER);
+    vd->kick_always = kit_cmdline_u64("kick_always", 0) != 0;
     uint64_t offered = tr_device_features(vd);
     vd->offered = offered;
     if (!((offered >> VIRTIO_F_VERSION_1) & 1)) {
@@ -529,7 +530,7 @@ void virtq_kick(struct virtq *q)
     } else {
         need = !(*used_flags(q) & 1);           /* VRING_USED_F_NO_NOTIFY */
     }
-    if (need) {
+    if (need || q->dev->kick_always) {
         tr_notify(q);
         q->kicks++;
     } else {

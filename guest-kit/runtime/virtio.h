@@ -127,6 +127,7 @@ struct virtio_dev {
     uint64_t offered, features;
     uint64_t wanted;                    /* device-specific bits the program asked for */
     bool event_idx, indirect;
+    bool kick_always;                   /* kick_always=1: notify on every kick, ignoring suppression */
     int nqueues;
     uint16_t qsize_max;
     struct virtq vq[VIRTIO_MAX_QUEUES];
