@@ -244,7 +244,7 @@ struct NetDataPlane {
         // SAFETY: the 12 header bytes are used only inside this call, by writev.
         let outcome = withUnsafeMutableBytes(of: &wire) { raw in
             Result { () throws(GuestMemoryError) in
-                try withIOVectors(memory: memory, prefix: raw, buffers: data) { vectors in
+                try withIOVectors(memory: memory, prefix: raw, buffers: data[...]) { vectors in
                     Result { () throws(SystemCallError) in try tap.send(vectors) }
                 }
             }
@@ -351,7 +351,7 @@ struct NetDataPlane {
             let buffers = chainCount == 1 ? spare[0].writable : spare[..<chainCount].flatMap(\.writable)
             let room = spare[..<chainCount].reduce(0) { $0 + $1.writableLength }
             let result = Result { () throws(GuestMemoryError) in
-                try withIOVectors(memory: memory, prefix: nil, buffers: buffers) { vectors in
+                try withIOVectors(memory: memory, buffers: buffers[...]) { vectors in
                     Result { () throws(SystemCallError) in try tap.receive(into: vectors) }
                 }
             }

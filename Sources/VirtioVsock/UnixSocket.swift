@@ -131,35 +131,3 @@ enum UnixSocket {
         _ = Glibc.shutdown(socket.rawValue, Int32(SHUT_WR))
     }
 }
-
-/// The most buffers one readv/sendmsg takes (Linux's IOV_MAX).
-let maximumIOVectors = 1024
-
-/// Calls `body` with iovecs over `buffers` (guest RAM), so data moves
-/// between a socket and guest memory without a copy. Each guest buffer is
-/// bounds-checked by `withHostBytes`, and the iovecs are used only inside
-/// the nested calls that vouch for them.
-func withIOVectors<Result>(memory: GuestMemory, buffers: [GuestBuffer], _ body: (UnsafeBufferPointer<iovec>) -> Result) throws(GuestMemoryError) -> Result {
-    var vectors: [iovec] = []
-    vectors.reserveCapacity(buffers.count)
-    return try nest(memory: memory, buffers: buffers.prefix(maximumIOVectors), vectors: &vectors, body)
-}
-
-private func nest<Result>(memory: GuestMemory, buffers: ArraySlice<GuestBuffer>, vectors: inout [iovec],
-                          _ body: (UnsafeBufferPointer<iovec>) -> Result) throws(GuestMemoryError) -> Result {
-    guard let first = buffers.first else {
-        // SAFETY: every base address points into a withHostBytes buffer still in scope up the stack.
-        return vectors.withUnsafeBufferPointer(body)
-    }
-    do {
-        return try memory.withHostBytes(at: first.address, length: UInt64(first.length)) { (bytes) throws(GuestMemoryError) -> Result in
-            vectors.append(iovec(iov_base: bytes.baseAddress, iov_len: bytes.count))
-            return try nest(memory: memory, buffers: buffers.dropFirst(), vectors: &vectors, body)
-        }
-    } catch {
-        switch error {
-        case let .memory(cause): throw cause
-        case let .body(cause): throw cause
-        }
-    }
-}

@@ -592,7 +592,7 @@ final class VsockMuxer {
         var sent = 0
         if connection.transmitBuffer.isEmpty {
             let result = Result { () throws(GuestMemoryError) in
-                try withIOVectors(memory: memory, buffers: packet.payload) { vectors in
+                try withIOVectors(memory: memory, buffers: packet.payload.prefix(maximumIOVectors)) { vectors in
                     Result { () throws(SystemCallError) in try UnixSocket.send(socket, vectors) }
                 }
             }
@@ -778,7 +778,7 @@ final class VsockMuxer {
         }
         let buffers = trim(writer.remainingBuffers, to: room)
         let result = try VirtqueueError.guarding { () throws(GuestMemoryError) in
-            try withIOVectors(memory: memory, buffers: buffers) { vectors in
+            try withIOVectors(memory: memory, buffers: buffers.prefix(maximumIOVectors)) { vectors in
                 Result { () throws(SystemCallError) in try UnixSocket.read(socket, into: vectors) }
             }
         }

@@ -1,16 +1,16 @@
 import Glibc
 import GuestMemory
-import Virtio
 
-/// The most buffers one readv/writev takes (Linux's IOV_MAX).
-let maximumIOVectors = 1024
+/// The most buffers one readv/writev/sendmsg takes (Linux's IOV_MAX).
+public let maximumIOVectors = 1024
 
 /// Calls `body` with iovecs over `prefix` (host memory, may be empty) followed
-/// by `buffers` (guest RAM), so frames move between the tap and guest memory
-/// without a copy. Each guest buffer is bounds-checked by `withHostBytes`, and
+/// by `buffers` (guest RAM), so data moves between a tap or socket and guest
+/// memory without a copy (virtio-net, virtio-vsock). Each guest buffer is bounds-checked by `withHostBytes`, and
 /// the iovecs are used only inside the nested calls that vouch for them.
-func withIOVectors<Result>(
-    memory: GuestMemory, prefix: UnsafeMutableRawBufferPointer?, buffers: [GuestBuffer],
+/// Callers keep `buffers` within `maximumIOVectors` (with the prefix).
+public func withIOVectors<Result>(
+    memory: GuestMemory, prefix: UnsafeMutableRawBufferPointer? = nil, buffers: ArraySlice<GuestBuffer>,
     _ body: (UnsafeBufferPointer<iovec>) -> Result
 ) throws(GuestMemoryError) -> Result {
     var vectors: [iovec] = []
@@ -18,7 +18,7 @@ func withIOVectors<Result>(
     if let prefix, prefix.count > 0 {
         vectors.append(iovec(iov_base: prefix.baseAddress, iov_len: prefix.count))
     }
-    return try nest(memory: memory, buffers: buffers[...], vectors: &vectors, body)
+    return try nest(memory: memory, buffers: buffers, vectors: &vectors, body)
 }
 
 private func nest<Result>(
