@@ -79,7 +79,7 @@ extension VirtualMachine {
         while exitReason.withLock({ $0 }) == nil {
             guard let events = try? epoll.wait(timeout: -1) else { break }
             if events.contains(where: { $0.token == signalToken }), let signal = signals.next() {
-                requestStop(.stoppedBySignal(signal))
+                stopForSignal(signal)
             }
             for event in events where event.token == consoleToken && consoleOpen {
                 let count = buffer.withUnsafeMutableBytes { raw in Glibc.read(STDIN_FILENO, raw.baseAddress, raw.count) }
@@ -96,6 +96,10 @@ extension VirtualMachine {
                 if quit { requestStop(.stoppedByUser) }
             }
         }
+        // A signal that arrived after another stop request (or before this
+        // run's loop first waited) is still pending: it decides how the run
+        // ends, rather than being left for a next run that may never come.
+        if let signal = signals.next() { stopForSignal(signal) }
     }
 
     /// Hands keyboard bytes to the UART, waiting while its FIFO is full so

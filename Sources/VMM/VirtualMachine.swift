@@ -217,6 +217,23 @@ public final class VirtualMachine: Sendable {
         if first { try? stopEvent.signal() }
         return first
     }
+
+    /// SIGINT/SIGTERM/SIGHUP end the run even when a reboot was requested
+    /// first and the run has not ended yet: the process is asked to go away,
+    /// and a reboot would only start another run (a client rebooting the VM
+    /// in a loop must not keep a signalled VMM alive).
+    func stopForSignal(_ signal: Int32) {
+        let changed = exitReason.withLock { current -> Bool in
+            switch current {
+            case nil, .rebootRequested?:
+                current = .stoppedBySignal(signal)
+                return true
+            default:
+                return false
+            }
+        }
+        if changed { try? stopEvent.signal() }
+    }
 }
 
 /// An interrupt line backed by an irqfd: writing the eventfd pulses the GSI

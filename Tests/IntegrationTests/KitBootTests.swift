@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import VMM
 
@@ -71,4 +72,26 @@ struct KitBootTests {
         #expect(report.contains("vCPU 0"))
         #expect(report.contains("rip="))
     }
+
+    @Test("SIGTERM ends the run even when a reboot was requested first (an API Reboot loop must not keep a signalled VMM alive)")
+    func signalBeatsPendingReboot() throws {
+        var configuration = VMConfiguration(kernelPath: try KitGuest.program("idle"), serial: .none)
+        configuration.cpuCount = 1
+        let machine = try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput())
+        // SIGTERM waits, blocked, on this thread, as it does on the VMM's main
+        // thread while a reboot rebuilds the machine.
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        sigaddset(&mask, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &mask, nil)
+        pthread_kill(pthread_self(), SIGTERM)
+        #expect(machine.requestStop(.rebootRequested))
+        let reason = try machine.run()
+        // Whatever happened, take a SIGTERM still pending off this thread.
+        var info = siginfo_t()
+        var zero = timespec()
+        while sigtimedwait(&mask, &info, &zero) == SIGTERM {}
+        #expect(reason == .stoppedBySignal(SIGTERM), "the run ended with \(reason)")
+    }
 }
+

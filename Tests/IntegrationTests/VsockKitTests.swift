@@ -195,7 +195,7 @@ struct VsockKitTests {
         let directory = try HostVsock.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let uds = directory + "/v.sock"
-        FileManager.default.createFile(atPath: uds, contents: Data())
+        _ = FileManager.default.createFile(atPath: uds, contents: Data())
         var configuration = VMConfiguration(kernelPath: try KitGuest.program("virtio-vsock"), serial: .none)
         configuration.vsock = VsockConfiguration(guestCID: 3, udsPath: uds)
         #expect {
