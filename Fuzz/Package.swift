@@ -17,7 +17,7 @@ let package = Package(
     targets: [
         // Declares libFuzzer's LLVMFuzzerRunDriver (from libclang_rt.fuzzer_no_main).
         .target(name: "CFuzzDriver"),
-        .target(name: "FuzzSupport", dependencies: ["CFuzzDriver"]),
+        .target(name: "FuzzSupport", dependencies: ["CFuzzDriver", .product(name: "SwiftletFuzzable", package: "Swiftlet")]),
     ] + fuzzTargets.map { name in
         .executableTarget(name: name, dependencies: [
             "FuzzSupport", .product(name: "SwiftletFuzzable", package: "Swiftlet"),

@@ -13,17 +13,13 @@ import VirtioBlock
 // Input layout: byte 0 = disk and features (bit 0 read-only, bit 1 DISCARD,
 // bit 2 WRITE_ZEROES, bit 3 O_DIRECT), byte 1 = buffer count (1 + b % 8),
 // then per buffer 5 bytes (address u16 LE, length u16 LE, flags: bit 0
-// device-writable); the rest is copied over guest memory (64 KiB), where
-// headers, data and segments live. Buffers are ordered readable first, as the
-// queue guarantees, and clamped into guest RAM, as the queue checks.
-let memorySize: UInt64 = 0x10000
-let memory: GuestMemory = {
-    do {
-        return try GuestMemory(ranges: [(GuestAddress(0), memorySize)])
-    } catch {
-        fatalError("fuzz: cannot allocate guest memory: \(error)")
-    }
-}()
+// device-writable, bit 1 address in 4 KiB pages, bit 2 length in 4 KiB
+// pages, so a buffer can cover up to 256 MiB of RAM); the rest is copied over
+// the first 64 KiB of guest memory, where headers, data and segments live.
+// Buffers are ordered readable first, as the queue guarantees, and clamped
+// into guest RAM, as the queue checks.
+let imageWindow: UInt64 = 0x10000
+let memory = makeRealisticGuestMemory()
 
 /// A 64-sector scratch image, unlinked once open.
 func scratchDisk(readOnly: Bool, directIO: Bool) -> DiskImage {
@@ -59,14 +55,19 @@ runFuzzer { start, count in
     var readable: [GuestBuffer] = [], writable: [GuestBuffer] = []
     for index in 0..<bufferCount {
         let entry = Array(table.dropFirst(index * 5).prefix(5))
-        let address = UInt64(entry[0]) | UInt64(entry[1]) << 8
-        let length = min(UInt64(entry[2]) | UInt64(entry[3]) << 8, memorySize - address)
-        guard length > 0 else { continue }
-        let buffer = GuestBuffer(address: GuestAddress(address), length: UInt32(length))
+        let address = (UInt64(entry[0]) | UInt64(entry[1]) << 8) << (entry[4] & 2 != 0 ? 12 : 0)
+        let length = (UInt64(entry[2]) | UInt64(entry[3]) << 8) << (entry[4] & 4 != 0 ? 12 : 0)
+        // Clamp into the RAM range the buffer starts in, as the queue's walk guarantees.
+        guard let range = realisticGuestMemoryRanges.first(where: {
+            address >= $0.start.rawValue && address < $0.start.rawValue + $0.size
+        }) else { continue }
+        let clamped = min(length, range.start.rawValue + range.size - address, UInt64(UInt32.max))
+        guard clamped > 0 else { continue }
+        let buffer = GuestBuffer(address: GuestAddress(address), length: UInt32(clamped))
         if entry[4] & 1 != 0 { writable.append(buffer) } else { readable.append(buffer) }
     }
-    try? memory.zero(at: GuestAddress(0), count: memorySize)
-    try? memory.write(bytes: bytes.dropFirst(2 + bufferCount * 5).prefix(Int(memorySize)), at: GuestAddress(0))
+    try? memory.zero(at: GuestAddress(0), count: imageWindow)
+    try? memory.write(bytes: bytes.dropFirst(2 + bufferCount * 5).prefix(Int(imageWindow)), at: GuestAddress(0))
     let processor = BlockRequestProcessor(disk: disk, memory: memory, features: features, identifier: identifier, counters: counters)
     let outcome = processor.handle(DescriptorChain(head: 0, readable: readable, writable: writable))
     // What the used ring gets must fit what the driver offered.

@@ -8,14 +8,9 @@ import Virtio
 //
 // Input layout: byte 0 = queue size exponent (size = 1 << (b & 7)),
 // byte 1 = features (bit 0 INDIRECT_DESC, bit 1 EVENT_IDX), then the rest is
-// copied over the first 8 KiB of guest memory, where the rings live.
-let memory: GuestMemory = {
-    do {
-        return try GuestMemory(ranges: [(GuestAddress(0), 0x4000)])
-    } catch {
-        fatalError("fuzz: cannot allocate guest memory: \(error)")
-    }
-}()
+// copied over the first 8 KiB of guest memory, where the rings live;
+// descriptors may cover any of the 256 MiB (see makeRealisticGuestMemory).
+let memory = makeRealisticGuestMemory()
 
 runFuzzer { start, count in
     let bytes = fuzzInput(start, count)

@@ -8,7 +8,7 @@ import VirtioMMIO
 // The guest drives a virtio-mmio register page: reads and writes of any
 // size at any offset (registers, device configuration, past the page's
 // registers), with the device raising interrupts and reporting errors in
-// between, and queue rings wherever the guest points them in 1 MiB of RAM.
+// between, and queue rings wherever the guest points them in 256 MiB of RAM.
 // Nothing may crash, the read-only identity must survive, and after a
 // reset the device is stopped with nothing pending.
 
@@ -34,10 +34,7 @@ final class QuietDevice: VirtioDevice {
     func reset() {}
 }
 
-let memory: GuestMemory = {
-    guard let memory = try? GuestMemory(ranges: [(GuestAddress(0), 1 << 20)]) else { fatalError("cannot allocate fuzz guest memory") }
-    return memory
-}()
+let memory = makeRealisticGuestMemory()
 
 func readValue(_ transport: VirtioMMIOTransport, _ offset: UInt64, _ size: Int) -> UInt64 {
     var bytes = [UInt8](repeating: 0, count: size)

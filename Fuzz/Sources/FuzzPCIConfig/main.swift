@@ -41,10 +41,7 @@ final class QuietDevice: VirtioDevice {
     func reset() {}
 }
 
-let memory: GuestMemory = {
-    guard let memory = try? GuestMemory(ranges: [(GuestAddress(0), 1 << 20)]) else { fatalError("cannot allocate fuzz guest memory") }
-    return memory
-}()
+let memory = makeRealisticGuestMemory()
 
 func readValue(_ size: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) -> UInt64 {
     var bytes = [UInt8](repeating: 0, count: size)

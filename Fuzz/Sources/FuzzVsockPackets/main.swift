@@ -22,14 +22,9 @@ final class NullInterrupt: VirtioInterrupt {
     func reportDeviceError(_ message: String) {}
 }
 
-let memorySize: UInt64 = 0x10000
-let memory: GuestMemory = {
-    do {
-        return try GuestMemory(ranges: [(GuestAddress(0), memorySize)])
-    } catch {
-        fatalError("fuzz: cannot allocate guest memory: \(error)")
-    }
-}()
+/// The first 64 KiB of RAM take the input's memory image; descriptors may point anywhere in it.
+let imageWindow: UInt64 = 0x10000
+let memory = makeRealisticGuestMemory()
 let notifications: (EventFD, EventFD, EventFD) = {
     do {
         return (try EventFD(), try EventFD(), try EventFD())
@@ -48,7 +43,7 @@ runFuzzer { start, count in
     let size = UInt16(1) << UInt16(bytes[1] & 6)
     let imageLength = Int(bytes[2]) | Int(bytes[3]) << 8
     let image = bytes.dropFirst(4).prefix(imageLength)
-    try? memory.zero(at: GuestAddress(0), count: memorySize)
+    try? memory.zero(at: GuestAddress(0), count: imageWindow)
     try? memory.write(bytes: image, at: GuestAddress(0))
     _ = HostConnectLine.parse(bytes.dropFirst(4 + image.count))
 
