@@ -58,6 +58,8 @@ public struct VirtioTransportCore: Sendable {
     /// interface); never RING_PACKED.
     public let offeredFeatures: UInt64
     public let queueMaximumSizes: [UInt16]
+    /// The device's `maximumChainLength`, applied to every queue it gets.
+    public let maximumChainLength: UInt64
     public var deviceFeatureSelect: UInt32 = 0
     public var driverFeatureSelect: UInt32 = 0
     public private(set) var driverFeatures: UInt64 = 0
@@ -74,6 +76,7 @@ public struct VirtioTransportCore: Sendable {
     public init(device: any VirtioDevice) {
         offeredFeatures = (device.offeredFeatures | VirtioFeature.version1) & ~VirtioFeature.ringPacked
         queueMaximumSizes = device.queueMaximumSizes
+        maximumChainLength = device.maximumChainLength
         queues = queueMaximumSizes.map { VirtioQueueRegisters(size: $0) }
     }
 
@@ -191,7 +194,7 @@ public struct VirtioTransportCore: Sendable {
             let virtqueue: Virtqueue
             do {
                 virtqueue = try Virtqueue(configuration: configuration, maximumSize: queueMaximumSizes[index],
-                                          features: driverFeatures, memory: memory)
+                                          features: driverFeatures, memory: memory, maximumChainLength: maximumChainLength)
             } catch {
                 throw .queue(index: index, error)
             }
