@@ -137,6 +137,7 @@ extension InstanceController {
             }
         }
         values["uart.write_count"] = counters.serialBytesOut
+        values["uart.missed_write_count"] = counters.serialBytesDropped
         for device in counters.devices {
             let counter = { (name: String) in device.counters.first { $0.name == name }?.value ?? 0 }
             values["interrupts.triggers", default: 0] &+= counter("interrupts")

@@ -67,7 +67,8 @@ extension VirtualMachine {
             exits: totals, exitsPerVCPU: perVCPU, devices: deviceCounters,
             uptimeNanoseconds: uptime, pausedNanoseconds: paused,
             vcpuCount: vcpus.count, memorySize: configuration.memorySize,
-            serialBytesOut: serialCounter.bytes.load(ordering: .relaxed))
+            serialBytesOut: serialCounter.bytes.load(ordering: .relaxed),
+            serialBytesDropped: serialBuffer?.droppedBytes.load(ordering: .relaxed) ?? 0)
     }
 
     /// Per-device counters for the metrics: each virtio device, named by
