@@ -1,3 +1,4 @@
+import CKVM
 import Devices
 import Glibc
 import HostSystem
@@ -11,15 +12,17 @@ import Synchronization
 /// without a reader can then no longer hold a vCPU (and, through it, the
 /// VMM's stop).
 ///
-/// The drain thread waits with poll(2) for the descriptor to take data or
-/// for a wake-up, and writes at most `pieceSize` bytes at a time: after
-/// POLLOUT a pipe takes that much without blocking. `stop()` flushes what is
-/// buffered for at most `flushTimeoutMilliseconds`, then drops the rest.
+/// The drain thread waits with epoll for the descriptor to take data or for
+/// a wake-up (the same calls the device workers make, so the same seccomp
+/// category fits it), and writes at most `pieceSize` bytes at a time: once
+/// writable, a pipe takes that much without blocking. A regular file, which
+/// epoll refuses, is always writable. `stop()` flushes what is buffered for
+/// at most `flushTimeoutMilliseconds`, then drops the rest.
 ///
-/// The thread makes these syscalls: rt_sigprocmask (once, at start), poll,
-/// write (the output), read (the wake eventfd), futex (the buffer lock),
-/// clock_gettime (the flush deadline, usually vDSO) and, through malloc,
-/// mmap/munmap/madvise/brk.
+/// The thread makes these syscalls: rt_sigprocmask (once, at start),
+/// epoll_wait (epoll_pwait in some libcs), epoll_ctl, write (the output),
+/// read (the wake eventfd), futex (the buffer lock), clock_gettime (the
+/// flush deadline, usually vDSO) and, through malloc, mmap/munmap/madvise.
 final class BufferedSerialOutput: SerialOutput {
     static let defaultCapacity = 1 << 20
     static let pieceSize = 4096
@@ -37,6 +40,11 @@ final class BufferedSerialOutput: SerialOutput {
     let capacity: Int
     let state = Mutex(State())
     let wake: EventFD
+    let epoll: Epoll
+    /// The output cannot be watched with epoll (a regular file, /dev/null): it never blocks for long.
+    let alwaysWritable: Bool
+    static let wakeToken: UInt64 = 0
+    static let outputToken: UInt64 = 1
     /// Bytes dropped because the buffer was full (or the output failed).
     let droppedBytes = Atomic<UInt64>(0)
     let thread = Mutex<HostThread?>(nil)
@@ -45,6 +53,15 @@ final class BufferedSerialOutput: SerialOutput {
         self.descriptor = descriptor
         self.capacity = max(capacity, 1)
         wake = try EventFD()
+        epoll = try Epoll()
+        try epoll.add(wake.descriptor.rawValue, token: Self.wakeToken)
+        do {
+            // Watched for EPOLLOUT only while there is something to write.
+            try epoll.add(descriptor.rawValue, events: 0, token: Self.outputToken)
+            alwaysWritable = false
+        } catch where error.errno == Errno(rawValue: EPERM) {
+            alwaysWritable = true
+        }
         let started = try HostThread(name: "serial-out") { [self] in drain() }
         thread.withLock { $0 = started }
     }
@@ -117,8 +134,7 @@ final class BufferedSerialOutput: SerialOutput {
 
     /// Blocks until `write` or `stop` signals the wake eventfd.
     private func waitForWake() {
-        var descriptors = [pollfd(fd: wake.descriptor.rawValue, events: Int16(POLLIN), revents: 0)]
-        _ = try? systemCall("poll serial-out wake") { poll(&descriptors, 1, -1) }
+        _ = try? epoll.wait(maxEvents: 2, timeout: -1)
         _ = try? wake.consume()
     }
 
@@ -126,6 +142,9 @@ final class BufferedSerialOutput: SerialOutput {
     /// deadline set by `stop` has passed (false). A wake-up meanwhile only
     /// checks for a stop.
     private func waitUntilWritable(deadline: inout Int64?) -> Bool {
+        if alwaysWritable { return deadline.map { $0 > Self.nowMilliseconds() } ?? true }
+        guard (try? epoll.modify(descriptor.rawValue, events: EPOLLOUT.rawValue, token: Self.outputToken)) != nil else { return false }
+        defer { try? epoll.modify(descriptor.rawValue, events: 0, token: Self.outputToken) }
         while true {
             var timeout: Int32 = -1
             if let deadline {
@@ -133,13 +152,12 @@ final class BufferedSerialOutput: SerialOutput {
                 guard left > 0 else { return false }
                 timeout = Int32(min(left, Int64(Int32.max)))
             }
-            var descriptors = [pollfd(fd: descriptor.rawValue, events: Int16(POLLOUT), revents: 0),
-                               pollfd(fd: wake.descriptor.rawValue, events: Int16(POLLIN), revents: 0)]
-            guard let ready = try? systemCall("poll serial output", { poll(&descriptors, 2, timeout) }) else { return false }
-            if ready == 0 { continue }  // the deadline check above ends it
-            if descriptors[0].revents & Int16(POLLOUT) != 0 { return true }
-            if descriptors[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { return false }
-            if descriptors[1].revents != 0 {
+            guard let events = try? epoll.wait(maxEvents: 2, timeout: timeout) else { return false }
+            for event in events where event.token == Self.outputToken {
+                if event.events & EPOLLOUT.rawValue != 0 { return true }
+                if event.events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 { return false }
+            }
+            if events.contains(where: { $0.token == Self.wakeToken }) {
                 _ = try? wake.consume()
                 if deadline == nil, state.withLock({ $0.stopping }) {
                     deadline = Self.nowMilliseconds() + Self.flushTimeoutMilliseconds
