@@ -137,9 +137,12 @@ extension InstanceController {
             }
         }
         values["uart.write_count"] = counters.serialBytesOut
+        values["uart.missed_write_count"] = counters.serialBytesDropped
         for device in counters.devices {
             let counter = { (name: String) in device.counters.first { $0.name == name }?.value ?? 0 }
             values["interrupts.triggers", default: 0] &+= counter("interrupts")
+            // Device log lines a guest caused that the per-kind interval held back.
+            values["logger.rate_limited_log_count", default: 0] &+= counter("log_lines_suppressed")
             // Device names start with the virtio type ("virtio-blk 00:02.0").
             if device.device.hasPrefix("virtio-blk") {
                 values["block.read_bytes", default: 0] &+= counter("bytes_to_guest")

@@ -554,7 +554,8 @@ public final class InstanceController: Sendable {
             ("vcpus", JSONText.array(counters.exitsPerVCPU.enumerated().map { index, list in
                 JSONText.object([("id", "\(index)"), ("exits", exits(list))])
             })),
-            ("serial", JSONText.object([("bytes_out", "\(counters.serialBytesOut)")])),
+            ("serial", JSONText.object([("bytes_out", "\(counters.serialBytesOut)"),
+                                         ("bytes_dropped", "\(counters.serialBytesDropped)")])),
             ("devices", JSONText.array(counters.devices.map { device in
                 JSONText.object([("name", JSONText.string(device.device))] + device.counters.map { ($0.name, "\($0.value)") })
             })),

@@ -63,7 +63,8 @@ public struct GuestMemoryRegion: Sendable {
 public final class GuestMemory: Sendable {
     public let regions: [GuestMemoryRegion]
 
-    /// Maps anonymous memory for each `(start, size)` range.
+    /// Maps anonymous memory for each `(start, size)` range, excluded from
+    /// core dumps (MADV_DONTDUMP).
     public init(ranges: [(start: GuestAddress, size: UInt64)]) throws(GuestMemoryError) {
         let sorted = ranges.sorted { $0.start < $1.start }
         var regions: [GuestMemoryRegion] = []
@@ -85,6 +86,13 @@ public final class GuestMemory: Sendable {
             } catch {
                 throw .mappingFailed(start: range.start, size: range.size, cause: error)
             }
+            // Guest RAM stays out of core dumps: it is the guest's data (keys,
+            // files), and a VMM crash must not copy gigabytes of it to disk.
+            do {
+                try mapping.advise(MADV_DONTDUMP)
+            } catch {
+                throw .mappingFailed(start: range.start, size: range.size, cause: error)
+            }
             regions.append(GuestMemoryRegion(start: range.start, size: range.size, mapping: mapping))
             previousEnd = range.start.rawValue + range.size
         }
@@ -98,7 +106,7 @@ public final class GuestMemory: Sendable {
     /// (madvise MADV_HUGEPAGE; Firecracker's `huge_pages: "Transparent"`).
     /// Advisory: where THP is off, nothing changes.
     public func adviseTransparentHugePages() {
-        for region in regions { region.mapping.advise(MADV_HUGEPAGE) }
+        for region in regions { try? region.mapping.advise(MADV_HUGEPAGE) }
     }
 
     /// True if all `length` bytes at `address` are RAM in one region.

@@ -1,23 +1,40 @@
 import CKVM
 import Glibc
+import Synchronization
 
 /// A joinable POSIX thread for the data plane (vCPUs, I/O workers), which
 /// blocks in syscalls and so does not belong on Swift's cooperative pool.
 public final class HostThread: Sendable {
+    /// Whether the body has returned and whether `join` was called. A
+    /// signal must never reach a thread that has ended or been joined (a
+    /// joined pthread_t is freed and may be reused), so `signal` sends only
+    /// under this lock, which the thread takes as it ends and `join` takes
+    /// before it frees the thread.
+    private final class Lifecycle: Sendable {
+        struct State {
+            var finished = false
+            var joined = false
+        }
+        let state = Mutex(State())
+    }
+
     private final class Context: Sendable {
         let body: @Sendable () -> Void
         let name: String
-        init(body: @escaping @Sendable () -> Void, name: String) {
+        let lifecycle: Lifecycle
+        init(body: @escaping @Sendable () -> Void, name: String, lifecycle: Lifecycle) {
             self.body = body
             self.name = name
+            self.lifecycle = lifecycle
         }
     }
 
     public let handle: pthread_t
+    private let lifecycle = Lifecycle()
 
     /// Starts `body` on a new thread named `name` (truncated to 15 bytes).
     public init(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemCallError) {
-        let context = Unmanaged.passRetained(Context(body: body, name: name)).toOpaque()
+        let context = Unmanaged.passRetained(Context(body: body, name: name, lifecycle: lifecycle)).toOpaque()
         var thread = pthread_t()
         let result = pthread_create(&thread, nil, { raw in
             // SAFETY: raw is the retained Context passed below; taken back exactly once.
@@ -27,6 +44,7 @@ public final class HostThread: Sendable {
             // --seccomp-filter: the thread's category filter, before it does anything.
             SeccompFilters.installOrExit(SeccompFilters.Category(threadName: context.name))
             context.body()
+            context.lifecycle.state.withLock { $0.finished = true }
             return nil
         }, context)
         guard result == 0 else {
@@ -37,13 +55,27 @@ public final class HostThread: Sendable {
         handle = thread
     }
 
-    /// Sends `signal` to the thread (to interrupt a blocking syscall).
-    public func signal(_ signal: Int32) {
-        _ = pthread_kill(handle, signal)
+    /// Sends `signal` to the thread (to interrupt a blocking syscall), unless
+    /// its body has returned or it is being or has been joined. Returns
+    /// whether the signal was sent.
+    @discardableResult
+    public func signal(_ signal: Int32) -> Bool {
+        lifecycle.state.withLock { state in
+            guard !state.finished, !state.joined else { return false }
+            return pthread_kill(handle, signal) == 0
+        }
     }
 
-    /// Waits for the thread to finish.
+    /// Whether the thread's body has returned.
+    public var hasFinished: Bool { lifecycle.state.withLock { $0.finished } }
+
+    /// Waits for the thread to finish. Later calls return at once.
     public func join() {
+        let first = lifecycle.state.withLock { state -> Bool in
+            defer { state.joined = true }
+            return !state.joined
+        }
+        guard first else { return }
         _ = pthread_join(handle, nil)
     }
 

@@ -29,8 +29,8 @@ public final class MemoryMapping: @unchecked Sendable {
     }
 
     /// Advises the kernel about this mapping (e.g. MADV_DONTDUMP, MADV_HUGEPAGE).
-    public func advise(_ advice: Int32) {
-        _ = madvise(address, size, advice)
+    public func advise(_ advice: Int32) throws(SystemCallError) {
+        _ = try systemCall("madvise \(advice)") { madvise(address, size, advice) }
     }
 
     deinit {

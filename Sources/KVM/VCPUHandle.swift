@@ -29,7 +29,7 @@ public final class VCPUHandle: Sendable {
             }
         } catch {
             if error.errno == .interrupted || error.errno == .wouldBlock {
-                runState.pointee.immediate_exit = 0
+                ckvm_run_set_immediate_exit(runState, 0)
                 return .interrupted
             }
             throw .systemCall(step: "KVM_RUN on vCPU \(id)", cause: error)
@@ -85,9 +85,13 @@ public final class VCPUHandle: Sendable {
     /// Makes the current or next KVM_RUN return `.interrupted` at once. Pair
     /// with a signal to the vCPU thread to break a running guest out.
     public func requestExit() {
-        // A plain byte store: KVM reads it on entry, and the signal forces a re-check.
-        runState.pointee.immediate_exit = 1
+        // An atomic store (other threads call this): KVM reads it on entry,
+        // and the signal forces a re-check for a vCPU already inside the guest.
+        ckvm_run_set_immediate_exit(runState, 1)
     }
+
+    /// Whether an exit was requested and KVM_RUN has not yet consumed it.
+    public var exitRequested: Bool { ckvm_run_immediate_exit(runState) != 0 }
 
     // MARK: Register state
 

@@ -3,18 +3,6 @@ import Glibc
 import HostSystem
 import Synchronization
 
-/// Sends guest serial output to a file descriptor (stdout or a log file).
-final class FileDescriptorSerialOutput: SerialOutput {
-    let descriptor: OwnedFileDescriptor
-
-    init(descriptor: OwnedFileDescriptor) { self.descriptor = descriptor }
-
-    func write(_ bytes: [UInt8]) {
-        // A closed terminal or full disk must not stop the guest: drop the bytes.
-        try? descriptor.writeAll(bytes)
-    }
-}
-
 /// Discards guest serial output (`--serial none`).
 final class DiscardingSerialOutput: SerialOutput {
     func write(_ bytes: [UInt8]) {}

@@ -74,6 +74,9 @@ public struct VMCounters: Sendable {
     public var memorySize: UInt64
     /// Bytes the guest wrote to COM1.
     public var serialBytesOut: UInt64
+    /// Console bytes (COM1 and virtio-console) dropped because the output
+    /// did not keep up and the 1 MiB buffer in front of it was full.
+    public var serialBytesDropped: UInt64 = 0
 
     public var totalExits: UInt64 { exits.reduce(0) { $0 &+ $1.count } }
 }

@@ -67,18 +67,20 @@ extension VirtualMachine {
             exits: totals, exitsPerVCPU: perVCPU, devices: deviceCounters,
             uptimeNanoseconds: uptime, pausedNanoseconds: paused,
             vcpuCount: vcpus.count, memorySize: configuration.memorySize,
-            serialBytesOut: serialCounter.bytes.load(ordering: .relaxed))
+            serialBytesOut: serialCounter.bytes.load(ordering: .relaxed),
+            serialBytesDropped: serialBuffer?.droppedBytes.load(ordering: .relaxed) ?? 0)
     }
 
     /// Per-device counters for the metrics: each virtio device, named by
     /// its type and where it is, its PCI address ("virtio-rng 00:01.0") or
-    /// its virtio-mmio page ("virtio-rng mmio@0xd0001000").
+    /// its virtio-mmio page ("virtio-rng mmio@0xd0001000"), then what its
+    /// driver made the transport report (`log_*`, see `DeviceEventLog`).
     var deviceCounters: [(device: String, counters: [(name: String, value: UInt64)])] {
         let onPCI = (pci?.transports ?? []).map { transport in
-            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot + transport.device.deviceCounters)
+            (device: "\(transport.device.deviceType) \(transport.address)", counters: transport.device.counters.snapshot + transport.device.deviceCounters + transport.events.counters)
         }
         let onMMIO = (mmio?.transports ?? []).map { transport in
-            (device: "\(transport.device.deviceType) mmio@0x\(String(transport.base, radix: 16))", counters: transport.device.counters.snapshot + transport.device.deviceCounters)
+            (device: "\(transport.device.deviceType) mmio@0x\(String(transport.base, radix: 16))", counters: transport.device.counters.snapshot + transport.device.deviceCounters + transport.events.counters)
         }
         return onPCI + onMMIO
     }

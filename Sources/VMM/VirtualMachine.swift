@@ -42,6 +42,9 @@ public final class VirtualMachine: Sendable {
     let powerButton: EventFDInterruptLine
     /// Counts COM1 output for the metrics.
     let serialCounter: CountingSerialOutput
+    /// The bounded buffer and `serial-out` thread in front of a stdout or
+    /// file console (nil for `none` and for an output a caller passed).
+    let serialBuffer: BufferedSerialOutput?
     /// The virtio-console with `--console virtio`: it gets the typed input.
     let virtioConsole: ConsoleDevice?
     /// When `run()` started (CLOCK_MONOTONIC ns; 0 before) and pause accounting.
@@ -106,6 +109,7 @@ public final class VirtualMachine: Sendable {
             output = try Self.makeSerialOutput(configuration.serial)
         }
         self.serialOutput = output
+        serialBuffer = output as? BufferedSerialOutput
         serialCounter = CountingSerialOutput(output)
         let serialInterrupt: EventFDInterruptLine
         do {
@@ -164,6 +168,8 @@ public final class VirtualMachine: Sendable {
     func shutdownDevices() {
         pci?.shutdown()
         mmio?.shutdown()
+        // Nothing writes console output any more: flush it (bounded) and end `serial-out`.
+        serialBuffer?.stop()
     }
 
     private func attachLegacyDevices() throws(VMMError) {
@@ -193,15 +199,27 @@ public final class VirtualMachine: Sendable {
     static func makeSerialOutput(_ mode: SerialMode) throws(VMMError) -> any SerialOutput {
         switch mode {
         case .stdio:
-            return FileDescriptorSerialOutput(descriptor: OwnedFileDescriptor(adopting: dup(STDOUT_FILENO)))
+            return try buffered(OwnedFileDescriptor(adopting: dup(STDOUT_FILENO)))
         case let .file(path):
+            let descriptor: OwnedFileDescriptor
             do {
-                return FileDescriptorSerialOutput(descriptor: try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o644))
+                descriptor = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o644)
             } catch {
                 throw .readFile(role: "serial log", path: path, cause: error)
             }
+            return try buffered(descriptor)
         case .none:
             return DiscardingSerialOutput()
+        }
+    }
+
+    /// Console output to `descriptor` through a bounded buffer and its
+    /// `serial-out` thread, so that no vCPU ever blocks on it.
+    private static func buffered(_ descriptor: OwnedFileDescriptor) throws(VMMError) -> BufferedSerialOutput {
+        do {
+            return try BufferedSerialOutput(descriptor: descriptor)
+        } catch {
+            throw .host(step: "starting the serial-out thread", cause: error)
         }
     }
 

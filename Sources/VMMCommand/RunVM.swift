@@ -7,6 +7,9 @@ import VMM
 /// Boots the VM and returns the process exit status: the guest's power-off
 /// is success; reboot, crash and signals get their own statuses.
 public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
+    // A console whose reader went away (a closed pipe, `| head`) must not
+    // kill the VMM: writes fail with EPIPE and the output is dropped.
+    signal(SIGPIPE, SIG_IGN)
     while true {
         let reason: VMExitReason
         do {

@@ -64,6 +64,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
     var deviceType: VirtioDeviceType { get }
     /// The maximum size of each queue; the count is the device's number of queues.
     var queueMaximumSizes: [UInt16] { get }
+    /// The most bytes one descriptor chain may cover (readable plus
+    /// writable); the queue walk refuses a longer chain and the queue breaks.
+    var maximumChainLength: UInt64 { get }
     /// Feature bits offered: device-specific ones, plus INDIRECT_DESC and
     /// EVENT_IDX when supported. The transport adds VERSION_1.
     var offeredFeatures: UInt64 { get }
@@ -83,6 +86,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
 }
 
 extension VirtioDevice {
+    /// Devices that move chains in bounded pieces (zero-copy I/O) need no cap.
+    public var maximumChainLength: UInt64 { .max }
+
     /// Most devices have only the common counters.
     public var deviceCounters: [(name: String, value: UInt64)] { [] }
 }

@@ -58,6 +58,8 @@ public struct VirtioTransportCore: Sendable {
     /// interface); never RING_PACKED.
     public let offeredFeatures: UInt64
     public let queueMaximumSizes: [UInt16]
+    /// The device's `maximumChainLength`, applied to every queue it gets.
+    public let maximumChainLength: UInt64
     public var deviceFeatureSelect: UInt32 = 0
     public var driverFeatureSelect: UInt32 = 0
     public private(set) var driverFeatures: UInt64 = 0
@@ -74,6 +76,7 @@ public struct VirtioTransportCore: Sendable {
     public init(device: any VirtioDevice) {
         offeredFeatures = (device.offeredFeatures | VirtioFeature.version1) & ~VirtioFeature.ringPacked
         queueMaximumSizes = device.queueMaximumSizes
+        maximumChainLength = device.maximumChainLength
         queues = queueMaximumSizes.map { VirtioQueueRegisters(size: $0) }
     }
 
@@ -142,15 +145,16 @@ public struct VirtioTransportCore: Sendable {
 
     /// Applies a status write (3.1.1): 0 resets; bits are never cleared any
     /// other way; the driver cannot set DEVICE_NEEDS_RESET; FEATURES_OK
-    /// sticks only for an acceptable feature set (`log` gets one line, naming
-    /// the device as `name`, when a legacy-only driver is refused); DRIVER_OK
+    /// sticks only for an acceptable feature set (`report` gets the event,
+    /// naming the device as `name`, when features are refused); DRIVER_OK
     /// needs FEATURES_OK and no FAILED.
-    public mutating func writeStatus(_ value: UInt8, name: String, log: (String) -> Void) -> VirtioStatusTransition {
+    public mutating func writeStatus(_ value: UInt8, name: String,
+                                     report: (DeviceEventKind, @autoclosure () -> String) -> Void) -> VirtioStatusTransition {
         if value == 0 { return .reset }
         let old = status
         var new = value & ~VirtioStatus.deviceNeedsReset
         guard new & old == old else { return .none }
-        if new & VirtioStatus.featuresOK != 0 && old & VirtioStatus.featuresOK == 0 && !acceptFeatures(name: name, log: log) {
+        if new & VirtioStatus.featuresOK != 0 && old & VirtioStatus.featuresOK == 0 && !acceptFeatures(name: name, report: report) {
             new &= ~VirtioStatus.featuresOK
         }
         if new & VirtioStatus.driverOK != 0 && old & VirtioStatus.driverOK == 0 {
@@ -168,12 +172,16 @@ public struct VirtioTransportCore: Sendable {
 
     /// FEATURES_OK is granted for a subset of the offered features that
     /// includes VERSION_1.
-    private func acceptFeatures(name: String, log: (String) -> Void) -> Bool {
+    private func acceptFeatures(name: String, report: (DeviceEventKind, @autoclosure () -> String) -> Void) -> Bool {
         guard driverFeatures & VirtioFeature.version1 != 0 else {
-            log("\(name): refused a legacy-only driver: it did not accept VIRTIO_F_VERSION_1 (features 0x\(String(driverFeatures, radix: 16))); this device speaks VirtIO 1.x only")
+            report(.legacyDriverRefused, "\(name): refused a legacy-only driver: it did not accept VIRTIO_F_VERSION_1 (features 0x\(String(driverFeatures, radix: 16))); this device speaks VirtIO 1.x only")
             return false
         }
-        return driverFeatures & ~offeredFeatures == 0
+        guard driverFeatures & ~offeredFeatures == 0 else {
+            report(.featuresRefused, "\(name): refused FEATURES_OK: the driver accepted features 0x\(String(driverFeatures & ~offeredFeatures, radix: 16)) that were not offered (offered 0x\(String(offeredFeatures, radix: 16)))")
+            return false
+        }
+        return true
     }
 
     // MARK: Activation and reset
@@ -191,7 +199,7 @@ public struct VirtioTransportCore: Sendable {
             let virtqueue: Virtqueue
             do {
                 virtqueue = try Virtqueue(configuration: configuration, maximumSize: queueMaximumSizes[index],
-                                          features: driverFeatures, memory: memory)
+                                          features: driverFeatures, memory: memory, maximumChainLength: maximumChainLength)
             } catch {
                 throw .queue(index: index, error)
             }

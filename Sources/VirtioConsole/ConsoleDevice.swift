@@ -12,6 +12,12 @@ public final class ConsoleDevice: VirtioDevice {
     public static let queueSize: UInt16 = 256
     /// Input held while the guest has no receive buffers posted.
     public static let inputCapacity = 64 << 10
+    /// The most bytes one chain may cover: hvc sends at most a page per
+    /// chain, and a larger one would only make the VMM read more at once.
+    public static let chainLengthLimit: UInt64 = 1 << 20
+    /// Transmitted bytes go to the output in pieces of at most this size,
+    /// read straight from guest memory: a chain is never gathered whole.
+    public static let transmitPieceSize = 4096
     static let receiveQueue = 0
     static let transmitQueue = 1
 
@@ -20,6 +26,7 @@ public final class ConsoleDevice: VirtioDevice {
     /// SIZE is not offered: the terminal size is not tracked.
     public let offeredFeatures: UInt64 = VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
     public let counters = VirtioCounters()
+    public var maximumChainLength: UInt64 { Self.chainLengthLimit }
 
     let output: any SerialOutput
     /// Bytes typed but not yet delivered.
@@ -101,6 +108,16 @@ public final class ConsoleDevice: VirtioDevice {
         stopped?.stop()
     }
 
+    /// Serves `activation`'s queues once on the calling thread, as the worker
+    /// does after a notification, without starting a worker: for fuzz
+    /// targets, which need each input handled deterministically. Returns
+    /// whether the driver broke the queues.
+    public func serveOnce(_ activation: VirtioActivation) -> Bool {
+        var queues = ConsoleQueues(activation: activation)
+        serve(&queues, activation: activation)
+        return queues.broken
+    }
+
     /// Drains the transmit queue to the output and fills receive buffers
     /// with pending input. A protocol error stops the queues until reset.
     func serve(_ queues: inout ConsoleQueues, activation: VirtioActivation) {
@@ -116,6 +133,7 @@ public final class ConsoleDevice: VirtioDevice {
             }
         } catch {
             queues.broken = true
+            counters.errors.add(1, ordering: .relaxed)
             activation.interrupt.reportDeviceError("virtio-console: \(error)")
         }
     }
@@ -123,14 +141,22 @@ public final class ConsoleDevice: VirtioDevice {
     func drainTransmit(_ entry: inout VirtioQueueActivation, memory: GuestMemory, interrupt: any VirtioInterrupt) throws(VirtqueueError) {
         repeat {
             while let chain = try entry.queue.popChain() {
-                var reader = ChainReader(memory: memory, buffers: chain.readable)
-                let bytes = try VirtqueueError.guarding { () throws(GuestMemoryError) in
-                    try reader.readBytes(count: Int(reader.remaining)) ?? []
+                var transmitted: UInt64 = 0
+                for buffer in chain.readable {
+                    var offset: UInt64 = 0
+                    while offset < UInt64(buffer.length) {
+                        let count = Int(min(UInt64(Self.transmitPieceSize), UInt64(buffer.length) - offset))
+                        let piece = try VirtqueueError.guarding { () throws(GuestMemoryError) in
+                            try memory.readBytes(at: buffer.address + offset, count: count)
+                        }
+                        output.write(piece)
+                        offset += UInt64(count)
+                    }
+                    transmitted += UInt64(buffer.length)
                 }
-                if !bytes.isEmpty { output.write(bytes) }
                 try entry.queue.addUsed(head: chain.head, writtenLength: 0)
                 counters.requests.add(1, ordering: .relaxed)
-                counters.bytesFromGuest.add(UInt64(bytes.count), ordering: .relaxed)
+                counters.bytesFromGuest.add(transmitted, ordering: .relaxed)
             }
             if try entry.queue.shouldInterrupt() {
                 interrupt.signalUsedBuffers(queue: entry.index)
@@ -165,5 +191,8 @@ struct ConsoleQueues: Sendable {
     init(activation: VirtioActivation) {
         receive = activation.queues.first { $0.index == ConsoleDevice.receiveQueue }
         transmit = activation.queues.first { $0.index == ConsoleDevice.transmitQueue }
+        // The cap holds however the queues were built (the transports apply it too).
+        receive?.queue.limitChainLength(to: ConsoleDevice.chainLengthLimit)
+        transmit?.queue.limitChainLength(to: ConsoleDevice.chainLengthLimit)
     }
 }

@@ -24,9 +24,9 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
     let memory: GuestMemory
     let platform: any VirtioMMIOPlatform
     let interruptLine: any InterruptLine
-    let log: @Sendable (String) -> Void
-    /// What a guest can make this device log, in all (see `DeviceLogBudget`).
-    let logBudget = DeviceLogBudget()
+    /// What a guest makes this device report: counted, and each kind
+    /// logged at most once per interval (see `DeviceEventLog`).
+    public let events: DeviceEventLog
     /// The features offered: the device's, plus VERSION_1; never RING_PACKED.
     public let offeredFeatures: UInt64
 
@@ -45,19 +45,17 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
     /// worker can set it while a vCPU holds the registers lock.
     let needsReset = Atomic<Bool>(false)
     let configurationGeneration = Atomic<UInt32>(0)
-    /// Whether a notifier registration failure was logged (once per device:
-    /// a guest that resets in a loop must not fill the log).
-    let reportedNotifierFailure = Atomic<Bool>(false)
 
     /// `interrupt` is the device's own line (an irqfd on its GSI in the VMM).
     public init(device: any VirtioDevice, base: UInt64, memory: GuestMemory, platform: any VirtioMMIOPlatform,
-                interrupt: any InterruptLine, log: @escaping @Sendable (String) -> Void = DeviceLog.standardError) {
+                interrupt: any InterruptLine, log: @escaping @Sendable (String) -> Void = DeviceLog.standardError,
+                clock: @escaping @Sendable () -> UInt64 = DeviceEventLog.monotonicNanoseconds) {
         self.device = device
         self.base = base
         self.memory = memory
         self.platform = platform
         interruptLine = interrupt
-        self.log = log
+        events = DeviceEventLog(clock: clock, log: log)
         let core = VirtioTransportCore(device: device)
         offeredFeatures = core.offeredFeatures
         registers = Mutex(Registers(core: core))
@@ -176,7 +174,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
     // MARK: Status
 
     private func writeStatus(_ value: UInt8, _ registers: inout Registers) {
-        switch registers.core.writeStatus(value, name: name, log: report) {
+        switch registers.core.writeStatus(value, name: name, report: events.record) {
         case .reset: reset(&registers)
         case .activate: activate(&registers)
         case .none: return
@@ -191,7 +189,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
         do {
             activation = try registers.core.startQueues(memory: memory, interrupt: self)
         } catch {
-            reportDeviceError("\(error)")
+            markNeedsReset(.driverOKRefused, "\(error)")
             return
         }
         registerNotifiers(&registers)
@@ -221,9 +219,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
                 try platform.registerNotifier(notifier, address: address, queue: UInt32(index))
             } catch {
                 // Notifications still arrive, through a VM exit (see `writeRegister`).
-                if !reportedNotifierFailure.exchange(true, ordering: .relaxed) {
-                    report("\(name): queue \(index) notifications go through user space: \(error)")
-                }
+                events.record(.notifierFailure, "\(name): queue \(index) notifications go through user space: \(error)")
             }
         }
         registers.notifiersRegistered = true
@@ -239,10 +235,6 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
         registers.notifiersRegistered = false
     }
 
-    /// Logs a line a guest caused, within the device's budget.
-    private func report(_ message: String) {
-        if let line = logBudget.admit(message) { log(line) }
-    }
 
     // MARK: VirtioInterrupt
 
@@ -256,8 +248,14 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
     }
 
     public func reportDeviceError(_ message: String) {
+        markNeedsReset(.deviceError, message)
+    }
+
+    /// Sets DEVICE_NEEDS_RESET (once until reset), counts and logs why, and
+    /// tells the driver.
+    private func markNeedsReset(_ kind: DeviceEventKind, _ message: String) {
         guard needsReset.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
-        report("\(name): device needs reset: \(message)")
+        events.record(kind, "\(name): device needs reset: \(message)")
         signalConfigurationChange()
     }
 

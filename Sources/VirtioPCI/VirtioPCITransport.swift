@@ -23,9 +23,9 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     let platform: any PCIPlatform
     let msix: MSIXTable
     let intx: any LevelInterruptLine
-    let log: @Sendable (String) -> Void
-    /// What a guest can make this device log, in all (see `DeviceLogBudget`).
-    let logBudget = DeviceLogBudget()
+    /// What a guest makes this device report: counted, and each kind
+    /// logged at most once per interval (see `DeviceEventLog`).
+    public let events: DeviceEventLog
     /// The features offered: the device's, plus VERSION_1; never RING_PACKED.
     public let offeredFeatures: UInt64
     /// Configuration-space offsets of the MSI-X capability and of the PCI
@@ -64,7 +64,8 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     /// work: the driver then shares them).
     public init(device: any VirtioDevice, address: PCIAddress, barAddress: UInt64, memory: GuestMemory,
                 platform: any PCIPlatform, msixVectors: [MSIVector], router: any MSIRouter,
-                intx: any LevelInterruptLine, log: @escaping @Sendable (String) -> Void = DeviceLog.standardError) throws(PCIError) {
+                intx: any LevelInterruptLine, log: @escaping @Sendable (String) -> Void = DeviceLog.standardError,
+                clock: @escaping @Sendable () -> UInt64 = DeviceEventLog.monotonicNanoseconds) throws(PCIError) {
         let name = "\(device.deviceType) at PCI \(address)"
         let queueCount = device.queueMaximumSizes.count
         guard queueCount <= VirtioPCILayout.maximumQueues, msixVectors.count <= VirtioPCILayout.maximumVectors else {
@@ -75,7 +76,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         self.memory = memory
         self.platform = platform
         self.intx = intx
-        self.log = log
+        events = DeviceEventLog(clock: clock, log: log)
         let core = VirtioTransportCore(device: device)
         offeredFeatures = core.offeredFeatures
         msix = MSIXTable(vectors: msixVectors, router: router)
@@ -232,7 +233,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
                 try platform.registerNotifier(notifier, address: notifyAddress(base: base, queue: index), length: VirtioPCILayout.notifyWriteLength)
             } catch {
                 // Notifications still arrive, through a VM exit (see `write`).
-                report("\(name): queue \(index) notifications go through user space: \(error)")
+                events.record(.notifierFailure, "\(name): queue \(index) notifications go through user space: \(error)")
             }
         }
         registers.notifierBase = base
@@ -433,7 +434,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     // MARK: Status
 
     private func writeStatus(_ value: UInt8, _ registers: inout Registers) {
-        switch registers.core.writeStatus(value, name: name, log: report) {
+        switch registers.core.writeStatus(value, name: name, report: events.record) {
         case .reset: reset(&registers)
         case .activate: activate(&registers)
         case .none: return
@@ -447,7 +448,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         do {
             activation = try registers.core.startQueues(memory: memory, interrupt: self)
         } catch {
-            reportDeviceError("\(error)")
+            markNeedsReset(.driverOKRefused, "\(error)")
             return
         }
         registerNotifiers(&registers)
@@ -473,10 +474,6 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         needsReset.store(false, ordering: .releasing)
     }
 
-    /// Logs a line a guest caused, within the device's budget.
-    private func report(_ message: String) {
-        if let line = logBudget.admit(message) { log(line) }
-    }
 
     // MARK: VirtioInterrupt
 
@@ -495,8 +492,14 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     }
 
     public func reportDeviceError(_ message: String) {
+        markNeedsReset(.deviceError, message)
+    }
+
+    /// Sets DEVICE_NEEDS_RESET (once until reset), counts and logs why, and
+    /// tells the driver.
+    private func markNeedsReset(_ kind: DeviceEventKind, _ message: String) {
         guard needsReset.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
-        report("\(name): device needs reset: \(message)")
+        events.record(kind, "\(name): device needs reset: \(message)")
         signalConfigurationChange()
     }
 

@@ -55,6 +55,9 @@ enum RunCommand {
             throw ValidationError("a command after -- runs in the default guest; drop --kernel/--config to use it")
         }
 
+        // The run path ignores SIGPIPE (exec keeps it ignored for
+        // swiftlet-vmm): a console reader that goes away must not kill it.
+        signal(SIGPIPE, SIG_IGN)
         if command.isEmpty { try VMMLauncher.exec(vmmArguments) }
         Foundation.exit(try runGuestCommand(vmmArguments))
     }

@@ -75,6 +75,34 @@ struct Serial8250Tests {
         #expect(uart.readByte(6) == 0xB0)
     }
 
+    @Test("a guest looping bytes back forever keeps the receive FIFO's storage at its fixed capacity")
+    func loopbackStaysBounded() {
+        let uart = self.uart
+        uart.writeByte(4, 0x10)
+        for round in 0..<50_000 {
+            uart.writeByte(0, UInt8(truncatingIfNeeded: round))
+            #expect(uart.readByte(0) == UInt8(truncatingIfNeeded: round))
+        }
+        #expect(uart.state.withLock { $0.input.capacity } <= Serial8250.inputCapacity)
+        // Host input after wrapping around still arrives in order.
+        uart.writeByte(4, 0x08)
+        #expect(uart.enqueueInput(Array("wrap".utf8)) == 4)
+        #expect((0..<4).map { _ in uart.readByte(0) } == Array("wrap".utf8))
+    }
+
+    @Test("a loopback write into a full receive FIFO is dropped and sets the overrun bit in LSR")
+    func loopbackOverrun() {
+        let uart = self.uart
+        uart.writeByte(4, 0x10)
+        for index in 0..<Serial8250.inputCapacity { uart.writeByte(0, UInt8(truncatingIfNeeded: index)) }
+        #expect(uart.readByte(5) & 0x02 == 0, "full but not overrun yet")
+        uart.writeByte(0, 0xEE)
+        #expect(uart.readByte(5) & 0x03 == 0x03, "data ready and overrun")
+        #expect(uart.readByte(5) & 0x02 == 0, "reading LSR clears the overrun")
+        #expect((0..<Serial8250.inputCapacity).allSatisfy { uart.readByte(0) == UInt8(truncatingIfNeeded: $0) })
+        #expect(uart.readByte(5) & 0x01 == 0, "the dropped byte never arrives")
+    }
+
     @Test("scratch register holds a value; unknown sizes and offsets do not crash")
     func scratchAndOddAccesses() {
         let uart = self.uart

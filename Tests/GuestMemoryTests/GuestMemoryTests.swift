@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import GuestMemory
 
@@ -24,6 +25,47 @@ struct GuestMemoryTests {
         #expect(throws: GuestMemoryError.self) { try memory.read(UInt64.self, at: GuestAddress(UInt64.max - 3)) }
         #expect(throws: GuestMemoryError.self) { try memory.read(UInt8.self, at: GuestAddress(0x1000)) }
         #expect(try memory.read(UInt8.self, at: GuestAddress(0x2FFF)) == 0)
+    }
+
+    @Test("guest RAM is left out of core dumps: each region's mapping carries the dd (MADV_DONTDUMP) flag in /proc/self/smaps")
+    func excludedFromCoreDumps() throws {
+        let memory = try GuestMemory(ranges: [(GuestAddress(0), 0x20_0000), (GuestAddress(1 << 32), 0x10_0000)])
+        let smaps = Self.readProcFile("/proc/self/smaps")
+        for region in memory.regions {
+            let address = UInt(bitPattern: region.hostAddress)
+            let flags = try #require(Self.vmFlags(containing: address, in: smaps), "no mapping at \(address) in smaps")
+            #expect(flags.contains("dd"), "VmFlags of guest RAM: \(flags)")
+        }
+    }
+
+    /// The whole of a /proc file (its size reads as 0, so read to the end).
+    static func readProcFile(_ path: String) -> String {
+        let descriptor = open(path, O_RDONLY)
+        guard descriptor >= 0 else { return "" }
+        defer { close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            guard count > 0 else { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The VmFlags of the smaps entry whose range holds `address`.
+    static func vmFlags(containing address: UInt, in smaps: String) -> [Substring]? {
+        var inside = false
+        for line in smaps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if let range = fields.first, range.contains("-"), !range.hasSuffix(":") {
+                let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                inside = bounds.count == 2 && bounds[0] <= address && address < bounds[1]
+            } else if inside, fields.first == "VmFlags:" {
+                return Array(fields.dropFirst())
+            }
+        }
+        return nil
     }
 
     @Test("rejects overlapping or empty regions")

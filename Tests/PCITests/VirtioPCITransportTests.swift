@@ -40,6 +40,7 @@ struct VirtioPCITransportTests {
     let lines = [CountingLine(), CountingLine(), CountingLine()]
     let intx = RecordingLevel()
     let log = LogCollector()
+    let clock = ManualClock()
     let transport: VirtioPCITransport
 
     init() throws {
@@ -52,7 +53,7 @@ struct VirtioPCITransportTests {
         transport = try VirtioPCITransport(
             device: device, address: PCIAddress(device: 1)!, barAddress: Self.bar, memory: memory, platform: platform,
             msixVectors: lines.enumerated().map { MSIVector(gsi: 24 + UInt32($0.offset), line: $0.element) },
-            router: router, intx: intx, log: log.sink)
+            router: router, intx: intx, log: log.sink, clock: clock.now)
     }
 
     // MARK: Driver actions
@@ -303,6 +304,37 @@ struct VirtioPCITransportTests {
         setUpQueue(0, queue)
         driverOK()
         #expect(device.activations.count == 2)
+    }
+
+    @Test("a driver that breaks its rings, offers bad features and resets in a loop is counted every time but logged once per kind per interval")
+    func boundedLog() {
+        func round() {
+            negotiate(VirtioFeature.version1)
+            write(Field.queueSelect, 0)
+            write(Field.queueSize, 16)
+            write(Field.queueDescriptor, 0x7000_0000) // outside RAM
+            write(Field.queueEnable, 1)
+            driverOK()
+            write(Field.status, 0)
+            negotiate(VirtioFeature.eventIndex)  // legacy
+            write(Field.status, 0)
+            negotiate(VirtioFeature.version1 | 1 << 40)  // a feature never offered
+            write(Field.status, 0)
+        }
+        for _ in 0..<50 { round() }
+        #expect(log.recorded.count == 3, "\(log.recorded)")
+        for kind in [DeviceEventKind.driverOKRefused, .legacyDriverRefused, .featuresRefused] {
+            #expect(transport.events.count(kind) == 50, "\(kind)")
+        }
+        clock.advance(seconds: 9)
+        round()
+        #expect(log.recorded.count == 3, "still inside the interval")
+        clock.advance(seconds: 1)
+        round()
+        #expect(log.recorded.count == 6)
+        #expect(log.recorded.last?.hasSuffix("(50 more like this were not logged)") == true, "\(log.recorded)")
+        let counters = Dictionary(uniqueKeysWithValues: transport.events.counters.map { ($0.name, $0.value) })
+        #expect(counters["log_features_refused"] == 52 && counters["log_lines_suppressed"] == 150, "\(counters)")
     }
 
     @Test("a bad ring at DRIVER_OK sets DEVICE_NEEDS_RESET, logs one line and interrupts (INTx + ISR)")

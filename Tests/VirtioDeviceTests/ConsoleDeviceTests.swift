@@ -10,7 +10,12 @@ import VirtioTestSupport
 
 final class CollectedOutput: SerialOutput {
     let bytes = Mutex<[UInt8]>([])
-    func write(_ more: [UInt8]) { bytes.withLock { $0.append(contentsOf: more) } }
+    /// The largest single write: how much the device gathered at once.
+    let largestWrite = Mutex(0)
+    func write(_ more: [UInt8]) {
+        bytes.withLock { $0.append(contentsOf: more) }
+        largestWrite.withLock { $0 = max($0, more.count) }
+    }
 }
 
 /// Polls `condition` for up to two seconds (device work happens on its own thread).
@@ -55,6 +60,36 @@ struct ConsoleDeviceTests {
         #expect(eventually { output.bytes.withLock { $0 } == Array("hi yo".utf8) })
         #expect(eventually { transmit.popUsed() != nil })
         #expect(eventually { interrupt.signalledQueues.contains(1) })
+    }
+
+    @Test("A long transmit chain reaches the output in pieces of at most 4 KiB, never gathered whole")
+    func transmitInPieces() throws {
+        defer { device.reset() }
+        let length = 200_000
+        let buffer = transmit.allocate(length)
+        let pattern = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try memory.write(bytes: pattern, at: buffer)
+        transmit.addChain([.init(address: buffer, length: UInt32(length - 1000), writable: false),
+                           .init(address: buffer + UInt64(length - 1000), length: 1000, writable: false)])
+        try notifications[1].signal()
+        #expect(eventually { transmit.popUsed() != nil })
+        #expect(output.bytes.withLock { $0 } == pattern)
+        #expect(output.largestWrite.withLock { $0 } <= ConsoleDevice.transmitPieceSize)
+        #expect(device.counters.bytesFromGuest.load(ordering: .relaxed) == UInt64(length))
+    }
+
+    @Test("A chain covering more than the console's 1 MiB limit breaks the queue, is counted, and nothing of it is read")
+    func oversizeChainRefused() throws {
+        defer { device.reset() }
+        // Three 512 KiB buffers over the same guest RAM: 1.5 MiB in one chain.
+        let half: UInt32 = 512 << 10
+        transmit.addChain(Array(repeating: .init(address: GuestAddress(0), length: half, writable: false), count: 3))
+        try notifications[1].signal()
+        #expect(eventually { interrupt.errors.count == 1 })
+        #expect(interrupt.errors.first?.contains("covers more than \(ConsoleDevice.chainLengthLimit) bytes") == true, "\(interrupt.errors)")
+        #expect(device.counters.errors.load(ordering: .relaxed) == 1)
+        #expect(output.bytes.withLock { $0.isEmpty })
+        #expect(transmit.popUsed() == nil)
     }
 
     @Test("Typed input waits for a receive buffer, then fills it")

@@ -132,8 +132,9 @@ public final class DriverQueue {
     public var deviceSuppressesNotifications: Bool { ((try? memory.read(UInt16.self, at: configuration.usedRing)) ?? 0) & 1 != 0 }
 
     /// The device-side queue over these rings.
-    public func deviceQueue(features: UInt64 = 0, maximumSize: UInt16? = nil) throws -> Virtqueue {
-        try Virtqueue(configuration: configuration, maximumSize: maximumSize ?? size, features: features, memory: memory)
+    public func deviceQueue(features: UInt64 = 0, maximumSize: UInt16? = nil, maximumChainLength: UInt64 = .max) throws -> Virtqueue {
+        try Virtqueue(configuration: configuration, maximumSize: maximumSize ?? size, features: features, memory: memory,
+                      maximumChainLength: maximumChainLength)
     }
 }
 

@@ -38,6 +38,14 @@ public final class FakeDevice: VirtioDevice {
 }
 
 /// Collects the lines a transport logs.
+/// A monotonic clock tests move by hand (for `DeviceEventLog` intervals).
+public final class ManualClock: Sendable {
+    let nanoseconds = Atomic<UInt64>(1_000_000_000)
+    public init() {}
+    public var now: @Sendable () -> UInt64 { { [self] in nanoseconds.load(ordering: .relaxed) } }
+    public func advance(seconds: UInt64) { nanoseconds.add(seconds * 1_000_000_000, ordering: .relaxed) }
+}
+
 public final class LogCollector: Sendable {
     let lines = Mutex<[String]>([])
     public init() {}

@@ -112,6 +112,29 @@ struct VirtqueueTests {
         #expect(throws: VirtqueueError.chainTooLong(head: 3, limit: 8)) { try queue.popChain() }
     }
 
+    @Test("A chain whose buffers add up to more than the queue's byte limit is refused, direct or indirect")
+    func chainLengthLimit() throws {
+        let whole = driver.allocate(4096)
+        driver.addChain([.init(address: whole, length: 3000, writable: false), .init(address: whole, length: 3000, writable: true)])
+        var queue = try driver.deviceQueue(features: VirtioFeature.indirectDescriptors, maximumChainLength: 4096)
+        #expect(throws: VirtqueueError.chainLengthExceeded(head: 0, limit: 4096)) { try queue.popChain() }
+
+        var lowered = try driver.deviceQueue(features: VirtioFeature.indirectDescriptors)
+        lowered.limitChainLength(to: 1 << 20)
+        lowered.limitChainLength(to: .max)
+        #expect(lowered.maximumChainLength == 1 << 20, "a limit is only ever lowered")
+
+        let other = DriverQueue(memory: memory, size: 8, base: GuestAddress(0x80000))
+        other.addIndirectChain([.init(address: whole, length: 4000, writable: false), .init(address: whole, length: 97, writable: true)])
+        var indirect = try other.deviceQueue(features: VirtioFeature.indirectDescriptors, maximumChainLength: 4096)
+        #expect(throws: VirtqueueError.chainLengthExceeded(head: 0, limit: 4096)) { try indirect.popChain() }
+        // Exactly at the limit is fine.
+        let exact = DriverQueue(memory: memory, size: 8, base: GuestAddress(0xC0000))
+        exact.addChain([.init(address: whole, length: 4096, writable: false)])
+        var atLimit = try exact.deviceQueue(maximumChainLength: 4096)
+        #expect(try atLimit.popChain()?.readableLength == 4096)
+    }
+
     @Test("An available index that jumps past the queue size is refused")
     func indexJump() throws {
         driver.setAvailableIndex(9)

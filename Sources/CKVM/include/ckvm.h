@@ -117,6 +117,16 @@ static inline uint32_t ckvm_run_system_event_type(const struct kvm_run *run) { r
 static inline uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *run) { return run->fail_entry.hardware_entry_failure_reason; }
 static inline uint64_t ckvm_run_hardware_exit_reason(const struct kvm_run *run) { return run->hw.hardware_exit_reason; }
 
+// kvm_run.immediate_exit is written by other threads (kicks) while the vCPU
+// thread reads and clears it around KVM_RUN: atomic accesses, so neither the
+// compiler nor the CPU can tear, cache or reorder them against the kick signal.
+static inline void ckvm_run_set_immediate_exit(struct kvm_run *run, uint8_t value) {
+    __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);
+}
+static inline uint8_t ckvm_run_immediate_exit(const struct kvm_run *run) {
+    return __atomic_load_n(&run->immediate_exit, __ATOMIC_SEQ_CST);
+}
+
 // Installs a do-nothing handler for `signal_number` without SA_RESTART, so
 // the signal interrupts a blocking KVM_RUN with EINTR (how vCPUs are kicked).
 int ckvm_install_kick_handler(int signal_number);

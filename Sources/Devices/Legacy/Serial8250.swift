@@ -46,13 +46,15 @@ public final class Serial8250: BusDevice {
         var fifoControl: UInt8 = 0
         var transmitterEmptyPending = false
         var overrun = false
-        var input: [UInt8] = []
-        var inputStart = 0
+        /// The receive FIFO: fixed storage, so neither host input nor the
+        /// guest's own loopback writes can grow it.
+        var input = ByteRing(capacity: Serial8250.inputCapacity)
 
-        var hasInput: Bool { inputStart < input.count }
+        var hasInput: Bool { !input.isEmpty }
     }
 
-    private let state = Mutex(State())
+    // Internal so tests can check the FIFO's storage stays bounded.
+    let state = Mutex(State())
     private let output: any SerialOutput
     private let interrupt: any InterruptLine
 
@@ -66,14 +68,12 @@ public final class Serial8250: BusDevice {
     @discardableResult
     public func enqueueInput(_ bytes: some Collection<UInt8>) -> Int {
         let (accepted, raise) = state.withLock { state -> (Int, Bool) in
-            if state.inputStart > 0 && state.inputStart == state.input.count {
-                state.input.removeAll(keepingCapacity: true)
-                state.inputStart = 0
+            var accepted = 0
+            for byte in bytes {
+                guard state.input.append(byte) else { break }
+                accepted += 1
             }
-            let room = Self.inputCapacity - (state.input.count - state.inputStart)
-            let accepted = min(room, bytes.count)
             if accepted < bytes.count { state.overrun = true }
-            state.input.append(contentsOf: bytes.prefix(accepted))
             return (accepted, accepted > 0 && state.interruptEnable & Self.ierReceivedData != 0)
         }
         if raise { interrupt.trigger() }
@@ -82,7 +82,7 @@ public final class Serial8250: BusDevice {
 
     /// Room left in the input FIFO.
     public var inputSpace: Int {
-        state.withLock { Self.inputCapacity - ($0.input.count - $0.inputStart) }
+        state.withLock { $0.input.space }
     }
 
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
@@ -92,10 +92,7 @@ public final class Serial8250: BusDevice {
             switch offset {
             case Self.dataRegister:
                 if divisorLatch { return state.divisorLow }
-                guard state.hasInput else { return 0 }
-                let byte = state.input[state.inputStart]
-                state.inputStart += 1
-                return byte
+                return state.input.removeFirst() ?? 0
             case Self.interruptEnable:
                 return divisorLatch ? state.divisorHigh : state.interruptEnable
             case Self.interruptIdentify:
@@ -142,7 +139,8 @@ public final class Serial8250: BusDevice {
             case Self.dataRegister:
                 if divisorLatch { state.divisorLow = value; return false }
                 if state.modemControl & Self.mcrLoopback != 0 {
-                    if state.input.count - state.inputStart < Self.inputCapacity { state.input.append(value) }
+                    // A full FIFO drops the byte and reports an overrun (LSR bit 1), as a UART does.
+                    if !state.input.append(value) { state.overrun = true }
                 } else {
                     transmitted = value
                 }
@@ -159,10 +157,7 @@ public final class Serial8250: BusDevice {
                 return enablingTransmit || (value & Self.ierReceivedData != 0 && state.hasInput)
             case Self.interruptIdentify:
                 state.fifoControl = value
-                if value & 0x02 != 0 {  // clear receive FIFO
-                    state.input.removeAll(keepingCapacity: true)
-                    state.inputStart = 0
-                }
+                if value & 0x02 != 0 { state.input.removeAll() }  // clear receive FIFO
                 return false
             case Self.lineControl:
                 state.lineControl = value
@@ -177,5 +172,43 @@ public final class Serial8250: BusDevice {
         }
         if let transmitted { output.write([transmitted]) }
         if raise { interrupt.trigger() }
+    }
+}
+
+/// A fixed-capacity FIFO of bytes: storage is allocated once, so whoever
+/// fills it (the host, or a guest in loopback mode) cannot make it grow.
+struct ByteRing {
+    private var storage: [UInt8]
+    private var start = 0
+    private(set) var count = 0
+
+    init(capacity: Int) {
+        storage = [UInt8](repeating: 0, count: max(capacity, 1))
+    }
+
+    var capacity: Int { storage.count }
+    var isEmpty: Bool { count == 0 }
+    var space: Int { storage.count - count }
+
+    /// Appends `byte`; false (and nothing stored) when full.
+    mutating func append(_ byte: UInt8) -> Bool {
+        guard count < storage.count else { return false }
+        storage[(start + count) % storage.count] = byte
+        count += 1
+        return true
+    }
+
+    /// The oldest byte, removed; nil when empty.
+    mutating func removeFirst() -> UInt8? {
+        guard count > 0 else { return nil }
+        let byte = storage[start]
+        start = (start + 1) % storage.count
+        count -= 1
+        return byte
+    }
+
+    mutating func removeAll() {
+        start = 0
+        count = 0
     }
 }

@@ -50,6 +50,9 @@ public struct Virtqueue: Sendable {
     public let eventIndex: Bool
     /// VIRTIO_F_INDIRECT_DESC was negotiated: chains may use indirect tables.
     public let indirectDescriptors: Bool
+    /// The most bytes one chain's buffers may cover in all (readable plus
+    /// writable); a longer chain breaks the queue (`chainLengthExceeded`).
+    public private(set) var maximumChainLength: UInt64
     let memory: GuestMemory
     /// The next available-ring slot the device will read (free-running).
     public private(set) var nextAvailable: UInt16 = 0
@@ -67,8 +70,10 @@ public struct Virtqueue: Sendable {
     static let usedNoNotify: UInt16 = 1
 
     /// Validates the rings (size, alignment, inside RAM) against `maximumSize`.
-    /// `features` are the negotiated feature bits.
-    public init(configuration: VirtqueueConfiguration, maximumSize: UInt16, features: UInt64, memory: GuestMemory) throws(VirtqueueError) {
+    /// `features` are the negotiated feature bits; `maximumChainLength` bounds
+    /// the bytes one chain may cover (the device's `maximumChainLength`).
+    public init(configuration: VirtqueueConfiguration, maximumSize: UInt16, features: UInt64, memory: GuestMemory,
+                maximumChainLength: UInt64 = .max) throws(VirtqueueError) {
         let size = configuration.size
         guard size > 0, size & (size - 1) == 0, size <= maximumSize else {
             throw .invalidSize(size, maximum: maximumSize)
@@ -91,9 +96,16 @@ public struct Virtqueue: Sendable {
         self.eventIndex = features & VirtioFeature.eventIndex != 0
         self.indirectDescriptors = features & VirtioFeature.indirectDescriptors != 0
         self.memory = memory
+        self.maximumChainLength = maximumChainLength
     }
 
     var size: UInt16 { configuration.size }
+
+    /// Lowers `maximumChainLength` to `limit` (never raises it): a device
+    /// applies its own cap whoever built the queue.
+    public mutating func limitChainLength(to limit: UInt64) {
+        maximumChainLength = min(maximumChainLength, limit)
+    }
 
     // The rings were checked to be in RAM at init, so these offsets are in bounds.
     var availableIndexAddress: GuestAddress { configuration.availableRing + Self.ringIndexOffset }
@@ -163,6 +175,7 @@ public struct Virtqueue: Sendable {
         var index = head
         var visited = 0
         var limit = Int(size)
+        var totalLength: UInt64 = 0
         var readable: [GuestBuffer] = []
         var writable: [GuestBuffer] = []
         while true {
@@ -206,6 +219,11 @@ public struct Virtqueue: Sendable {
             }
 
             guard descriptor.length > 0 else { throw .zeroLengthDescriptor(head: head, descriptor: index) }
+            // At most 2^16 lengths below 2^32 each: the sum cannot overflow.
+            totalLength += UInt64(descriptor.length)
+            guard totalLength <= maximumChainLength else {
+                throw .chainLengthExceeded(head: head, limit: maximumChainLength)
+            }
             let buffer = GuestBuffer(address: GuestAddress(descriptor.address), length: descriptor.length)
             guard memory.contains(buffer.address, length: UInt64(buffer.length)) else {
                 throw .bufferOutOfBounds(descriptor: index, address: buffer.address, length: buffer.length)

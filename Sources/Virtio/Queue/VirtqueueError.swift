@@ -16,6 +16,10 @@ public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible 
     case bufferOutOfBounds(descriptor: UInt16, address: GuestAddress, length: UInt32)
     /// More descriptors than the table holds: a loop, or an oversize chain.
     case chainTooLong(head: UInt16, limit: Int)
+    /// The buffers of one chain add up to more bytes than the device accepts
+    /// (`VirtioDevice.maximumChainLength`): bounds what one request can make
+    /// the device read, write or hold.
+    case chainLengthExceeded(head: UInt16, limit: UInt64)
     /// A device-readable descriptor after a device-writable one.
     case readableAfterWritable(head: UInt16, descriptor: UInt16)
     /// Indirect descriptor misuse: nested, with NEXT, in a queue without
@@ -44,6 +48,8 @@ public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible 
             "descriptor \(descriptor) points at \(address) (\(length) bytes), outside guest RAM"
         case let .chainTooLong(head, limit):
             "chain at head \(head) has more than \(limit) descriptors (a loop or an oversize chain)"
+        case let .chainLengthExceeded(head, limit):
+            "chain at head \(head) covers more than \(limit) bytes, this device's limit"
         case let .readableAfterWritable(head, descriptor):
             "chain at head \(head): device-readable descriptor \(descriptor) follows a device-writable one"
         case let .invalidIndirectTable(head, reason):
