@@ -3,6 +3,7 @@ import HostSystem
 import LeanJSON
 import RateLimiter
 import VMM
+import VirtioBlock
 
 /// Firecracker's `BootSource`.
 public struct BootSource: Equatable, Sendable {
@@ -184,6 +185,11 @@ public struct DriveConfiguration: Equatable, Sendable {
     func checkFile() throws(APIError) {
         if let errno = BootSource.openError(pathOnHost, flags: isReadOnly ? O_RDONLY : O_RDWR) {
             throw .badRequest("Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: \(APIError.osError(errno)) \(pathOnHost)")
+        }
+        // Another VMM's lock refuses the drive now rather than at InstanceStart (the probe's lock goes with it).
+        if let probe = try? OwnedFileDescriptor.open(pathOnHost, flags: (isReadOnly ? O_RDONLY : O_RDWR) | O_NONBLOCK),
+           (try? probe.tryLockWholeFile(isReadOnly ? .shared : .exclusive)) == false {
+            throw .badRequest("Drive config error: \(VirtioBlockError.locked(path: pathOnHost, readOnly: isReadOnly))")
         }
     }
 
