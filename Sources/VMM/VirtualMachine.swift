@@ -64,8 +64,10 @@ public final class VirtualMachine: Sendable {
         try configuration.validate(maxVCPUs: system.maxVCPUs)
 
         // Read the images first: a bad path should fail before any allocation.
-        let kernelImage = try Self.readFile(role: "kernel", path: configuration.kernelPath)
-        let initrdImage = try configuration.initrdPath.map { (path) throws(VMMError) in try Self.readFile(role: "initrd", path: path) }
+        let kernelImage = try Self.readFile(role: "kernel", path: configuration.kernelPath, maximumSize: VMConfiguration.maximumKernelSize)
+        let initrdImage = try configuration.initrdPath.map { (path) throws(VMMError) in
+            try Self.readFile(role: "initrd", path: path, maximumSize: min(VMConfiguration.maximumInitrdSize, configuration.memorySize))
+        }
 
         do {
             handle = try system.createVM()
@@ -182,11 +184,13 @@ public final class VirtualMachine: Sendable {
         }
     }
 
-    static func readFile(role: String, path: String) throws(VMMError) -> [UInt8] {
+    /// Reads a kernel or initrd: a regular file (opened O_NONBLOCK, so a FIFO
+    /// cannot hang the API thread) of at most `maximumSize` bytes.
+    static func readFile(role: String, path: String, maximumSize: UInt64) throws(VMMError) -> [UInt8] {
         do {
-            return try OwnedFileDescriptor.readWholeFile(path)
+            return try OwnedFileDescriptor.readRegularFile(path, maximumSize: maximumSize)
         } catch {
-            throw .readFile(role: role, path: path, cause: error)
+            throw VMMError(reading: role, path: path, error)
         }
     }
 

@@ -46,7 +46,8 @@ public final class DiskImage: Sendable {
     /// `lockNow` is false (the caller then calls `acquireLock`), locks it
     /// against other processes.
     public init(path: String, readOnly: Bool = false, directIO: Bool = false, lockNow: Bool = true) throws(VirtioBlockError) {
-        let flags = (readOnly ? O_RDONLY : O_RDWR) | (directIO ? Self.openDirectFlag : 0)
+        // O_NONBLOCK so that a FIFO named by an API caller cannot hang open(2); cleared below.
+        let flags = (readOnly ? O_RDONLY : O_RDWR) | (directIO ? Self.openDirectFlag : 0) | O_NONBLOCK
         let file: OwnedFileDescriptor
         do {
             file = try OwnedFileDescriptor.open(path, flags: flags)
@@ -78,6 +79,12 @@ public final class DiskImage: Sendable {
         default: throw .notADiskImage(path: path, kind: "not a regular file")
         }
         guard size % BlockLimits.sectorSize == 0 else { throw .invalidSize(path: path, size: size) }
+        do {
+            let status = try systemCall("fcntl F_GETFL") { fcntl(file.rawValue, F_GETFL) }
+            _ = try systemCall("fcntl F_SETFL") { fcntl(file.rawValue, F_SETFL, status & ~O_NONBLOCK) }
+        } catch {
+            throw .inspect(path: path, cause: error)
+        }
         self.path = path
         self.size = size
         self.readOnly = readOnly
