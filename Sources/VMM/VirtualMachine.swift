@@ -199,11 +199,24 @@ public final class VirtualMachine: Sendable {
         case .stdio:
             return FileDescriptorSerialOutput(descriptor: OwnedFileDescriptor(adopting: dup(STDOUT_FILENO)))
         case let .file(path):
+            // O_NONBLOCK: a FIFO without a reader (serial_out_path from an API caller)
+            // fails with ENXIO instead of hanging the API thread in open(2).
+            let file: OwnedFileDescriptor
             do {
-                return FileDescriptorSerialOutput(descriptor: try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o644))
+                file = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o644)
+            } catch where error.errno.rawValue == ENXIO {
+                throw .invalidConfiguration(field: "serial output", value: path, expected: "a file, or a FIFO that a reader has open")
             } catch {
                 throw .readFile(role: "serial log", path: path, cause: error)
             }
+            // Writes keep their blocking behaviour (the serial path's own concern).
+            do {
+                let flags = try systemCall("fcntl F_GETFL") { fcntl(file.rawValue, F_GETFL) }
+                _ = try systemCall("fcntl F_SETFL") { fcntl(file.rawValue, F_SETFL, flags & ~O_NONBLOCK) }
+            } catch {
+                throw .host(step: "serial output \(path)", cause: error)
+            }
+            return FileDescriptorSerialOutput(descriptor: file)
         case .none:
             return DiscardingSerialOutput()
         }

@@ -67,6 +67,37 @@ struct APIFileTests {
         }
     }
 
+    @Test("A FIFO without a reader as serial_out_path is refused when the VM is built, not waited on")
+    func serialFIFORefused() throws {
+        let fifo = Self.temporaryPath("serial-fifo")
+        unlink(fifo)
+        try #require(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Mutex<String?>(nil)
+        Thread {
+            do {
+                _ = try VirtualMachine.makeSerialOutput(.file(path: fifo))
+                outcome.withLock { $0 = "opened" }
+            } catch {
+                outcome.withLock { $0 = "\(error)" }
+            }
+            done.signal()
+        }.start()
+        if done.wait(timeout: .now() + 20) == .timedOut {
+            let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+            done.wait()
+            close(reader)
+            Issue.record("opening the FIFO blocked")
+            return
+        }
+        #expect(outcome.withLock { $0 } == "invalid serial output '\(fifo)': expected a file, or a FIFO that a reader has open")
+        // With a reader it is a valid target.
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+        defer { close(reader) }
+        #expect(throws: Never.self) { try VirtualMachine.makeSerialOutput(.file(path: fifo)) }
+    }
+
     @Test("A device or a directory as kernel or initrd is refused naming what it is")
     func specialFilesRefused() throws {
         let controller = try makeController()
