@@ -11,10 +11,13 @@ import HostSystem
 public struct APIError: Error, Equatable, Sendable, CustomStringConvertible {
     public let status: Int
     public let message: String
+    /// For 405: the methods the path has, sent as `Allow`.
+    public let allowedMethods: [String]
 
-    public init(_ status: Int, _ message: String) {
+    public init(_ status: Int, _ message: String, allowedMethods: [String] = []) {
         self.status = status
         self.message = message
+        self.allowedMethods = allowedMethods
     }
 
     /// Bad input: malformed JSON, unknown fields, wrong types, bad values.
@@ -36,6 +39,13 @@ public struct APIError: Error, Equatable, Sendable, CustomStringConvertible {
         APIError(400, "Invalid request method and/or path: \(method) \(path.prefix(200)).")
     }
 
+    /// A known path with a method it does not have: Firecracker's words, but
+    /// 405 with `Allow` as HTTP says (Firecracker answers 400; its clients
+    /// treat both as a refusal and never send such requests).
+    public static func methodNotAllowed(method: String, path: String, allowed: [String]) -> APIError {
+        APIError(405, "Invalid request method and/or path: \(method.prefix(20)) \(path.prefix(200)).", allowedMethods: allowed)
+    }
+
     /// A body that is not what the resource takes, in the words of
     /// Firecracker's JSON layer (serde), which clients match on:
     /// "unknown field `x`", "missing field `x`", "invalid type: ...".
@@ -51,5 +61,9 @@ public struct APIError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { message }
-    var response: HTTPResponse { .fault(status, message) }
+    var response: HTTPResponse {
+        var response = HTTPResponse.fault(status, message)
+        if !allowedMethods.isEmpty { response.headers.append((name: "Allow", value: allowedMethods.joined(separator: ", "))) }
+        return response
+    }
 }

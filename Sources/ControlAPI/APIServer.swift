@@ -24,9 +24,19 @@ public enum APIServerError: Error, Sendable, CustomStringConvertible {
 /// thread of its own: an epoll loop over the listening socket, the clients
 /// (non-blocking, keep-alive, pipelining) and a wake-up eventfd. Requests go
 /// to the `InstanceController`; nothing here blocks a vCPU.
+///
+/// Silent clients cannot lock out management: a connection must complete
+/// each request (and a keep-alive one its next) within `idleTimeout` or it
+/// is closed, and a client arriving when all slots are taken evicts the
+/// connection that has waited longest for a request.
 public final class APIServer: Sendable {
-    /// More clients than this at once are disconnected on arrival.
+    /// At most this many clients at once; one more evicts the longest-idle.
     public static let maximumConnections = 64
+    /// Firecracker's clients keep connections alive between calls; a minute
+    /// of silence is far past any of their pauses between requests.
+    public static let defaultIdleTimeout: Duration = .seconds(60)
+    /// Nanoseconds a connection may go without completing a request.
+    let idleTimeoutNanoseconds: UInt64
     /// Unsent responses beyond this stop request processing for a client until it reads.
     let outputHighWater: Int
 
@@ -42,8 +52,10 @@ public final class APIServer: Sendable {
 
     /// Creates the socket at `path` (removing a stale one) and starts serving.
     public init(path: String, controller: InstanceController, limits: HTTPRequestParser.Limits = .init(),
-                outputHighWater: Int = 1 << 20) throws(APIServerError) {
+                outputHighWater: Int = 1 << 20, idleTimeout: Duration = APIServer.defaultIdleTimeout) throws(APIServerError) {
         self.path = path
+        let (seconds, attoseconds) = idleTimeout.components
+        idleTimeoutNanoseconds = UInt64(clamping: max(seconds, 0)) &* 1_000_000_000 &+ UInt64(clamping: max(attoseconds, 0) / 1_000_000_000)
         self.outputHighWater = outputHighWater
         self.controller = controller
         parser = HTTPRequestParser(limits: limits)
@@ -158,8 +170,14 @@ public final class APIServer: Sendable {
         var peerClosed = false
         /// `process` stopped because too much output was queued.
         var lastProcessHeldBack = false
+        /// Monotonic nanoseconds by which the next request must be complete
+        /// (pushed back by each answered request and by output the client reads).
+        var deadline: UInt64
 
-        init(descriptor: OwnedFileDescriptor) { self.descriptor = descriptor }
+        init(descriptor: OwnedFileDescriptor, deadline: UInt64) {
+            self.descriptor = descriptor
+            self.deadline = deadline
+        }
     }
 
     private func serve(_ epoll: Epoll) {
@@ -182,9 +200,15 @@ public final class APIServer: Sendable {
                 if !pending.contains(token) { pending.append(token) }
             }
         }
+        func close(_ token: UInt64) {
+            guard let connection = connections.removeValue(forKey: token) else { return }
+            try? epoll.remove(connection.descriptor.rawValue)
+            pending.removeAll { $0 == token }
+        }
         while !stopRequested.load(ordering: .relaxed) {
             var timeout: Int32 = pending.isEmpty ? -1 : 0
-            if pending.isEmpty, let deadline = controller.nextDeadline {
+            let connectionDeadline = connections.values.lazy.map(\.deadline).min()
+            if pending.isEmpty, let deadline = [controller.nextDeadline, connectionDeadline].compactMap({ $0 }).min() {
                 let now = InstanceController.monotonicNow()
                 timeout = deadline <= now ? 0 : Int32(clamping: (deadline - now) / 1_000_000 + 1)
             }
@@ -195,11 +219,15 @@ public final class APIServer: Sendable {
                 switch event.token {
                 case Self.listenerToken:
                     while let client = acceptClient() {
-                        guard connections.count < Self.maximumConnections else { continue }  // closed on release
+                        if connections.count >= Self.maximumConnections,
+                           let (oldest, _) = connections.min(by: { $0.value.deadline < $1.value.deadline }) {
+                            close(oldest)
+                            turns.removeAll { $0 == oldest }
+                        }
                         let token = nextToken
                         nextToken += 1
                         guard (try? epoll.add(client.rawValue, events: clientEvents, token: token)) != nil else { continue }
-                        connections[token] = Connection(descriptor: client)
+                        connections[token] = Connection(descriptor: client, deadline: InstanceController.monotonicNow() &+ idleTimeoutNanoseconds)
                         // Edge-triggered: serve what may already be waiting.
                         if !turns.contains(token) { turns.append(token) }
                     }
@@ -213,7 +241,10 @@ public final class APIServer: Sendable {
                 if stopRequested.load(ordering: .relaxed) { break }
                 serveTurn(token)
             }
-            controller.tick(now: InstanceController.monotonicNow())
+            let now = InstanceController.monotonicNow()
+            // Silent, slow (a request trickled in) or not reading: closed.
+            for (token, connection) in connections where connection.deadline <= now { close(token) }
+            controller.tick(now: now)
         }
         // Last words: whatever responses are queued (e.g. to the Stop that ended the VM).
         for connection in connections.values where !connection.output.isEmpty { _ = flush(connection) }
@@ -292,6 +323,7 @@ public final class APIServer: Sendable {
                 case let .request(request, consumed):
                     connection.input.removeFirst(consumed)
                     connection.sentContinue = false
+                    connection.deadline = InstanceController.monotonicNow() &+ idleTimeoutNanoseconds
                     let response = controller.handle(request)
                     connection.output += response.serialized(keepAlive: request.keepAlive)
                     if !request.keepAlive || response.closesConnection { connection.closeAfterOutput = true }
@@ -307,7 +339,13 @@ public final class APIServer: Sendable {
     /// Writes queued output; false on a broken connection.
     func flush(_ connection: Connection) -> Bool {
         var written = 0
-        defer { if written > 0 { connection.output.removeFirst(written) } }
+        defer {
+            if written > 0 {
+                connection.output.removeFirst(written)
+                // A client reading a long answer is not idle.
+                connection.deadline = InstanceController.monotonicNow() &+ idleTimeoutNanoseconds
+            }
+        }
         while written < connection.output.count {
             // SAFETY: sends bytes from output's own storage, within its bounds. MSG_NOSIGNAL: a vanished client must not SIGPIPE the VMM.
             let count = connection.output.withUnsafeBytes { raw -> Int in

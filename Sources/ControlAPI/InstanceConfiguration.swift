@@ -3,6 +3,7 @@ import HostSystem
 import LeanJSON
 import RateLimiter
 import VMM
+import VirtioBlock
 
 /// Firecracker's `BootSource`.
 public struct BootSource: Equatable, Sendable {
@@ -28,19 +29,37 @@ public struct BootSource: Equatable, Sendable {
 
     /// Firecracker opens the kernel and initrd when they are PUT, so a bad
     /// path is that request's error (in its words), not InstanceStart's.
+    /// Both must be regular files within their caps (a FIFO would hang the
+    /// API thread, a huge file exhaust memory); opened O_NONBLOCK to find out.
     func checkFiles() throws(APIError) {
-        if let errno = Self.openError(kernelImagePath) {
-            throw .badRequest("Boot source error: The kernel file cannot be opened: \(APIError.osError(errno))")
+        do {
+            _ = try OwnedFileDescriptor.openRegularFile(kernelImagePath, maximumSize: VMConfiguration.maximumKernelSize)
+        } catch {
+            switch error {
+            case let .open(cause), let .read(cause):
+                throw .badRequest("Boot source error: The kernel file cannot be opened: \(APIError.osError(cause.errno))")
+            case .notARegularFile, .tooLarge:
+                throw .badRequest("Boot source error: \(VMMError(reading: "kernel_image_path", path: kernelImagePath, error))")
+            }
         }
-        if let initrdPath, let errno = Self.openError(initrdPath) {
-            throw .badRequest("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. \(APIError.osError(errno))")
+        guard let initrdPath else { return }
+        do {
+            _ = try OwnedFileDescriptor.openRegularFile(initrdPath, maximumSize: VMConfiguration.maximumInitrdSize)
+        } catch {
+            switch error {
+            case let .open(cause), let .read(cause):
+                throw .badRequest("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. \(APIError.osError(cause.errno))")
+            case .notARegularFile, .tooLarge:
+                throw .badRequest("Boot source error: \(VMMError(reading: "initrd_path", path: initrdPath, error))")
+            }
         }
     }
 
-    /// Why `path` cannot be opened for reading, or nil if it can.
+    /// Why `path` cannot be opened, or nil if it can. O_NONBLOCK: opening a
+    /// FIFO must not wait for a writer on the API thread.
     static func openError(_ path: String, flags: Int32 = O_RDONLY) -> Errno? {
         do {
-            _ = try OwnedFileDescriptor.open(path, flags: flags)
+            _ = try OwnedFileDescriptor.open(path, flags: flags | O_NONBLOCK)
             return nil
         } catch {
             return error.errno
@@ -181,9 +200,19 @@ public struct DriveConfiguration: Equatable, Sendable {
     }
 
     /// Firecracker opens the backing file when the drive is PUT.
+    /// Only regular files and block devices (a FIFO, found with O_NONBLOCK, is refused).
     func checkFile() throws(APIError) {
         if let errno = BootSource.openError(pathOnHost, flags: isReadOnly ? O_RDONLY : O_RDWR) {
             throw .badRequest("Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: \(APIError.osError(errno)) \(pathOnHost)")
+        }
+        var status = stat()
+        if stat(pathOnHost, &status) == 0, status.st_mode & S_IFMT != S_IFREG, status.st_mode & S_IFMT != S_IFBLK {
+            throw .badRequest("Drive config error: 'path_on_host' '\(pathOnHost)' is \(fileKindName(mode: status.st_mode)): expected a raw image file or a block device")
+        }
+        // Another VMM's lock refuses the drive now rather than at InstanceStart (the probe's lock goes with it).
+        if let probe = try? OwnedFileDescriptor.open(pathOnHost, flags: (isReadOnly ? O_RDONLY : O_RDWR) | O_NONBLOCK),
+           (try? probe.tryLockWholeFile(isReadOnly ? .shared : .exclusive)) == false {
+            throw .badRequest("Drive config error: \(VirtioBlockError.locked(path: pathOnHost, readOnly: isReadOnly))")
         }
     }
 

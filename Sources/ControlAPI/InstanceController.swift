@@ -224,8 +224,11 @@ public final class InstanceController: Sendable {
     /// Firecracker's checks before a request reaches its handler: a known
     /// path and method, a body on PUT/PATCH and none on GET.
     func route(_ request: HTTPRequest) throws(APIError) -> (APIOperation, [String: String]) {
-        guard case let .operation(operation, parameters) = router.match(method: request.method, path: request.path) else {
-            throw .invalidPathOrMethod(method: request.method, path: request.path)
+        let operation: APIOperation, parameters: [String: String]
+        switch router.match(method: request.method, path: request.path) {
+        case let .operation(matched, matchedParameters): (operation, parameters) = (matched, matchedParameters)
+        case .notFound: throw .invalidPathOrMethod(method: request.method, path: request.path)
+        case let .methodNotAllowed(allowed): throw .methodNotAllowed(method: request.method, path: request.path, allowed: allowed)
         }
         switch request.method {
         case "GET" where !request.body.isEmpty: throw .badRequest("GET request cannot have a body.")
@@ -272,15 +275,21 @@ public final class InstanceController: Sendable {
             return response
         case .putGuestBootSource:
             let source = try BootSource(json: JSONFields(body: body, context: "boot-source"))
-            try source.checkFiles()
-            try updateBeforeBoot { $0.bootSource = source }
+            // The state first (Firecracker's refusal after start), then the files.
+            try updateBeforeBoot { (configuration) throws(APIError) in
+                try source.checkFiles()
+                configuration.bootSource = source
+            }
             return .noContent
         case .putGuestDriveByID:
             let id = parameters["drive_id"] ?? ""
             try InstanceConfiguration.checkID(id, what: "drive")
             let drive = try DriveConfiguration(json: JSONFields(body: body, context: "drive '\(id)'"), pathID: id)
-            try drive.checkFile()
-            try updateBeforeBoot { (configuration) throws(APIError) in try configuration.putDrive(drive) }
+            // The state first: after start the VMM's own lock on the image would answer instead.
+            try updateBeforeBoot { (configuration) throws(APIError) in
+                try drive.checkFile()
+                try configuration.putDrive(drive)
+            }
             return .noContent
         case .patchGuestDriveByID:
             let id = parameters["drive_id"] ?? ""

@@ -53,6 +53,13 @@ public struct VMConfiguration: Equatable, Sendable {
     public static let minimumMemorySize: UInt64 = 16 << 20
     /// The largest guest this layout supports (RAM above 4 GiB included).
     public static let maximumMemorySize: UInt64 = 1 << 40
+    /// The largest kernel file read (a vmlinux with debug information
+    /// included); a bigger one, or a FIFO or device, is refused before
+    /// anything is allocated, since API callers name these files.
+    public static let maximumKernelSize: UInt64 = 512 << 20
+    /// The largest initrd file read, whatever the guest's memory (which
+    /// bounds it further: an initrd must fit in guest RAM).
+    public static let maximumInitrdSize: UInt64 = 2 << 30
 
     public var kernelPath: String
     public var initrdPath: String?

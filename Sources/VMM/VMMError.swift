@@ -12,6 +12,10 @@ import VirtioVsock
 public enum VMMError: Error, Sendable, CustomStringConvertible {
     case invalidConfiguration(field: String, value: String, expected: String)
     case readFile(role: String, path: String, cause: SystemCallError)
+    /// A kernel or initrd that is a FIFO, device, directory or socket.
+    case notARegularFile(role: String, path: String, kind: String)
+    /// A kernel or initrd larger than its cap.
+    case fileTooLarge(role: String, path: String, size: UInt64, maximum: UInt64)
     case kvm(KVMError)
     case memory(step: String, cause: GuestMemoryError)
     case boot(step: String, message: String)
@@ -35,6 +39,10 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             case .permissionDenied: "\(role) '\(path)' is not readable (permission denied)"
             default: "cannot read \(role) '\(path)': \(cause.errno)"
             }
+        case let .notARegularFile(role, path, kind):
+            "\(role) '\(path)' is \(kind): expected a regular file"
+        case let .fileTooLarge(role, path, size, maximum):
+            "\(role) '\(path)' is \(size) bytes: at most \(maximum) (\(maximum >> 20) MiB) are accepted"
         case let .kvm(error):
             "\(error)"
         case let .memory(step, cause):
@@ -53,6 +61,17 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "\(error)"
         case let .vsock(error):
             "\(error)"
+        }
+    }
+}
+
+extension VMMError {
+    /// The error for a file `readRegularFile` refused.
+    public init(reading role: String, path: String, _ error: RegularFileError) {
+        switch error {
+        case let .open(cause), let .read(cause): self = .readFile(role: role, path: path, cause: cause)
+        case let .notARegularFile(kind): self = .notARegularFile(role: role, path: path, kind: kind)
+        case let .tooLarge(size, maximum): self = .fileTooLarge(role: role, path: path, size: size, maximum: maximum)
         }
     }
 }

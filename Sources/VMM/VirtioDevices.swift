@@ -33,9 +33,11 @@ public enum VirtioDeviceFactory {
         var images: [DiskImage] = []
         do {
             for disk in configuration.disks {
-                images.append(try DiskImage(path: disk.path, readOnly: disk.readOnly, directIO: disk.directIO))
+                images.append(try DiskImage(path: disk.path, readOnly: disk.readOnly, directIO: disk.directIO, lockNow: false))
             }
             try DiskImage.checkDistinct(images)
+            // Locked only now, so that one image attached twice by this VM reads as such, not as another process's lock.
+            for image in images { try image.acquireLock() }
             for (disk, image) in zip(configuration.disks, images) {
                 devices.append(try VirtioBlockDevice(disk: image, name: disk.id, serial: disk.fixedSerial, rateLimiter: disk.rateLimiter))
             }

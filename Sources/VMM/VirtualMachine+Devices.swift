@@ -30,10 +30,13 @@ extension VirtualMachine {
         var image: DiskImage?
         if let path {
             do {
-                let opened = try DiskImage(path: path, readOnly: device.readOnly, directIO: device.directIO)
+                let opened = try DiskImage(path: path, readOnly: device.readOnly, directIO: device.directIO, lockNow: false)
                 // The same file attached writable twice would be corrupted by two caches.
                 let others = virtioDevices.compactMap { ($0 as? VirtioBlockDevice).flatMap { $0 === device ? nil : $0.disk } }
                 try DiskImage.checkDistinct(others + [opened])
+                // Locked after that check; the drive's own image hands over its lock if it is the same file.
+                // The old image's lock goes with its descriptor once the worker lets go of it.
+                try opened.acquireLock(replacing: device.disk)
                 image = opened
             } catch {
                 throw .disk(error)

@@ -67,8 +67,10 @@ public final class VirtualMachine: Sendable {
         try configuration.validate(maxVCPUs: system.maxVCPUs)
 
         // Read the images first: a bad path should fail before any allocation.
-        let kernelImage = try Self.readFile(role: "kernel", path: configuration.kernelPath)
-        let initrdImage = try configuration.initrdPath.map { (path) throws(VMMError) in try Self.readFile(role: "initrd", path: path) }
+        let kernelImage = try Self.readFile(role: "kernel", path: configuration.kernelPath, maximumSize: VMConfiguration.maximumKernelSize)
+        let initrdImage = try configuration.initrdPath.map { (path) throws(VMMError) in
+            try Self.readFile(role: "initrd", path: path, maximumSize: min(VMConfiguration.maximumInitrdSize, configuration.memorySize))
+        }
 
         do {
             handle = try system.createVM()
@@ -188,11 +190,13 @@ public final class VirtualMachine: Sendable {
         }
     }
 
-    static func readFile(role: String, path: String) throws(VMMError) -> [UInt8] {
+    /// Reads a kernel or initrd: a regular file (opened O_NONBLOCK, so a FIFO
+    /// cannot hang the API thread) of at most `maximumSize` bytes.
+    static func readFile(role: String, path: String, maximumSize: UInt64) throws(VMMError) -> [UInt8] {
         do {
-            return try OwnedFileDescriptor.readWholeFile(path)
+            return try OwnedFileDescriptor.readRegularFile(path, maximumSize: maximumSize)
         } catch {
-            throw .readFile(role: role, path: path, cause: error)
+            throw VMMError(reading: role, path: path, error)
         }
     }
 
@@ -201,13 +205,24 @@ public final class VirtualMachine: Sendable {
         case .stdio:
             return try buffered(OwnedFileDescriptor(adopting: dup(STDOUT_FILENO)))
         case let .file(path):
-            let descriptor: OwnedFileDescriptor
+            // O_NONBLOCK: a FIFO without a reader (serial_out_path from an API caller)
+            // fails with ENXIO instead of hanging the API thread in open(2).
+            let file: OwnedFileDescriptor
             do {
-                descriptor = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o644)
+                file = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, mode: 0o644)
+            } catch where error.errno.rawValue == ENXIO {
+                throw .invalidConfiguration(field: "serial output", value: path, expected: "a file, or a FIFO that a reader has open")
             } catch {
                 throw .readFile(role: "serial log", path: path, cause: error)
             }
-            return try buffered(descriptor)
+            // Writes block again: the serial-out thread, not a vCPU, waits on them.
+            do {
+                let flags = try systemCall("fcntl F_GETFL") { fcntl(file.rawValue, F_GETFL) }
+                _ = try systemCall("fcntl F_SETFL") { fcntl(file.rawValue, F_SETFL, flags & ~O_NONBLOCK) }
+            } catch {
+                throw .host(step: "serial output \(path)", cause: error)
+            }
+            return try buffered(file)
         case .none:
             return DiscardingSerialOutput()
         }

@@ -22,6 +22,10 @@ public final class DiskImage: Sendable {
     /// st_rdev (non-zero for a block device), part of the derived serial.
     let specialDevice: UInt64
     let file: OwnedFileDescriptor
+    /// The descriptor whose open file description holds this image's OFD
+    /// lock (nil until locked): `file`, or, after `PATCH /drives` to the
+    /// same file, the replaced image's, kept open so the lock never lapses.
+    let lockHolder: Mutex<OwnedFileDescriptor?>
     /// Page-aligned scratch space for O_DIRECT transfers of unaligned guest
     /// buffers, and zeroes for write-zeroes without fallocate support.
     /// Locked only by the device's worker thread, so never contended.
@@ -38,9 +42,12 @@ public final class DiskImage: Sendable {
     public var capacityInSectors: UInt64 { size / BlockLimits.sectorSize }
 
     /// Opens `path` (O_RDONLY for a read-only disk, else O_RDWR; O_CLOEXEC; O_DIRECT
-    /// if asked) and checks that it holds a whole number of sectors.
-    public init(path: String, readOnly: Bool = false, directIO: Bool = false) throws(VirtioBlockError) {
-        let flags = (readOnly ? O_RDONLY : O_RDWR) | (directIO ? Self.openDirectFlag : 0)
+    /// if asked), checks that it holds a whole number of sectors and, unless
+    /// `lockNow` is false (the caller then calls `acquireLock`), locks it
+    /// against other processes.
+    public init(path: String, readOnly: Bool = false, directIO: Bool = false, lockNow: Bool = true) throws(VirtioBlockError) {
+        // O_NONBLOCK so that a FIFO named by an API caller cannot hang open(2); cleared below.
+        let flags = (readOnly ? O_RDONLY : O_RDWR) | (directIO ? Self.openDirectFlag : 0) | O_NONBLOCK
         let file: OwnedFileDescriptor
         do {
             file = try OwnedFileDescriptor.open(path, flags: flags)
@@ -72,6 +79,12 @@ public final class DiskImage: Sendable {
         default: throw .notADiskImage(path: path, kind: "not a regular file")
         }
         guard size % BlockLimits.sectorSize == 0 else { throw .invalidSize(path: path, size: size) }
+        do {
+            let status = try systemCall("fcntl F_GETFL") { fcntl(file.rawValue, F_GETFL) }
+            _ = try systemCall("fcntl F_SETFL") { fcntl(file.rawValue, F_SETFL, status & ~O_NONBLOCK) }
+        } catch {
+            throw .inspect(path: path, cause: error)
+        }
         self.path = path
         self.size = size
         self.readOnly = readOnly
@@ -82,6 +95,32 @@ public final class DiskImage: Sendable {
         fileIdentity = FileIdentity(device: UInt64(status.st_dev), inode: UInt64(status.st_ino))
         specialDevice = UInt64(status.st_rdev)
         scratch = Mutex(nil)
+        lockHolder = Mutex(nil)
+        if lockNow { try acquireLock() }
+    }
+
+    /// Takes an OFD lock on the whole image: shared for a read-only disk,
+    /// exclusive for a writable one, so that a second VMM cannot write an
+    /// image this one uses, nor attach writable one that this VMM reads.
+    /// Held until the image is released. OFD rather than POSIX locks: those
+    /// belong to the process, would not conflict between two opens in one
+    /// VMM, and would be dropped by closing any descriptor of the file.
+    /// `previous` (the image a drive had) on the same file, opened the same
+    /// way, hands over its lock, which a new lock would conflict with.
+    public func acquireLock(replacing previous: DiskImage? = nil) throws(VirtioBlockError) {
+        if let previous, previous.fileIdentity == fileIdentity, previous.readOnly == readOnly,
+           let inherited = previous.lockHolder.withLock({ $0 }) {
+            lockHolder.withLock { $0 = inherited }
+            return
+        }
+        let locked: Bool
+        do {
+            locked = try file.tryLockWholeFile(readOnly ? .shared : .exclusive)
+        } catch {
+            throw .lock(path: path, cause: error)
+        }
+        guard locked else { throw .locked(path: path, readOnly: readOnly) }
+        lockHolder.withLock { $0 = file }
     }
 
     public struct FileIdentity: Hashable, Sendable {

@@ -18,6 +18,10 @@ public enum VirtioBlockError: Error, Equatable, Sendable, CustomStringConvertibl
     case invalidIdentifier(String)
     /// Two disks on one image, at least one of them writable.
     case sameImage(path: String, otherPath: String)
+    /// Another open file description (another VMM) holds a conflicting lock on the image.
+    case locked(path: String, readOnly: Bool)
+    /// fcntl(F_OFD_SETLK) failed for another reason than a conflict.
+    case lock(path: String, cause: SystemCallError)
     /// A replacement image opened with other flags than the disk it replaces
     /// (read-only is a feature the driver negotiated and cannot change).
     case replacementMismatch(path: String, reason: String)
@@ -49,6 +53,12 @@ public enum VirtioBlockError: Error, Equatable, Sendable, CustomStringConvertibl
             "invalid disk id '\(id)': expected 1 to 20 letters, digits, '-', '_' or '.'"
         case let .sameImage(path, otherPath):
             "disk image '\(path)' is already attached as '\(otherPath)': attach an image once, or every time with readonly=on"
+        case let .locked(path, readOnly):
+            readOnly
+                ? "disk image '\(path)' is locked: another process holds it open writable (another VMM?); stop it, or attach the image read-only everywhere"
+                : "disk image '\(path)' is locked: another process holds it open (another VMM?); stop it, or attach the image read-only everywhere"
+        case let .lock(path, cause):
+            "cannot lock disk image '\(path)': \(cause)"
         case let .replacementMismatch(path, reason):
             "disk image '\(path)' cannot replace the current one: \(reason)"
         }

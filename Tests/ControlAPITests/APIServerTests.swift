@@ -106,6 +106,51 @@ struct APIServerTests {
         #expect(small.hasPrefix("HTTP/1.1 100 Continue"), "\(small)")
     }
 
+    /// A connected client socket that sends nothing (closed when the result is released).
+    static func connectSilently(_ path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(connected == 0)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    @Test("more silent clients than connection slots do not lock out a real request")
+    func silentClientsDoNotLockOut() throws {
+        let path = Self.socketPath("silent")
+        let server = try Self.makeServer(path)  // the default (long) idle timeout: eviction lets the request in
+        defer { server.shutdown() }
+        let silent = try (0..<(APIServer.maximumConnections + 6)).map { _ in try Self.connectSilently(path) }
+        defer { silent.forEach { close($0) } }
+        let reply = try Self.exchange(path, "GET / HTTP/1.1\r\n\r\n", expectedResponses: 1)
+        #expect(reply.hasPrefix("HTTP/1.1 200 OK"), "management was locked out: '\(reply)'")
+    }
+
+    @Test("a client silent, or stuck in a partial request, past the idle timeout is disconnected; an active one is not")
+    func idleTimeout() throws {
+        let path = Self.socketPath("idle")
+        let controller = try InstanceController(instanceID: "srv", vmmVersion: "0.1.0", configuration: InstanceConfiguration())
+        let server = try APIServer(path: path, controller: controller, idleTimeout: .milliseconds(300))
+        defer { server.shutdown() }
+        let silent = try Self.connectSilently(path), partial = try Self.connectSilently(path)
+        defer { close(silent); close(partial) }
+        let head = Array("PUT /boot-source HTTP/1.1\r\nContent-Length: 100\r\n\r\n{".utf8)
+        _ = head.withUnsafeBytes { send(partial, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        // recv waits (at most SO_RCVTIMEO, 10 s) for the server to close: 0 is end of file, -1 a timeout.
+        var byte: UInt8 = 0
+        #expect(recv(silent, &byte, 1, 0) == 0, "a silent client was kept")
+        #expect(recv(partial, &byte, 1, 0) == 0, "a client with a partial request was kept")
+        // The server itself carries on.
+        let reply = try Self.exchange(path, "GET / HTTP/1.1\r\n\r\n", expectedResponses: 1)
+        #expect(reply.hasPrefix("HTTP/1.1 200 OK"))
+    }
+
     @Test("a stale socket file is replaced; a live one and a regular file are refused")
     func staleAndLive() throws {
         let path = Self.socketPath("stale")

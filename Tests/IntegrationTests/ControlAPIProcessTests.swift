@@ -216,7 +216,7 @@ struct ControlAPIProcessTests {
             ("PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}"#, 400, "not a MAC address"),
             ("PUT", "/actions", #"{"action_type": "Explode"}"#, 400, "unknown variant `Explode`"),
             ("PATCH", "/vm", #"{"state": "Paused"}"#, 400, "not supported before starting the microVM"),
-            ("DELETE", "/machine-config", nil, 400, "Invalid request method and/or path: DELETE /machine-config."),
+            ("DELETE", "/machine-config", nil, 405, "Invalid request method and/or path: DELETE /machine-config."),
             ("GET", "/no/such/thing", nil, 400, "Invalid request method and/or path"),
             ("PUT", "/boot-source", String(repeating: " ", count: 70_000), 413, "exceeds the limit"),
         ]

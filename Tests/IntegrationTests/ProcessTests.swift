@@ -84,9 +84,15 @@ struct ProcessTests {
     @Test("an initrd larger than guest memory is refused before boot, naming it")
     func initrdTooLarge() throws {
         // A PVH ELF whose segment lies at 64 MiB cannot load into 16 MiB of RAM.
+        let empty = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-initrd-empty-\(getpid())")
+        try Data().write(to: empty)
+        defer { try? FileManager.default.removeItem(at: empty) }
         let result = try Self.run("swiftlet-vmm", ["--kernel", try KitGuest.program("hello"), "--memory", "16M",
-                                                   "--initrd", "/dev/null"])
+                                                   "--initrd", empty.path])
         #expect(result.status == 1 && result.stderr.contains("empty"), "an empty initrd is refused: \(result.stderr)")
+        // A device is no initrd (reading one could block or never end).
+        let device = try Self.run("swiftlet-vmm", ["--kernel", try KitGuest.program("hello"), "--initrd", "/dev/null"])
+        #expect(device.status == 1 && device.stderr.contains("initrd '/dev/null' is a character device: expected a regular file"), "\(device.stderr)")
         let big = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-initrd-\(getpid())")
         try Data(count: 20 << 20).write(to: big)
         defer { try? FileManager.default.removeItem(at: big) }

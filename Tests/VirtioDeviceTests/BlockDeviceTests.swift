@@ -348,11 +348,52 @@ struct DiskImageTests {
     @Test("One image attached twice is refused unless both are read-only")
     func sameImageTwice() throws {
         let image = try TemporaryImage(), other = try TemporaryImage()
-        let writable = try DiskImage(path: image.path), readOnly = try DiskImage(path: image.path, readOnly: true)
+        // Unlocked (as the VMM opens them before this check), or the second open would meet the first's lock.
+        let writable = try DiskImage(path: image.path, lockNow: false), readOnly = try DiskImage(path: image.path, readOnly: true, lockNow: false)
         #expect(throws: VirtioBlockError.sameImage(path: image.path, otherPath: image.path)) {
-            try DiskImage.checkDistinct([writable, try DiskImage(path: other.path), readOnly])
+            try DiskImage.checkDistinct([writable, try DiskImage(path: other.path, lockNow: false), readOnly])
         }
-        #expect(throws: Never.self) { try DiskImage.checkDistinct([readOnly, try DiskImage(path: image.path, readOnly: true), try DiskImage(path: other.path)]) }
+        #expect(throws: Never.self) { try DiskImage.checkDistinct([readOnly, try DiskImage(path: image.path, readOnly: true, lockNow: false), try DiskImage(path: other.path, lockNow: false)]) }
+    }
+
+    @Test("An image is locked while open: a second writer is refused with one line naming it, readers share, release frees it")
+    func crossProcessLock() throws {
+        let image = try TemporaryImage()
+        var writer: DiskImage? = try DiskImage(path: image.path)
+        #expect(writer != nil)
+        // Another open file description stands for another VMM: OFD locks conflict between them.
+        #expect(throws: VirtioBlockError.locked(path: image.path, readOnly: false)) { try DiskImage(path: image.path) }
+        #expect(throws: VirtioBlockError.locked(path: image.path, readOnly: true)) { try DiskImage(path: image.path, readOnly: true) }
+        #expect(VirtioBlockError.locked(path: "a.img", readOnly: false).description
+            == "disk image 'a.img' is locked: another process holds it open (another VMM?); stop it, or attach the image read-only everywhere")
+        writer = nil
+        var reader: DiskImage? = try DiskImage(path: image.path, readOnly: true)
+        let secondReader = try DiskImage(path: image.path, readOnly: true)
+        #expect(throws: VirtioBlockError.locked(path: image.path, readOnly: false)) { try DiskImage(path: image.path) }
+        reader = nil
+        #expect(reader == nil && secondReader.readOnly)
+        #expect(throws: VirtioBlockError.locked(path: image.path, readOnly: false)) { try DiskImage(path: image.path) }
+    }
+
+    @Test("PATCH /drives: another image is locked and the old one released; the same image keeps the drive's lock")
+    func lockOnSwap() throws {
+        let first = try TemporaryImage(), second = try TemporaryImage()
+        let device = try VirtioBlockDevice(disk: try DiskImage(path: first.path), name: "data")
+        // The same file again (Firecracker clients patch a drive to its own path after resizing it).
+        do {
+            let again = try DiskImage(path: first.path, lockNow: false)
+            try again.acquireLock(replacing: device.disk)
+            try device.update(disk: again)
+        }
+        #expect(throws: VirtioBlockError.locked(path: first.path, readOnly: false)) { try DiskImage(path: first.path) }
+        // Another file: locked now; the first is free once the device lets go of it.
+        do {
+            let other = try DiskImage(path: second.path, lockNow: false)
+            try other.acquireLock(replacing: device.disk)
+            try device.update(disk: other)
+        }
+        #expect(throws: VirtioBlockError.locked(path: second.path, readOnly: false)) { try DiskImage(path: second.path) }
+        #expect(throws: Never.self) { try DiskImage(path: first.path) }
     }
 
     @Test("Disk ids: 1 to 20 letters, digits, '-', '_', '.'")
@@ -392,7 +433,8 @@ struct BlockDeviceTests {
         #expect(Self.configuration(device, offset: 70, count: 6) == [0, 0, 0, 0, 0, 0])
         #expect(Self.configuration(device, offset: UInt64.max - 1, count: 4) == [0, 0, 0, 0])
 
-        let readOnly = try VirtioBlockDevice(path: image.path, identifier: "disk1", readOnly: true)
+        let readOnlyImage = try TemporaryImage(sectors: 2048)
+        let readOnly = try VirtioBlockDevice(path: readOnlyImage.path, identifier: "disk1", readOnly: true)
         #expect(readOnly.offeredFeatures & BlockFeature.readOnly != 0)
         #expect(readOnly.offeredFeatures & (BlockFeature.discard | BlockFeature.writeZeroes) == 0)
         #expect(Self.configuration(readOnly, offset: 36, count: 24).allSatisfy { $0 == 0 })

@@ -3,8 +3,11 @@ import Glibc
 import GuestMemory
 
 /// Runs libFuzzer with `body` as the test-one-input callback; never returns.
-/// `body` must not crash, hang or leak for any input.
+/// `body` must not crash, hang or leak for any input. Inputs run inside the
+/// file-system sandbox (`FileSystemSandbox`): nothing they name outside a
+/// throwaway /tmp can be created or written.
 public func runFuzzer(_ body: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32) -> Never {
+    FileSystemSandbox.enter()
     var argc = CommandLine.argc
     var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
     exit(LLVMFuzzerRunDriver(&argc, &argv, body))
