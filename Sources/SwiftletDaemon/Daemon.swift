@@ -65,10 +65,12 @@ public struct Daemon {
         var configuration = SupervisorConfiguration(stateDirectory: stateDirectory, vmmBinary: vmmBinary, images: images)
         configuration.consoleLogLimit = consoleLogLimit
         let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, logger: logger)
-        supervisor.adoptRunningVMs()
-        supervisor.autostart()
-
         let api = DaemonAPI(store: store, supervisor: supervisor, logger: logger)
+        // Re-adoption asks VMMs over their sockets and autostart waits for VMMs: blocking work, on the actions pool.
+        try await api.actions.run {
+            supervisor.adoptRunningVMs()
+            supervisor.autostart()
+        }
         let socketPath = socketPath
         let logger = logger
         let application = Application(
@@ -79,10 +81,11 @@ public struct Daemon {
                 logger.info("listening", metadata: ["socket": "\(socketPath)", "vms": "\((try? store.count()) ?? 0)"])
             },
             logger: logger)
-        let rotation = Task.detached {
+        // Copying a log is blocking file work: on the queries pool, not the async executor.
+        let rotation = Task.detached { [queries = api.queries] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(5))
-                supervisor.rotateConsoleLogs()
+                try? await queries.run { supervisor.rotateConsoleLogs() }
             }
         }
         defer { rotation.cancel() }
