@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "MMDS", "RateLimiter"]),
+        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "MMDS", "RateLimiter", "SwiftletClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

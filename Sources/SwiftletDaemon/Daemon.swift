@@ -14,6 +14,10 @@ public struct Daemon {
     public var vmmBinary: String
     public var cgroupRoot: String = "/sys/fs/cgroup"
     public var consoleLogLimit: Int = 1 << 20
+    /// Folders besides `<state>/images` that kernels, initrds and disks may come from.
+    public var imageDirectories: [String] = []
+    /// Whether definitions may name device nodes (a disk on /dev/sdX).
+    public var allowDeviceNodes = false
     public var logger: Logger
 
     public init(stateDirectory: String, socketPath: String, vmmBinary: String, logger: Logger) {
@@ -35,6 +39,19 @@ public struct Daemon {
         } catch {
             throw StartupError(description: "cannot create \(stateDirectory) or the socket's folder: \(error.localizedDescription); pass --state-dir/--socket to a writable place")
         }
+        // Resolved, so that /proc's links to VMM files compare equal (re-adoption).
+        guard let stateDirectory = ImagePolicy.realPath(stateDirectory) else {
+            throw StartupError(description: "cannot resolve \(self.stateDirectory): \(String(cString: strerror(errno)))")
+        }
+        let images: ImagePolicy
+        do {
+            try fileManager.createDirectory(atPath: stateDirectory + "/images", withIntermediateDirectories: true)
+            images = try ImagePolicy(directories: [stateDirectory + "/images"] + imageDirectories, allowDeviceNodes: allowDeviceNodes)
+        } catch let failure as ImagePolicy.Failure {
+            throw StartupError(description: failure.description)
+        } catch {
+            throw StartupError(description: "cannot create \(stateDirectory)/images: \(error.localizedDescription)")
+        }
         let store: DefinitionStore
         do { store = try DefinitionStore(path: stateDirectory + "/swiftletd.sqlite") } catch {
             throw StartupError(description: "cannot open the database \(stateDirectory)/swiftletd.sqlite: \(error)")
@@ -42,16 +59,18 @@ public struct Daemon {
         if let other = try? SwiftletAPIClient(socketPath: socketPath, timeout: 2).version() {
             throw StartupError(description: "another swiftletd (\(other.version)) already serves \(socketPath)")
         }
-        unlink(socketPath)
+        try Self.removeStaleSocket(socketPath)
 
         let cgroups = CgroupManager(root: cgroupRoot, logger: logger)
-        var configuration = SupervisorConfiguration(stateDirectory: stateDirectory, vmmBinary: vmmBinary)
+        var configuration = SupervisorConfiguration(stateDirectory: stateDirectory, vmmBinary: vmmBinary, images: images)
         configuration.consoleLogLimit = consoleLogLimit
         let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, logger: logger)
-        supervisor.adoptRunningVMs()
-        supervisor.autostart()
-
         let api = DaemonAPI(store: store, supervisor: supervisor, logger: logger)
+        // Re-adoption asks VMMs over their sockets and autostart waits for VMMs: blocking work, on the actions pool.
+        try await api.actions.run {
+            supervisor.adoptRunningVMs()
+            supervisor.autostart()
+        }
         let socketPath = socketPath
         let logger = logger
         let application = Application(
@@ -62,10 +81,11 @@ public struct Daemon {
                 logger.info("listening", metadata: ["socket": "\(socketPath)", "vms": "\((try? store.count()) ?? 0)"])
             },
             logger: logger)
-        let rotation = Task.detached {
+        // Copying a log is blocking file work: on the queries pool, not the async executor.
+        let rotation = Task.detached { [queries = api.queries] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(5))
-                supervisor.rotateConsoleLogs()
+                try? await queries.run { supervisor.rotateConsoleLogs() }
             }
         }
         defer { rotation.cancel() }
@@ -78,5 +98,30 @@ public struct Daemon {
         }
         defer { stopSignals.forEach { $0.cancel() } }
         try await application.runService()
+    }
+
+    /// Clears the way for the listening socket: nothing there is fine; a
+    /// socket nobody listens on (a daemon that died) is removed; anything
+    /// else (a file, a folder, a live socket) is left alone and refused.
+    static func removeStaleSocket(_ path: String) throws {
+        var status = stat()
+        guard lstat(path, &status) == 0 else {
+            if errno == ENOENT { return }
+            throw StartupError(description: "cannot inspect --socket \(path): \(String(cString: strerror(errno)))")
+        }
+        guard status.st_mode & S_IFMT == S_IFSOCK else {
+            throw StartupError(description: "--socket \(path) exists and is not a socket; swiftletd will not remove it: pass another --socket path")
+        }
+        do {
+            _ = try UnixHTTPClient(socketPath: path, timeout: 2).request("GET", "/")
+        } catch let failure as UnixHTTPClient.Failure where failure.isNotListening {
+            guard unlink(path) == 0 || errno == ENOENT else {
+                throw StartupError(description: "cannot remove the stale socket \(path): \(String(cString: strerror(errno)))")
+            }
+            return
+        } catch {
+            // Something accepted the connection: someone listens.
+        }
+        throw StartupError(description: "--socket \(path) is in use by another process (not a swiftletd answering /v1/version); stop it or pass another --socket path")
     }
 }

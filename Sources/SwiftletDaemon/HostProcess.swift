@@ -77,6 +77,32 @@ enum HostProcess {
         }
     }
 
+    /// Writes `pid` to `path` atomically (a temporary file renamed over it),
+    /// flushed, so a reader sees the whole pid or no file.
+    static func writePidFile(_ pid: pid_t, to path: String) throws {
+        try Data("\(pid)\n".utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+
+    /// Live swiftlet-vmm processes whose stdout is a `console.log` in a VM
+    /// folder under `directory` (`<state>/vms/`): pid -> VM name. Finds the
+    /// VMMs a daemon on this state folder started, pid file or not.
+    static func findVMMs(consoleLogsUnder directory: String) -> [pid_t: String] {
+        var found: [pid_t: String] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry), pid != getpid(),
+                  let executable = readLink("/proc/\(pid)/exe"),
+                  (executable as NSString).lastPathComponent.hasPrefix("swiftlet-vmm"),
+                  var console = readLink("/proc/\(pid)/fd/1") else { continue }
+            // An undefined VM's folder is gone: the link then ends in " (deleted)".
+            if console.hasSuffix(" (deleted)") { console.removeLast(" (deleted)".count) }
+            guard console.hasPrefix(directory), console.hasSuffix("/console.log") else { continue }
+            let name = String(console.dropFirst(directory.count).dropLast("/console.log".count))
+            guard !name.isEmpty, !name.contains("/") else { continue }
+            found[pid] = name
+        }
+        return found
+    }
+
     static func isAlive(_ pid: pid_t) -> Bool {
         kill(pid, 0) == 0 || errno == EPERM
     }

@@ -23,27 +23,83 @@ public struct DaemonAPI: Sendable {
     let store: DefinitionStore
     let supervisor: Supervisor
     let logger: Logger
+    /// Lifecycle actions, which may wait for a VMM (a shutdown up to 600 s).
+    let actions: BlockingPool
+    /// Database reads and writes, console tails, stats: short blocking work,
+    /// kept apart so that waiting actions never hold up `list` or `get`.
+    let queries: BlockingPool
 
-    public init(store: DefinitionStore, supervisor: Supervisor, logger: Logger) {
+    public init(store: DefinitionStore, supervisor: Supervisor, logger: Logger,
+                actions: BlockingPool = BlockingPool(name: "actions", threads: 8, maximumQueued: 256),
+                queries: BlockingPool = BlockingPool(name: "queries", threads: 4, maximumQueued: 1024)) {
         self.store = store
         self.supervisor = supervisor
         self.logger = logger
+        self.actions = actions
+        self.queries = queries
     }
 
+    /// The longest `shutdown?wait=` (seconds).
+    public static let maximumShutdownWait = 600
+    /// The most `console?bytes=` returns (16 MiB).
+    public static let maximumConsoleTail = 16 << 20
+
+    /// Query parameters are checked strictly: a value that is not exactly
+    /// what the document allows is a 400 naming it and the valid range.
+    static func query(_ request: Request, _ name: String) -> String? {
+        request.uri.queryParameters[Substring(name)].map(String.init)
+    }
+
+    static func wholeNumber(_ text: String, field: String, range: ClosedRange<Int>, unit: String) throws(DaemonError) -> Int {
+        guard !text.isEmpty, text.utf8.count <= 10, text.unicodeScalars.allSatisfy({ ("0"..."9").contains($0) }),
+              let value = Int(text), range.contains(value) else {
+            throw .badRequest("invalid \(field) '\(DefinitionValidator.printable(text))': expected a whole number of \(unit) from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
+    }
+
+    static func shutdownOptions(_ request: Request) throws(DaemonError) -> (wait: Double, force: Bool) {
+        let wait = try query(request, "wait").map { text throws(DaemonError) in
+            try DaemonAPI.wholeNumber(text, field: "wait", range: 0...DaemonAPI.maximumShutdownWait, unit: "seconds")
+        } ?? 0
+        var force = false
+        if let text = query(request, "force") {
+            guard text == "true" || text == "false" else {
+                throw .badRequest("invalid force '\(DefinitionValidator.printable(text))': expected true or false")
+            }
+            force = text == "true"
+        }
+        return (Double(wait), force)
+    }
+
+    // Every handler that touches the database, a VMM or a file runs its
+    // blocking part on `queries` or `actions`, never on the request's task.
     public static let routes: [Route] = [
         Route(method: .get, path: "/v1/version") { api, _, _ in try api.json(api.versionInfo()) },
-        Route(method: .get, path: "/v1/vms") { api, _, _ in try api.json(api.list()) },
-        Route(method: .post, path: "/v1/vms") { api, request, _ in try await api.json(api.define(request), status: .created) },
-        Route(method: .get, path: "/v1/vms/:name") { api, _, context in try api.json(api.get(context.name)) },
-        Route(method: .put, path: "/v1/vms/:name") { api, request, context in try await api.json(api.update(context.name, request)) },
-        Route(method: .delete, path: "/v1/vms/:name") { api, _, context in try api.undefine(context.name); return Response(status: .noContent) },
+        Route(method: .get, path: "/v1/vms") { api, _, _ in try await api.queries.run { try api.json(api.list()) } },
+        Route(method: .post, path: "/v1/vms") { api, request, _ in
+            let definition = try await api.decodeDefinition(request)
+            return try await api.queries.run { try api.json(api.define(definition), status: .created) }
+        },
+        Route(method: .get, path: "/v1/vms/:name") { api, _, context in
+            let name = context.name
+            return try await api.queries.run { try api.json(api.get(name)) }
+        },
+        Route(method: .put, path: "/v1/vms/:name") { api, request, context in
+            let name = context.name
+            let definition = try await api.decodeDefinition(request)
+            return try await api.queries.run { try api.json(api.update(name, definition)) }
+        },
+        Route(method: .delete, path: "/v1/vms/:name") { api, _, context in
+            let name = context.name
+            return try await api.actions.run { try api.undefine(name); return Response(status: .noContent) }
+        },
         Route(method: .post, path: "/v1/vms/:name/start") { api, _, context in
             try await api.action(context.name) { try api.supervisor.start(try api.row(context.name).definition) }
         },
         Route(method: .post, path: "/v1/vms/:name/shutdown") { api, request, context in
-            let wait = Double(request.uri.queryParameters["wait"].map(String.init) ?? "") ?? 0
-            let force = request.uri.queryParameters["force"].map(String.init) == "true"
-            return try await api.action(context.name) { try api.supervisor.shutdown(context.name, wait: min(max(wait, 0), 600), force: force) }
+            let (wait, force) = try DaemonAPI.shutdownOptions(request)
+            return try await api.action(context.name) { try api.supervisor.shutdown(context.name, wait: wait, force: force) }
         },
         Route(method: .post, path: "/v1/vms/:name/reboot") { api, _, context in
             try await api.action(context.name) { try api.supervisor.reboot(context.name) }
@@ -58,24 +114,44 @@ public struct DaemonAPI: Sendable {
             try await api.action(context.name) { try api.supervisor.resume(context.name) }
         },
         Route(method: .get, path: "/v1/vms/:name/stats") { api, _, context in
-            _ = try api.row(context.name)
-            return try api.json(api.supervisor.stats(context.name))
+            let name = context.name
+            return try await api.queries.run {
+                _ = try api.row(name)
+                return try api.json(api.supervisor.stats(name))
+            }
         },
         Route(method: .get, path: "/v1/vms/:name/console") { api, request, context in
-            _ = try api.row(context.name)
-            let bytes = Int(request.uri.queryParameters["bytes"].map(String.init) ?? "") ?? 65536
-            return api.consoleTail(context.name, bytes: min(max(bytes, 0), 16 << 20))
+            let name = context.name
+            let bytes = try DaemonAPI.query(request, "bytes").map { text throws(DaemonError) in
+                try DaemonAPI.wholeNumber(text, field: "bytes", range: 0...DaemonAPI.maximumConsoleTail, unit: "bytes")
+            } ?? 65536
+            return try await api.queries.run {
+                _ = try api.row(name)
+                return api.consoleTail(name, bytes: bytes)
+            }
         },
         Route(method: .get, path: "/v1/events") { api, _, _ in api.eventStream() },
         Route(method: .get, path: "/metrics") { api, _, _ in
+            let text = try await api.queries.run { api.prometheusText() }
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4"
-            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: api.prometheusText())))
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         },
     ]
 
+    /// The methods served on `path` (for 405's Allow), empty when no route's pattern matches it.
+    static func allowedMethods(for path: String) -> [String] {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        return routes.filter { route in
+            let pattern = route.path.split(separator: "/", omittingEmptySubsequences: false)
+            guard pattern.count == segments.count else { return false }
+            return zip(pattern, segments).allSatisfy { $0.hasPrefix(":") ? !$1.isEmpty : $0 == $1 }
+        }.map(\.method.rawValue)
+    }
+
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
+        router.add(middleware: UnroutedRequests())
         for route in Self.routes {
             router.on(RouterPath(route.path), method: route.method) { request, context -> Response in
                 do {
@@ -144,8 +220,9 @@ public struct DaemonAPI: Sendable {
         }
     }
 
-    func define(_ request: Request) async throws(DaemonError) -> VMInfo {
-        let definition = try DefinitionValidator.validate(try await decodeDefinition(request))
+    func define(_ decoded: VMDefinition) throws(DaemonError) -> VMInfo {
+        let definition = try DefinitionValidator.validate(decoded)
+        _ = try supervisor.configuration.images.check(definition, mustExist: false)
         do {
             try store.insert(definition)
         } catch DefinitionStore.Failure.duplicate {
@@ -157,9 +234,9 @@ public struct DaemonAPI: Sendable {
         return supervisor.info(for: DefinitionStore.Row(definition: definition))
     }
 
-    func update(_ name: String, _ request: Request) async throws(DaemonError) -> VMInfo {
+    func update(_ name: String, _ decoded: VMDefinition) throws(DaemonError) -> VMInfo {
         let existing = try row(name)
-        var definition = try await decodeDefinition(request)
+        var definition = decoded
         guard definition.name == name else {
             throw .badRequest("the definition's name '\(DefinitionValidator.printable(definition.name))' differs from '\(name)' in the URL; renaming is not supported")
         }
@@ -168,6 +245,7 @@ public struct DaemonAPI: Sendable {
             throw .badRequest("the uuid of '\(name)' cannot change (it is \(existing.definition.uuid ?? ""))")
         }
         definition = try DefinitionValidator.validate(definition)
+        _ = try supervisor.configuration.images.check(definition, mustExist: false)
         do { try store.replace(definition) } catch { throw .internal("storing the definition: \(error)") }
         logger.info("updated", metadata: ["vm": "\(name)"])
         var info = supervisor.info(for: DefinitionStore.Row(definition: definition, lastState: existing.lastState, lastReason: existing.lastReason))
@@ -177,28 +255,24 @@ public struct DaemonAPI: Sendable {
 
     func undefine(_ name: String) throws(DaemonError) {
         _ = try row(name)
-        guard !supervisor.isActive(name) else {
-            throw .conflict("VM '\(name)' is running; `swiftlet destroy \(name)` first, then undefine it")
+        // Claimed first, so that no start can begin while (or after) the definition goes.
+        try supervisor.beginUndefine(name)
+        do { try store.delete(name) } catch {
+            supervisor.finishUndefine(name, deleted: false)
+            throw .internal("deleting the definition: \(error)")
         }
-        do { try store.delete(name) } catch { throw .internal("deleting the definition: \(error)") }
-        supervisor.forget(name)
+        supervisor.finishUndefine(name, deleted: true)
         logger.info("undefined", metadata: ["vm": "\(name)"])
     }
 
-    /// Runs a blocking lifecycle operation off the request's task and answers with the VM's info.
+    /// Runs a blocking lifecycle operation on the `actions` pool (never the
+    /// request's task) and answers with the VM's info.
     func action(_ name: String, _ work: @escaping @Sendable () throws -> Void) async throws -> Response {
-        _ = try row(name)
-        let result: Result<Void, any Error> = await withCheckedContinuation { continuation in
-            let thread = Thread {
-                do { try work(); continuation.resume(returning: .success(())) } catch {
-                    continuation.resume(returning: .failure(error))
-                }
-            }
-            thread.stackSize = 256 * 1024
-            thread.start()
+        try await actions.run {
+            _ = try row(name)
+            try work()
+            return try json(get(name))
         }
-        try result.get()
-        return try json(get(name))
     }
 
     func consoleTail(_ name: String, bytes: Int) -> Response {
@@ -295,4 +369,24 @@ public struct DaemonAPI: Sendable {
 
 extension BasicRequestContext {
     var name: String { parameters.get("name") ?? "" }
+}
+
+/// Requests no route takes: 405 with `Allow` when the path exists under
+/// other methods (TRACE, a PATCH on a VM), else 404; both `{"error": ...}`.
+struct UnroutedRequests: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound {
+            let allowed = DaemonAPI.allowedMethods(for: request.uri.path)
+            guard !allowed.isEmpty else {
+                return DaemonAPI.errorResponse(.notFound("no route \(DefinitionValidator.printable(request.uri.path)); docs/api/swiftletd-api.yaml lists the routes"))
+            }
+            var response = DaemonAPI.errorResponse(.methodNotAllowed(
+                "\(DefinitionValidator.printable(request.method.rawValue)) is not allowed on \(DefinitionValidator.printable(request.uri.path)); allowed: \(allowed.joined(separator: ", "))"))
+            response.headers[.allow] = allowed.joined(separator: ", ")
+            return response
+        }
+    }
 }

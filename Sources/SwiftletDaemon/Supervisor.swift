@@ -23,9 +23,12 @@ public struct SupervisorConfiguration: Sendable {
     public var consoleLogLimit: Int = 1 << 20
     /// How long destroy waits after SIGTERM before SIGKILL.
     public var stopGrace: Double = 5
-    public init(stateDirectory: String, vmmBinary: String) {
+    /// Where kernels, initrds and disks may come from.
+    public var images: ImagePolicy
+    public init(stateDirectory: String, vmmBinary: String, images: ImagePolicy) {
         self.stateDirectory = stateDirectory
         self.vmmBinary = vmmBinary
+        self.images = images
     }
 }
 
@@ -45,6 +48,8 @@ public final class Supervisor: Sendable {
         var adopted = false
         var cgroup: String?
         var controlAPI = false
+        /// An undefine is deleting the definition: no start may begin.
+        var undefining = false
     }
 
     public let configuration: SupervisorConfiguration
@@ -125,7 +130,41 @@ public final class Supervisor: Sendable {
     func count(_ key: String) { counters.withLock { $0[key, default: 0] += 1 } }
     public func counterValues() -> [String: Int] { counters.withLock { $0 } }
 
-    public func isActive(_ name: String) -> Bool { runtime(name).pid != nil }
+    /// Running, or a start is under way (its VMM may be spawned any moment).
+    public func isActive(_ name: String) -> Bool {
+        let runtime = runtime(name)
+        return runtime.pid != nil || runtime.state == .starting
+    }
+
+    /// Claims the VM for undefine: refused while it runs or starts, and no
+    /// start begins until `finishUndefine`. Serializes the two, so an
+    /// undefine can never leave a VMM that no definition tracks.
+    public func beginUndefine(_ name: String) throws(DaemonError) {
+        let refusal = runtimes.withLock { table -> DaemonError? in
+            var runtime = table[name] ?? Runtime()
+            if runtime.state == .starting {
+                return .conflict("VM '\(name)' is starting; `swiftlet destroy \(name)` once it runs, then undefine it")
+            }
+            if runtime.pid != nil {
+                return .conflict("VM '\(name)' is running; `swiftlet destroy \(name)` first, then undefine it")
+            }
+            if runtime.undefining { return .conflict("VM '\(name)' is already being undefined") }
+            runtime.undefining = true
+            table[name] = runtime
+            return nil
+        }
+        if let refusal { throw refusal }
+    }
+
+    /// Ends an undefine: `deleted` forgets the VM's run state and files,
+    /// otherwise (the database refused) the VM may start again.
+    public func finishUndefine(_ name: String, deleted: Bool) {
+        if deleted {
+            forget(name)
+        } else {
+            runtimes.withLock { $0[name]?.undefining = false }
+        }
+    }
 
     // MARK: start
 
@@ -133,14 +172,25 @@ public final class Supervisor: Sendable {
         let name = definition.name
         let claimed = runtimes.withLock { table -> Bool in
             var runtime = table[name] ?? Runtime()
-            guard runtime.pid == nil, runtime.state != .starting else { return false }
+            guard runtime.pid == nil, runtime.state != .starting, !runtime.undefining else { return false }
             runtime.state = .starting
             runtime.reason = nil
             runtime.stopRequest = nil
             table[name] = runtime
             return true
         }
-        guard claimed else { throw .conflict("VM '\(name)' is already running; `swiftlet destroy \(name)` stops it") }
+        guard claimed else {
+            if runtime(name).undefining { throw .conflict("VM '\(name)' is being undefined") }
+            throw .conflict("VM '\(name)' is already running; `swiftlet destroy \(name)` stops it")
+        }
+        // An undefine that finished between the caller reading the definition
+        // and this claim has deleted it: nothing may start then.
+        guard (try? store.get(name)) != nil else {
+            runtimes.withLock { table in
+                if table[name]?.state == .starting, table[name]?.pid == nil { table[name]?.state = .shutOff }
+            }
+            throw .noSuchVM(name)
+        }
         do {
             try launch(definition)
         } catch {
@@ -152,8 +202,13 @@ public final class Supervisor: Sendable {
         }
     }
 
-    func launch(_ definition: VMDefinition) throws(DaemonError) {
-        let name = definition.name
+    func launch(_ stored: VMDefinition) throws(DaemonError) {
+        let name = stored.name
+        // Checked again now (a link may have changed since define); the VMM gets the resolved paths.
+        let definition: VMDefinition
+        do { definition = try configuration.images.check(stored, mustExist: true) } catch {
+            throw .badRequest("cannot start '\(name)': \(error.description)")
+        }
         var files = [("kernel", definition.kernel)]
         if let initrd = definition.initrd { files.append(("initrd", initrd)) }
         files += definition.disks.enumerated().map { ("disks[\($0.offset)].path", $0.element.path) }
@@ -202,21 +257,40 @@ public final class Supervisor: Sendable {
         } catch {
             throw .internal("cannot start '\(name)': \(error)")
         }
+        // The pid file comes first: a daemon that dies from here on finds the
+        // VMM through it (and, should it die before even this, through /proc:
+        // `adoptRunningVMs`). A VMM whose pid cannot be recorded is stopped.
+        do {
+            try HostProcess.writePidFile(pid, to: directory.pidFile)
+        } catch {
+            kill(pid, SIGKILL)
+            _ = HostProcess.waitForExit(pid)
+            throw .internal("cannot start '\(name)': writing \(directory.pidFile): \(error); the VMM was stopped")
+        }
         count("starts")
         let startedAt = Date().timeIntervalSince1970
-        try? "\(pid)\n".write(toFile: directory.pidFile, atomically: true, encoding: .utf8)
         var cgroup: String?
         do {
             cgroup = try cgroups.place(pid: pid, name: name, cpuPercent: definition.limits?.cpuPercent, memoryMiB: definition.limits?.memoryMiB)
         } catch {
             logger.warning("cgroup limits not applied", metadata: ["vm": "\(name)", "error": "\(error)"])
         }
-        runtimes.withLock { table in
+        let tracked = runtimes.withLock { table -> Bool in
+            // The start's claim is gone only if the VM was forgotten meanwhile.
+            guard table[name]?.state == .starting else { return false }
             table[name]?.pid = pid
             table[name]?.startedAt = startedAt
             table[name]?.cgroup = cgroup
             table[name]?.controlAPI = vmmHasControlAPI
             table[name]?.adopted = false
+            return true
+        }
+        guard tracked else {
+            kill(pid, SIGKILL)
+            _ = HostProcess.waitForExit(pid)
+            unlink(directory.pidFile)
+            cgroups.remove(name: name)
+            throw .conflict("VM '\(name)' was undefined while it started; its VMM was stopped")
         }
         let waiter = Thread { [self] in
             let status = HostProcess.waitForExit(pid)
@@ -392,18 +466,33 @@ public final class Supervisor: Sendable {
         publish(name, .shuttingDown, nil)
         do { try VMMControl(socketPath: runDirectory(name).apiSocket).action("Shutdown") } catch {
             runtimes.withLock { if $0[name]?.pid == pid { $0[name]?.state = runtime.state } }
-            throw .internal("shutdown of '\(name)' failed: \(error)")
+            throw controlFailure(name, pid: pid, doing: "shut down", error)
         }
         if wait > 0 && !waitUntilStopped(name, pid: pid, seconds: wait) && force {
             try? destroy(name)
         }
     }
 
+    /// Why a control-API call failed, for the caller: the VM ended meanwhile
+    /// (a guest powering off during a reboot, pause or shutdown) or the VMM
+    /// refused in its current state are conflicts (409), not server errors.
+    func controlFailure(_ name: String, pid: pid_t, doing verb: String, _ error: any Error) -> DaemonError {
+        // The VMM closing its socket as it exits: give the waiter a moment to see the exit.
+        if waitUntilStopped(name, pid: pid, seconds: 2) || !HostProcess.isAlive(pid) {
+            let now = runtime(name)
+            return .conflict("VM '\(name)' ended while it was being \(verb); it is \(now.state.rawValue)\(now.reason.map { " (\($0))" } ?? "")")
+        }
+        if let failure = error as? VMMControl.Failure, let status = failure.status, (400..<500).contains(status) {
+            return .conflict("VM '\(name)' cannot be \(verb) now: \(failure.description)")
+        }
+        return .internal("VM '\(name)' could not be \(verb): the VMM API failed: \(error)")
+    }
+
     public func reboot(_ name: String) throws(DaemonError) {
-        let (_, runtime) = try activePid(name)
+        let (pid, runtime) = try activePid(name)
         if runtime.controlAPI {
             do { try VMMControl(socketPath: runDirectory(name).apiSocket).action("Reboot") } catch {
-                throw .internal("reboot of '\(name)' failed: \(error)")
+                throw controlFailure(name, pid: pid, doing: "rebooted", error)
             }
             return
         }
@@ -415,7 +504,7 @@ public final class Supervisor: Sendable {
         let (pid, runtime) = try activePid(name)
         guard runtime.state == .running else { throw .conflict("VM '\(name)' is \(runtime.state.rawValue), not running") }
         if runtime.controlAPI {
-            do { try VMMControl(socketPath: runDirectory(name).apiSocket).pause() } catch { throw .internal("pause of '\(name)' failed: \(error)") }
+            do { try VMMControl(socketPath: runDirectory(name).apiSocket).pause() } catch { throw controlFailure(name, pid: pid, doing: "paused", error) }
         } else {
             kill(pid, SIGSTOP)
         }
@@ -427,7 +516,7 @@ public final class Supervisor: Sendable {
         let (pid, runtime) = try activePid(name)
         guard runtime.state == .paused else { throw .conflict("VM '\(name)' is \(runtime.state.rawValue), not paused") }
         if runtime.controlAPI {
-            do { try VMMControl(socketPath: runDirectory(name).apiSocket).resume() } catch { throw .internal("resume of '\(name)' failed: \(error)") }
+            do { try VMMControl(socketPath: runDirectory(name).apiSocket).resume() } catch { throw controlFailure(name, pid: pid, doing: "resumed", error) }
         } else {
             kill(pid, SIGCONT)
         }
@@ -456,6 +545,32 @@ public final class Supervisor: Sendable {
     /// through /proc) and watches them; clears stale pid files.
     public func adoptRunningVMs() {
         guard let rows = try? store.all() else { return }
+        let defined = Set(rows.map(\.definition.name))
+        // VMMs this state folder started whose pid file is missing (the daemon
+        // died between spawn and writing it): adopt them when their VM is
+        // still defined (by writing the pid file now), stop them otherwise.
+        let found = HostProcess.findVMMs(consoleLogsUnder: configuration.stateDirectory + "/vms/")
+        for (pid, name) in found.sorted(by: { $0.key < $1.key }) {
+            if defined.contains(name) {
+                let pidFile = runDirectory(name).pidFile
+                let recorded = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                if recorded == pid { continue }
+                if let recorded, HostProcess.isAlive(recorded), HostProcess.isVMM(recorded, consoleLog: runDirectory(name).consoleLog) {
+                    // Two VMMs on one VM's console: keep the recorded one.
+                    logger.warning("stopping a second VMM of a VM", metadata: ["vm": "\(name)", "pid": "\(pid)"])
+                    kill(pid, SIGKILL)
+                    continue
+                }
+                logger.warning("found a VMM without a pid file; adopting it", metadata: ["vm": "\(name)", "pid": "\(pid)"])
+                do { try HostProcess.writePidFile(pid, to: pidFile) } catch {
+                    logger.error("cannot record an orphaned VMM; stopping it", metadata: ["vm": "\(name)", "pid": "\(pid)", "error": "\(error)"])
+                    kill(pid, SIGKILL)
+                }
+            } else {
+                logger.warning("stopping a VMM whose VM is no longer defined", metadata: ["vm": "\(name)", "pid": "\(pid)"])
+                kill(pid, SIGKILL)
+            }
+        }
         for row in rows {
             let name = row.definition.name
             let directory = runDirectory(name)

@@ -7,11 +7,14 @@ struct VMMControl: Sendable {
     let http: UnixHTTPClient
 
     init(socketPath: String, timeout: Double = 5) {
-        http = UnixHTTPClient(socketPath: socketPath, timeout: timeout)
+        // The VMM's answers are small JSON documents; a bigger one is refused, not buffered.
+        http = UnixHTTPClient(socketPath: socketPath, timeout: timeout, maximumBodySize: 1 << 20)
     }
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
+        /// The VMM's HTTP status when it answered and refused.
+        var status: Int?
     }
 
     func send(_ method: String, _ path: String, json: [String: String]? = nil) throws -> UnixHTTPClient.Response {
@@ -19,7 +22,7 @@ struct VMMControl: Sendable {
         let response = try http.request(method, path, body: body)
         guard (200..<300).contains(response.status) else {
             let fault = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["fault_message"] as? String
-            throw Failure(description: "the VMM refused \(method) \(path): \(fault ?? "HTTP \(response.status)")")
+            throw Failure(description: "the VMM refused \(method) \(path): \(fault ?? "HTTP \(response.status)")", status: response.status)
         }
         return response
     }

@@ -21,8 +21,8 @@ public enum DefinitionValidator {
         }
     }
 
-    static func printable(_ text: String) -> String {
-        String(text.unicodeScalars.prefix(80).map { $0.properties.isWhitespace || $0.value < 0x20 ? "?" : Character($0) })
+    static func printable(_ text: String, limit: Int = 80) -> String {
+        String(text.unicodeScalars.prefix(limit).map { $0.properties.isWhitespace || $0.value < 0x20 ? "?" : Character($0) })
     }
 
     /// Validates and normalizes (assigns a UUID when absent).
@@ -102,6 +102,7 @@ public enum DaemonError: Error, CustomStringConvertible, Sendable {
     case badRequest(String)
     case notFound(String)
     case conflict(String)
+    case methodNotAllowed(String)
     case tooLarge(String)
     case unavailable(String)
     case `internal`(String)
@@ -111,6 +112,7 @@ public enum DaemonError: Error, CustomStringConvertible, Sendable {
         case .badRequest: 400
         case .notFound: 404
         case .conflict: 409
+        case .methodNotAllowed: 405
         case .tooLarge: 413
         case .unavailable: 503
         case .internal: 500
@@ -119,7 +121,7 @@ public enum DaemonError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         switch self {
-        case .badRequest(let m), .notFound(let m), .conflict(let m), .tooLarge(let m), .unavailable(let m), .internal(let m): m
+        case .badRequest(let m), .notFound(let m), .conflict(let m), .methodNotAllowed(let m), .tooLarge(let m), .unavailable(let m), .internal(let m): m
         }
     }
 

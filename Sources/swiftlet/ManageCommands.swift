@@ -164,7 +164,8 @@ struct Shutdown: LifecycleVerb {
     static let verb = "shutdown", done = "shutdown requested"
     @OptionGroup var daemon: DaemonOptions
     @Argument var name: String
-    @Option(help: "Seconds to wait for the guest to power off.") var wait: Double = 0
+    // Whole seconds: the daemon refuses fractions and anything past 600 (wait=3.0 included).
+    @Option(help: "Whole seconds (0 to 600) to wait for the guest to power off.") var wait: Int = 0
     @Flag(help: "Destroy the VM if it has not powered off after --wait seconds.") var force = false
     var query: String { "wait=\(wait)&force=\(force)" }
 }

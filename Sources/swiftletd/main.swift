@@ -26,6 +26,12 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
     @Option(help: "Rotate a VM's console log past this many bytes.")
     var consoleLogLimit = 1 << 20
 
+    @Option(name: .customLong("image-dir"), help: "A folder VM kernels, initrds and disks may come from, besides <state-dir>/images (repeatable).")
+    var imageDirectories: [String] = []
+
+    @Flag(help: "Let VM definitions name device nodes (a disk on a block device); refused by default.")
+    var allowDeviceNodes = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -43,6 +49,8 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
         var daemon = Daemon(stateDirectory: stateDir, socketPath: socket, vmmBinary: binary, logger: logger)
         daemon.cgroupRoot = cgroupRoot
         daemon.consoleLogLimit = consoleLogLimit
+        daemon.imageDirectories = imageDirectories
+        daemon.allowDeviceNodes = allowDeviceNodes
         do {
             try await daemon.run()
         } catch let error as Daemon.StartupError {

@@ -25,7 +25,8 @@ struct BadInputTests {
     func refusals() throws {
         let daemon = try DaemonHarness(label: "bad")
         defer { daemon.tearDown() }
-        _ = try daemon.client.define(VMDefinition(name: "web", kernel: "/boot/vmlinux"))
+        let images = daemon.imagesDirectory
+        _ = try daemon.client.define(VMDefinition(name: "web", kernel: images + "/vmlinux"))
         let vms = "/v1/vms"
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name": "x", "kernel": "#.utf8), status: 400, mentions: "malformed JSON")
         try expectRefused(daemon, "POST", vms, body: Data("[1,2]".utf8), status: 400, mentions: "invalid definition")
@@ -33,7 +34,7 @@ struct BadInputTests {
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"x","kernel":"/k","vcpus":2}"#.utf8), status: 400, mentions: "unknown field 'vcpus'")
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"x"}"#.utf8), status: 400, mentions: "missing field 'kernel'")
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"x","kernel":"/k","cpus":"two"}"#.utf8), status: 400, mentions: "cpus")
-        try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"web","kernel":"/other"}"#.utf8), status: 409, mentions: "already defined")
+        try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"web","kernel":"\#(images)/other"}"#.utf8), status: 409, mentions: "already defined")
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"../../etc/passwd","kernel":"/k"}"#.utf8), status: 400, mentions: "invalid VM name")
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"..","kernel":"/k"}"#.utf8), status: 400, mentions: "invalid VM name")
         try expectRefused(daemon, "GET", "/v1/vms/..%2F..%2Fetc", body: nil, status: 400, mentions: "invalid VM name")
@@ -51,7 +52,7 @@ struct BadInputTests {
     func vanishedKernel() throws {
         let daemon = try DaemonHarness(label: "vanished")
         defer { daemon.tearDown() }
-        let kernel = daemon.directory + "/kernel.elf"
+        let kernel = daemon.imagesDirectory + "/kernel.elf"
         try Data([0x7f, 0x45, 0x4c, 0x46]).write(to: URL(fileURLWithPath: kernel))
         _ = try daemon.client.define(VMDefinition(name: "ghost", kernel: kernel))
         try FileManager.default.removeItem(atPath: kernel)
@@ -85,7 +86,7 @@ struct BadInputTests {
         let statuses = await withTaskGroup(of: Int.self) { group in
             for index in 0..<50 {
                 group.addTask {
-                    let body = Data(#"{"name":"same","kernel":"/k\#(index)"}"#.utf8)
+                    let body = Data(#"{"name":"same","kernel":"\#(daemon.imagesDirectory)/k\#(index)"}"#.utf8)
                     return (try? client.http.request("POST", "/v1/vms", body: body).status) ?? -1
                 }
             }

@@ -39,7 +39,16 @@ enum TestEnvironment {
         return packageRoot.appendingPathComponent("guest-kit/build/\(name).elf").path
     }
 
-    static var linuxGuestDirectory: String { packageRoot.appendingPathComponent(".cache/guest/current").path }
+    /// The default guest: SWIFTLET_GUEST_CACHE (a shared cache) or this checkout's .cache/guest, its `current` build.
+    static var linuxGuestDirectory: String {
+        let cache = ProcessInfo.processInfo.environment["SWIFTLET_GUEST_CACHE"] ?? packageRoot.appendingPathComponent(".cache/guest").path
+        return cache + "/current"
+    }
+
+    /// The folders daemon tests take images from (swiftletd refuses others): the kit's build and the default guest.
+    static var imageDirectories: [String] {
+        [packageRoot.appendingPathComponent("guest-kit/build").path, linuxGuestDirectory].filter { FileManager.default.fileExists(atPath: $0) }
+    }
     static var linuxGuestBuilt: Bool { FileManager.default.fileExists(atPath: linuxGuestDirectory + "/vmlinux") }
 }
 
@@ -51,8 +60,11 @@ final class DaemonHarness: @unchecked Sendable {
     /// The daemon's pid (spawned and reaped here, not through Foundation's Process).
     private(set) var pid: pid_t?
     let logPath: String
+    /// More swiftletd options (e.g. --vmm of a fake VMM, which wins as the later one).
+    let extraArguments: [String]
 
-    init(label: String = "daemon") throws {
+    init(label: String = "daemon", extraArguments: [String] = []) throws {
+        self.extraArguments = extraArguments
         directory = NSTemporaryDirectory() + "swiftletd-test-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         socket = directory + "/swiftletd.sock"
@@ -64,9 +76,15 @@ final class DaemonHarness: @unchecked Sendable {
     var client: SwiftletAPIClient { SwiftletAPIClient(socketPath: socket) }
     var http: UnixHTTPClient { UnixHTTPClient(socketPath: socket) }
 
+    /// `<state>/images`, which swiftletd allows images from by default.
+    var imagesDirectory: String { stateDirectory + "/images" }
+
     func start() throws {
-        let arguments = [TestEnvironment.binary("swiftletd"), "--state-dir", stateDirectory, "--socket", socket,
+        _ = TestEnvironment.kitBuilt
+        var arguments = [TestEnvironment.binary("swiftletd"), "--state-dir", stateDirectory, "--socket", socket,
                          "--vmm", TestEnvironment.binary("swiftlet-vmm"), "--cgroup-root", directory + "/no-cgroup", "--log-level", "debug"]
+        for folder in TestEnvironment.imageDirectories { arguments += ["--image-dir", folder] }
+        arguments += extraArguments
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

@@ -117,6 +117,39 @@ struct DaemonLifecycleTests {
         #expect(try daemon.client.get("a").pid == nil)
     }
 
+    @Test("a VMM whose pid file was never written (the daemon died right after spawning it) is found and adopted; one of an undefined VM is stopped", .timeLimit(.minutes(3)))
+    func orphanWithoutPidFile() throws {
+        let daemon = try DaemonHarness(label: "orphan")
+        defer { daemon.tearDown() }
+        for name in ["kept", "gone"] {
+            _ = try daemon.client.define(try daemon.definition(name))
+        }
+        let kept = try #require(try daemon.client.action("kept", "start").pid)
+        let gone = try #require(try daemon.client.action("gone", "start").pid)
+        daemon.stop(signal: SIGKILL)
+        // As if the daemon had died between posix_spawn and writing the pid files;
+        // and "gone" was undefined by another daemon meanwhile (its row deleted).
+        unlink(daemon.stateDirectory + "/vms/kept/vmm.pid")
+        unlink(daemon.stateDirectory + "/vms/gone/vmm.pid")
+        let database = daemon.stateDirectory + "/swiftletd.sqlite"
+        let sqlite = Process()
+        sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        sqlite.arguments = ["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"DELETE FROM vm WHERE name='gone'\"); c.commit()", database]
+        try sqlite.run()
+        sqlite.waitUntilExit()
+        #expect(sqlite.terminationStatus == 0)
+        try daemon.start()
+        let info = try daemon.client.get("kept")
+        #expect(info.state == .running && info.pid == kept, "\(info)")
+        let destroyed = try daemon.client.action("kept", "destroy")
+        // Not this daemon's child: it may linger as a zombie, which has no exe link.
+        #expect(destroyed.pid == nil && (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(kept)/exe")) == nil, "\(destroyed)")
+        // The undefined VM's VMM is stopped, not left running untracked.
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline && (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(gone)/exe")) != nil { usleep(20_000) }
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(gone)/exe")) == nil, "the orphaned VMM \(gone) still runs")
+    }
+
     @Test("a VMM killed from outside shows as crashed with the signal, and the event stream reports it", .timeLimit(.minutes(2)))
     func killedVMMIsCrashed() async throws {
         let daemon = try DaemonHarness(label: "crash")
