@@ -7,6 +7,7 @@ import VMM
 /// Boots the VM and returns the process exit status: the guest's power-off
 /// is success; reboot, crash and signals get their own statuses.
 public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
+    guard configureDefaultSeccompFilters() else { return .failure }
     while true {
         let reason: VMExitReason
         do {
@@ -17,6 +18,18 @@ public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
             return .failure
         }
         if let status = exitStatus(for: reason, onReboot: configuration.onReboot) { return status }
+    }
+}
+
+/// Swiftlet's own filters for the threads started from now on (and the main
+/// thread once the guest runs); false, with a line on stderr, if they cannot be built.
+func configureDefaultSeccompFilters() -> Bool {
+    do {
+        SeccompFilters.configure(kinds: try DefaultSeccompFilters.programs())
+        return true
+    } catch {
+        printError("swiftlet-vmm: cannot build the seccomp filters: \(error)")
+        return false
     }
 }
 
@@ -78,6 +91,8 @@ public func runWithAPI(_ mode: VMMArguments.APIMode) -> VMMExitStatus {
             printError("swiftlet-vmm: \(error)")
             return .failure
         }
+    } else if !mode.noSeccomp {
+        guard configureDefaultSeccompFilters() else { return .failure }
     }
     var configuration = mode.configuration
     configuration.base.bootTimer = mode.bootTimer
