@@ -19,7 +19,8 @@ public enum DefaultSeccompFilters {
     typealias Rule = SeccompRule
 
     /// Every thread: the Swift runtime and glibc (allocation, locks, thread
-    /// exit, abort), clocks, and writing an error line to stderr.
+    /// exit, abort), clocks, eventfd reads and writes, closing descriptors,
+    /// a log or error line (which names the thread: PR_GET_NAME).
     static let common: [Rule] = [
         Rule("brk"), Rule("mmap"), Rule("munmap"), Rule("mremap"), Rule("mprotect"), Rule("madvise"),
         Rule("futex"), Rule("sched_yield"), Rule("sched_getaffinity"), Rule("getrandom"),
@@ -27,7 +28,8 @@ public enum DefaultSeccompFilters {
         Rule("clock_gettime"), Rule("clock_nanosleep"), Rule("nanosleep"), Rule("gettimeofday"),
         Rule("gettid"), Rule("getpid"), Rule("tgkill"), Rule("rseq"),
         Rule("exit"), Rule("exit_group"),
-        Rule("write"), Rule("close"),
+        Rule("read"), Rule("write"), Rule("close"),
+        Rule.allow("prctl", argument: 0, in: [16]),  // PR_GET_NAME
     ]
 
     /// What starting a HostThread takes in the starting thread (and in the
@@ -39,100 +41,100 @@ public enum DefaultSeccompFilters {
         Rule.allow("seccomp", argument: 0, in: [1]),  // SECCOMP_SET_MODE_FILTER
     ]
 
-    /// An epoll loop over eventfds (every device worker, the API thread).
+    /// An epoll loop over eventfds and timerfds (every device worker, the API thread).
     static let eventLoop: [Rule] = [
         Rule("epoll_wait"), Rule("epoll_pwait"), Rule("epoll_pwait2"), Rule("epoll_ctl"),
-        Rule("read"), Rule("write"), Rule("readv"), Rule("writev"),
+        Rule("readv"), Rule("writev"), Rule("timerfd_settime"), Rule("timerfd_gettime"),
     ]
 
-    static func requests(_ values: UInt) -> UInt32 { UInt32(truncatingIfNeeded: values) }
+    static func requests(_ values: [UInt]) -> [UInt32] { values.map { UInt32(truncatingIfNeeded: $0) } }
+
+    /// Terminal ioctls of the main thread's raw console mode: TCGETS,
+    /// TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ.
+    static let terminalIoctls: [UInt32] = [0x5401, 0x5402, 0x5403, 0x5404, 0x5413]
 
     /// KVM ioctls a vCPU thread makes: KVM_RUN and register access on its
-    /// own fd, interrupts and eventfd wiring on the VM fd when the guest
-    /// programs a device (MSI-X, DRIVER_OK).
-    static let vcpuIoctls: [UInt32] = [
+    /// own fd (a crash report reads them), interrupts and eventfd wiring on
+    /// the VM fd when the guest programs a device (MSI-X, DRIVER_OK), and the
+    /// tap's offloads the driver negotiated.
+    static let vcpuIoctls: [UInt32] = requests([
         CKVM_RUN, CKVM_GET_REGS, CKVM_SET_REGS, CKVM_GET_SREGS, CKVM_SET_SREGS, CKVM_GET_MSRS, CKVM_SET_MSRS,
         CKVM_GET_LAPIC, CKVM_SET_LAPIC, CKVM_GET_MP_STATE, CKVM_SET_MP_STATE, CKVM_GET_VCPU_EVENTS, CKVM_SET_FPU,
-        CKVM_IRQ_LINE, CKVM_SIGNAL_MSI, CKVM_IRQFD, CKVM_IOEVENTFD, CKVM_SET_GSI_ROUTING,
-    ].map(requests)
+        CKVM_IRQ_LINE, CKVM_SIGNAL_MSI, CKVM_IRQFD, CKVM_IOEVENTFD, CKVM_SET_GSI_ROUTING, CKVM_TUNSETOFFLOAD,
+    ])
+
+    /// Building a VM: /dev/kvm, the VM and vCPU fds, and the taps (the vCPU
+    /// set-up, but not KVM_RUN).
+    static let buildIoctls: [UInt32] = vcpuIoctls.filter { $0 != UInt32(truncatingIfNeeded: CKVM_RUN) } + requests([
+        CKVM_GET_API_VERSION, CKVM_CREATE_VM, CKVM_CHECK_EXTENSION, CKVM_GET_VCPU_MMAP_SIZE, CKVM_GET_SUPPORTED_CPUID,
+        CKVM_GET_MSR_INDEX_LIST, CKVM_CREATE_VCPU, CKVM_SET_USER_MEMORY_REGION, CKVM_SET_TSS_ADDR,
+        CKVM_SET_IDENTITY_MAP_ADDR, CKVM_CREATE_IRQCHIP, CKVM_CREATE_PIT2, CKVM_ENABLE_CAP, CKVM_SET_CPUID2,
+        CKVM_SET_SIGNAL_MASK, CKVM_TUNSETIFF, CKVM_TUNSETVNETHDRSZ, CKVM_TUNGETIFF,
+    ])
 
     /// fcntl commands a thread may use: flags of its own descriptors, and the
-    /// disk-image locks (F_OFD_*) a drive swap takes.
+    /// disk-image locks (F_OFD_*) an open or a drive swap takes.
     static let fcntlCommands: [UInt32] = [1, 2, 3, 4, 36, 37]  // F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_OFD_GETLK, F_OFD_SETLK
+
+    /// A Unix-socket server or client (the API socket, vsock's host side).
+    static let unixSockets: [Rule] = [
+        Rule.allow("socket", argument: 0, in: [1]),  // AF_UNIX only
+        Rule("bind"), Rule("listen"), Rule("connect"), Rule("accept"), Rule("accept4"),
+        Rule("recvfrom"), Rule("sendto"), Rule("recvmsg"), Rule("sendmsg"), Rule("shutdown"),
+        Rule("getsockopt"), Rule("setsockopt"), Rule("getsockname"), Rule("getpeername"),
+    ]
+
+    /// Building a VM from its configuration (the main thread, and the API
+    /// thread on InstanceStart): kernel, initrd, disks and logs are opened,
+    /// guest memory mapped, every device and its descriptors made.
+    static let buildsVMs: [Rule] = unixSockets + [
+        Rule.allow("ioctl", argument: 1, in: buildIoctls),
+        Rule.allow("fcntl", argument: 1, in: fcntlCommands),
+        Rule("openat"), Rule("newfstatat"), Rule("fstat"), Rule("statx"), Rule("lseek"), Rule("pread64"), Rule("readlink"),
+        Rule("ftruncate"), Rule("fsync"), Rule("fdatasync"), Rule("dup"),
+        Rule("umask"), Rule("chmod"), Rule("fchmod"), Rule("unlink"), Rule("unlinkat"),
+        Rule("epoll_create1"), Rule("eventfd2"), Rule("timerfd_create"), Rule("poll"), Rule("ppoll"),
+    ]
 
     /// Each kind's own rules (before merging with the kinds it starts).
     static func ownRules(_ kind: Kind) -> [Rule] {
         switch kind {
         case .vcpu:
-            return eventLoop + [
+            return [
                 Rule.allow("ioctl", argument: 1, in: vcpuIoctls),
                 // Activation of a device: its worker's epoll, eventfds and
                 // timers are made here; the launcher starts the thread.
-                Rule("epoll_create1"), Rule("eventfd2"), Rule("timerfd_create"), Rule("timerfd_settime"),
+                Rule("epoll_create1"), Rule("epoll_ctl"), Rule("eventfd2"), Rule("timerfd_create"), Rule("timerfd_settime"),
                 Rule.allow("fcntl", argument: 1, in: fcntlCommands),
             ]
         case .api:
-            return eventLoop + [
-                Rule("accept4"), Rule("accept"), Rule("recvfrom"), Rule("sendto"), Rule("recvmsg"), Rule("sendmsg"),
-                Rule("shutdown"), Rule("getsockopt"), Rule("setsockopt"),
-                Rule.allow("fcntl", argument: 1, in: fcntlCommands),
-                // PUT /logger, /metrics, PATCH /drives, kernel and initrd files: opened here.
-                Rule("openat"), Rule("fstat"), Rule("newfstatat"), Rule("statx"), Rule("lseek"), Rule("pread64"),
-                Rule("ftruncate"), Rule("fsync"), Rule("fdatasync"), Rule("ppoll"), Rule("poll"),
-                Rule("timerfd_create"), Rule("timerfd_settime"), Rule("timerfd_gettime"), Rule("eventfd2"),
-                Rule("epoll_create1"), Rule("unlink"), Rule("unlinkat"), Rule("kill"),
-                // Actions that interrupt the guest (SendCtrlAltDel, a drive's config change).
-                Rule.allow("ioctl", argument: 1, in: [requests(CKVM_IRQ_LINE), requests(CKVM_SIGNAL_MSI)]),
-            ]
+            // Requests on the socket, and InstanceStart builds the VM here.
+            return eventLoop + buildsVMs
         case .block:
             return eventLoop + [
                 Rule("pread64"), Rule("pwrite64"), Rule("preadv"), Rule("pwritev"), Rule("preadv2"), Rule("pwritev2"),
                 Rule("fsync"), Rule("fdatasync"), Rule("fallocate"), Rule("lseek"), Rule("fstat"),
-                Rule("timerfd_settime"), Rule("timerfd_gettime"),
-                Rule.allow("ioctl", argument: 1, in: [requests(CKVM_IRQ_LINE), requests(CKVM_SIGNAL_MSI)]),
+                Rule.allow("ioctl", argument: 1, in: requests([CKVM_IRQ_LINE, CKVM_SIGNAL_MSI])),
             ]
-        case .net:
-            return eventLoop + [
-                Rule("timerfd_settime"), Rule("timerfd_gettime"),
-                Rule.allow("ioctl", argument: 1, in: [requests(CKVM_IRQ_LINE), requests(CKVM_SIGNAL_MSI)]),
-            ]
-        case .rng:
-            return eventLoop + [
-                Rule("timerfd_settime"), Rule("timerfd_gettime"),
-                Rule.allow("ioctl", argument: 1, in: [requests(CKVM_IRQ_LINE), requests(CKVM_SIGNAL_MSI)]),
-            ]
-        case .console:
-            return eventLoop + [
-                Rule.allow("ioctl", argument: 1, in: [requests(CKVM_IRQ_LINE), requests(CKVM_SIGNAL_MSI)]),
-            ]
+        case .net, .rng, .console:
+            return eventLoop + [Rule.allow("ioctl", argument: 1, in: requests([CKVM_IRQ_LINE, CKVM_SIGNAL_MSI]))]
         case .vsock:
-            return eventLoop + [
-                // Host side: a Unix listener at uds_path, and connections to it.
-                Rule.allow("socket", argument: 0, in: [1]),  // AF_UNIX
-                Rule("connect"), Rule("accept4"), Rule("accept"), Rule("recvfrom"), Rule("sendto"), Rule("recvmsg"),
-                Rule("sendmsg"), Rule("shutdown"), Rule("getsockopt"), Rule("setsockopt"),
+            // Host side: connections to and from Unix sockets at uds_path.
+            return eventLoop + unixSockets + [
                 Rule.allow("fcntl", argument: 1, in: fcntlCommands),
-                Rule.allow("ioctl", argument: 1, in: [requests(CKVM_IRQ_LINE), requests(CKVM_SIGNAL_MSI)]),
+                Rule.allow("ioctl", argument: 1, in: requests([CKVM_IRQ_LINE, CKVM_SIGNAL_MSI])),
             ]
         case .serialOut:
-            return eventLoop + [Rule("poll"), Rule("ppoll")]
+            return [Rule("poll"), Rule("ppoll")]
         case .launcher:
             // Waits on its eventfd and calls pthread_create; answers on the requester's eventfd.
-            return [Rule("read"), Rule("write")]
+            return []
         case .main:
-            // The main thread builds the VM again after a reboot (opens the
-            // kernel, disks, /dev/kvm and the tap; every KVM ioctl) and
-            // serves console input and signals. Only filesystem changes,
-            // process creation and new network sockets stay out.
-            return eventLoop + [
-                Rule("ioctl"), Rule("openat"), Rule("open"), Rule("fstat"), Rule("newfstatat"), Rule("statx"),
-                Rule("lseek"), Rule("pread64"), Rule("pwrite64"), Rule("fsync"), Rule("fdatasync"),
-                Rule.allow("fcntl", argument: 1, in: fcntlCommands),
-                Rule("epoll_create1"), Rule("eventfd2"), Rule("signalfd4"), Rule("timerfd_create"), Rule("timerfd_settime"),
-                Rule("rt_sigaction"), Rule("poll"), Rule("ppoll"), Rule("getrlimit"), Rule("prlimit64"), Rule("uname"),
-                Rule("sysinfo"), Rule("sched_getaffinity"), Rule("dup"), Rule("getuid"), Rule("geteuid"),
-                Rule("shutdown"), Rule("recvfrom"), Rule("sendto"), Rule("accept4"),
-                Rule("unlink"), Rule("unlinkat"),
+            // Builds the VM (again after a reboot), serves console input and
+            // signals, and removes the API socket at exit.
+            return eventLoop + buildsVMs + [
+                Rule.allow("ioctl", argument: 1, in: terminalIoctls),
+                Rule("signalfd4"), Rule("rt_sigaction"), Rule("prlimit64"), Rule("getrlimit"),
             ]
         }
     }
