@@ -79,6 +79,10 @@ public enum SeccompFilters {
     }
 
     static let installed = Mutex<[ThreadKind: [UInt64]]?>(nil)
+    /// Whether the main thread's program allows everything the threads it
+    /// starts need (Swiftlet's merged programs; not a Firecracker file's
+    /// `vmm`), so that it can be installed before they start.
+    static let mainProgramCoversChildren = Atomic<Bool>(false)
     /// `SWIFTLET_SECCOMP_SELF_TEST=<thread kind>`: that thread makes a
     /// forbidden call right after installing its filter (tests only; read
     /// from the environment at start, which neither the guest nor an API
@@ -165,11 +169,14 @@ public enum SeccompFilters {
     /// Sets the filters threads install from now on (once, before any guest
     /// runs) from a Firecracker file: each kind gets its category's program.
     public static func configure(_ filters: [Category: [UInt64]]) {
-        configure(kinds: Dictionary(uniqueKeysWithValues: ThreadKind.allCases.map { ($0, filters[$0.fileCategory] ?? []) }))
+        configure(kinds: Dictionary(uniqueKeysWithValues: ThreadKind.allCases.map { ($0, filters[$0.fileCategory] ?? []) }),
+                  mainProgramCoversChildren: false)
     }
 
-    /// Sets one program per thread kind (Swiftlet's default filters).
-    public static func configure(kinds filters: [ThreadKind: [UInt64]]) {
+    /// Sets one program per thread kind (Swiftlet's default filters, whose
+    /// main program covers its children: `mainProgramCoversChildren`).
+    public static func configure(kinds filters: [ThreadKind: [UInt64]], mainProgramCoversChildren covers: Bool) {
+        mainProgramCoversChildren.store(covers, ordering: .relaxed)
         let selfTest = getenv(selfTestVariable).flatMap { ThreadKind(rawValue: String(cString: $0)) }
         selfTestKind.withLock { $0 = selfTest }
         installed.withLock { $0 = filters }
@@ -206,7 +213,14 @@ public enum SeccompFilters {
 
     static let mainThreadInstalled = Atomic<Bool>(false)
 
-    /// The main thread's `vmm` filter, installed once however often the VM
+    /// The main thread's filter before the vCPU threads start, when they may
+    /// inherit it (Swiftlet's own filters), so that no guest code runs while
+    /// the main thread is unfiltered; otherwise nothing.
+    public static func installOnMainThreadBeforeVCPUs() {
+        if mainProgramCoversChildren.load(ordering: .relaxed) { installOnMainThreadOnce() }
+    }
+
+    /// The main thread's filter, installed once however often the VM
     /// reboots (each installation would stack another copy).
     public static func installOnMainThreadOnce() {
         guard isConfigured, !mainThreadInstalled.exchange(true, ordering: .relaxed) else { return }

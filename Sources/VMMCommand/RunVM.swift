@@ -25,7 +25,7 @@ public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
 /// thread once the guest runs); false, with a line on stderr, if they cannot be built.
 func configureDefaultSeccompFilters() -> Bool {
     do {
-        SeccompFilters.configure(kinds: try DefaultSeccompFilters.programs())
+        SeccompFilters.configure(kinds: try DefaultSeccompFilters.programs(), mainProgramCoversChildren: true)
         return true
     } catch {
         printError("swiftlet-vmm: cannot build the seccomp filters: \(error)")
