@@ -49,7 +49,47 @@ public enum SeccompFilters {
     /// The kernel's limit on a seccomp program (BPF_MAXINSNS).
     public static let maximumInstructions = 4096
 
-    static let installed = Mutex<[Category: [UInt64]]?>(nil)
+    /// The kinds of thread swiftlet-vmm starts, each with a filter of its
+    /// own (Swiftlet's default filters). A thread's kind comes from its name.
+    public enum ThreadKind: String, CaseIterable, Sendable {
+        case main, vcpu, api
+        case block = "blk", net = "virtio-net", rng = "virtio-rng", console = "virtio-console", vsock = "virtio-vsock"
+        case serialOut = "serial-out"
+        /// Starts the device workers (see ThreadLauncher).
+        case launcher
+
+        /// "api", "vcpu0", "blk-<drive>", "virtio-net", ..., "serial-out";
+        /// any other name is the main thread's kind.
+        public init(threadName name: String) {
+            if name == "api" { self = .api }
+            else if name.hasPrefix("vcpu") { self = .vcpu }
+            else if name.hasPrefix("blk-") { self = .block }
+            else if let kind = ThreadKind(rawValue: name), kind != .main { self = kind }
+            else { self = .main }
+        }
+
+        /// The category of a Firecracker filter file that applies to these threads.
+        public var fileCategory: Category {
+            switch self {
+            case .vcpu: .vcpu
+            case .api: .api
+            default: .vmm
+            }
+        }
+    }
+
+    static let installed = Mutex<[ThreadKind: [UInt64]]?>(nil)
+    /// Whether the main thread's program allows everything the threads it
+    /// starts need (Swiftlet's merged programs; not a Firecracker file's
+    /// `vmm`), so that it can be installed before they start.
+    static let mainProgramCoversChildren = Atomic<Bool>(false)
+    /// `SWIFTLET_SECCOMP_SELF_TEST=<thread kind>`: that thread makes a
+    /// forbidden call right after installing its filter (tests only; read
+    /// from the environment at start, which neither the guest nor an API
+    /// caller controls).
+    static let selfTestKind = Mutex<ThreadKind?>(nil)
+    /// The environment variable that asks for the self test.
+    public static let selfTestVariable = "SWIFTLET_SECCOMP_SELF_TEST"
 
     /// Parses Firecracker's compiled filter file.
     public static func parse(_ bytes: [UInt8]) throws(SeccompFilterError) -> [Category: [UInt64]] {
@@ -90,7 +130,7 @@ public enum SeccompFilters {
     /// program is refused at start with a message rather than when a thread
     /// installs it: known opcodes only, jumps inside the program, loads of
     /// seccomp_data aligned and in range, a return at the end.
-    static func validate(_ program: [UInt64], category: String) throws(SeccompFilterError) {
+    @_spi(Testing) public static func validate(_ program: [UInt64], category: String) throws(SeccompFilterError) {
         guard !program.isEmpty else { return }  // empty: no filter for these threads
         let dataSize: UInt32 = 64  // sizeof(struct seccomp_data)
         for (index, instruction) in program.enumerated() {
@@ -126,9 +166,30 @@ public enum SeccompFilters {
         }
     }
 
-    /// Sets the filters threads install from now on (once, before any guest runs).
+    /// Sets the filters threads install from now on (once, before any guest
+    /// runs) from a Firecracker file: each kind gets its category's program.
     public static func configure(_ filters: [Category: [UInt64]]) {
+        configure(kinds: Dictionary(uniqueKeysWithValues: ThreadKind.allCases.map { ($0, filters[$0.fileCategory] ?? []) }),
+                  mainProgramCoversChildren: false)
+    }
+
+    /// Sets one program per thread kind (Swiftlet's default filters, whose
+    /// main program covers its children: `mainProgramCoversChildren`).
+    public static func configure(kinds filters: [ThreadKind: [UInt64]], mainProgramCoversChildren covers: Bool) {
+        mainProgramCoversChildren.store(covers, ordering: .relaxed)
+        let selfTest = getenv(selfTestVariable).flatMap { ThreadKind(rawValue: String(cString: $0)) }
+        selfTestKind.withLock { $0 = selfTest }
         installed.withLock { $0 = filters }
+        // Without the launcher, workers start on vCPU threads and run under
+        // the vCPU filter too (which then refuses their I/O): the launcher
+        // failing to start ends the process, as a filter that cannot be installed does.
+        do {
+            try ThreadLauncher.startIfNeeded()
+        } catch {
+            let message = Array("swiftlet-vmm: cannot start the thread launcher: \(error)\n".utf8)
+            _ = message.withUnsafeBytes { Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
+            _exit(1)
+        }
     }
 
     /// Whether filters were configured.
@@ -137,29 +198,40 @@ public enum SeccompFilters {
     /// Installs `category`'s filter on the calling thread (nothing if none was
     /// configured or its program is empty). A thread keeps the filters of the
     /// thread that started it too: Linux stacks them.
-    public static func installOnCurrentThread(_ category: Category) throws(SystemCallError) {
-        guard let program = installed.withLock({ $0?[category] }), !program.isEmpty else { return }
+    public static func installOnCurrentThread(_ kind: ThreadKind) throws(SystemCallError) {
+        guard let program = installed.withLock({ $0?[kind] }), !program.isEmpty else { return }
         // SAFETY: the program's storage holds `count` 8-byte instructions for the duration of the call.
         let result = program.withUnsafeBytes { raw in
             ckvm_install_seccomp_filter(raw.baseAddress, UInt16(program.count))
         }
-        guard result == 0 else { throw SystemCallError(call: "seccomp(SECCOMP_SET_MODE_FILTER) for the \(category.rawValue) threads", errno: .current) }
+        guard result == 0 else { throw SystemCallError(call: "seccomp(SECCOMP_SET_MODE_FILTER) for the \(kind.rawValue) threads", errno: .current) }
+        if selfTestKind.withLock({ $0 }) == kind {
+            // No filter allows getppid: the kernel ends the process with SIGSYS here.
+            _ = getppid()
+        }
     }
 
     static let mainThreadInstalled = Atomic<Bool>(false)
 
-    /// The main thread's `vmm` filter, installed once however often the VM
+    /// The main thread's filter before the vCPU threads start, when they may
+    /// inherit it (Swiftlet's own filters), so that no guest code runs while
+    /// the main thread is unfiltered; otherwise nothing.
+    public static func installOnMainThreadBeforeVCPUs() {
+        if mainProgramCoversChildren.load(ordering: .relaxed) { installOnMainThreadOnce() }
+    }
+
+    /// The main thread's filter, installed once however often the VM
     /// reboots (each installation would stack another copy).
     public static func installOnMainThreadOnce() {
         guard isConfigured, !mainThreadInstalled.exchange(true, ordering: .relaxed) else { return }
-        installOrExit(.vmm)
+        installOrExit(.main)
     }
 
     /// For threads that cannot report an error: installs, or ends the process
     /// with one line (a thread must never run unfiltered when filters were asked for).
-    public static func installOrExit(_ category: Category) {
+    public static func installOrExit(_ kind: ThreadKind) {
         do {
-            try installOnCurrentThread(category)
+            try installOnCurrentThread(kind)
         } catch {
             let message = Array("swiftlet-vmm: cannot install the seccomp filter: \(error)\n".utf8)
             _ = message.withUnsafeBytes { Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }

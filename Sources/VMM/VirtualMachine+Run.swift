@@ -27,6 +27,9 @@ extension VirtualMachine {
         defer { terminal.restore() }
 
         timing.withLock { $0.startedAt = RunTiming.now() }
+        // Swiftlet's filters: the main thread's before any guest code runs
+        // (its program allows what the vCPU threads, which inherit it, need).
+        SeccompFilters.installOnMainThreadBeforeVCPUs()
         var threads: [HostThread] = []
         for vcpu in vcpus {
             pauseGate.vcpuStarted()
@@ -43,8 +46,8 @@ extension VirtualMachine {
         }
 
         vcpuThreads.withLock { $0 = threads }
-        // --seccomp-filter: the main thread's filter, now that the vCPU threads
-        // (which must not inherit it) have started.
+        // --seccomp-filter: the main thread's `vmm` filter, now that the vCPU
+        // threads (which must not inherit it) have started.
         SeccompFilters.installOnMainThreadOnce()
         serveEvents(readsConsole: readsConsole, signals: signals)
 

@@ -10,6 +10,7 @@ public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
     // A console whose reader went away (a closed pipe, `| head`) must not
     // kill the VMM: writes fail with EPIPE and the output is dropped.
     signal(SIGPIPE, SIG_IGN)
+    guard configureDefaultSeccompFilters() else { return .failure }
     while true {
         let reason: VMExitReason
         do {
@@ -20,6 +21,18 @@ public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
             return .failure
         }
         if let status = exitStatus(for: reason, onReboot: configuration.onReboot) { return status }
+    }
+}
+
+/// Swiftlet's own filters for the threads started from now on (and the main
+/// thread once the guest runs); false, with a line on stderr, if they cannot be built.
+func configureDefaultSeccompFilters() -> Bool {
+    do {
+        SeccompFilters.configure(kinds: try DefaultSeccompFilters.programs(), mainProgramCoversChildren: true)
+        return true
+    } catch {
+        printError("swiftlet-vmm: cannot build the seccomp filters: \(error)")
+        return false
     }
 }
 
@@ -81,6 +94,8 @@ public func runWithAPI(_ mode: VMMArguments.APIMode) -> VMMExitStatus {
             printError("swiftlet-vmm: \(error)")
             return .failure
         }
+    } else if !mode.noSeccomp {
+        guard configureDefaultSeccompFilters() else { return .failure }
     }
     var configuration = mode.configuration
     configuration.base.bootTimer = mode.bootTimer

@@ -31,8 +31,10 @@ public enum VMMArguments {
         public var logSettings = APILog.Settings()
         /// `--metrics-path`: Firecracker-layout metrics from the start.
         public var metricsPath: String?
-        /// `--seccomp-filter FILE` (Firecracker's compiled filters); nil installs none.
+        /// `--seccomp-filter FILE` (Firecracker's compiled filters); nil installs Swiftlet's own.
         public var seccompFilterPath: String?
+        /// `--no-seccomp`: no filters at all.
+        public var noSeccomp = false
         /// `--boot-timer`: the guest's write of 123 to the boot-timer device is logged.
         public var bootTimer = false
         /// `--http-api-max-payload-size`: the largest request body, in bytes.
@@ -70,7 +72,7 @@ public enum VMMArguments {
         ("module", "NAME", "Log only lines from source modules starting with NAME (Swiftlet's module names, e.g. ControlAPI)."),
         ("metrics-path", "PATH", "Write Firecracker-layout metrics to this file or FIFO: on FlushMetrics, every 60 s while the VM runs, and at exit."),
         ("config-file", "FILE", "Firecracker-layout JSON (boot-source, machine-config, drives, network-interfaces, entropy, logger, metrics, vsock, mmds-config): boot it at once."),
-        ("seccomp-filter", "FILE", "Install these seccomp filters (Firecracker's compiled format, from seccompiler-bin): the vmm, api and vcpu programs on their threads before the guest runs. They must allow what Swiftlet calls. Without it, Swiftlet installs none."),
+        ("seccomp-filter", "FILE", "Install these seccomp filters (Firecracker's compiled format, from seccompiler-bin): the vmm, api and vcpu programs on their threads before the guest runs. They must allow what Swiftlet calls. Without it, Swiftlet installs its own (docs/seccomp.md)."),
         ("http-api-max-payload-size", "BYTES", "The largest API request body (default \(defaultMaximumPayloadSize), Firecracker's)."),
         ("start-time-us", "US", "The jailer's: CLOCK_MONOTONIC microseconds when the process was started; the metrics report the time to serve the API."),
         ("start-time-cpu-us", "US", "The jailer's: the process CPU time in microseconds at that moment; the metrics report the CPU time to serve the API."),
@@ -87,7 +89,7 @@ public enum VMMArguments {
     static let switches: [(name: String, help: String)] = [
         ("rng", "Add a virtio-rng device fed from the host's getrandom; the guest sees /dev/hwrng."),
         ("no-api", "Run a --config-file VM without serving the API (Firecracker's flag; needs --config-file)."),
-        ("no-seccomp", "Install no seccomp filters (Swiftlet installs none unless --seccomp-filter is given)."),
+        ("no-seccomp", "Install no seccomp filters (by default each thread gets Swiftlet's filter for its kind; a forbidden call ends the VMM with SIGSYS)."),
         ("boot-timer", "Add Firecracker's boot-timer device (MMIO at 0xD0000000): the guest's write of 123 to it logs \"Guest-boot-time = ...\"."),
         ("show-level", "Show each log line's level."),
         ("show-log-origin", "Show each log line's source file and line."),
@@ -233,6 +235,7 @@ public enum VMMArguments {
             throw .invalidConfiguration(field: "option", value: "--no-seccomp", expected: "not with --seccomp-filter")
         }
         mode.seccompFilterPath = values["seccomp-filter"]
+        mode.noSeccomp = values["no-seccomp"] != nil
         mode.bootTimer = values["boot-timer"] != nil
         if let size = try number(values, "http-api-max-payload-size", in: 1024...(64 << 20)) { mode.maximumPayloadSize = Int(size) }
         mode.startTimeMicroseconds = try number(values, "start-time-us")
