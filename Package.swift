@@ -86,9 +86,11 @@ let package = Package(
         // The VM definitions, REST API shapes and a small blocking HTTP/1.1
         // client over a Unix socket, shared by the CLI and the daemon's tests.
         .target(name: "SwiftletClient"),
+        // cgroup v1 and v2 groups, per controller: the daemon's per-VM limits and the jailer's --cgroup.
+        .target(name: "Cgroups", dependencies: ["HostSystem"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
-            "SwiftletClient", "SwiftletVersion",
+            "SwiftletClient", "SwiftletVersion", "Cgroups",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
@@ -118,9 +120,10 @@ let package = Package(
         .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem", "RateLimiter"]),
         // Boots guest-kit programs on /dev/kvm.
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
         .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", .product(name: "Yams", package: "Yams")]),
+        .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),
     ],
     swiftLanguageModes: [.v6]
 )

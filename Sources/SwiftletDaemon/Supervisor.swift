@@ -476,7 +476,7 @@ public final class Supervisor: Sendable {
             let startedAt = (try? FileManager.default.attributesOfItem(atPath: directory.pidFile)[.modificationDate] as? Date)?.timeIntervalSince1970
             runtimes.withLock { table in
                 table[name] = Runtime(state: state, reason: "re-adopted after a swiftletd restart", pid: pid, startedAt: startedAt,
-                                      adopted: true, cgroup: cgroups.available ? cgroups.parent + "/" + name : nil, controlAPI: hasAPI)
+                                      adopted: true, cgroup: cgroups.groupDescription(name: name), controlAPI: hasAPI)
             }
             logger.info("re-adopted running VM", metadata: ["vm": "\(name)", "pid": "\(pid)", "state": "\(state.rawValue)"])
             let consoleLog = directory.consoleLog

@@ -20,7 +20,7 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
     @Option(help: "The swiftlet-vmm binary (default: beside swiftletd, else on PATH).")
     var vmm: String?
 
-    @Option(help: "The cgroup v2 hierarchy for per-VM limits.")
+    @Option(help: "Where the cgroup v1 and/or v2 hierarchies are mounted, for per-VM limits.")
     var cgroupRoot = "/sys/fs/cgroup"
 
     @Option(help: "Rotate a VM's console log past this many bytes.")
