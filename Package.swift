@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "swiftlet-vmm", targets: ["swiftlet-vmm"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
+        .executable(name: "swiftlet-jailer", targets: ["swiftlet-jailer"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
         .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "MMDS", "RateLimiter"]),
     ],
@@ -88,6 +89,9 @@ let package = Package(
         .target(name: "SwiftletClient"),
         // cgroup v1 and v2 groups, per controller: the daemon's per-VM limits and the jailer's --cgroup.
         .target(name: "Cgroups", dependencies: ["HostSystem"]),
+        // Firecracker's jailer: chroot, namespaces, cgroups, uid/gid drop, exec.
+        .target(name: "Jailer", dependencies: ["CKVM", "HostSystem", "Cgroups"]),
+        .executableTarget(name: "swiftlet-jailer", dependencies: ["Jailer", "HostSystem"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
             "SwiftletClient", "SwiftletVersion", "Cgroups",
@@ -124,6 +128,7 @@ let package = Package(
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
         .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),
+        .testTarget(name: "JailerTests", dependencies: ["Jailer", "Cgroups"]),
     ],
     swiftLanguageModes: [.v6]
 )
