@@ -112,6 +112,10 @@ public struct Jail {
         let startCPUTime = Self.microseconds(CLOCK_PROCESS_CPUTIME_ID)
         let configuration = configuration
         Self.closeInheritedDescriptors()
+        // The jail's directories (/dev, /dev/net, /proc) must be searchable by
+        // the VMM's user whatever umask the caller has (swiftletd's is 077);
+        // the caller's umask is restored for the VMM.
+        let callerUmask = umask(0o022)
 
         let root = configuration.chrootDirectory
         try Self.createDirectories(root)
@@ -173,6 +177,7 @@ public struct Jail {
         }
 
         try mountProc()
+        umask(callerUmask)
         _ = try Self.step("setgroups (dropping supplementary groups)") { ckvm_setgroups_none() }
         _ = try Self.step("setgid \(configuration.gid)") { setgid(configuration.gid) }
         _ = try Self.step("setuid \(configuration.uid)") { setuid(configuration.uid) }

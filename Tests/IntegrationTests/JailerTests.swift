@@ -17,6 +17,9 @@ struct JailerProcessTests {
         let hierarchies = CgroupHierarchies(root: "/sys/fs/cgroup")
         let cgroupVersion = try #require(hierarchies.version(of: "cpu"), "no cpu controller on this host")
         let setting = cgroupVersion == .v1 ? "cpu.shares=512" : "cpu.weight=50"
+        // swiftletd runs the jailer with umask 077: the jail's /dev and /proc must still be usable by the VMM's user.
+        let callerUmask = umask(0o077)
+        defer { umask(callerUmask) }
         let result = try JailHost.runJailer([
             "--id", id, "--exec-file", ProcessTests.binary("swiftlet-vmm"), "--uid", String(JailHost.uid), "--gid", String(JailHost.gid),
             "--chroot-base-dir", base, "--new-pid-ns", "--cgroup", setting, "--cgroup-version", String(cgroupVersion.rawValue),
@@ -43,6 +46,7 @@ struct JailerProcessTests {
         let status = JailHost.text("/proc/\(pid)/status")
         #expect(status.contains("Uid:\t\(JailHost.uid)\t\(JailHost.uid)\t\(JailHost.uid)\t\(JailHost.uid)"), "\(status)")
         #expect(status.contains("Gid:\t\(JailHost.gid)\t\(JailHost.gid)\t\(JailHost.gid)\t\(JailHost.gid)"), "\(status)")
+        #expect(status.contains("Umask:\t0077"), "the caller's umask is not restored for the VMM: \(status)")
         let groups = status.split(separator: "\n").first { $0.hasPrefix("Groups:") }?.dropFirst(7).trimmingCharacters(in: .whitespaces)
         #expect(groups == "", "supplementary groups kept: \(status)")
         // Its own PID namespace, where it is init.
