@@ -14,6 +14,8 @@ public struct Daemon {
     public var vmmBinary: String
     public var cgroupRoot: String = "/sys/fs/cgroup"
     public var consoleLogLimit: Int = 1 << 20
+    /// Jail every VMM (nil: `--no-jail`).
+    public var jail: JailConfiguration?
     public var logger: Logger
 
     public init(stateDirectory: String, socketPath: String, vmmBinary: String, logger: Logger) {
@@ -47,6 +49,7 @@ public struct Daemon {
         let cgroups = CgroupManager(root: cgroupRoot, logger: logger)
         var configuration = SupervisorConfiguration(stateDirectory: stateDirectory, vmmBinary: vmmBinary)
         configuration.consoleLogLimit = consoleLogLimit
+        configuration.jail = jail
         let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, logger: logger)
         supervisor.adoptRunningVMs()
         supervisor.autostart()

@@ -23,6 +23,8 @@ public struct SupervisorConfiguration: Sendable {
     public var consoleLogLimit: Int = 1 << 20
     /// How long destroy waits after SIGTERM before SIGKILL.
     public var stopGrace: Double = 5
+    /// Run each VMM through swiftlet-jailer (nil: `--no-jail`).
+    public var jail: JailConfiguration?
     public init(stateDirectory: String, vmmBinary: String) {
         self.stateDirectory = stateDirectory
         self.vmmBinary = vmmBinary
@@ -176,13 +178,27 @@ public final class Supervisor: Sendable {
             throw .internal("cannot prepare \(directory.path): \(error)")
         }
 
-        var arguments = ["--kernel", definition.kernel, "--cpus", String(definition.cpus), "--memory", "\(definition.memoryMiB)M",
+        // Jailed, the VMM sees its files at the paths the jail gives them.
+        let jail = configuration.jail.map { VMJail(configuration: $0, name: name, vmmBinary: configuration.vmmBinary) }
+        var inJail: [String: String] = [:]
+        if let jail {
+            do {
+                inJail = try jail.prepare(kernel: definition.kernel, initrd: definition.initrd, disks: definition.disks.map(\.path))
+                // The daemon reaches the API socket the VMM creates in its jail through the usual path.
+                try FileManager.default.createSymbolicLink(atPath: directory.apiSocket, withDestinationPath: jail.root + "/api.sock")
+            } catch {
+                jail.removeJail()
+                throw .badRequest("cannot start '\(name)' jailed: \(error)")
+            }
+        }
+        func path(_ host: String) -> String { inJail[host] ?? host }
+        var arguments = ["--kernel", path(definition.kernel), "--cpus", String(definition.cpus), "--memory", "\(definition.memoryMiB)M",
                          "--serial", definition.console == "log" ? "stdio" : "none",
                          "--on-reboot", definition.onReboot == "restart" ? "restart" : "exit"]
-        if let initrd = definition.initrd { arguments += ["--initrd", initrd] }
+        if let initrd = definition.initrd { arguments += ["--initrd", path(initrd)] }
         if let cmdline = definition.cmdline { arguments += ["--cmdline", cmdline] }
         for disk in definition.disks {
-            var value = "path=\(disk.path)"
+            var value = "path=\(path(disk.path))"
             if disk.readonly { value += ",readonly=on" }
             if let id = disk.id { value += ",id=\(id)" }
             arguments += ["--disk", value]
@@ -193,11 +209,16 @@ public final class Supervisor: Sendable {
             if let id = nic.id { value += ",id=\(id)" }
             arguments += ["--net", value]
         }
-        if vmmHasControlAPI { arguments += ["--api-sock", directory.apiSocket, "--id", name] }
+        if vmmHasControlAPI {
+            // The jailer passes its own --id (the jail id) to the VMM.
+            arguments += jail == nil ? ["--api-sock", directory.apiSocket, "--id", name] : ["--api-sock", "/api.sock"]
+        }
 
         let pid: pid_t
         do {
-            pid = try HostProcess.spawn(binary: configuration.vmmBinary, arguments: arguments, stdinPath: directory.consoleInput,
+            let binary = jail?.configuration.jailerBinary ?? configuration.vmmBinary
+            pid = try HostProcess.spawn(binary: binary, arguments: jail?.jailerArguments(vmmArguments: arguments) ?? arguments,
+                                        stdinPath: directory.consoleInput,
                                         stdoutPath: directory.consoleLog, stderrPath: directory.vmmLog)
         } catch {
             throw .internal("cannot start '\(name)': \(error)")
@@ -272,6 +293,7 @@ public final class Supervisor: Sendable {
         unlink(directory.pidFile)
         unlink(directory.apiSocket)
         cgroups.remove(name: name)
+        if let jail = configuration.jail { VMJail(configuration: jail, name: name, vmmBinary: configuration.vmmBinary).removeJail() }
         try? store.recordOutcome(name, state: state, reason: reason)
         publish(name, state, reason)
         if request == .reboot, let row = try? store.get(name) {

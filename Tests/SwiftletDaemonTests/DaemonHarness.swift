@@ -51,8 +51,11 @@ final class DaemonHarness: @unchecked Sendable {
     /// The daemon's pid (spawned and reaped here, not through Foundation's Process).
     private(set) var pid: pid_t?
     let logPath: String
+    /// Extra swiftletd flags (e.g. --no-jail).
+    let extraArguments: [String]
 
-    init(label: String = "daemon") throws {
+    init(label: String = "daemon", extraArguments: [String] = []) throws {
+        self.extraArguments = extraArguments
         directory = NSTemporaryDirectory() + "swiftletd-test-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         socket = directory + "/swiftletd.sock"
@@ -67,6 +70,8 @@ final class DaemonHarness: @unchecked Sendable {
     func start() throws {
         let arguments = [TestEnvironment.binary("swiftletd"), "--state-dir", stateDirectory, "--socket", socket,
                          "--vmm", TestEnvironment.binary("swiftlet-vmm"), "--cgroup-root", directory + "/no-cgroup", "--log-level", "debug"]
+            // VMs are jailed by default, which needs root.
+            + (geteuid() == 0 ? [] : ["--no-jail"]) + extraArguments
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
