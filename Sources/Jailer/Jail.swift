@@ -80,15 +80,8 @@ public struct Jail {
 
     /// Copies the exec file into the jail (Firecracker copies rather than
     /// links, so the jailed process can never change the host's binary).
-    func copyExecFile(to destination: String) throws(JailerError) {
+    func copyExecFile(_ source: OwnedFileDescriptor, to destination: String) throws(JailerError) {
         let path = configuration.execFile
-        let source: OwnedFileDescriptor
-        do { source = try OwnedFileDescriptor.open(path, flags: O_RDONLY) } catch {
-            throw .execFile(path: path, reason: "cannot open it (\(error.errno))")
-        }
-        let status: stat
-        do { status = try source.status() } catch { throw .systemCall(step: "fstat \(path)", cause: error) }
-        guard status.st_mode & S_IFMT == S_IFREG else { throw .execFile(path: path, reason: "not a regular file") }
         _ = unlink(destination)  // a leftover from an earlier run with this id
         let target: OwnedFileDescriptor
         do { target = try OwnedFileDescriptor.open(destination, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o755) } catch {
@@ -106,6 +99,19 @@ public struct Jail {
         _ = try Self.step("chmod \(destination)") { fchmod(target.rawValue, 0o755) }
     }
 
+    /// Opens `--exec-file`, which must be a regular file.
+    func openExecFile() throws(JailerError) -> OwnedFileDescriptor {
+        let path = configuration.execFile
+        let source: OwnedFileDescriptor
+        do { source = try OwnedFileDescriptor.open(path, flags: O_RDONLY) } catch {
+            throw .execFile(path: path, reason: "cannot open it (\(error.errno))")
+        }
+        let status: stat
+        do { status = try source.status() } catch { throw .systemCall(step: "fstat \(path)", cause: error) }
+        guard status.st_mode & S_IFMT == S_IFREG else { throw .execFile(path: path, reason: "not a regular file; give the VMM binary") }
+        return source
+    }
+
     /// Replaces the process with the jailed exec file; returns only by throwing.
     public func run() throws(JailerError) -> Never {
         let startTime = Self.microseconds(CLOCK_MONOTONIC)
@@ -117,9 +123,11 @@ public struct Jail {
         // the caller's umask is restored for the VMM.
         let callerUmask = umask(0o022)
 
+        // The exec file is checked before anything is created.
+        let execFile = try openExecFile()
         let root = configuration.chrootDirectory
         try Self.createDirectories(root)
-        try copyExecFile(to: root + "/" + configuration.execFileName)
+        try copyExecFile(execFile, to: root + "/" + configuration.execFileName)
 
         for (resource, value) in configuration.effectiveResourceLimits {
             let number = resource == .fileSize ? CKVM_RLIMIT_FSIZE : CKVM_RLIMIT_NOFILE

@@ -90,9 +90,13 @@ struct CgroupLimitTests {
         input.fileHandleForWriting.write(Data("go\n".utf8))
         #expect(JailHost.wait(seconds: 120) { !process.isRunning })
         process.waitUntilExit()
-        // No swap here: the kernel's OOM killer ends the VMM at the limit.
-        #expect(process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL,
-                "status \(process.terminationStatus), reason \(process.terminationReason.rawValue)")
+        // Without swap (as here) the kernel's OOM killer ends the VMM at the limit;
+        // with swap the excess is swapped out, which the counters below still show.
+        let hasSwap = JailHost.text("/proc/swaps").split(separator: "\n").count > 1
+        if !hasSwap {
+            #expect(process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL,
+                    "status \(process.terminationStatus), reason \(process.terminationReason.rawValue)")
+        }
         if cgroups.memoryVersion == .v1 {
             #expect((Int(JailHost.text(group + "/memory.failcnt").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 0)
             let peak = Int(JailHost.text(group + "/memory.max_usage_in_bytes").trimmingCharacters(in: .whitespacesAndNewlines)) ?? .max

@@ -76,6 +76,20 @@ struct JailerProcessTests {
         #expect(!JailHost.text("/proc/\(pid)/mountinfo").contains("old_root"))
     }
 
+    @Test("an --exec-file that is not a regular file is refused with one line before anything is created")
+    func refusesDirectoryExecFile() throws {
+        let base = NSTemporaryDirectory() + "swiftlet-jail-dir-\(getpid())"
+        let fake = NSTemporaryDirectory() + "swiftlet-vmm-dir-\(getpid())"
+        try FileManager.default.createDirectory(atPath: fake, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: fake) }
+        let result = try ProcessTests.run("swiftlet-jailer", [
+            "--id", "x", "--exec-file", fake, "--uid", "1", "--gid", "1", "--chroot-base-dir", base,
+        ])
+        #expect(result.status == 1)
+        #expect(result.stderr == "swiftlet-jailer: --exec-file '\(fake)' is invalid: not a regular file; give the VMM binary\n")
+        #expect(!FileManager.default.fileExists(atPath: base))
+    }
+
     @Test("a bad --id is refused with one line before anything is created")
     func refusesBadID() throws {
         let base = NSTemporaryDirectory() + "swiftlet-jail-bad-\(getpid())"
