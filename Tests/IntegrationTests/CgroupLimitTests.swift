@@ -40,19 +40,35 @@ enum JailHost {
 
     /// Runs swiftlet-jailer with its output in files, not pipes: with
     /// --new-pid-ns the jailed VMM inherits them and outlives the jailer.
+    /// Spawned directly (not through Foundation's Process, which makes its
+    /// child a process group leader, where `--daemonize`'s setsid fails as
+    /// Firecracker's does) with an empty signal mask.
     static func runJailer(_ arguments: [String]) throws -> (status: Int32, stderr: String) {
         let errors = NSTemporaryDirectory() + "swiftlet-jailer-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).err"
-        FileManager.default.createFile(atPath: errors, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: errors) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ProcessTests.binary("swiftlet-jailer"))
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle(forWritingAtPath: errors)
-        try process.run()
-        process.waitUntilExit()
-        return (process.terminationStatus, text(errors))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, errors, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+        let binary = ProcessTests.binary("swiftlet-jailer")
+        let argv = ([binary] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var child: pid_t = 0
+        let result = posix_spawn(&child, binary, &actions, &attributes, argv, environ)
+        guard result == 0 else { throw KitGuest.KitError(message: "cannot start swiftlet-jailer: \(String(cString: strerror(result)))") }
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return (code, text(errors))
     }
 
     /// Starts swiftlet-vmm with `arguments` through a shell that waits for a
@@ -74,7 +90,7 @@ enum JailHost {
 
 @Suite("cgroup limits on this host", .serialized, .enabled(if: JailHost.shouldRun, JailHost.skipReason))
 struct CgroupLimitTests {
-    @Test("a VM whose guest touches 192 MiB under a 48 MiB memory limit is stopped by the kernel at the limit")
+    @Test("a VM whose guest touches its 256 MiB of RAM under a 48 MiB memory limit is stopped by the kernel at the limit")
     func memoryLimit() throws {
         let cgroups = VMCgroups(root: "/sys/fs/cgroup")
         try #require(cgroups.memoryVersion != nil, "\(cgroups.warning ?? "")")

@@ -76,6 +76,49 @@ struct JailerProcessTests {
         #expect(!JailHost.text("/proc/\(pid)/mountinfo").contains("old_root"))
     }
 
+    @Test("--netns puts the VMM in that network namespace; --daemonize detaches it (new session, stdio on /dev/null)")
+    func networkNamespaceAndDaemonize() throws {
+        let namespace = "swiftlet-jail-\(getpid())"
+        let ip = Process()
+        ip.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        ip.arguments = ["netns", "add", namespace]
+        try ip.run()
+        ip.waitUntilExit()
+        try #require(ip.terminationStatus == 0, "ip netns add failed")
+        defer {
+            let delete = Process()
+            delete.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            delete.arguments = ["netns", "delete", namespace]
+            try? delete.run()
+            delete.waitUntilExit()
+        }
+        let base = NSTemporaryDirectory() + "swiftlet-jail-ns-\(getpid())"
+        let id = "netns-\(getpid())"
+        let jail = base + "/swiftlet-vmm/" + id + "/root"
+        try FileManager.default.createDirectory(atPath: jail, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        try FileManager.default.copyItem(atPath: try KitGuest.program("idle"), toPath: jail + "/idle.elf")
+        let result = try JailHost.runJailer([
+            "--id", id, "--exec-file", ProcessTests.binary("swiftlet-vmm"), "--uid", String(JailHost.uid), "--gid", String(JailHost.gid),
+            "--chroot-base-dir", base, "--netns", "/var/run/netns/" + namespace, "--daemonize", "--new-pid-ns",
+            "--", "--kernel", "/idle.elf", "--serial", "file:/console.log", "--api-sock", "/api.sock",
+        ])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        let pid = try #require(Int32(JailHost.text(jail + "/swiftlet-vmm.pid").trimmingCharacters(in: .whitespacesAndNewlines)),
+                               "no pid file; jailer stderr: \(result.stderr)")
+        defer { JailHost.killAndReap(pid) }
+        #expect(JailHost.wait(seconds: 30) { JailHost.text(jail + "/console.log").contains("KIT idle tick 2") })
+        var theirs = stat(), wanted = stat()
+        #expect(stat("/proc/\(pid)/ns/net", &theirs) == 0 && stat("/var/run/netns/" + namespace, &wanted) == 0)
+        #expect(theirs.st_ino == wanted.st_ino, "the VMM is not in the network namespace it was given")
+        for fd in 0...2 {
+            #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) == "/dev/null")
+        }
+        // Its session is the one the jailer made with setsid, not the test's.
+        let fields = JailHost.text("/proc/\(pid)/stat").split(separator: ")").last?.split(separator: " ") ?? []
+        #expect(fields.count > 4 && fields[3] != String(getsid(0)), "\(fields)")
+    }
+
     @Test("an --exec-file that is not a regular file is refused with one line before anything is created")
     func refusesDirectoryExecFile() throws {
         let base = NSTemporaryDirectory() + "swiftlet-jail-dir-\(getpid())"
