@@ -36,7 +36,8 @@ public struct CgroupHierarchies: Sendable, Equatable {
     public func v1Directory(of controller: String) -> String? {
         guard Self.isControllerName(controller) else { return nil }
         let directory = root + "/" + controller
-        return access(directory + "/tasks", F_OK) == 0 ? directory : nil
+        let tasks = directory + "/tasks"
+        return (try? systemCall("access \(tasks)") { access(tasks, F_OK) }) != nil ? directory : nil
     }
 
     /// Which hierarchy serves `controller`: v2 where the unified hierarchy

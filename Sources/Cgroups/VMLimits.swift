@@ -97,7 +97,7 @@ public final class VMCgroups: Sendable {
     /// Removes the VM's emptied groups (the kernel refuses while processes remain).
     public func remove(name: String) {
         for controller in ["cpu", "memory"] {
-            if let group = group(of: name, controller: controller) { _ = rmdir(group) }
+            if let group = group(of: name, controller: controller) { _ = try? systemCall("rmdir \(group)") { rmdir(group) } }
         }
     }
 

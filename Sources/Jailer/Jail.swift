@@ -41,7 +41,7 @@ public struct Jail {
 
     static func microseconds(_ clock: clockid_t) -> UInt64 {
         var now = timespec()
-        _ = clock_gettime(clock, &now)
+        _ = try? systemCall("clock_gettime") { clock_gettime(clock, &now) }
         return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1_000
     }
 
@@ -82,7 +82,7 @@ public struct Jail {
     /// links, so the jailed process can never change the host's binary).
     func copyExecFile(_ source: OwnedFileDescriptor, to destination: String) throws(JailerError) {
         let path = configuration.execFile
-        _ = unlink(destination)  // a leftover from an earlier run with this id
+        _ = try? systemCall("unlink \(destination)") { unlink(destination) }  // a leftover from an earlier run with this id
         let target: OwnedFileDescriptor
         do { target = try OwnedFileDescriptor.open(destination, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o755) } catch {
             throw .systemCall(step: "creating \(destination)", cause: error)
@@ -207,7 +207,7 @@ public struct Jail {
         _ = try Self.step("making / private in the new mount namespace") { mount(nil, "/", nil, CKVM_MS_PRIVATE | CKVM_MS_REC, nil) }
         _ = try Self.step("bind-mounting \(root) on itself") { mount(root, root, nil, CKVM_MS_BIND | CKVM_MS_REC, nil) }
         _ = try Self.step("chdir \(root)") { chdir(root) }
-        _ = rmdir("old_root")
+        _ = try? systemCall("rmdir old_root") { rmdir("old_root") }  // a leftover
         _ = try Self.step("mkdir \(root)/old_root") { mkdir("old_root", 0o700) }
         _ = try Self.step("pivot_root into \(root)") { ckvm_pivot_root(".", "old_root") }
         _ = try Self.step("unmounting the old root") { umount2("old_root", CKVM_MNT_DETACH) }
@@ -224,7 +224,7 @@ public struct Jail {
     /// directories (subset=pid: no /proc/sys, /proc/kcore, ...) and only
     /// those of the reader's own uid (hidepid=invisible).
     func mountProc() throws(JailerError) {
-        _ = rmdir("/proc")
+        _ = try? systemCall("rmdir /proc") { rmdir("/proc") }  // a leftover
         _ = try Self.step("mkdir /proc in the jail") { mkdir("/proc", 0o555) }
         let flags = UInt(MS_RDONLY) | UInt(MS_NOSUID) | UInt(MS_NODEV) | UInt(MS_NOEXEC)
         _ = try Self.step("mounting /proc (hidepid=invisible,subset=pid) in the jail") {
@@ -236,7 +236,7 @@ public struct Jail {
     func createDeviceNodes() throws(JailerError) {
         try Self.createDirectories("/dev/net")
         for (path, major, minor) in Self.deviceNodes {
-            _ = unlink(path)  // a leftover node from an earlier run with this id
+            _ = try? systemCall("unlink \(path)") { unlink(path) }  // a leftover node from an earlier run with this id
             _ = try Self.step("mknod \(path)") { mknod(path, S_IFCHR | 0o600, ckvm_makedev(major, minor)) }
             _ = try Self.step("chown \(path)") { chown(path, configuration.uid, configuration.gid) }
         }
