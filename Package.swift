@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "swiftlet-vmm", targets: ["swiftlet-vmm"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
+        .executable(name: "swiftlet-jailer", targets: ["swiftlet-jailer"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
         .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "MMDS", "RateLimiter", "SwiftletClient"]),
     ],
@@ -86,9 +87,14 @@ let package = Package(
         // The VM definitions, REST API shapes and a small blocking HTTP/1.1
         // client over a Unix socket, shared by the CLI and the daemon's tests.
         .target(name: "SwiftletClient"),
+        // cgroup v1 and v2 groups, per controller: the daemon's per-VM limits and the jailer's --cgroup.
+        .target(name: "Cgroups", dependencies: ["HostSystem"]),
+        // Firecracker's jailer: chroot, namespaces, cgroups, uid/gid drop, exec.
+        .target(name: "Jailer", dependencies: ["CKVM", "HostSystem", "Cgroups"]),
+        .executableTarget(name: "swiftlet-jailer", dependencies: ["Jailer", "HostSystem"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
-            "SwiftletClient", "SwiftletVersion",
+            "SwiftletClient", "SwiftletVersion", "Cgroups",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
@@ -118,9 +124,11 @@ let package = Package(
         .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem", "RateLimiter"]),
         // Boots guest-kit programs on /dev/kvm.
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
         .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", .product(name: "Yams", package: "Yams")]),
+        .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),
+        .testTarget(name: "JailerTests", dependencies: ["Jailer", "Cgroups"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -18,6 +18,8 @@ public struct Daemon {
     public var imageDirectories: [String] = []
     /// Whether definitions may name device nodes (a disk on /dev/sdX).
     public var allowDeviceNodes = false
+    /// Jail every VMM (nil: `--no-jail`).
+    public var jail: JailConfiguration?
     public var logger: Logger
 
     public init(stateDirectory: String, socketPath: String, vmmBinary: String, logger: Logger) {
@@ -64,6 +66,7 @@ public struct Daemon {
         let cgroups = CgroupManager(root: cgroupRoot, logger: logger)
         var configuration = SupervisorConfiguration(stateDirectory: stateDirectory, vmmBinary: vmmBinary, images: images)
         configuration.consoleLogLimit = consoleLogLimit
+        configuration.jail = jail
         let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, logger: logger)
         let api = DaemonAPI(store: store, supervisor: supervisor, logger: logger)
         // Re-adoption asks VMMs over their sockets and autostart waits for VMMs: blocking work, on the actions pool.

@@ -187,7 +187,7 @@ public struct DaemonAPI: Sendable {
 
     func versionInfo() -> DaemonInfo {
         DaemonInfo(name: "swiftletd", version: Self.version, vmmBinary: supervisor.configuration.vmmBinary,
-                   controlAPI: supervisor.vmmHasControlAPI, cgroups: supervisor.cgroups.warning ?? "cgroup v2 at \(supervisor.cgroups.parent)")
+                   controlAPI: supervisor.vmmHasControlAPI, cgroups: supervisor.cgroups.summary)
     }
 
     func row(_ name: String) throws(DaemonError) -> DefinitionStore.Row {

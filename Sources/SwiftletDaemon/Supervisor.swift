@@ -25,6 +25,8 @@ public struct SupervisorConfiguration: Sendable {
     public var stopGrace: Double = 5
     /// Where kernels, initrds and disks may come from.
     public var images: ImagePolicy
+    /// Run each VMM through swiftlet-jailer (nil: `--no-jail`).
+    public var jail: JailConfiguration?
     public init(stateDirectory: String, vmmBinary: String, images: ImagePolicy) {
         self.stateDirectory = stateDirectory
         self.vmmBinary = vmmBinary
@@ -231,13 +233,27 @@ public final class Supervisor: Sendable {
             throw .internal("cannot prepare \(directory.path): \(error)")
         }
 
-        var arguments = ["--kernel", definition.kernel, "--cpus", String(definition.cpus), "--memory", "\(definition.memoryMiB)M",
+        // Jailed, the VMM sees its files at the paths the jail gives them.
+        let jail = configuration.jail.map { VMJail(configuration: $0, name: name, vmmBinary: configuration.vmmBinary) }
+        var inJail: [String: String] = [:]
+        if let jail {
+            do {
+                inJail = try jail.prepare(kernel: definition.kernel, initrd: definition.initrd, disks: definition.disks.map(\.path))
+                // The daemon reaches the API socket the VMM creates in its jail through the usual path.
+                try FileManager.default.createSymbolicLink(atPath: directory.apiSocket, withDestinationPath: jail.root + "/api.sock")
+            } catch {
+                jail.removeJail()
+                throw .badRequest("cannot start '\(name)' jailed: \(error)")
+            }
+        }
+        func path(_ host: String) -> String { inJail[host] ?? host }
+        var arguments = ["--kernel", path(definition.kernel), "--cpus", String(definition.cpus), "--memory", "\(definition.memoryMiB)M",
                          "--serial", definition.console == "log" ? "stdio" : "none",
                          "--on-reboot", definition.onReboot == "restart" ? "restart" : "exit"]
-        if let initrd = definition.initrd { arguments += ["--initrd", initrd] }
+        if let initrd = definition.initrd { arguments += ["--initrd", path(initrd)] }
         if let cmdline = definition.cmdline { arguments += ["--cmdline", cmdline] }
         for disk in definition.disks {
-            var value = "path=\(disk.path)"
+            var value = "path=\(path(disk.path))"
             if disk.readonly { value += ",readonly=on" }
             if let id = disk.id { value += ",id=\(id)" }
             arguments += ["--disk", value]
@@ -248,11 +264,16 @@ public final class Supervisor: Sendable {
             if let id = nic.id { value += ",id=\(id)" }
             arguments += ["--net", value]
         }
-        if vmmHasControlAPI { arguments += ["--api-sock", directory.apiSocket, "--id", name] }
+        if vmmHasControlAPI {
+            // The jailer passes its own --id (the jail id) to the VMM.
+            arguments += jail == nil ? ["--api-sock", directory.apiSocket, "--id", name] : ["--api-sock", "/api.sock"]
+        }
 
         let pid: pid_t
         do {
-            pid = try HostProcess.spawn(binary: configuration.vmmBinary, arguments: arguments, stdinPath: directory.consoleInput,
+            let binary = jail?.configuration.jailerBinary ?? configuration.vmmBinary
+            pid = try HostProcess.spawn(binary: binary, arguments: jail?.jailerArguments(vmmArguments: arguments) ?? arguments,
+                                        stdinPath: directory.consoleInput,
                                         stdoutPath: directory.consoleLog, stderrPath: directory.vmmLog)
         } catch {
             throw .internal("cannot start '\(name)': \(error)")
@@ -346,6 +367,7 @@ public final class Supervisor: Sendable {
         unlink(directory.pidFile)
         unlink(directory.apiSocket)
         cgroups.remove(name: name)
+        if let jail = configuration.jail { VMJail(configuration: jail, name: name, vmmBinary: configuration.vmmBinary).removeJail() }
         try? store.recordOutcome(name, state: state, reason: reason)
         publish(name, state, reason)
         if request == .reboot, let row = try? store.get(name) {
@@ -591,7 +613,7 @@ public final class Supervisor: Sendable {
             let startedAt = (try? FileManager.default.attributesOfItem(atPath: directory.pidFile)[.modificationDate] as? Date)?.timeIntervalSince1970
             runtimes.withLock { table in
                 table[name] = Runtime(state: state, reason: "re-adopted after a swiftletd restart", pid: pid, startedAt: startedAt,
-                                      adopted: true, cgroup: cgroups.available ? cgroups.parent + "/" + name : nil, controlAPI: hasAPI)
+                                      adopted: true, cgroup: cgroups.groupDescription(name: name), controlAPI: hasAPI)
             }
             logger.info("re-adopted running VM", metadata: ["vm": "\(name)", "pid": "\(pid)", "state": "\(state.rawValue)"])
             let consoleLog = directory.consoleLog

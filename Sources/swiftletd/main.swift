@@ -20,7 +20,7 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
     @Option(help: "The swiftlet-vmm binary (default: beside swiftletd, else on PATH).")
     var vmm: String?
 
-    @Option(help: "The cgroup v2 hierarchy for per-VM limits.")
+    @Option(help: "Where the cgroup v1 and/or v2 hierarchies are mounted, for per-VM limits.")
     var cgroupRoot = "/sys/fs/cgroup"
 
     @Option(help: "Rotate a VM's console log past this many bytes.")
@@ -31,6 +31,21 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
 
     @Flag(help: "Let VM definitions name device nodes (a disk on a block device); refused by default.")
     var allowDeviceNodes = false
+
+    @Flag(help: "Run VMMs unjailed (hosts where swiftletd cannot run as root or lacks namespaces).")
+    var noJail = false
+
+    @Option(help: "The swiftlet-jailer binary (default: beside swiftletd, else on PATH).")
+    var jailer: String?
+
+    @Option(help: "Where VM jails are built (default: <state-dir>/jail); disk images must be on its file system.")
+    var jailDir: String?
+
+    @Option(help: "The uid jailed VMMs run as.")
+    var jailUid: UInt32 = JailConfiguration.defaultUID
+
+    @Option(help: "The gid jailed VMMs run as.")
+    var jailGid: UInt32 = JailConfiguration.defaultGID
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
@@ -51,6 +66,18 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
         daemon.consoleLogLimit = consoleLogLimit
         daemon.imageDirectories = imageDirectories
         daemon.allowDeviceNodes = allowDeviceNodes
+        if !noJail {
+            guard geteuid() == 0 else {
+                throw ValidationError("jailing VMMs needs root (namespaces, pivot_root, mknod); run swiftletd as root or pass --no-jail")
+            }
+            guard let jailerBinary = jailer ?? Self.locate("swiftlet-jailer") else {
+                throw ValidationError("swiftlet-jailer was found neither beside swiftletd nor on PATH; pass --jailer PATH or --no-jail")
+            }
+            guard access(jailerBinary, X_OK) == 0 else {
+                throw ValidationError("--jailer '\(jailerBinary)' is not an executable file; give the swiftlet-jailer binary or pass --no-jail")
+            }
+            daemon.jail = JailConfiguration(jailerBinary: jailerBinary, chrootBase: jailDir ?? stateDir + "/jail", uid: jailUid, gid: jailGid)
+        }
         do {
             try await daemon.run()
         } catch let error as Daemon.StartupError {
@@ -58,12 +85,15 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
         }
     }
 
-    static func locateVMM() -> String? {
+    static func locateVMM() -> String? { locate("swiftlet-vmm") }
+
+    /// A binary beside swiftletd, else on PATH.
+    static func locate(_ name: String) -> String? {
         let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let sibling = ((me as NSString).deletingLastPathComponent as NSString).appendingPathComponent("swiftlet-vmm")
+        let sibling = ((me as NSString).deletingLastPathComponent as NSString).appendingPathComponent(name)
         if access(sibling, X_OK) == 0 { return sibling }
         for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
-            let candidate = "\(directory)/swiftlet-vmm"
+            let candidate = "\(directory)/\(name)"
             if access(candidate, X_OK) == 0 { return candidate }
         }
         return nil

@@ -84,6 +84,8 @@ final class DaemonHarness: @unchecked Sendable {
         var arguments = [TestEnvironment.binary("swiftletd"), "--state-dir", stateDirectory, "--socket", socket,
                          "--vmm", TestEnvironment.binary("swiftlet-vmm"), "--cgroup-root", directory + "/no-cgroup", "--log-level", "debug"]
         for folder in TestEnvironment.imageDirectories { arguments += ["--image-dir", folder] }
+        // VMs are jailed by default, which needs root.
+        if geteuid() != 0 { arguments.append("--no-jail") }
         arguments += extraArguments
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -125,7 +125,8 @@ public enum DefaultSeccompFilters {
                 Rule.allow("ioctl", argument: 1, in: requests([CKVM_IRQ_LINE, CKVM_SIGNAL_MSI])),
             ]
         case .serialOut:
-            return [Rule("poll"), Rule("ppoll")]
+            // Waits for its output to drain (epoll) or for more bytes (its eventfd).
+            return eventLoop + [Rule("poll"), Rule("ppoll")]
         case .launcher:
             // Waits on its eventfd and calls pthread_create; answers on the requester's eventfd.
             return []
