@@ -80,8 +80,11 @@ struct VirtioMMIOKitTests {
             #expect("\(error)" == "invalid devices '\(limit + 1) virtio devices': expected at most \(limit) over virtio-mmio (one interrupt line each; --transport pci takes more)")
         }
         configuration.disks.removeLast()
-        let machine = try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput())
-        #expect(machine.mmio?.transports.count == limit)
+        do {
+            // Scoped: the machine holds its images' write locks until it goes away.
+            let machine = try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput())
+            #expect(machine.mmio?.transports.count == limit)
+        }
         configuration.transport = .pci
         configuration.disks = images.enumerated().map { DiskConfiguration(path: $1.path, id: "disk\($0)") }
         #expect(try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput()).pci?.transports.count == limit + 1)

@@ -181,7 +181,7 @@ struct DaemonHardeningTests {
         let scratch = NSTemporaryDirectory() + "fake-vmm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let daemon = try DaemonHarness(label: "ends", extraArguments: ["--vmm", try FakeVMM.install(in: scratch)])
+        let daemon = try DaemonHarness(label: "ends", extraArguments: ["--no-jail", "--vmm", try FakeVMM.install(in: scratch)])
         defer { daemon.tearDown() }
         let kernel = daemon.imagesDirectory + "/exits.elf"
         try "x".write(toFile: kernel, atomically: true, encoding: .utf8)
@@ -197,7 +197,7 @@ struct DaemonHardeningTests {
         let scratch = NSTemporaryDirectory() + "fake-vmm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let daemon = try DaemonHarness(label: "pool", extraArguments: ["--vmm", try FakeVMM.install(in: scratch)])
+        let daemon = try DaemonHarness(label: "pool", extraArguments: ["--no-jail", "--vmm", try FakeVMM.install(in: scratch)])
         defer { daemon.tearDown() }
         let kernel = daemon.imagesDirectory + "/stays.elf"
         try "x".write(toFile: kernel, atomically: true, encoding: .utf8)

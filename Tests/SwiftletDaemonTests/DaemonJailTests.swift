@@ -25,7 +25,9 @@ struct DaemonJailTests {
     func jailedByDefault() throws {
         let daemon = try DaemonHarness(label: "jail")
         defer { daemon.tearDown() }
-        let disk = daemon.directory + "/data.img"
+        // In the image folder swiftletd allows, on the jail's file system.
+        try FileManager.default.createDirectory(atPath: daemon.imagesDirectory, withIntermediateDirectories: true)
+        let disk = daemon.imagesDirectory + "/data.img"
         FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20))
         var definition = try daemon.definition("web.1")
         definition.disks = [.init(path: disk)]
