@@ -16,7 +16,7 @@ public enum DefinitionValidator {
             throw .badRequest("invalid VM name '\(printable(name))': no '/', '..' or '.' (names become file names)")
         }
         let allowed = name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "._-".unicodeScalars.contains($0) }
-        guard allowed, name.first != "-", name.first != "." else {
+        guard allowed, let first = name.unicodeScalars.first, !"._-".unicodeScalars.contains(first) else {
             throw .badRequest("invalid VM name '\(printable(name))': use A-Z a-z 0-9 . _ -, starting with a letter or digit")
         }
     }
