@@ -10,6 +10,12 @@ public enum KVMError: Error, Sendable, CustomStringConvertible {
     case missingCapability(name: String)
     /// An ioctl or mapping failed; `step` says which.
     case systemCall(step: String, cause: SystemCallError)
+    /// A saved state's `part` is not the size this host's KVM reads.
+    case stateSizeMismatch(part: String, expected: Int, actual: Int)
+    /// A saved state's `part` needs a KVM feature this host lacks.
+    case incompatibleState(part: String, reason: String)
+    /// KVM_SET_MSRS stopped before the end: MSR `index` was refused.
+    case msrRefused(step: String, index: UInt32)
 
     public var description: String {
         switch self {
@@ -27,6 +33,12 @@ public enum KVMError: Error, Sendable, CustomStringConvertible {
             return "the host's KVM lacks \(name), which Swiftlet needs"
         case let .systemCall(step, cause):
             return "\(step): \(cause.errno)"
+        case let .stateSizeMismatch(part, expected, actual):
+            return "restoring \(part): the saved state is \(actual) bytes, this host's KVM expects \(expected)"
+        case let .incompatibleState(part, reason):
+            return "restoring \(part): \(reason)"
+        case let .msrRefused(step, index):
+            return "\(step): KVM refused MSR 0x\(String(index, radix: 16))"
         }
     }
 }
@@ -46,5 +58,19 @@ extension OwnedFileDescriptor {
     @discardableResult
     func kvmIoctl(_ step: @autoclosure () -> String, _ request: UInt, buffer: UnsafeMutableRawPointer) throws(KVMError) -> Int32 {
         do { return try ioctl(step(), request, buffer: buffer) } catch { throw .systemCall(step: step(), cause: error) }
+    }
+
+    /// ioctl on a kernel structure kept as raw bytes (saved state): the
+    /// kernel reads and/or writes `bytes`, which the caller sized for it.
+    @discardableResult
+    func kvmIoctl(_ step: @autoclosure () -> String, _ request: UInt, bytes: inout [UInt8]) throws(KVMError) -> Int32 {
+        guard !bytes.isEmpty else { throw .stateSizeMismatch(part: step(), expected: 1, actual: 0) }
+        // SAFETY: the buffer is non-empty (so baseAddress exists) and lives through the ioctl.
+        return try bytes.withUnsafeMutableBytes { raw in
+            Result { () throws(KVMError) -> Int32 in
+                guard let base = raw.baseAddress else { throw .stateSizeMismatch(part: step(), expected: 1, actual: 0) }
+                return try kvmIoctl(step(), request, buffer: base)
+            }
+        }.get()
     }
 }

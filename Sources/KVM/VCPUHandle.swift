@@ -9,11 +9,14 @@ public final class VCPUHandle: Sendable {
     public let id: UInt32
     public let descriptor: OwnedFileDescriptor
     let runArea: MemoryMapping
+    /// The host's state formats, for captureState and restoreState.
+    let stateSupport: VCPUStateSupport
 
-    init(id: UInt32, descriptor: OwnedFileDescriptor, runArea: MemoryMapping) {
+    init(id: UInt32, descriptor: OwnedFileDescriptor, runArea: MemoryMapping, stateSupport: VCPUStateSupport) {
         self.id = id
         self.descriptor = descriptor
         self.runArea = runArea
+        self.stateSupport = stateSupport
     }
 
     private var runState: UnsafeMutablePointer<kvm_run> {
@@ -145,9 +148,8 @@ public final class VCPUHandle: Sendable {
             raw.storeBytes(of: entry, toByteOffset: header + position * stride, as: kvm_msr_entry.self)
         }
         let written = try descriptor.kvmIoctl("KVM_SET_MSRS vCPU \(id)", CKVM_SET_MSRS, buffer: raw)
-        if written < msrs.count {
-            let refused = msrs[Int(written)].index
-            throw .systemCall(step: "KVM_SET_MSRS vCPU \(id): MSR 0x\(String(refused, radix: 16)) refused", cause: SystemCallError(call: "KVM_SET_MSRS", errno: .invalidArgument))
+        if written >= 0, written < msrs.count {
+            throw .msrRefused(step: "KVM_SET_MSRS vCPU \(id)", index: msrs[Int(written)].index)
         }
     }
 

@@ -91,6 +91,22 @@ public final class VirtualMachineHandle: Sendable {
         } catch {
             throw .systemCall(step: "mmap kvm_run of vCPU \(id)", cause: error)
         }
-        return VCPUHandle(id: id, descriptor: fd, runArea: runArea)
+        return VCPUHandle(id: id, descriptor: fd, runArea: runArea, stateSupport: try stateSupport())
     }
+
+    /// The formats of this host's vCPU state (see VCPUState).
+    func stateSupport() throws(KVMError) -> VCPUStateSupport {
+        let xsave2Size = Int(checkExtension(KVM_CAP_XSAVE2))
+        let xsaveSize: Int? = checkExtension(KVM_CAP_XSAVE) > 0
+            ? max(MemoryLayout<kvm_xsave>.size, xsave2Size) : nil
+        let listed = try system.msrIndexList()
+        let extra = Self.unlistedMSRs.filter { !listed.contains($0) }
+        return VCPUStateSupport(xsaveSize: xsaveSize, hasXSAVE2: xsave2Size > 0, hasXCRs: checkExtension(KVM_CAP_XCRS) > 0,
+                                msrIndices: listed + extra)
+    }
+
+    /// MSRs KVM keeps per vCPU but leaves out of KVM_GET_MSR_INDEX_LIST: the
+    /// MTRRs (default type, fixed ranges, 8 variable pairs), which the VCPU
+    /// set-up and the guest write. Those this host cannot read are skipped.
+    static let unlistedMSRs: [UInt32] = [0x2FF, 0x250, 0x258, 0x259] + Array(0x268...0x26F) + Array(0x200...0x20F)
 }
