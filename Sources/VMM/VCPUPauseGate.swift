@@ -70,9 +70,24 @@ final class VCPUPauseGate: @unchecked Sendable {
         }
     }
 
+    /// Whether a pause is pending or in force (the vCPU loop's cheap check).
+    @inline(__always)
+    var pauseRequested: Bool { requested.load(ordering: .relaxed) }
+
     // MARK: Controller side
 
     var isPaused: Bool { locked { paused } }
+
+    /// Runs `body` while every vCPU thread is parked, holding the gate's
+    /// lock so that none can leave (a resume waits for `body`). Returns nil
+    /// without calling `body` unless the VM is paused with every running
+    /// vCPU parked (a `pause` that timed out, or a stop, does not count).
+    func whileAllParked<T, Failure: Error>(_ body: () throws(Failure) -> T) throws(Failure) -> T? {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        guard paused, !released, parked >= running else { return nil }
+        return try body()
+    }
 
     /// Asks every vCPU to park, calls `kick` (which forces them out of
     /// KVM_RUN) until they have, and waits at most `timeoutMilliseconds`.

@@ -28,6 +28,10 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case disk(VirtioBlockError)
     /// The vsock device's CID or Unix socket is unusable.
     case vsock(VsockError)
+    /// `action` needs the VM paused, with every vCPU parked.
+    case notPaused(action: String)
+    /// A saved machine state does not fit the configuration it is restored into.
+    case snapshotMismatch(part: String, saved: String, configured: String)
 
     public var description: String {
         switch self {
@@ -61,6 +65,10 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "\(error)"
         case let .vsock(error):
             "\(error)"
+        case let .notPaused(action):
+            "cannot \(action): the VM is not paused (pause it, and wait until every vCPU has stopped)"
+        case let .snapshotMismatch(part, saved, configured):
+            "the saved state does not fit this VM: \(part) is \(saved) in the snapshot, \(configured) in the configuration"
         }
     }
 }

@@ -125,8 +125,18 @@ extension VirtualMachine {
     func runVCPU(_ vcpu: VCPUHandle) {
         HostThread.unblockSignal(Self.kickSignal)
         let counters = exitCounters[Int(vcpu.id)]
+        // KVM finishes the instruction of an I/O exit only in the next
+        // KVM_RUN, so after one the vCPU state is not yet consistent.
+        var completionPending = false
         while !stopping.load(ordering: .relaxed) {
-            pauseGate.parkIfPaused()
+            if completionPending && pauseGate.pauseRequested {
+                // Before parking for a pause (whose state may be saved), enter
+                // once with immediate_exit set: KVM completes the I/O and
+                // returns at once, as the KVM API advises before saving state.
+                vcpu.requestExit()
+            } else {
+                pauseGate.parkIfPaused()
+            }
             if stopping.load(ordering: .relaxed) { return }
             let exit: VCPUExit
             do {
@@ -135,6 +145,7 @@ extension VirtualMachine {
                 requestStop(.crashed(report: "vCPU \(vcpu.id): \(error)"))
                 return
             }
+            completionPending = exit != .interrupted
             counters.count(exit.kind)
             switch exit {
             case let .portOut(port, size, count):

@@ -54,9 +54,31 @@ public final class VirtualMachine: Sendable {
     /// Firecracker's boot-timer device (`--boot-timer`), timing from this VM's build.
     public let bootTimer: BootTimer?
 
+    /// Where a VM's guest starts: a kernel it boots, or a saved machine.
+    enum Start {
+        case boot
+        /// Guest RAM and KVM state saved from a paused VM of the same
+        /// configuration; devices come up fresh.
+        case restore(MachineKVMState, GuestMemoryImage)
+    }
+
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
     /// `serialOutput` overrides where COM1 writes go (tests capture it).
-    public init(configuration: VMConfiguration, serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
+    public convenience init(configuration: VMConfiguration, serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
+        try self.init(configuration: configuration, start: .boot, serialOutput: serialOutput)
+    }
+
+    /// Builds the VM as `init(configuration:)` does, but instead of loading a
+    /// kernel fills guest RAM from `memoryImage` and KVM (irqchips, PIT,
+    /// clock, every vCPU) from `state`, so `run()` resumes the guest where it
+    /// was captured. The configuration must match the captured VM's (vCPU
+    /// count and memory size are checked); device state is not restored.
+    public convenience init(configuration: VMConfiguration, restoring state: MachineKVMState, memoryImage: GuestMemoryImage,
+                            serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
+        try self.init(configuration: configuration, start: .restore(state, memoryImage), serialOutput: serialOutput)
+    }
+
+    init(configuration: VMConfiguration, start: Start, serialOutput: (any SerialOutput)?) throws(VMMError) {
         self.configuration = configuration
         bootTimer = configuration.bootTimer ? BootTimer() : nil
         do {
@@ -66,10 +88,19 @@ public final class VirtualMachine: Sendable {
         }
         try configuration.validate(maxVCPUs: system.maxVCPUs)
 
-        // Read the images first: a bad path should fail before any allocation.
-        let kernelImage = try Self.readFile(role: "kernel", path: configuration.kernelPath, maximumSize: VMConfiguration.maximumKernelSize)
-        let initrdImage = try configuration.initrdPath.map { (path) throws(VMMError) in
-            try Self.readFile(role: "initrd", path: path, maximumSize: min(VMConfiguration.maximumInitrdSize, configuration.memorySize))
+        // Read the images (or check the saved machine) first: a bad path
+        // should fail before any allocation.
+        let images: (kernel: [UInt8], initrd: [UInt8]?)?
+        switch start {
+        case .boot:
+            let kernelImage = try Self.readFile(role: "kernel", path: configuration.kernelPath, maximumSize: VMConfiguration.maximumKernelSize)
+            let initrdImage = try configuration.initrdPath.map { (path) throws(VMMError) in
+                try Self.readFile(role: "initrd", path: path, maximumSize: min(VMConfiguration.maximumInitrdSize, configuration.memorySize))
+            }
+            images = (kernelImage, initrdImage)
+        case let .restore(state, memoryImage):
+            try Self.checkRestorable(state, memoryImage, configuration: configuration)
+            images = nil
         }
 
         do {
@@ -136,10 +167,18 @@ public final class VirtualMachine: Sendable {
             mmio = try MMIOSetup(vm: handle, memory: memory, mmioBus: mmioBus, devices: devices)
         }
 
-        // Load the kernel and describe the machine to it.
-        let entry = try GuestBoot.load(
-            kernel: kernelImage, initrd: initrdImage, configuration: configuration,
-            memory: memory, pci: pci?.acpi, mmio: mmio)
+        // Load the kernel and describe the machine to it, or put back the saved RAM.
+        let entry: EntryState?
+        switch start {
+        case .boot:
+            guard let images else { throw .boot(step: "preparing the guest", message: "no kernel image was read") }
+            entry = try GuestBoot.load(
+                kernel: images.kernel, initrd: images.initrd, configuration: configuration,
+                memory: memory, pci: pci?.acpi, mmio: mmio)
+        case let .restore(_, memoryImage):
+            try Self.fill(memory, from: memoryImage)
+            entry = nil
+        }
 
         var vcpus: [VCPUHandle] = []
         do {
@@ -150,7 +189,15 @@ public final class VirtualMachine: Sendable {
                 try VCPUSetup.configure(vcpu, cpuid: policy.entries(for: id, supported: supported))
                 vcpus.append(vcpu)
             }
-            try VCPUSetup.setEntryRegisters(vcpus[0], entry: entry)
+            switch start {
+            case .boot:
+                if let entry { try VCPUSetup.setEntryRegisters(vcpus[0], entry: entry) }
+            case let .restore(state, _):
+                // VM-wide state first (Firecracker's order), then each vCPU
+                // over the CPUID its set-up gave it.
+                try handle.restoreState(state.vm)
+                for (vcpu, saved) in zip(vcpus, state.vcpus) { try vcpu.restoreState(saved) }
+            }
         } catch {
             throw .kvm(error)
         }

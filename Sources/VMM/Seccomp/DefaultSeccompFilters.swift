@@ -70,6 +70,14 @@ public enum DefaultSeccompFilters {
         CKVM_GET_MSR_INDEX_LIST, CKVM_CREATE_VCPU, CKVM_SET_USER_MEMORY_REGION, CKVM_SET_TSS_ADDR,
         CKVM_SET_IDENTITY_MAP_ADDR, CKVM_CREATE_IRQCHIP, CKVM_CREATE_PIT2, CKVM_ENABLE_CAP, CKVM_SET_CPUID2,
         CKVM_SET_SIGNAL_MASK, CKVM_TUNSETIFF, CKVM_TUNSETVNETHDRSZ, CKVM_TUNGETIFF,
+    ]) + snapshotIoctls
+
+    /// Capturing a paused VM's KVM state (the API thread) and restoring it
+    /// into a VM being built; never a vCPU thread's business.
+    static let snapshotIoctls: [UInt32] = requests([
+        CKVM_GET_IRQCHIP, CKVM_SET_IRQCHIP, CKVM_GET_PIT2, CKVM_SET_PIT2, CKVM_GET_CLOCK, CKVM_SET_CLOCK,
+        CKVM_SET_VCPU_EVENTS, CKVM_GET_FPU, CKVM_GET_XSAVE, CKVM_GET_XSAVE2, CKVM_SET_XSAVE,
+        CKVM_GET_XCRS, CKVM_SET_XCRS, CKVM_GET_DEBUGREGS, CKVM_SET_DEBUGREGS,
     ])
 
     /// fcntl commands a thread may use: flags of its own descriptors, and the
