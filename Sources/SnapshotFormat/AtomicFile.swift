@@ -22,7 +22,8 @@ public enum AtomicFile {
             throw .system(error)
         }
         var renamed = false
-        defer { if !renamed { unlink(temporary) } }
+        // Best effort: the write's own error is the one to report.
+        defer { if !renamed { _ = try? systemCall("unlink \(temporary)") { unlink(temporary) } } }
         do {
             try body(file)
         } catch {

@@ -188,6 +188,24 @@ struct SnapshotFileTests {
         #expect(throws: SnapshotFileError.self) { try SnapshotFile.read(from: directory + "/missing", host: Self.cpu) }
     }
 
+    @Test("a failed atomic write leaves neither a temporary file nor a changed file behind")
+    func atomicWriteFailure() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { Self.removeDirectory(directory) }
+        let path = directory + "/vm.snap"
+        try AtomicFile.write([1, 2, 3], to: path)
+        struct Stop: Error {}
+        #expect(throws: AtomicFileError<Stop>.self) {
+            try AtomicFile.write(to: path) { (file) throws(Stop) in
+                _ = try? file.writeAll([9, 9, 9, 9])
+                throw Stop()
+            }
+        }
+        #expect(Self.directoryEntries(directory) == ["vm.snap"])
+        #expect(try OwnedFileDescriptor.readWholeFile(path) == [1, 2, 3])
+        #expect(throws: SnapshotFileError.self) { try Self.sample.write(to: directory + "/missing/vm.snap") }
+    }
+
     static func temporaryDirectory() throws -> String {
         var template = Array("/tmp/swiftlet-snapshot-XXXXXX".utf8CString)
         // SAFETY: mkdtemp fills in the NUL-terminated template in place.

@@ -35,6 +35,7 @@ if let seedPath = getenv("SWIFTLET_FUZZ_WRITE_SEED").map({ String(cString: $0) }
         exit(0)
     } catch {
         let message = "fuzz: cannot write the seed: \(error)\n"
+        // SAFETY: the C string lives for the duration of the write.
         _ = message.withCString { write(2, $0, strlen($0)) }
         exit(1)
     }
