@@ -1,7 +1,7 @@
 // swift-tools-version: 6.0
 // Swiftlet: a KVM virtualization stack in Swift. Targets follow the layers of
-// the VMM, dependencies flowing one way: CKVM -> HostSystem -> KVM / GuestMemory
-// -> Boot / ACPI / ArchX86 -> Devices -> VMM -> command-line front ends.
+// the VMM, dependencies flowing one way: CKVM -> HostSystem -> SnapshotFormat
+// -> KVM / GuestMemory -> Boot / ACPI / ArchX86 -> Devices -> VMM -> command-line front ends.
 import PackageDescription
 
 let package = Package(
@@ -13,7 +13,7 @@ let package = Package(
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         .executable(name: "swiftlet-jailer", targets: ["swiftlet-jailer"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "MMDS", "RateLimiter", "SwiftletClient"]),
+        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "SnapshotFormat", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "MMDS", "RateLimiter", "SwiftletClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -28,10 +28,13 @@ let package = Package(
         .target(name: "CKVM"),
         // Syscall wrapper (EINTR retry, typed errno), fds, eventfd, epoll, mmap.
         .target(name: "HostSystem", dependencies: ["CKVM"]),
+        // Snapshot state: binary encoder/decoder with tagged sections, the
+        // checksummed state file and the host CPU identity it records.
+        .target(name: "SnapshotFormat", dependencies: ["CKVM", "HostSystem"]),
         // System / VM / vCPU handles over the KVM ioctls.
         .target(name: "KVM", dependencies: ["CKVM", "HostSystem"]),
-        // GuestAddress and bounds-checked guest memory.
-        .target(name: "GuestMemory", dependencies: ["CKVM", "HostSystem"]),
+        // GuestAddress and bounds-checked guest memory, and its snapshot memory file.
+        .target(name: "GuestMemory", dependencies: ["CKVM", "HostSystem", "SnapshotFormat"]),
         // Kernel loaders (bzImage, ELF/PVH), boot parameters, command line.
         .target(name: "Boot", dependencies: ["GuestMemory"]),
         // ACPI tables as pure bytes.
@@ -106,7 +109,8 @@ let package = Package(
         ]),
 
         .testTarget(name: "HostSystemTests", dependencies: ["HostSystem"]),
-        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
+        .testTarget(name: "SnapshotFormatTests", dependencies: ["SnapshotFormat", "HostSystem"]),
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory", "SnapshotFormat"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "ArchX86Tests", dependencies: ["ArchX86", "GuestMemory"]),

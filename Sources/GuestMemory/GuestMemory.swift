@@ -23,6 +23,12 @@ public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertibl
     case invalidLayout(String)
     /// The host refused the mapping.
     case mappingFailed(start: GuestAddress, size: UInt64, cause: SystemCallError)
+    /// Opening, checking, writing or syncing a snapshot memory file failed.
+    case memoryFile(path: String, cause: SystemCallError)
+    /// The memory file is a directory, FIFO, device...
+    case memoryFileNotRegular(path: String, kind: String)
+    /// The memory file ends before the last byte its layout maps.
+    case memoryFileTooSmall(path: String, size: UInt64, needed: UInt64)
 
     public var description: String {
         switch self {
@@ -34,6 +40,12 @@ public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertibl
             "invalid guest memory layout: \(reason)"
         case let .mappingFailed(start, size, cause):
             "mapping \(size) bytes of guest RAM at \(start) failed: \(cause)"
+        case let .memoryFile(path, cause):
+            "memory file \(path): \(cause)"
+        case let .memoryFileNotRegular(path, kind):
+            "memory file \(path) is \(kind), not a regular file"
+        case let .memoryFileTooSmall(path, size, needed):
+            "memory file \(path) is \(size) bytes, smaller than the \(needed) its regions need"
         }
     }
 }
@@ -65,7 +77,19 @@ public final class GuestMemory: Sendable {
 
     /// Maps anonymous memory for each `(start, size)` range, excluded from
     /// core dumps (MADV_DONTDUMP).
-    public init(ranges: [(start: GuestAddress, size: UInt64)]) throws(GuestMemoryError) {
+    public convenience init(ranges: [(start: GuestAddress, size: UInt64)]) throws(GuestMemoryError) {
+        try self.init(layout: ranges.map { (start: $0.start, size: $0.size, fileOffset: UInt64(0)) }) {
+            (_, byteCount) throws(SystemCallError) -> MemoryMapping in
+            try MemoryMapping(anonymousSize: byteCount)
+        }
+    }
+
+    /// Checks the layout (non-empty, non-overlapping, no wrap past 2^64),
+    /// maps each range with `map`, and keeps the mappings out of core dumps.
+    init(
+        layout ranges: [(start: GuestAddress, size: UInt64, fileOffset: UInt64)],
+        map: (_ range: (start: GuestAddress, size: UInt64, fileOffset: UInt64), _ byteCount: Int) throws(SystemCallError) -> MemoryMapping
+    ) throws(GuestMemoryError) {
         let sorted = ranges.sorted { $0.start < $1.start }
         var regions: [GuestMemoryRegion] = []
         var previousEnd: UInt64 = 0
@@ -82,7 +106,7 @@ public final class GuestMemory: Sendable {
             }
             let mapping: MemoryMapping
             do {
-                mapping = try MemoryMapping(anonymousSize: byteCount)
+                mapping = try map(range, byteCount)
             } catch {
                 throw .mappingFailed(start: range.start, size: range.size, cause: error)
             }

@@ -21,6 +21,9 @@
 #include <signal.h>
 #include <malloc.h>
 #include <stdint.h>
+// Named here too so that adding it invalidates module caches built before it
+// (a header new in the umbrella directory alone goes unnoticed).
+#include "ckvm_cpuid.h"
 
 // System ioctls.
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
