@@ -64,7 +64,7 @@ let package = Package(
         .target(name: "MMDS", dependencies: ["LeanJSON", "HostSystem", "VirtioNet"]),
         // Building and running a VM.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "GuestMemory", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
+            "CKVM", "KVM", "GuestMemory", "SnapshotFormat", "Boot", "ACPI", "ArchX86", "Devices", "HostSystem",
             "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "VirtioVsock", "MMDS", "RateLimiter",
         ]),
         // A small JSON parser, so the VMM needs no Foundation.

@@ -4,6 +4,7 @@ import Glibc
 import GuestMemory
 import HostSystem
 import KVM
+import SnapshotFormat
 import Synchronization
 import Virtio
 import VirtioConsole
@@ -57,9 +58,9 @@ public final class VirtualMachine: Sendable {
     /// Where a VM's guest starts: a kernel it boots, or a saved machine.
     enum Start {
         case boot
-        /// Guest RAM and KVM state saved from a paused VM of the same
-        /// configuration; devices come up fresh.
-        case restore(MachineKVMState, GuestMemoryImage)
+        /// Guest RAM, KVM state and the devices' sections saved from a
+        /// paused VM of the same configuration.
+        case restore(MachineKVMState, GuestMemoryImage, deviceSections: [SnapshotSection])
     }
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
@@ -72,10 +73,12 @@ public final class VirtualMachine: Sendable {
     /// kernel fills guest RAM from `memoryImage` and KVM (irqchips, PIT,
     /// clock, every vCPU) from `state`, so `run()` resumes the guest where it
     /// was captured. The configuration must match the captured VM's (vCPU
-    /// count and memory size are checked); device state is not restored.
+    /// count and memory size are checked); `deviceSections` (from
+    /// `captureDeviceSections()`) put the devices back as they were.
     public convenience init(configuration: VMConfiguration, restoring state: MachineKVMState, memoryImage: GuestMemoryImage,
-                            serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
-        try self.init(configuration: configuration, start: .restore(state, memoryImage), serialOutput: serialOutput)
+                            deviceSections: [SnapshotSection] = [], serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
+        try self.init(configuration: configuration, start: .restore(state, memoryImage, deviceSections: deviceSections),
+                      serialOutput: serialOutput)
     }
 
     init(configuration: VMConfiguration, start: Start, serialOutput: (any SerialOutput)?) throws(VMMError) {
@@ -98,7 +101,7 @@ public final class VirtualMachine: Sendable {
                 try Self.readFile(role: "initrd", path: path, maximumSize: min(VMConfiguration.maximumInitrdSize, configuration.memorySize))
             }
             images = (kernelImage, initrdImage)
-        case let .restore(state, memoryImage):
+        case let .restore(state, memoryImage, _):
             try Self.checkRestorable(state, memoryImage, configuration: configuration)
             images = nil
         }
@@ -175,7 +178,7 @@ public final class VirtualMachine: Sendable {
             entry = try GuestBoot.load(
                 kernel: images.kernel, initrd: images.initrd, configuration: configuration,
                 memory: memory, pci: pci?.acpi, mmio: mmio)
-        case let .restore(_, memoryImage):
+        case let .restore(_, memoryImage, _):
             try Self.fill(memory, from: memoryImage)
             entry = nil
         }
@@ -192,7 +195,7 @@ public final class VirtualMachine: Sendable {
             switch start {
             case .boot:
                 if let entry { try VCPUSetup.setEntryRegisters(vcpus[0], entry: entry) }
-            case let .restore(state, _):
+            case let .restore(state, _, _):
                 // VM-wide state first (Firecracker's order), then each vCPU
                 // over the CPUID its set-up gave it.
                 try handle.restoreState(state.vm)
@@ -205,6 +208,9 @@ public final class VirtualMachine: Sendable {
         exitCounters = vcpus.map { _ in VCPUExitCounters() }
 
         try attachLegacyDevices()
+        if case let .restore(_, _, deviceSections) = start {
+            try restoreDeviceSections(deviceSections)
+        }
     }
 
     /// A VM that never ran (or whose run ended) still has its devices on
