@@ -42,19 +42,19 @@ let package = Package(
         // x86_64 layout, GDT, page tables, CPUID, MSRs, registers.
         .target(name: "ArchX86", dependencies: ["CKVM", "KVM", "GuestMemory", "ACPI", "Boot"]),
         // Port-I/O and MMIO buses, legacy devices.
-        .target(name: "Devices", dependencies: ["HostSystem", "GuestMemory"]),
+        .target(name: "Devices", dependencies: ["HostSystem", "GuestMemory", "SnapshotFormat"]),
         // VirtIO core: split virtqueues, descriptor chains, the device protocol.
-        .target(name: "Virtio", dependencies: ["GuestMemory", "HostSystem"]),
+        .target(name: "Virtio", dependencies: ["GuestMemory", "HostSystem", "SnapshotFormat"]),
         // PCI configuration space, host bridge, BARs, MSI-X.
         .target(name: "PCI", dependencies: ["Devices", "KVM", "HostSystem"]),
         // The virtio-pci modern transport (VirtIO 1.2 section 4.1).
         .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
         // The virtio-mmio transport (VirtIO 1.2 section 4.2, version 2).
-        .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "KVM", "GuestMemory", "HostSystem", "SnapshotFormat"]),
         // Firecracker's token-bucket rate limiters (bandwidth and operations), woken by a timerfd.
         .target(name: "RateLimiter", dependencies: ["HostSystem"]),
         // VirtIO devices, one target each.
-        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
+        .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter", "SnapshotFormat"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem", "RateLimiter"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
@@ -114,13 +114,13 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "ArchX86Tests", dependencies: ["ArchX86", "GuestMemory"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "SnapshotFormat"]),
         // Driver-side virtqueue mock shared by device tests.
         .target(name: "VirtioTestSupport", dependencies: ["Virtio", "GuestMemory"], path: "Tests/VirtioTestSupport"),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem", "SnapshotFormat"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "Virtio", "KVM", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem", "RateLimiter"]),
+        .testTarget(name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "Virtio", "KVM", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem", "SnapshotFormat"]),
+        .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem", "RateLimiter", "SnapshotFormat"]),
         .testTarget(name: "VirtioVsockTests", dependencies: ["VirtioVsock", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "RateLimiterTests", dependencies: ["RateLimiter", "HostSystem"]),
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI", "HostSystem"]),
@@ -128,7 +128,7 @@ let package = Package(
         .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem", "RateLimiter"]),
         // Boots guest-kit programs on /dev/kvm.
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups", "SnapshotFormat"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
         .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),
