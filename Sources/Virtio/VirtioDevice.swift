@@ -1,5 +1,6 @@
 import GuestMemory
 import HostSystem
+import SnapshotFormat
 import Synchronization
 
 /// How a device tells the driver something happened. The transport
@@ -50,10 +51,20 @@ public struct VirtioActivation: Sendable {
 public enum VirtioDeviceError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The device could not start serving its queues at DRIVER_OK.
     case activation(device: String, step: String, cause: String)
+    /// The device kind does not save its state in a snapshot yet.
+    case snapshotUnsupported(device: String)
+    /// The device's saved state cannot be decoded.
+    case snapshotState(device: String, cause: StateDecodingError)
+    /// The saved state was another device's (another image size, say).
+    case snapshotMismatch(device: String, part: String, saved: String, configured: String)
 
     public var description: String {
         switch self {
         case let .activation(device, step, cause): "\(device): activation failed while \(step): \(cause)"
+        case let .snapshotUnsupported(device): "\(device): this device kind is not saved in snapshots yet"
+        case let .snapshotState(device, cause): "\(device): saved state: \(cause)"
+        case let .snapshotMismatch(device, part, saved, configured):
+            "\(device): \(part) is \(saved) in the snapshot, \(configured) here"
         }
     }
 }
@@ -83,6 +94,20 @@ public protocol VirtioDevice: AnyObject, Sendable {
     var counters: VirtioCounters { get }
     /// Device-specific counters (name, value) reported after `counters`.
     var deviceCounters: [(name: String, value: UInt64)] { get }
+
+    // Snapshots: the VM is paused (no vCPU runs) around these calls.
+
+    /// Stops serving the queues, waiting for every request in flight to
+    /// complete, and returns each running queue's walking state and the
+    /// device's own state. The device stays stopped until
+    /// `resumeAfterSnapshot` (or `reset`), so guest RAM does not change
+    /// under a memory copy.
+    func suspendForSnapshot() throws(VirtioDeviceError) -> VirtioDeviceSnapshot
+    /// Serves the queues again after `suspendForSnapshot`.
+    func resumeAfterSnapshot()
+    /// On a VM built for a restore, before the transport activates the
+    /// device: takes back the device's own state from `suspendForSnapshot`.
+    func restoreSnapshot(device state: [UInt8]) throws(VirtioDeviceError)
 }
 
 extension VirtioDevice {
@@ -91,6 +116,17 @@ extension VirtioDevice {
 
     /// Most devices have only the common counters.
     public var deviceCounters: [(name: String, value: UInt64)] { [] }
+
+    /// Device kinds without snapshot support refuse to be saved.
+    public func suspendForSnapshot() throws(VirtioDeviceError) -> VirtioDeviceSnapshot {
+        throw .snapshotUnsupported(device: "\(deviceType)")
+    }
+
+    public func resumeAfterSnapshot() {}
+
+    public func restoreSnapshot(device state: [UInt8]) throws(VirtioDeviceError) {
+        throw .snapshotUnsupported(device: "\(deviceType)")
+    }
 }
 
 /// Per-device activity counters, updated with relaxed atomics from the

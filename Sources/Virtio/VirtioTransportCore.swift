@@ -62,11 +62,11 @@ public struct VirtioTransportCore: Sendable {
     public let maximumChainLength: UInt64
     public var deviceFeatureSelect: UInt32 = 0
     public var driverFeatureSelect: UInt32 = 0
-    public private(set) var driverFeatures: UInt64 = 0
+    public internal(set) var driverFeatures: UInt64 = 0
     /// As the driver wrote it (DEVICE_NEEDS_RESET is the transport's to add).
-    public private(set) var status: UInt8 = 0
+    public internal(set) var status: UInt8 = 0
     public var queueSelect: UInt32 = 0
-    public private(set) var queues: [VirtioQueueRegisters]
+    public internal(set) var queues: [VirtioQueueRegisters]
     /// While the device runs: each enabled queue's notification eventfd
     /// (index = queue), for the transport to register and signal.
     public private(set) var notifiers: [EventFD?] = []
@@ -190,19 +190,23 @@ public struct VirtioTransportCore: Sendable {
     /// every enabled queue, recorded in `notifiers`, and the activation to
     /// hand the device. On a bad queue nothing starts and the error says
     /// which queue (the transport reports it as DEVICE_NEEDS_RESET).
-    public mutating func startQueues(memory: GuestMemory, interrupt: any VirtioInterrupt) throws(VirtioTransportError) -> VirtioActivation {
+    /// `restoring` (index = queue) puts each queue's walking state back, for
+    /// a device restored from a snapshot.
+    public mutating func startQueues(memory: GuestMemory, interrupt: any VirtioInterrupt,
+                                     restoring walkStates: [VirtqueueState?] = []) throws(VirtioTransportError) -> VirtioActivation {
         var started: [VirtioQueueActivation] = []
         for (index, queue) in queues.enumerated() where queue.enabled {
             let configuration = VirtqueueConfiguration(
                 size: queue.size, descriptorTable: GuestAddress(queue.descriptorTable),
                 availableRing: GuestAddress(queue.driverArea), usedRing: GuestAddress(queue.deviceArea))
-            let virtqueue: Virtqueue
+            var virtqueue: Virtqueue
             do {
                 virtqueue = try Virtqueue(configuration: configuration, maximumSize: queueMaximumSizes[index],
                                           features: driverFeatures, memory: memory, maximumChainLength: maximumChainLength)
             } catch {
                 throw .queue(index: index, error)
             }
+            if index < walkStates.count, let walk = walkStates[index] { virtqueue.restore(walk) }
             let notification: EventFD
             do {
                 notification = try EventFD()

@@ -32,6 +32,31 @@ public final class FakeDevice: VirtioDevice {
 
     public func reset() { state.withLock { $0.resets += 1 } }
 
+    /// What `suspendForSnapshot` reports (tests set it), and what the device got back.
+    private let snapshot = Mutex<(queues: [Int: VirtqueueState], suspends: Int, resumes: Int, restored: [UInt8]?)>(([:], 0, 0, nil))
+    /// The device's own state in its snapshots.
+    public static let snapshotBytes: [UInt8] = [0xFA, 0x4E]
+
+    public func setSnapshotQueues(_ queues: [Int: VirtqueueState]) { snapshot.withLock { $0.queues = queues } }
+
+    public func suspendForSnapshot() throws(VirtioDeviceError) -> VirtioDeviceSnapshot {
+        snapshot.withLock { state in
+            state.suspends += 1
+            return VirtioDeviceSnapshot(queues: state.queues, device: Self.snapshotBytes)
+        }
+    }
+
+    public func resumeAfterSnapshot() { snapshot.withLock { $0.resumes += 1 } }
+
+    public func restoreSnapshot(device bytes: [UInt8]) throws(VirtioDeviceError) {
+        guard bytes == Self.snapshotBytes else { throw .snapshotMismatch(device: "fake", part: "state", saved: "\(bytes)", configured: "\(Self.snapshotBytes)") }
+        snapshot.withLock { $0.restored = bytes }
+    }
+
+    public var snapshotSuspends: Int { snapshot.withLock { $0.suspends } }
+    public var snapshotResumes: Int { snapshot.withLock { $0.resumes } }
+    public var restoredSnapshot: [UInt8]? { snapshot.withLock { $0.restored } }
+
     public var activations: [VirtioActivation] { state.withLock { $0.activations } }
     public var resets: Int { state.withLock { $0.resets } }
     public var configurationWrites: [(offset: UInt64, bytes: [UInt8])] { state.withLock { $0.configurationWrites.map { ($0.0, $0.1) } } }

@@ -55,9 +55,9 @@ public struct Virtqueue: Sendable {
     public private(set) var maximumChainLength: UInt64
     let memory: GuestMemory
     /// The next available-ring slot the device will read (free-running).
-    public private(set) var nextAvailable: UInt16 = 0
+    public internal(set) var nextAvailable: UInt16 = 0
     /// The next used-ring slot the device will write (free-running).
-    public private(set) var nextUsed: UInt16 = 0
+    public internal(set) var nextUsed: UInt16 = 0
     /// `nextUsed` when `shouldInterrupt` last ran: the used entries since
     /// then are the ones an interrupt would announce.
     var usedAtLastInterruptCheck: UInt16 = 0
