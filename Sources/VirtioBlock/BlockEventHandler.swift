@@ -29,6 +29,8 @@ final class BlockEventHandler: Sendable {
         var generation: UInt64
         /// Set when the queue broke the protocol; nothing is served until reset.
         var broken = false
+        /// Held for a snapshot: notifications are taken but nothing is served.
+        var suspended = false
     }
 
     let queueIndex: Int
@@ -92,7 +94,7 @@ final class BlockEventHandler: Sendable {
 
     /// Drains the queue unless it is broken or the limiter is blocked.
     func serve(_ state: inout QueueState) {
-        guard !state.broken, !state.limiter.isBlocked else { return }
+        guard !state.broken, !state.suspended, !state.limiter.isBlocked else { return }
         do {
             try drain(&state)
         } catch {
@@ -132,6 +134,25 @@ final class BlockEventHandler: Sendable {
             // True when chains arrived after the last pop: serve them too.
             if try !state.queue.enableNotifications() { return }
         }
+    }
+
+    /// Stops serving for a snapshot and returns the queue's walking state.
+    /// The lock is the worker's for a whole drain, and a drain completes
+    /// every chain it takes, so once it is ours nothing is in flight. A
+    /// chain the limiter deferred was taken but not served: the saved state
+    /// rewinds over it, so a restored device takes it again.
+    func suspend() -> VirtqueueState {
+        state.withLock { state in
+            state.suspended = true
+            var walk = state.queue.walkState
+            if state.deferred != nil { walk.nextAvailable &-= 1 }
+            return walk
+        }
+    }
+
+    /// Serves again after `suspend` (the caller wakes the worker).
+    func unsuspend() {
+        state.withLock { $0.suspended = false }
     }
 
     /// The deferred chain, else the next available one.
