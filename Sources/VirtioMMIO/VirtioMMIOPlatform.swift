@@ -1,15 +1,25 @@
 import HostSystem
 import KVM
+import Virtio
 
 /// Why a virtio-mmio device could not be wired up.
 public enum VirtioMMIOError: Error, Sendable, CustomStringConvertible {
     /// KVM refused the ioeventfd for a queue's notifications.
     case notifier(address: UInt64, queue: UInt32, cause: KVMError)
+    /// The device refused to save or take back its own state (snapshots).
+    case device(VirtioDeviceError)
+    /// The saved queues could not be started again.
+    case restoringQueues(VirtioTransportError)
+    /// The transport was shut down: nothing is restored into it.
+    case detached
 
     public var description: String {
         switch self {
         case let .notifier(address, queue, cause):
             "ioeventfd for queue \(queue) at 0x\(String(address, radix: 16)): \(cause)"
+        case let .device(error): "\(error)"
+        case let .restoringQueues(error): "restarting the saved queues: \(error)"
+        case .detached: "the device was shut down"
         }
     }
 }

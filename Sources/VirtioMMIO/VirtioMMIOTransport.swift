@@ -210,7 +210,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
         needsReset.store(false, ordering: .releasing)
     }
 
-    private func registerNotifiers(_ registers: inout Registers) {
+    func registerNotifiers(_ registers: inout Registers) {
         guard !registers.notifiersRegistered else { return }
         let address = base + VirtioMMIOLayout.Register.queueNotify
         for (index, notifier) in registers.core.notifiers.enumerated() {
