@@ -23,6 +23,8 @@ extension VirtualMachine {
 
     /// Lets paused vCPUs enter the guest again.
     public func resume() {
+        // Devices held by a snapshot capture serve again before the guest runs.
+        releaseDevicesAfterSnapshot()
         pauseGate.resume()
         timing.withLock { timing in
             if let since = timing.pausedAt {

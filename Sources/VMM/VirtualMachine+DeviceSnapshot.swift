@@ -1,15 +1,129 @@
+import Devices
 import SnapshotFormat
+import Virtio
+import VirtioMMIO
 
+/// Device state in a snapshot: one section per device, in device order.
+///
+///   SERI  the 8250 (registers; its input FIFO is dropped)
+///   VMIO  one per virtio-mmio device: page address, device type, transport
+///         registers, interrupt state, queue walking state, device state
+///
+/// The i8042 and the ACPI power device hold no state. virtio-pci devices
+/// are not saved yet: capture refuses a VM that has any.
 extension VirtualMachine {
     /// Every device's state, one tagged section per device, read while the
-    /// VM is paused (vCPUs parked). Not yet implemented: no device is saved,
-    /// so a restored VM's devices come up fresh.
+    /// VM is paused (vCPUs parked). Each virtio device is held first: its
+    /// worker finishes the requests it took and starts no other, so nothing
+    /// is in flight and guest RAM no longer changes; `resume()` lets the
+    /// devices go on. Copy guest memory after this call (`copyGuestMemory`
+    /// holds the devices as well, so either order is consistent).
     public func captureDeviceSections() throws(VMMError) -> [SnapshotSection] {
-        []
+        guard pauseGate.isPaused else { throw .notPaused(action: "capture the device state") }
+        if let pci, let first = pci.transports.first {
+            throw .snapshotUnsupported(device: "\(first.device.deviceType) on virtio-pci", reason: "virtio-pci device state is not saved yet (use --transport mmio)")
+        }
+        devicesHeld.withLock { $0 = true }
+        let serialState = serial.captureState()
+        var sections = [SnapshotSection(tag: Serial8250State.tag) { serialState.encode(into: &$0) }]
+        for (index, transport) in (mmio?.transports ?? []).enumerated() {
+            let snapshot: VirtioMMIOSnapshot
+            do {
+                snapshot = try transport.captureSnapshot()
+            } catch {
+                throw .deviceSnapshot(device: Self.mmioDeviceName(index, transport), cause: error)
+            }
+            sections.append(SnapshotSection(tag: VirtioMMIOSnapshot.tag) { snapshot.encode(into: &$0) })
+        }
+        return sections
+    }
+
+    /// Holds every virtio device as `captureDeviceSections` does, so a
+    /// memory copy sees no device write; devices that cannot be saved are
+    /// left running (their capture refuses later anyway).
+    func holdDevicesForSnapshot() {
+        devicesHeld.withLock { $0 = true }
+        for transport in mmio?.transports ?? [] { _ = try? transport.captureSnapshot() }
+    }
+
+    /// Lets devices held for a snapshot serve their queues again.
+    func releaseDevicesAfterSnapshot() {
+        let held = devicesHeld.withLock { held in
+            defer { held = false }
+            return held
+        }
+        guard held else { return }
+        for transport in mmio?.transports ?? [] { transport.resumeAfterSnapshot() }
+    }
+
+    static func mmioDeviceName(_ index: Int, _ transport: VirtioMMIOTransport) -> String {
+        "device \(index) (\(transport.device.deviceType) at MMIO 0x\(String(transport.base, radix: 16)))"
     }
 
     /// Puts the devices back from `captureDeviceSections()`'s sections, on a
-    /// VM built for a restore, before any vCPU runs.
+    /// VM built for a restore, before any vCPU runs. The saved device list
+    /// must be the configured one: same kinds, same order, same addresses.
+    /// An empty list (a machine saved without devices) leaves them fresh.
     func restoreDeviceSections(_ sections: [SnapshotSection]) throws(VMMError) {
+        guard !sections.isEmpty else { return }
+        var remaining = sections[...]
+        guard let serialSection = remaining.popFirst(), serialSection.tag == Serial8250State.tag else {
+            throw .snapshotMismatch(part: "the first device section", saved: "'\(sections[0].tag)'", configured: "'\(Serial8250State.tag)' (the serial port)")
+        }
+        var decoder = StateDecoder(serialSection.body)
+        do {
+            let state = try Serial8250State.decode(from: &decoder)
+            try decoder.finish()
+            serial.restore(state)
+        } catch {
+            throw .deviceStateDecoding(device: "the serial port", cause: error)
+        }
+
+        let transports = mmio?.transports ?? []
+        let savedVirtio = Array(remaining)
+        if let pci, let first = pci.transports.first {
+            throw .snapshotUnsupported(device: "\(first.device.deviceType) on virtio-pci", reason: "virtio-pci device state is not saved yet")
+        }
+        // Every saved device is decoded and checked against its configured
+        // counterpart before any is restored; the first differing device is named.
+        var snapshots: [VirtioMMIOSnapshot] = []
+        for (index, (section, transport)) in zip(savedVirtio, transports).enumerated() {
+            let name = Self.mmioDeviceName(index, transport)
+            guard section.tag == VirtioMMIOSnapshot.tag else {
+                throw .snapshotMismatch(part: "\(name)'s section", saved: "'\(section.tag)'", configured: "'\(VirtioMMIOSnapshot.tag)'")
+            }
+            var decoder = StateDecoder(section.body)
+            let snapshot: VirtioMMIOSnapshot
+            do {
+                let header = try VirtioMMIOSnapshot.decodeHeader(from: &decoder)
+                guard header.deviceType == transport.device.deviceType.rawValue else {
+                    let savedKind = VirtioDeviceType(rawValue: header.deviceType).map { "\($0)" } ?? "device type \(header.deviceType)"
+                    throw VMMError.snapshotMismatch(part: "\(name)'s kind", saved: savedKind, configured: "\(transport.device.deviceType)")
+                }
+                guard header.base == transport.base else {
+                    throw VMMError.snapshotMismatch(part: "\(name)'s address", saved: "0x\(String(header.base, radix: 16))",
+                                                    configured: "0x\(String(transport.base, radix: 16))")
+                }
+                snapshot = try transport.decodeSnapshotBody(&decoder, base: header.base, deviceType: header.deviceType)
+                try decoder.finish()
+            } catch let error as VMMError {
+                throw error
+            } catch let error as StateDecodingError {
+                throw .deviceStateDecoding(device: name, cause: error)
+            } catch {
+                throw .deviceStateDecoding(device: name, cause: .invalidValue(offset: decoder.offset, what: "\(error)"))
+            }
+            snapshots.append(snapshot)
+        }
+        guard savedVirtio.count == transports.count else {
+            throw .snapshotMismatch(part: "the number of virtio devices", saved: "\(savedVirtio.count)", configured: "\(transports.count)")
+        }
+        for (index, (snapshot, transport)) in zip(snapshots, transports).enumerated() {
+            do {
+                try transport.restore(snapshot)
+            } catch {
+                throw .deviceSnapshot(device: Self.mmioDeviceName(index, transport), cause: error)
+            }
+        }
     }
 }

@@ -55,8 +55,11 @@ extension VirtualMachine {
 
     /// Copies guest RAM, region by region, while the VM is paused as for
     /// `captureKVMState` (a running guest would change it under the copy).
+    /// Virtio devices are held first (see `captureDeviceSections`): their
+    /// workers write guest RAM too, and must not while it is copied.
     public func copyGuestMemory() throws(VMMError) -> GuestMemoryImage {
         let copied = try pauseGate.whileAllParked { () throws(VMMError) -> GuestMemoryImage in
+            holdDevicesForSnapshot()
             var regions: [GuestMemoryImage.Region] = []
             for region in memory.regions {
                 guard let count = Int(exactly: region.size) else {

@@ -37,6 +37,8 @@ public final class VirtualMachine: Sendable {
     let virtioDevices: [any VirtioDevice]
     /// Parks the vCPUs while the control API has the VM paused.
     let pauseGate = VCPUPauseGate()
+    /// The virtio devices are held for a snapshot (until `resume`).
+    let devicesHeld = Mutex(false)
     /// Exit counters, one object per vCPU (index = vCPU id).
     let exitCounters: [VCPUExitCounters]
     /// Raises the ACPI Generic Event Device's interrupt: the power button.
