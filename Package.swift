@@ -46,9 +46,9 @@ let package = Package(
         // VirtIO core: split virtqueues, descriptor chains, the device protocol.
         .target(name: "Virtio", dependencies: ["GuestMemory", "HostSystem", "SnapshotFormat"]),
         // PCI configuration space, host bridge, BARs, MSI-X.
-        .target(name: "PCI", dependencies: ["Devices", "KVM", "HostSystem"]),
+        .target(name: "PCI", dependencies: ["Devices", "KVM", "HostSystem", "SnapshotFormat"]),
         // The virtio-pci modern transport (VirtIO 1.2 section 4.1).
-        .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioPCI", dependencies: ["PCI", "Virtio", "Devices", "KVM", "GuestMemory", "HostSystem", "SnapshotFormat"]),
         // The virtio-mmio transport (VirtIO 1.2 section 4.2, version 2).
         .target(name: "VirtioMMIO", dependencies: ["Virtio", "Devices", "KVM", "GuestMemory", "HostSystem", "SnapshotFormat"]),
         // Firecracker's token-bucket rate limiters (bandwidth and operations), woken by a timerfd.
@@ -118,7 +118,7 @@ let package = Package(
         // Driver-side virtqueue mock shared by device tests.
         .target(name: "VirtioTestSupport", dependencies: ["Virtio", "GuestMemory"], path: "Tests/VirtioTestSupport"),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem", "SnapshotFormat"]),
-        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem"]),
+        .testTarget(name: "PCITests", dependencies: ["PCI", "VirtioPCI", "Virtio", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem", "SnapshotFormat"]),
         .testTarget(name: "VirtioMMIOTests", dependencies: ["VirtioMMIO", "Virtio", "KVM", "VirtioTestSupport", "Devices", "GuestMemory", "HostSystem", "SnapshotFormat"]),
         .testTarget(name: "VirtioDeviceTests", dependencies: ["Virtio", "VirtioTestSupport", "VirtioBlock", "VirtioNet", "VirtioRNG", "VirtioConsole", "GuestMemory", "HostSystem", "RateLimiter", "SnapshotFormat"]),
         .testTarget(name: "VirtioVsockTests", dependencies: ["VirtioVsock", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),

@@ -1,3 +1,4 @@
+import SnapshotFormat
 import Synchronization
 
 /// What happened to an interrupt a function raised through MSI-X.
@@ -171,6 +172,68 @@ public final class MSIXTable: Sendable {
         if state.pending[vector] {
             state.pending[vector] = false
             vectors[vector].line.trigger()
+        }
+    }
+}
+
+// MARK: Snapshots
+
+/// An MSI-X table as a snapshot keeps it: the vector table and the pending
+/// bits. Enable and function mask are in the capability's message control,
+/// saved with the configuration space.
+public struct MSIXState: Sendable, Equatable {
+    public var table: [UInt8]
+    public var pending: [Bool]
+
+    public init(table: [UInt8], pending: [Bool]) {
+        self.table = table
+        self.pending = pending
+    }
+
+    public func encode(into encoder: inout StateEncoder) {
+        encoder.encode(bytes: table)
+        encoder.encode(array: pending) { $0.encode($1) }
+    }
+
+    /// Refuses another vector count than `vectorCount`, and bits a guest
+    /// write can never set (the address's low two bits, the reserved
+    /// vector-control bits).
+    public static func decode(from decoder: inout StateDecoder, vectorCount: Int) throws(StateDecodingError) -> MSIXState {
+        let tableOffset = decoder.offset
+        let table = try decoder.decodeBytes(maximumLength: vectorCount * MSIXTable.entrySize)
+        guard table.count == vectorCount * MSIXTable.entrySize else {
+            throw .invalidValue(offset: tableOffset, what: "MSI-X table of \(table.count) bytes (\(vectorCount) vectors)")
+        }
+        for vector in 0..<vectorCount {
+            let entry = vector * MSIXTable.entrySize
+            guard table[entry] & 0x03 == 0, table[entry + 12] & ~MSIXTable.vectorMaskBit == 0,
+                  table[entry + 13] == 0, table[entry + 14] == 0, table[entry + 15] == 0 else {
+                throw .invalidValue(offset: tableOffset + 4 + entry, what: "MSI-X table entry \(vector)")
+            }
+        }
+        let pendingOffset = decoder.offset
+        let pending = try decoder.decodeArray(maximumCount: vectorCount) { (decoder) throws(StateDecodingError) in try decoder.decodeBool() }
+        guard pending.count == vectorCount else {
+            throw .invalidValue(offset: pendingOffset, what: "\(pending.count) MSI-X pending bits (\(vectorCount) vectors)")
+        }
+        return MSIXState(table: table, pending: pending)
+    }
+}
+
+extension MSIXTable {
+    public func captureState() -> MSIXState {
+        state.withLock { MSIXState(table: $0.table, pending: $0.pending) }
+    }
+
+    /// Puts a decoded table back (its size was checked against this table's).
+    /// Routes are installed by the next `setControl`, which the restore of
+    /// the configuration space's message control makes.
+    public func restore(_ saved: MSIXState) {
+        state.withLock { state in
+            guard saved.table.count == state.table.count, saved.pending.count == state.pending.count else { return }
+            state.table = saved.table
+            state.pending = saved.pending
+            state.routed = Array(repeating: nil, count: vectors.count)
         }
     }
 }

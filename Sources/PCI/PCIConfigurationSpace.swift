@@ -228,3 +228,21 @@ public struct PCIConfigurationSpace: Sendable, Equatable {
         return (base, bar.size)
     }
 }
+
+extension PCIConfigurationSpace {
+    /// The 256 bytes as the guest left them (command, BARs as programmed,
+    /// interrupt line, capability fields), for a snapshot.
+    public var savedBytes: [UInt8] { bytes }
+
+    /// Takes back `savedBytes` from a space built the same way. Only bits
+    /// the guest can write may differ from this space's: the offset of the
+    /// first byte that differs elsewhere is returned and nothing changes.
+    public mutating func restore(savedBytes saved: [UInt8]) -> Int? {
+        guard saved.count == Self.size else { return min(saved.count, Self.size) }
+        for position in 0..<Self.size where (saved[position] ^ bytes[position]) & ~writableMask[position] != 0 {
+            return position
+        }
+        bytes = saved
+        return nil
+    }
+}

@@ -199,7 +199,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     }
 
     /// After a configuration write: BAR placement, MSI-X control, INTx disable.
-    private func applyConfigurationSideEffects(_ registers: inout Registers) {
+    func applyConfigurationSideEffects(_ registers: inout Registers) {
         updateBARMapping(&registers)
         if msixCapability != 0 {
             msix.setControl(UInt16(registers.configuration.value(offset: msixCapability + 2, size: 2)))
@@ -213,7 +213,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
 
     /// Puts BAR 0 where the configuration space says it decodes (nowhere
     /// while memory decoding is off), and moves the notifiers with it.
-    private func updateBARMapping(_ registers: inout Registers) {
+    func updateBARMapping(_ registers: inout Registers) {
         let wanted = registers.detached ? nil : registers.configuration.decodedBAR(VirtioPCILayout.bar)?.base
         guard wanted != registers.mappedBAR else { return }
         unregisterNotifiers(&registers)
@@ -225,7 +225,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         registerNotifiers(&registers)
     }
 
-    private func registerNotifiers(_ registers: inout Registers) {
+    func registerNotifiers(_ registers: inout Registers) {
         guard registers.core.active, registers.notifierBase == nil, let base = registers.mappedBAR else { return }
         for (index, notifier) in registers.core.notifiers.enumerated() {
             guard let notifier else { continue }
@@ -520,7 +520,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
 
     /// INTx is a level: high while the ISR has a bit set and the command
     /// register allows it.
-    private func updateINTx(_ interrupts: Interrupts) {
+    func updateINTx(_ interrupts: Interrupts) {
         intx.setLevel(interrupts.isr != 0 && !interrupts.intxDisabled)
     }
 
