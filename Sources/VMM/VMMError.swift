@@ -7,6 +7,7 @@ import PCI
 import SnapshotFormat
 import VirtioBlock
 import VirtioMMIO
+import VirtioPCI
 import VirtioNet
 import VirtioVsock
 
@@ -34,12 +35,12 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case notPaused(action: String)
     /// A saved machine state does not fit the configuration it is restored into.
     case snapshotMismatch(part: String, saved: String, configured: String)
-    /// `device` cannot be saved in (or restored from) a snapshot.
-    case snapshotUnsupported(device: String, reason: String)
     /// `device`'s saved state is malformed or out of range.
     case deviceStateDecoding(device: String, cause: StateDecodingError)
     /// `device` refused to save or take back its state.
     case deviceSnapshot(device: String, cause: VirtioMMIOError)
+    /// A virtio-pci function refused to save or take back its state.
+    case pciDeviceSnapshot(device: String, cause: VirtioPCISnapshotError)
 
     public var description: String {
         switch self {
@@ -77,11 +78,11 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "cannot \(action): the VM is not paused (pause it, and wait until every vCPU has stopped)"
         case let .snapshotMismatch(part, saved, configured):
             "the saved state does not fit this VM: \(part) is \(saved) in the snapshot, \(configured) in the configuration"
-        case let .snapshotUnsupported(device, reason):
-            "cannot snapshot \(device): \(reason)"
         case let .deviceStateDecoding(device, cause):
             "the saved state of \(device) is invalid: \(cause)"
         case let .deviceSnapshot(device, cause):
+            "\(device): \(cause)"
+        case let .pciDeviceSnapshot(device, cause):
             "\(device): \(cause)"
         }
     }

@@ -2,15 +2,18 @@ import Devices
 import SnapshotFormat
 import Virtio
 import VirtioMMIO
+import VirtioPCI
 
 /// Device state in a snapshot: one section per device, in device order.
 ///
 ///   SERI  the 8250 (registers; its input FIFO is dropped)
 ///   VMIO  one per virtio-mmio device: page address, device type, transport
 ///         registers, interrupt state, queue walking state, device state
+///   VPCI  one per virtio-pci function: slot, device type, configuration
+///         space, MSI-X table and pending bits, vectors and ISR, then as VMIO
 ///
-/// The i8042 and the ACPI power device hold no state. virtio-pci devices
-/// are not saved yet: capture refuses a VM that has any.
+/// The i8042 and the ACPI power device hold no state; neither does the PCI
+/// host bridge that matters to a guest (its header is fixed).
 extension VirtualMachine {
     /// Every device's state, one tagged section per device, read while the
     /// VM is paused (vCPUs parked). Each virtio device is held first: its
@@ -20,9 +23,6 @@ extension VirtualMachine {
     /// holds the devices as well, so either order is consistent).
     public func captureDeviceSections() throws(VMMError) -> [SnapshotSection] {
         guard pauseGate.isPaused else { throw .notPaused(action: "capture the device state") }
-        if let pci, let first = pci.transports.first {
-            throw .snapshotUnsupported(device: "\(first.device.deviceType) on virtio-pci", reason: "virtio-pci device state is not saved yet (use --transport mmio)")
-        }
         devicesHeld.withLock { $0 = true }
         let serialState = serial.captureState()
         var sections = [SnapshotSection(tag: Serial8250State.tag) { serialState.encode(into: &$0) }]
@@ -35,6 +35,15 @@ extension VirtualMachine {
             }
             sections.append(SnapshotSection(tag: VirtioMMIOSnapshot.tag) { snapshot.encode(into: &$0) })
         }
+        for (index, transport) in (pci?.transports ?? []).enumerated() {
+            let snapshot: VirtioPCISnapshot
+            do {
+                snapshot = try transport.captureSnapshot()
+            } catch {
+                throw .pciDeviceSnapshot(device: Self.pciDeviceName(index, transport), cause: error)
+            }
+            sections.append(SnapshotSection(tag: VirtioPCISnapshot.tag) { snapshot.encode(into: &$0) })
+        }
         return sections
     }
 
@@ -44,6 +53,7 @@ extension VirtualMachine {
     func holdDevicesForSnapshot() {
         devicesHeld.withLock { $0 = true }
         for transport in mmio?.transports ?? [] { _ = try? transport.captureSnapshot() }
+        for transport in pci?.transports ?? [] { _ = try? transport.captureSnapshot() }
     }
 
     /// Lets devices held for a snapshot serve their queues again.
@@ -54,6 +64,11 @@ extension VirtualMachine {
         }
         guard held else { return }
         for transport in mmio?.transports ?? [] { transport.resumeAfterSnapshot() }
+        for transport in pci?.transports ?? [] { transport.resumeAfterSnapshot() }
+    }
+
+    static func pciDeviceName(_ index: Int, _ transport: VirtioPCITransport) -> String {
+        "device \(index) (\(transport.device.deviceType) at PCI \(transport.address))"
     }
 
     static func mmioDeviceName(_ index: Int, _ transport: VirtioMMIOTransport) -> String {
@@ -79,11 +94,12 @@ extension VirtualMachine {
             throw .deviceStateDecoding(device: "the serial port", cause: error)
         }
 
-        let transports = mmio?.transports ?? []
         let savedVirtio = Array(remaining)
-        if let pci, let first = pci.transports.first {
-            throw .snapshotUnsupported(device: "\(first.device.deviceType) on virtio-pci", reason: "virtio-pci device state is not saved yet")
+        if let pci {
+            try restorePCIDevices(savedVirtio, pci.transports)
+            return
         }
+        let transports = mmio?.transports ?? []
         // Every saved device is decoded and checked against its configured
         // counterpart before any is restored; the first differing device is named.
         var snapshots: [VirtioMMIOSnapshot] = []
@@ -123,6 +139,47 @@ extension VirtualMachine {
                 try transport.restore(snapshot)
             } catch {
                 throw .deviceSnapshot(device: Self.mmioDeviceName(index, transport), cause: error)
+            }
+        }
+    }
+
+    private func restorePCIDevices(_ savedVirtio: [SnapshotSection], _ transports: [VirtioPCITransport]) throws(VMMError) {
+        var snapshots: [VirtioPCISnapshot] = []
+        for (index, (section, transport)) in zip(savedVirtio, transports).enumerated() {
+            let name = Self.pciDeviceName(index, transport)
+            guard section.tag == VirtioPCISnapshot.tag else {
+                throw .snapshotMismatch(part: "\(name)'s section", saved: "'\(section.tag)'", configured: "'\(VirtioPCISnapshot.tag)'")
+            }
+            var decoder = StateDecoder(section.body)
+            let snapshot: VirtioPCISnapshot
+            do {
+                let header = try VirtioPCISnapshot.decodeHeader(from: &decoder)
+                guard header.deviceType == transport.device.deviceType.rawValue else {
+                    let savedKind = VirtioDeviceType(rawValue: header.deviceType).map { "\($0)" } ?? "device type \(header.deviceType)"
+                    throw VMMError.snapshotMismatch(part: "\(name)'s kind", saved: savedKind, configured: "\(transport.device.deviceType)")
+                }
+                guard header.slot == transport.address.device else {
+                    throw VMMError.snapshotMismatch(part: "\(name)'s slot", saved: "\(header.slot)", configured: "\(transport.address.device)")
+                }
+                snapshot = try transport.decodeSnapshotBody(&decoder, slot: header.slot, deviceType: header.deviceType)
+                try decoder.finish()
+            } catch let error as VMMError {
+                throw error
+            } catch let error as StateDecodingError {
+                throw .deviceStateDecoding(device: name, cause: error)
+            } catch {
+                throw .deviceStateDecoding(device: name, cause: .invalidValue(offset: decoder.offset, what: "\(error)"))
+            }
+            snapshots.append(snapshot)
+        }
+        guard savedVirtio.count == transports.count else {
+            throw .snapshotMismatch(part: "the number of virtio devices", saved: "\(savedVirtio.count)", configured: "\(transports.count)")
+        }
+        for (index, (snapshot, transport)) in zip(snapshots, transports).enumerated() {
+            do {
+                try transport.restore(snapshot)
+            } catch {
+                throw .pciDeviceSnapshot(device: Self.pciDeviceName(index, transport), cause: error)
             }
         }
     }

@@ -6,7 +6,7 @@ import Devices
 @testable import VMM
 
 /// Device state in snapshots: a kit guest writing numbered blocks through
-/// virtio-blk (virtio-mmio) is paused mid-way, its KVM state, RAM and device
+/// virtio-blk (virtio-mmio or virtio-pci) is paused mid-way, its KVM state, RAM and device
 /// sections captured, and a new VM built from them over the same image must
 /// finish the writes as if never interrupted, printing on the 8250 as before.
 @Suite("Device state in snapshots", .serialized, .enabled(if: KitGuest.shouldRun, KitGuest.skipReason))
@@ -18,12 +18,12 @@ struct SnapshotDeviceTests {
     /// would make the device see a jump of more than a queue's worth.
     static let pauseAfter = 200
 
-    static func configuration(writes: Int = writes, image: BlockTestImage) throws -> VMConfiguration {
+    static func configuration(writes: Int = writes, image: BlockTestImage, transport: VirtioTransportKind) throws -> VMConfiguration {
         var configuration = VMConfiguration(kernelPath: try KitGuest.program("virtio-blk"),
                                             commandLine: "seq_lba=\(firstSector) seq_count=\(writes)",
                                             memorySize: 64 << 20, serial: .none, onReboot: .exit)
         configuration.disks = [DiskConfiguration(path: image.path, id: "snap-disk")]
-        configuration.transport = .mmio
+        configuration.transport = transport
         return configuration
     }
 
@@ -40,10 +40,11 @@ struct SnapshotDeviceTests {
         }
     }
 
-    @Test("a guest paused among its block writes and restored into a new VM over the same image finishes them: every completed write is on disk, none repeated or lost, and the serial port prints on")
-    func blockWritesContinueAfterRestore() throws {
+    @Test("a guest paused among its block writes and restored into a new VM over the same image finishes them: every completed write is on disk, none repeated or lost, and the serial port prints on",
+          arguments: VirtioTransportKind.allCases)
+    func blockWritesContinueAfterRestore(transport: VirtioTransportKind) throws {
         let image = try BlockTestImage(megabytes: 1, name: "snap")
-        let configuration = try Self.configuration(image: image)
+        let configuration = try Self.configuration(image: image, transport: transport)
 
         let originalOutput = CapturingSerialOutput()
         // The original VM is gone before the restore: it holds the image's lock.
@@ -56,7 +57,7 @@ struct SnapshotDeviceTests {
             let memory = try original.machine.copyGuestMemory()
             let savedSerial = original.machine.serial.captureState()
             #expect(!originalOutput.text.contains("seq done"), "the writes ended before the pause: raise `writes`")
-            #expect(sections.map(\.tag) == [SectionTag("SERI"), SectionTag("VMIO")])
+            #expect(sections.map(\.tag) == [SectionTag("SERI"), SectionTag(transport == .mmio ? "VMIO" : "VPCI")])
             #expect(try original.finish(within: 0) == .stoppedByUser)
             return (state, sections, memory, savedSerial)
         }()
@@ -95,10 +96,11 @@ struct SnapshotDeviceTests {
         }
     }
 
-    @Test("restoring device sections into another device list is refused, naming the device")
-    func refusesAnotherDeviceList() throws {
+    @Test("restoring device sections into another device list is refused, naming the device",
+          arguments: VirtioTransportKind.allCases)
+    func refusesAnotherDeviceList(transport: VirtioTransportKind) throws {
         let image = try BlockTestImage(megabytes: 1, name: "snap-list")
-        let configuration = try Self.configuration(writes: 1, image: image)
+        let configuration = try Self.configuration(writes: 1, image: image, transport: transport)
         // Captured from a VM that never ran, gone before the restores (it holds the image's lock).
         let (state, sections, memory) = try { () throws -> (MachineKVMState, [SnapshotSection], GuestMemoryImage) in
             let source = try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput())
