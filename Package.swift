@@ -56,7 +56,7 @@ let package = Package(
         // VirtIO devices, one target each.
         .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter", "SnapshotFormat"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
-        .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem", "RateLimiter"]),
+        .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem", "RateLimiter", "SnapshotFormat"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
         .target(name: "VirtioVsock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         // Firecracker's MicroVM Metadata Service: the data store, its guest

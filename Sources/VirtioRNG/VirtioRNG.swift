@@ -24,7 +24,7 @@ public final class VirtioRNG: VirtioDevice {
     let source: @Sendable (UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int
     /// Limits on requests and bytes served.
     public let rateLimiter: RateLimiterConfiguration
-    private let running = Mutex<(worker: VirtioWorker, queue: RequestQueue)?>(nil)
+    let running = Mutex<(worker: VirtioWorker, queue: RequestQueue)?>(nil)
 
     public init(rateLimiter: RateLimiterConfiguration = .unlimited) {
         source = VirtioRNG.getrandom
@@ -89,6 +89,8 @@ final class RequestQueue: Sendable {
         var limiter: RateLimiter
         /// A request the limiter refused, served first when its timer fires.
         var deferred: DescriptorChain?
+        /// Held for a snapshot: notifications are taken but nothing is served.
+        var suspended = false
     }
     let state: Mutex<State>
     /// Set when the driver broke the queue: nothing more is served until reset.
@@ -120,7 +122,7 @@ final class RequestQueue: Sendable {
         }
         let result = state.withLock { state in
             if timerFired { state.limiter.timerFired() }
-            guard !broken.load(ordering: .relaxed), !state.limiter.isBlocked else { return Result<Void, Failure>.success(()) }
+            guard !broken.load(ordering: .relaxed), !state.suspended, !state.limiter.isBlocked else { return Result<Void, Failure>.success(()) }
             return Result { () throws(Failure) in try process(&state) }
         }
         if case let .failure(failure) = result {
