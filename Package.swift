@@ -57,7 +57,7 @@ let package = Package(
         .target(name: "VirtioBlock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter", "SnapshotFormat"]),
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem", "RateLimiter", "SnapshotFormat"]),
-        .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem"]),
+        .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem", "SnapshotFormat"]),
         .target(name: "VirtioVsock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
         // Firecracker's MicroVM Metadata Service: the data store, its guest
         // HTTP, V2 tokens, and the small ARP/IPv4/TCP stack in front of a tap.

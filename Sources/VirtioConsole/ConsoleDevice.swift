@@ -34,6 +34,8 @@ public final class ConsoleDevice: VirtioDevice {
     /// Wakes the worker when input arrives.
     let inputEvent: EventFD
     let worker = Mutex<VirtioWorker?>(nil)
+    /// The running worker's queues (snapshots read their walking state).
+    let runningQueues = Mutex<ConsoleQueuesBox?>(nil)
 
     public init(output: any SerialOutput) throws(ConsoleError) {
         self.output = output
@@ -77,13 +79,13 @@ public final class ConsoleDevice: VirtioDevice {
     // MARK: Lifecycle
 
     public func activate(_ activation: VirtioActivation) throws(VirtioDeviceError) {
-        let state = Mutex(ConsoleQueues(activation: activation))
+        let box = ConsoleQueuesBox(ConsoleQueues(activation: activation))
         var descriptors = activation.queues.map { $0.notification.descriptor.rawValue }
         descriptors.append(inputEvent.descriptor.rawValue)
         let inputIndex = descriptors.count - 1
         do {
             let newWorker = try VirtioWorker(name: "virtio-console", descriptors: descriptors) { [self] ready in
-                state.withLock { queues in
+                box.state.withLock { queues in
                     for index in ready where index < activation.queues.count {
                         _ = try? activation.queues[index].notification.consume()
                         counters.notifications.add(1, ordering: .relaxed)
@@ -93,6 +95,7 @@ public final class ConsoleDevice: VirtioDevice {
                 }
             }
             worker.withLock { $0 = newWorker }
+            runningQueues.withLock { $0 = box }
         } catch {
             throw .activation(device: "virtio-console", step: "starting its worker thread", cause: "\(error)")
         }
@@ -106,6 +109,7 @@ public final class ConsoleDevice: VirtioDevice {
             return current
         }
         stopped?.stop()
+        runningQueues.withLock { $0 = nil }
     }
 
     /// Serves `activation`'s queues once on the calling thread, as the worker
@@ -121,7 +125,7 @@ public final class ConsoleDevice: VirtioDevice {
     /// Drains the transmit queue to the output and fills receive buffers
     /// with pending input. A protocol error stops the queues until reset.
     func serve(_ queues: inout ConsoleQueues, activation: VirtioActivation) {
-        guard !queues.broken else { return }
+        guard !queues.broken, !queues.suspended else { return }
         do {
             if var transmit = queues.transmit {
                 try drainTransmit(&transmit, memory: activation.memory, interrupt: activation.interrupt)
@@ -187,6 +191,8 @@ struct ConsoleQueues: Sendable {
     var receive: VirtioQueueActivation?
     var transmit: VirtioQueueActivation?
     var broken = false
+    /// Held for a snapshot: notifications are taken but nothing is served.
+    var suspended = false
 
     init(activation: VirtioActivation) {
         receive = activation.queues.first { $0.index == ConsoleDevice.receiveQueue }
@@ -195,4 +201,11 @@ struct ConsoleQueues: Sendable {
         receive?.queue.limitChainLength(to: ConsoleDevice.chainLengthLimit)
         transmit?.queue.limitChainLength(to: ConsoleDevice.chainLengthLimit)
     }
+}
+
+/// The queues behind the worker's lock, shared with snapshot capture.
+final class ConsoleQueuesBox: Sendable {
+    let state: Mutex<ConsoleQueues>
+
+    init(_ queues: ConsoleQueues) { state = Mutex(queues) }
 }
