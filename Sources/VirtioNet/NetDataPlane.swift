@@ -51,6 +51,10 @@ struct NetDataPlane {
     /// Polled in place of a queue the driver did not enable; never signalled.
     var placeholder: EventFD?
     var tapWatched = true
+    /// Held for a snapshot: wake-ups are taken, nothing is served.
+    var suspended = false
+    /// Whether the tap was watched when the hold began (restored after it).
+    var tapWatchedBeforeSuspend = true
     /// A queue broke the protocol: the device serves nothing until reset.
     var broken = false
 
@@ -120,6 +124,20 @@ struct NetDataPlane {
     mutating func handle(_ ready: [Int]) {
         netCounters.wakeups.add(1, ordering: .relaxed)
         guard !broken else { return }
+        if suspended {
+            // Take what woke us, or the level-triggered poll would spin; serve nothing.
+            for token in ready {
+                switch token {
+                case NetToken.receiveNotification: consume(receiveNotification)
+                case NetToken.transmitNotification: consume(transmitNotification)
+                case NetToken.receiveTimer: _ = receiveLimiter.timerFired()
+                case NetToken.transmitTimer: _ = transmitLimiter.timerFired()
+                case NetToken.update: _ = try? updateEvent?.consume()
+                default: break
+                }
+            }
+            return
+        }
         var receive = false
         do throws(VirtqueueError) {
             for token in ready {
