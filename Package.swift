@@ -58,7 +58,7 @@ let package = Package(
         .target(name: "VirtioNet", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "RateLimiter", "SnapshotFormat"]),
         .target(name: "VirtioRNG", dependencies: ["Virtio", "GuestMemory", "HostSystem", "RateLimiter", "SnapshotFormat"]),
         .target(name: "VirtioConsole", dependencies: ["Virtio", "Devices", "GuestMemory", "HostSystem", "SnapshotFormat"]),
-        .target(name: "VirtioVsock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM"]),
+        .target(name: "VirtioVsock", dependencies: ["Virtio", "GuestMemory", "HostSystem", "CKVM", "SnapshotFormat"]),
         // Firecracker's MicroVM Metadata Service: the data store, its guest
         // HTTP, V2 tokens, and the small ARP/IPv4/TCP stack in front of a tap.
         .target(name: "MMDS", dependencies: ["LeanJSON", "HostSystem", "VirtioNet"]),

@@ -28,6 +28,11 @@ public final class VirtioVsockDevice: VirtioDevice {
     public let vsockCounters = VsockCounters()
     let limits: VsockMuxer.Limits
     let active = Mutex<VsockWorker?>(nil)
+    /// The event queue (the muxer never uses it): where a restored device
+    /// sends TRANSPORT_RESET, and whose walking state a snapshot keeps.
+    let eventQueue = Mutex<(queue: VirtioQueueActivation, memory: GuestMemory)?>(nil)
+    /// Set by a restore: the next activation tells the driver its connections are gone.
+    let pendingTransportReset = Atomic<Bool>(false)
 
     /// `listener` is the bound socket at `uds_path` (`VsockHostListener.acquire`).
     public convenience init(guestCID: UInt64, listener: VsockHostListener) throws(VsockError) {
@@ -71,6 +76,7 @@ public final class VirtioVsockDevice: VirtioDevice {
     // MARK: Lifecycle
 
     public func activate(_ activation: VirtioActivation) throws(VirtioDeviceError) {
+        let announceReset = pendingTransportReset.exchange(false, ordering: .acquiringAndReleasing)
         reset()
         let muxer: VsockMuxer
         do {
@@ -86,6 +92,9 @@ public final class VirtioVsockDevice: VirtioDevice {
             throw .activation(device: "\(deviceType)", step: "starting its worker thread", cause: "\(error)")
         }
         active.withLock { $0 = worker }
+        let event = activation.queues.first { $0.index == Vsock.eventQueue }
+        eventQueue.withLock { $0 = event.map { ($0, activation.memory) } }
+        if announceReset { sendTransportReset(interrupt: activation.interrupt) }
     }
 
     /// Stops the worker and closes every connection's host socket; the
@@ -97,6 +106,7 @@ public final class VirtioVsockDevice: VirtioDevice {
             return current
         }
         worker?.stop()
+        eventQueue.withLock { $0 = nil }
     }
 
     /// Runs the data plane on the calling thread without a worker, for
@@ -130,7 +140,7 @@ final class VsockWorker: Sendable {
         thread.withLock { $0 = started }
     }
 
-    private func run() {
+    func run() {
         // Buffers the driver queued before DRIVER_OK need no notification.
         muxer.withLock { muxer in
             muxer.handle([Epoll.Event(token: VsockMuxer.Token.transmitNotification, events: 1)], now: VsockMuxer.now())
