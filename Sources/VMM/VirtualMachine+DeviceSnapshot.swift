@@ -22,7 +22,13 @@ extension VirtualMachine {
     /// devices go on. Copy guest memory after this call (`copyGuestMemory`
     /// holds the devices as well, so either order is consistent).
     public func captureDeviceSections() throws(VMMError) -> [SnapshotSection] {
-        guard pauseGate.isPaused else { throw .notPaused(action: "capture the device state") }
+        // Under the pause gate's lock, as the KVM capture: no vCPU leaves meanwhile.
+        let captured = try pauseGate.whileAllParked { () throws(VMMError) -> [SnapshotSection] in try captureDeviceSectionsParked() }
+        guard let captured else { throw .notPaused(action: "capture the device state") }
+        return captured
+    }
+
+    private func captureDeviceSectionsParked() throws(VMMError) -> [SnapshotSection] {
         devicesHeld.withLock { $0 = true }
         let serialState = serial.captureState()
         var sections = [SnapshotSection(tag: Serial8250State.tag) { serialState.encode(into: &$0) }]

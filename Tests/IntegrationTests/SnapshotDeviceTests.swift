@@ -96,6 +96,17 @@ struct SnapshotDeviceTests {
         }
     }
 
+    @Test("device capture is refused unless the VM is paused")
+    func refusesUnpaused() throws {
+        let image = try BlockTestImage(megabytes: 1, name: "snap-unpaused")
+        let machine = try VirtualMachine(configuration: try Self.configuration(writes: 1, image: image, transport: .mmio),
+                                         serialOutput: CapturingSerialOutput())
+        #expect { try machine.captureDeviceSections() } throws: { error in
+            guard case VMMError.notPaused = error else { return false }
+            return true
+        }
+    }
+
     @Test("restoring device sections into another device list is refused, naming the device",
           arguments: VirtioTransportKind.allCases)
     func refusesAnotherDeviceList(transport: VirtioTransportKind) throws {
