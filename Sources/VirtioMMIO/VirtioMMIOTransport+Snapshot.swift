@@ -97,7 +97,9 @@ extension VirtioMMIOTransport {
             } catch {
                 throw .device(error)
             }
-            guard snapshot.transport.active else { return }
+            // A device that needed a reset had stopped serving (a broken
+            // queue): it stays stopped until the driver resets it, as before.
+            guard snapshot.transport.active, !snapshot.needsReset else { return }
             let activation: VirtioActivation
             do throws(VirtioTransportError) {
                 activation = try registers.core.startQueues(memory: memory, interrupt: self, restoring: snapshot.transport.queueStates)

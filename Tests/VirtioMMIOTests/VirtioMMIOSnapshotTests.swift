@@ -59,6 +59,20 @@ struct VirtioMMIOSnapshotTests {
         #expect(try activation.queues[0].notification.consume() == 1, "the restored queue was notified once, to serve what was made available")
     }
 
+    @Test("a device saved while it needed a reset comes back with DEVICE_NEEDS_RESET and is not started; the driver's reset then works")
+    func needsResetStaysStopped() throws {
+        let (source, _) = try Self.running(try GuestMemory(ranges: [(GuestAddress(0), 1 << 20)]))
+        source.transport.reportDeviceError("broken queue (test)")
+        let snapshot = try source.transport.captureSnapshot()
+        #expect(snapshot.needsReset)
+        let target = try VirtioMMIOTransportTests()
+        try target.transport.restore(snapshot)
+        #expect(target.status & VirtioStatus.deviceNeedsReset != 0)
+        #expect(target.device.activations.isEmpty && !target.transport.isActive)
+        target.write(R.status, 0)
+        #expect(target.status == 0 && target.device.resets == 1)
+    }
+
     @Test("a truncated snapshot and a queue size that is not a power of two are refused with typed errors")
     func refusesBadState() throws {
         let (source, _) = try Self.running(try GuestMemory(ranges: [(GuestAddress(0), 1 << 20)]))
