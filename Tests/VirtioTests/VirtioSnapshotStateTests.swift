@@ -83,7 +83,8 @@ struct VirtioSnapshotStateTests {
         var core = VirtioTransportCore(device: FakeDevice())
         let saved = Self.running()
         core.restoreRegisters(saved)
-        #expect(core.savedState(VirtioDeviceSnapshot(queues: [0: saved.queueStates[0]!])).queues == saved.queues)
+        let savedWalk = try #require(saved.queueStates[0])
+        #expect(core.savedState(VirtioDeviceSnapshot(queues: [0: savedWalk])).queues == saved.queues)
         #expect(core.status == saved.status && core.driverFeatures == saved.driverFeatures && !core.active)
     }
 }
