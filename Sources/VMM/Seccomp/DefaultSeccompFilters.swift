@@ -117,7 +117,9 @@ public enum DefaultSeccompFilters {
             ]
         case .api:
             // Requests on the socket, and InstanceStart builds the VM here.
-            return eventLoop + buildsVMs
+            // PUT /snapshot/create writes the memory and state files
+            // atomically (pwrite, fsync, rename); /snapshot/load maps one.
+            return eventLoop + buildsVMs + [Rule("pwrite64"), Rule("rename"), Rule("renameat"), Rule("renameat2")]
         case .block:
             return eventLoop + [
                 Rule("pread64"), Rule("pwrite64"), Rule("preadv"), Rule("pwritev"), Rule("preadv2"), Rule("pwritev2"),
