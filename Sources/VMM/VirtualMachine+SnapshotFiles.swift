@@ -55,6 +55,8 @@ extension VirtualMachine {
     /// a disk whose size changed since the snapshot is refused. On any
     /// error nothing is left behind. `run()` resumes the guest.
     public convenience init(loading saved: SavedMachine, memoryPath: String, serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
+        // The saved configuration's values are checked before they size anything.
+        try saved.configuration.validate()
         try Self.checkDisks(saved)
         for interface in saved.configuration.networkInterfaces {
             if case .descriptor = interface.tap {
