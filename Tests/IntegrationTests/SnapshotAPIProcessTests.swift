@@ -46,21 +46,22 @@ struct SnapshotAPIProcessTests {
         ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.uint64Value ?? 0
     }
 
-    @Test("a guest paused mid-computation, saved with PUT /snapshot/create and its VMM killed, finishes with the uninterrupted result in two fresh VMMs loading the same files")
-    func createKillLoadTwice() throws {
+    @Test("a guest paused mid-computation, saved with PUT /snapshot/create and its VMM killed, finishes with the uninterrupted result in two fresh VMMs loading the same files",
+          arguments: [1, 2])
+    func createKillLoadTwice(cpus: Int) throws {
         let args = "rounds=\(SnapshotKVMTests.rounds)"
         // The reference: never interrupted.
         let started = Date.now
         let reference = try VMMProcess([], name: "snap-ref")
-        try Self.boot(reference, program: "resume", args: args)
+        try Self.boot(reference, program: "resume", args: args, cpus: cpus)
         #expect(reference.waitForSerial(seconds: 120) { Self.resultLine($0) != nil }, "serial: \(reference.serial)")
         let expected = try #require(Self.resultLine(reference.serial))
         let referenceSeconds = Date.now.timeIntervalSince(started)
 
-        let statePath = Self.path("state"), memoryPath = Self.path("memory")
+        let statePath = Self.path("state-\(cpus)"), memoryPath = Self.path("memory-\(cpus)")
         defer { for file in [statePath, memoryPath] { try? FileManager.default.removeItem(atPath: file) } }
         let original = try VMMProcess([], name: "snap-orig")
-        try Self.boot(original, program: "resume", args: args)
+        try Self.boot(original, program: "resume", args: args, cpus: cpus)
         #expect(original.waitForSerial { $0.contains("KIT resume started") }, "serial: \(original.serial)")
         usleep(UInt32(min(referenceSeconds / 3, 1) * 1_000_000))
         let body = #"{"snapshot_type": "Full", "snapshot_path": "\#(statePath)", "mem_file_path": "\#(memoryPath)"}"#
@@ -76,7 +77,7 @@ struct SnapshotAPIProcessTests {
         #expect(Self.resultLine(original.serial) == nil, "the computation ended before the pause: raise `rounds`")
         original.process.terminate()
         original.process.waitUntilExit()
-        print("snapshot: create \(Int(createSeconds * 1000)) ms, state \(Self.fileSize(statePath)) bytes, memory \(Self.fileSize(memoryPath)) bytes")
+        print("snapshot (\(cpus) vCPUs): create \(Int(createSeconds * 1000)) ms, state \(Self.fileSize(statePath)) bytes, memory \(Self.fileSize(memoryPath)) bytes")
 
         // Two clones from the same files at once; the second loads paused and is resumed by PATCH /vm.
         let first = try VMMProcess([], name: "snap-clone1")
@@ -90,11 +91,12 @@ struct SnapshotAPIProcessTests {
         #expect(Self.state(first) == "Running")
         #expect(Self.state(second) == "Paused")
         let config = ControlAPIProcessTests.json(try second.request("GET", "/vm/config").body)
-        #expect((config["machine-config"] as? [String: Any])?["mem_size_mib"] as? Int == 64, "\(config)")
+        let machine = config["machine-config"] as? [String: Any]
+        #expect(machine?["mem_size_mib"] as? Int == 64 && machine?["vcpu_count"] as? Int == cpus, "\(config)")
         let again = try Self.load(second, state: statePath, memory: memoryPath)
         #expect(again.status == 400 && again.body.contains("not supported after starting the microVM"), "\(again.body)")
         #expect(try second.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
-        print("snapshot: load request (to resumed) \(Int(loadSeconds * 1000)) ms")
+        print("snapshot (\(cpus) vCPUs): load request (to resumed) \(Int(loadSeconds * 1000)) ms")
 
         for clone in [first, second] {
             #expect(clone.waitForSerial(seconds: max(60, referenceSeconds * 10)) { Self.resultLine($0) != nil }, "serial: \(clone.serial)")
