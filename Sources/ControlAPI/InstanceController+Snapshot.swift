@@ -128,25 +128,23 @@ extension InstanceController {
         .putGuestNetworkInterfaceByID, .putGuestVsock, .putGuestVsockByID, .putMmdsConfig, .putEntropyDevice,
     ]
 
-    /// `PUT /snapshot/create`: the running VM must be paused; Diff is refused.
+    /// `PUT /snapshot/create`: the running VM must be paused; Diff needs dirty-page tracking.
     func createSnapshot(_ request: SnapshotCreateRequest) throws(APIError) {
         let machine = try machineAfterBoot(for: "create snapshot")
-        guard request.kind == .full else {
-            throw .badRequest("Create snapshot error: Diff snapshots are not supported by Swiftlet yet (no dirty-page tracking); create a Full snapshot")
-        }
         guard machine.isPaused else {
             throw .badRequest("Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running")
         }
         let start = Self.monotonicNow()
         do {
-            try machine.createSnapshot(statePath: request.snapshotPath, memoryPath: request.memoryPath)
+            try machine.createSnapshot(statePath: request.snapshotPath, memoryPath: request.memoryPath, diff: request.kind == .diff)
         } catch {
             throw .badRequest("Create snapshot error: \(error)")
         }
         let elapsed = (Self.monotonicNow() &- start) / 1000
-        recordLatency("full_create_snapshot", elapsed)
-        recordLatency("vmm_full_create_snapshot", elapsed)
-        log.write("'create full snapshot' VMM action took \(elapsed) us.")
+        let kind = request.kind == .diff ? "diff" : "full"
+        recordLatency("\(kind)_create_snapshot", elapsed)
+        recordLatency("vmm_\(kind)_create_snapshot", elapsed)
+        log.write("'create \(kind) snapshot' VMM action took \(elapsed) us.")
     }
 
     /// `PUT /snapshot/load`: only on a fresh process. Builds the VM from the
@@ -171,6 +169,8 @@ extension InstanceController {
             saved.configuration.onReboot = process.onReboot
             saved.configuration.kvmDevicePath = process.kvmDevicePath
             saved.configuration.bootTimer = process.bootTimer
+            // Firecracker takes dirty-page tracking from the load request, not the snapshot.
+            saved.configuration.trackDirtyPages = request.trackDirtyPages
             if let attachment = saved.configuration.metadataService {
                 // MMDS data lives in this process: its service answers the restored guest.
                 saved.configuration.metadataService = MetadataServiceAttachment(service: service, address: attachment.address,

@@ -12,8 +12,16 @@ extension VirtualMachine {
     /// Each file is written atomically; the state file is written last, so
     /// its presence means the memory file is complete. The VM must be paused
     /// with every vCPU parked (`pause()` returned true) and stays paused.
-    public func createSnapshot(statePath: String, memoryPath: String) throws(VMMError) {
+    ///
+    /// A `diff` snapshot (the VM built with `trackDirtyPages`) writes only
+    /// the pages written since the previous snapshot (or since boot or
+    /// load) into the memory file, in place (`writeDirtyPages`); a full one
+    /// with tracking starts the next diff from here.
+    public func createSnapshot(statePath: String, memoryPath: String, diff: Bool = false) throws(VMMError) {
         guard isPaused else { throw .notPaused(action: "create a snapshot") }
+        if diff && !configuration.trackDirtyPages {
+            throw .notSnapshottable("a Diff snapshot needs dirty-page tracking: set track_dirty_pages in machine-config before boot (or in the snapshot load)")
+        }
         // What the restore reopens: each disk's current image (a PATCH may
         // have swapped it) and its size, which the restore checks.
         var saved = configuration
@@ -33,8 +41,10 @@ extension VirtualMachine {
         let deviceSections = try captureDeviceSections()
         let kvmState = try captureKVMState()
         let layout = try pauseGate.whileAllParked { () throws(VMMError) -> GuestMemoryFileLayout in
+            // Read (and cleared) even for a full snapshot: the next diff starts here.
+            let written = try configuration.trackDirtyPages ? takeDirtyPages() : []
             do throws(GuestMemoryError) {
-                return try memory.writeMemoryFile(to: memoryPath)
+                return diff ? try memory.writeDirtyPages(to: memoryPath, dirty: written) : try memory.writeMemoryFile(to: memoryPath)
             } catch {
                 throw .snapshotMemoryFile(path: memoryPath, cause: error)
             }
@@ -47,6 +57,25 @@ extension VirtualMachine {
         } catch {
             throw .snapshotFile(path: statePath, cause: error)
         }
+    }
+
+    /// Per region, the pages the guest (KVM's dirty log) or the VMM wrote
+    /// since the last call; both logs are cleared.
+    func takeDirtyPages() throws(VMMError) -> [[UInt64]] {
+        var result: [[UInt64]] = []
+        for (slot, region) in memory.regions.enumerated() {
+            var words: [UInt64]
+            do {
+                words = try handle.dirtyLog(slot: UInt32(slot), size: region.size)
+            } catch {
+                throw .kvm(error)
+            }
+            if let written = memory.takeWrittenPages(region: slot) {
+                for index in words.indices where index < written.count { words[index] |= written[index] }
+            }
+            result.append(words)
+        }
+        return result
     }
 
     /// Builds a VM from a snapshot: `saved` (its state file, read with
@@ -68,7 +97,7 @@ extension VirtualMachine {
                                  configuration: saved.configuration)
         let memory: GuestMemory
         do {
-            memory = try GuestMemory(mappingFile: memoryPath, layout: saved.memoryLayout)
+            memory = try GuestMemory(mappingFile: memoryPath, layout: saved.memoryLayout, trackingDirtyPages: saved.configuration.trackDirtyPages)
         } catch {
             throw .memory(step: "mapping the snapshot memory file", cause: error)
         }

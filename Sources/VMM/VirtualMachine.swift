@@ -130,7 +130,7 @@ public final class VirtualMachine: Sendable {
         } else {
             let ramRanges = MemoryPlan.ramRanges(memorySize: configuration.memorySize)
             do {
-                memory = try GuestMemory(ranges: ramRanges)
+                memory = try GuestMemory(ranges: ramRanges, trackingDirtyPages: configuration.trackDirtyPages)
             } catch {
                 throw .memory(step: "allocating \(MemorySize.format(configuration.memorySize)) of guest RAM", cause: error)
             }
@@ -138,7 +138,8 @@ public final class VirtualMachine: Sendable {
         if configuration.transparentHugePages { memory.adviseTransparentHugePages() }
         for (slot, region) in memory.regions.enumerated() {
             do {
-                try handle.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.rawValue, size: region.size, hostAddress: region.hostAddress)
+                try handle.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.rawValue, size: region.size,
+                                               hostAddress: region.hostAddress, logDirtyPages: configuration.trackDirtyPages)
             } catch {
                 throw .kvm(error)
             }

@@ -24,10 +24,10 @@ struct SnapshotAPIProcessTests {
     }
 
     /// Configures a kit program through the API and starts it.
-    static func boot(_ vm: VMMProcess, program: String, args: String, cpus: Int = 1, drive: String? = nil) throws {
+    static func boot(_ vm: VMMProcess, program: String, args: String, cpus: Int = 1, drive: String? = nil, trackDirtyPages: Bool = false) throws {
         let kernel = try KitGuest.program(program)
         #expect(try vm.request("PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)", "boot_args": "\#(args)"}"#).status == 204)
-        #expect(try vm.request("PUT", "/machine-config", #"{"vcpu_count": \#(cpus), "mem_size_mib": 64}"#).status == 204)
+        #expect(try vm.request("PUT", "/machine-config", #"{"vcpu_count": \#(cpus), "mem_size_mib": 64, "track_dirty_pages": \#(trackDirtyPages)}"#).status == 204)
         if let drive {
             let put = try vm.request("PUT", "/drives/scratch",
                                      #"{"drive_id": "scratch", "path_on_host": "\#(drive)", "is_root_device": false, "is_read_only": false}"#)
@@ -67,9 +67,10 @@ struct SnapshotAPIProcessTests {
         let body = #"{"snapshot_type": "Full", "snapshot_path": "\#(statePath)", "mem_file_path": "\#(memoryPath)"}"#
         let running = try original.request("PUT", "/snapshot/create", body)
         #expect(running.status == 400 && running.body.contains("save/restore unavailable while running"), "\(running.body)")
-        let diff = try original.request("PUT", "/snapshot/create", #"{"snapshot_type": "Diff", "snapshot_path": "\#(statePath)", "mem_file_path": "\#(memoryPath)"}"#)
-        #expect(diff.status == 400 && diff.body.contains("Diff snapshots are not supported"), "\(diff.body)")
         #expect(try original.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        let diff = try original.request("PUT", "/snapshot/create", #"{"snapshot_type": "Diff", "snapshot_path": "\#(statePath)", "mem_file_path": "\#(memoryPath)"}"#)
+        #expect(diff.status == 400 && diff.body.contains("a Diff snapshot needs dirty-page tracking"), "\(diff.body)")
+        #expect(!FileManager.default.fileExists(atPath: statePath) && !FileManager.default.fileExists(atPath: memoryPath), "a refused create writes nothing")
         let createStart = Date.now
         let created = try original.request("PUT", "/snapshot/create", body)
         let createSeconds = Date.now.timeIntervalSince(createStart)
@@ -104,6 +105,81 @@ struct SnapshotAPIProcessTests {
             #expect(!clone.serial.contains("KIT resume started"), "the restored guest started over: \(clone.serial)")
             #expect(clone.waitForExit(seconds: 30) == 0, "stderr: \(clone.stderrText())")
         }
+    }
+
+    /// Writes the data extents of `diff` (SEEK_DATA/SEEK_HOLE) over `base`,
+    /// as Firecracker's rebase-snap does.
+    static func rebase(_ diff: String, onto base: String) throws {
+        let source = open(diff, O_RDONLY), target = open(base, O_WRONLY)
+        defer { close(source); close(target) }
+        #expect(source >= 0 && target >= 0)
+        let end = lseek(source, 0, SEEK_END)
+        var position: off_t = 0
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while position < end {
+            // SEEK_DATA and SEEK_HOLE (Linux), which Glibc's module does not export.
+            let data = lseek(source, position, 3)
+            if data < 0 { break }
+            let hole = lseek(source, data, 4)
+            var offset = data
+            while offset < hole {
+                let wanted = min(buffer.count, Int(hole - offset))
+                let count = buffer.withUnsafeMutableBytes { pread(source, $0.baseAddress, wanted, offset) }
+                #expect(count > 0)
+                guard count > 0 else { return }
+                #expect(buffer.withUnsafeBytes { pwrite(target, $0.baseAddress, count, offset) } == count)
+                offset += off_t(count)
+            }
+            position = hole
+        }
+    }
+
+    @Test("with track_dirty_pages, a Diff snapshot holds only the pages written since the Full one; rebased onto it, it resumes the computation")
+    func diffSnapshot() throws {
+        let args = "rounds=\(SnapshotKVMTests.rounds)"
+        let started = Date.now
+        let reference = try VMMProcess([], name: "diff-ref")
+        try Self.boot(reference, program: "resume", args: args)
+        #expect(reference.waitForSerial(seconds: 120) { Self.resultLine($0) != nil }, "serial: \(reference.serial)")
+        let expected = try #require(Self.resultLine(reference.serial))
+        let referenceSeconds = Date.now.timeIntervalSince(started)
+
+        let base = Self.path("diff-base"), baseState = Self.path("diff-base-state")
+        let diff = Self.path("diff-mem"), diffState = Self.path("diff-state")
+        defer { for file in [base, baseState, diff, diffState] { try? FileManager.default.removeItem(atPath: file) } }
+        let original = try VMMProcess([], name: "diff-orig")
+        try Self.boot(original, program: "resume", args: args, trackDirtyPages: true)
+        #expect(original.waitForSerial { $0.contains("KIT resume started") }, "serial: \(original.serial)")
+        usleep(UInt32(min(referenceSeconds / 6, 0.5) * 1_000_000))
+        #expect(try original.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        let full = try original.request("PUT", "/snapshot/create", #"{"snapshot_type": "Full", "snapshot_path": "\#(baseState)", "mem_file_path": "\#(base)"}"#)
+        #expect(full.status == 204, "\(full.body)")
+        #expect(try original.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
+        usleep(UInt32(min(referenceSeconds / 6, 0.5) * 1_000_000))
+        #expect(try original.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        let createStart = Date.now
+        let made = try original.request("PUT", "/snapshot/create", #"{"snapshot_type": "Diff", "snapshot_path": "\#(diffState)", "mem_file_path": "\#(diff)"}"#)
+        let createSeconds = Date.now.timeIntervalSince(createStart)
+        #expect(made.status == 204, "\(made.body)")
+        #expect(Self.resultLine(original.serial) == nil, "the computation ended before the second pause: raise `rounds`")
+        original.process.terminate()
+        original.process.waitUntilExit()
+
+        var status = stat()
+        #expect(stat(diff, &status) == 0)
+        let allocated = UInt64(status.st_blocks) * 512
+        print("snapshot: diff create \(Int(createSeconds * 1000)) ms, memory file \(status.st_size) bytes, \(allocated) allocated")
+        #expect(status.st_size == 64 << 20)
+        #expect(allocated < 16 << 20, "only the pages written since the Full snapshot: \(allocated) bytes allocated")
+
+        try Self.rebase(diff, onto: base)
+        let clone = try VMMProcess([], name: "diff-clone")
+        let loaded = try Self.load(clone, state: diffState, memory: base)
+        #expect(loaded.status == 204, "\(loaded.body)")
+        #expect(clone.waitForSerial(seconds: max(60, referenceSeconds * 10)) { Self.resultLine($0) != nil }, "serial: \(clone.serial)")
+        #expect(Self.resultLine(clone.serial) == expected, "serial: \(clone.serial)")
+        #expect(!clone.serial.contains("KIT resume started"))
+        #expect(clone.waitForExit(seconds: 30) == 0, "stderr: \(clone.stderrText())")
     }
 
     @Test("PUT /snapshot/load refuses bad requests and files with one clear line, and the same VMM then loads a good snapshot")
