@@ -34,6 +34,7 @@ final class DirtyPageBitmap: @unchecked Sendable {
 
     /// Region `index`'s bitmap words, cleared as they are read.
     func take(region index: Int) -> [UInt64] {
+        // SAFETY: words[index] holds wordCounts[index] words.
         (0..<wordCounts[index]).map { ckvm_atomic_take_u64(words[index] + $0) }
     }
 }

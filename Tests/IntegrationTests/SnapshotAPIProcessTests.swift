@@ -208,6 +208,11 @@ struct SnapshotAPIProcessTests {
                 "\(afterConfig.body)")
 
         let vm = try VMMProcess([], name: "snap-target")
+        // Metrics (like the logger) are not boot-specific: set before a load.
+        let metricsPath = Self.path("metrics")
+        defer { try? FileManager.default.removeItem(atPath: metricsPath) }
+        #expect(FileManager.default.createFile(atPath: metricsPath, contents: nil))
+        #expect(try vm.request("PUT", "/metrics", #"{"metrics_path": "\#(metricsPath)"}"#).status == 204)
         let good = try Data(contentsOf: URL(fileURLWithPath: statePath))
         func refused(_ state: String, _ memory: String, _ expected: String, _ what: Comment) throws {
             let response = try Self.load(vm, state: state, memory: memory)
@@ -244,6 +249,11 @@ struct SnapshotAPIProcessTests {
         let loaded = try Self.load(vm, state: statePath, memory: memoryPath, resume: false)
         #expect(loaded.status == 204, "\(loaded.body)")
         #expect(Self.state(vm) == "Paused")
+        #expect(try vm.request("GET", "/metrics").status == 200)
+        #expect(try vm.request("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#).status == 204)
+        let lines = ((try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? "").split(separator: "\n")
+        let latencies = ControlAPIProcessTests.json(String(lines.last ?? ""))["latencies_us"] as? [String: Any]
+        #expect((latencies?["load_snapshot"] as? Int ?? 0) > 0, "latencies: \(String(describing: latencies))")
         let ticks = vm.ticks()
         #expect(try vm.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
         #expect(vm.waitForSerial { _ in vm.ticks() >= ticks + 3 }, "the restored guest runs on: \(vm.serial.suffix(300))")
