@@ -188,7 +188,14 @@ extension InstanceController {
             var instance = state.configuration
             instance.base = configuration
             instance.bootSource = nil
-            instance.drives = []
+            // The disks as Firecracker drives, so GET /vm/config lists them
+            // and PATCH /drives finds them (the root is vda with root= set).
+            instance.drives = configuration.disks.enumerated().map { index, disk in
+                DriveConfiguration(driveID: disk.id, pathOnHost: disk.path,
+                                   isRootDevice: index == 0 && configuration.commandLine.contains("root=/dev/vda"),
+                                   isReadOnly: disk.readOnly, rateLimiter: disk.rateLimiter)
+            }
+            instance.base.disks = []
             instance.networkInterfaces = []
             instance.machine = MachineConfiguration(vcpuCount: configuration.cpuCount, memorySizeMiB: configuration.memorySize >> 20)
             instance.machine.trackDirtyPages = request.trackDirtyPages

@@ -250,6 +250,9 @@ struct SnapshotAPIProcessTests {
         #expect(loaded.status == 204, "\(loaded.body)")
         #expect(Self.state(vm) == "Paused")
         #expect(try vm.request("GET", "/metrics").status == 200)
+        let drives = ControlAPIProcessTests.json(try vm.request("GET", "/vm/config").body)["drives"] as? [[String: Any]]
+        #expect(drives?.count == 1 && drives?.first?["drive_id"] as? String == "scratch" && drives?.first?["path_on_host"] as? String == disk,
+                "\(String(describing: drives))")
         #expect(try vm.request("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#).status == 204)
         let lines = ((try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? "").split(separator: "\n")
         let latencies = ControlAPIProcessTests.json(String(lines.last ?? ""))["latencies_us"] as? [String: Any]
