@@ -406,6 +406,7 @@ public struct InstanceConfiguration: Equatable, Sendable {
         result.cpuCount = machine.vcpuCount
         result.memorySize = machine.memorySizeMiB << 20
         result.transparentHugePages = machine.hugePages == "Transparent"
+        result.trackDirtyPages = machine.trackDirtyPages
         try DeviceConfigurationHook.apply(drives: drives, networkInterfaces: networkInterfaces, to: &result)
         result.metadataService = mmds.attachment
         do {

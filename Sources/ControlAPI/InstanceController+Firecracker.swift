@@ -110,10 +110,10 @@ extension InstanceController {
 
     /// The totals behind the metrics document: what Swiftlet counts, by Firecracker's names.
     func firecrackerMetricValues() -> [String: UInt64] {
-        let (machine, counts, finished, startup, startupCPU) = state.withLock {
-            ($0.machine, $0.requestCounts, $0.finishedRunMetrics, $0.startupMicroseconds, $0.startupCPUMicroseconds)
+        let (machine, counts, finished, startup, startupCPU, latencies) = state.withLock {
+            ($0.machine, $0.requestCounts, $0.finishedRunMetrics, $0.startupMicroseconds, $0.startupCPUMicroseconds, $0.latencies)
         }
-        var values = counts.merging(finished) { $0 &+ $1 }
+        var values = counts.merging(finished) { $0 &+ $1 }.merging(latencies) { $1 }
         values["api_server.process_startup_time_us"] = startup
         values["api_server.process_startup_time_cpu_us"] = startupCPU
         values["logger.missed_log_count"] = log.missedLines

@@ -43,6 +43,10 @@ public final class InstanceController: Sendable {
         var finishedRunMetrics: [String: UInt64] = [:]
         /// PUT /vsock bound this socket; the device built at start uses it.
         var vsockReservation: VsockSocketReservation?
+        /// A boot-specific resource was configured (Firecracker's `boot_path`): no snapshot load.
+        var bootConfigured = false
+        /// Firecracker's `latencies_us` (snapshot, pause and resume times), by full metric name.
+        var latencies: [String: UInt64] = [:]
     }
 
     public let instanceID: String
@@ -53,18 +57,24 @@ public final class InstanceController: Sendable {
     /// Wakes the main thread when InstanceStart has built a machine.
     let startEvent: EventFD
     let makeMachine: @Sendable (VMConfiguration) throws(VMMError) -> VirtualMachine
+    /// Builds the VM of a snapshot load (tests replace it).
+    let loadMachine: @Sendable (SavedMachine, String) throws(VMMError) -> VirtualMachine
     /// Firecracker-layout metrics (PUT /metrics, --metrics-path).
     let metricsSink = MetricsSink()
 
     public init(instanceID: String, vmmVersion: String, configuration: InstanceConfiguration, log: APILog = APILog(),
                 makeMachine: @escaping @Sendable (VMConfiguration) throws(VMMError) -> VirtualMachine = { (configuration) throws(VMMError) in
                     try VirtualMachine(configuration: configuration)
+                },
+                loadMachine: @escaping @Sendable (SavedMachine, String) throws(VMMError) -> VirtualMachine = { (saved, memoryPath) throws(VMMError) in
+                    try VirtualMachine(loading: saved, memoryPath: memoryPath)
                 }) throws(SystemCallError) {
         self.instanceID = instanceID
         self.vmmVersion = vmmVersion
         self.log = log
         log.setInstanceID(instanceID)
         self.makeMachine = makeMachine
+        self.loadMachine = loadMachine
         state = Mutex(State(configuration: configuration))
         startEvent = try EventFD()
     }
@@ -250,6 +260,10 @@ public final class InstanceController: Sendable {
 
     func perform(_ operation: APIOperation, parameters: [String: String], request: HTTPRequest) throws(APIError) -> HTTPResponse {
         let body = request.body
+        if Self.bootSpecificOperations.contains(operation) {
+            // Set even if the request fails, as Firecracker does.
+            state.withLock { $0.bootConfigured = true }
+        }
         switch operation {
         case .describeInstance:
             return .json(instanceInfo)
@@ -320,6 +334,19 @@ public final class InstanceController: Sendable {
             return .noContent
         case .getMetrics:
             return .json(try metrics())
+        case .createSnapshot:
+            try createSnapshot(SnapshotCreateRequest(json: JSONFields(body: body, context: "snapshot create")))
+            return .noContent
+        case .loadSnapshot:
+            let load = try SnapshotLoadRequest(json: JSONFields(body: body, context: "snapshot load"))
+            if load.deprecated { countDeprecatedCall() }
+            try loadSnapshot(load)
+            var response = HTTPResponse.noContent
+            if load.deprecated {
+                log.warn("PUT /snapshot/load: mem_file_path and enable_diff_snapshots fields are deprecated.")
+                response.headers.append(("Deprecation", "true"))
+            }
+            return response
         case .putMmds, .patchMmds, .getMmds, .putMmdsConfig:
             return try performMMDS(operation, body: body)
         case .putEntropyDevice:
@@ -510,6 +537,12 @@ public final class InstanceController: Sendable {
 
     func pause() throws(APIError) {
         let machine = try machineAfterBoot(for: "pause")
+        let start = Self.monotonicNow()
+        defer {
+            let elapsed = (Self.monotonicNow() &- start) / 1000
+            recordLatency("pause_vm", elapsed)
+            recordLatency("vmm_pause_vm", elapsed)
+        }
         guard machine.pause() else {
             throw APIError(400, "pause: some vCPU did not stop within 2 s; the VM stays paused (PATCH /vm Resumed undoes it)")
         }
@@ -517,7 +550,11 @@ public final class InstanceController: Sendable {
 
     func resume() throws(APIError) {
         let machine = try machineAfterBoot(for: "resume")
+        let start = Self.monotonicNow()
         machine.resume()
+        let elapsed = (Self.monotonicNow() &- start) / 1000
+        recordLatency("resume_vm", elapsed)
+        recordLatency("vmm_resume_vm", elapsed)
     }
 
     var instanceInfo: String {

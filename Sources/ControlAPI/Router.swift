@@ -17,12 +17,14 @@ public enum APIOperation: String, CaseIterable, Sendable {
     case putSerialDevice
     case putGuestVsock, putGuestVsockByID
     case putMmds, patchMmds, getMmds, putMmdsConfig
+    case createSnapshot, loadSnapshot
 
     public var method: String {
         switch self {
         case .describeInstance, .getFirecrackerVersion, .getMachineConfiguration, .getExportVmConfig, .getMetrics, .getMmds: "GET"
         case .putMachineConfiguration, .putGuestBootSource, .putGuestDriveByID, .putGuestNetworkInterfaceByID, .createSyncAction,
-             .putLogger, .putMetrics, .putEntropyDevice, .putSerialDevice, .putGuestVsock, .putGuestVsockByID, .putMmds, .putMmdsConfig: "PUT"
+             .putLogger, .putMetrics, .putEntropyDevice, .putSerialDevice, .putGuestVsock, .putGuestVsockByID, .putMmds, .putMmdsConfig,
+             .createSnapshot, .loadSnapshot: "PUT"
         case .patchMachineConfiguration, .patchGuestDriveByID, .patchGuestNetworkInterfaceByID, .patchVm, .patchMmds: "PATCH"
         }
     }
@@ -46,6 +48,8 @@ public enum APIOperation: String, CaseIterable, Sendable {
         case .putGuestVsockByID: "/vsock/{vsock_id}"
         case .putMmds, .patchMmds, .getMmds: "/mmds"
         case .putMmdsConfig: "/mmds/config"
+        case .createSnapshot: "/snapshot/create"
+        case .loadSnapshot: "/snapshot/load"
         }
     }
 }

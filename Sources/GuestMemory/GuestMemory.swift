@@ -74,11 +74,13 @@ public struct GuestMemoryRegion: Sendable {
 /// touching host memory outside it.
 public final class GuestMemory: Sendable {
     public let regions: [GuestMemoryRegion]
+    /// The pages the VMM writes, when created `trackingDirtyPages` (diff snapshots).
+    let dirtyPages: DirtyPageBitmap?
 
     /// Maps anonymous memory for each `(start, size)` range, excluded from
     /// core dumps (MADV_DONTDUMP).
-    public convenience init(ranges: [(start: GuestAddress, size: UInt64)]) throws(GuestMemoryError) {
-        try self.init(layout: ranges.map { (start: $0.start, size: $0.size, fileOffset: UInt64(0)) }) {
+    public convenience init(ranges: [(start: GuestAddress, size: UInt64)], trackingDirtyPages: Bool = false) throws(GuestMemoryError) {
+        try self.init(layout: ranges.map { (start: $0.start, size: $0.size, fileOffset: UInt64(0)) }, trackingDirtyPages: trackingDirtyPages) {
             (_, byteCount) throws(SystemCallError) -> MemoryMapping in
             try MemoryMapping(anonymousSize: byteCount)
         }
@@ -87,7 +89,7 @@ public final class GuestMemory: Sendable {
     /// Checks the layout (non-empty, non-overlapping, no wrap past 2^64),
     /// maps each range with `map`, and keeps the mappings out of core dumps.
     init(
-        layout ranges: [(start: GuestAddress, size: UInt64, fileOffset: UInt64)],
+        layout ranges: [(start: GuestAddress, size: UInt64, fileOffset: UInt64)], trackingDirtyPages: Bool = false,
         map: (_ range: (start: GuestAddress, size: UInt64, fileOffset: UInt64), _ byteCount: Int) throws(SystemCallError) -> MemoryMapping
     ) throws(GuestMemoryError) {
         let sorted = ranges.sorted { $0.start < $1.start }
@@ -121,6 +123,7 @@ public final class GuestMemory: Sendable {
             previousEnd = range.start.rawValue + range.size
         }
         self.regions = regions
+        dirtyPages = trackingDirtyPages ? DirtyPageBitmap(regionSizes: regions.map(\.size)) : nil
     }
 
     /// Total bytes of RAM.
@@ -151,6 +154,8 @@ public final class GuestMemory: Sendable {
         let offset = Int(address.rawValue - region.start.rawValue)
         // SAFETY: contains() proved [offset, offset+length) lies inside the region's mapping.
         let buffer = UnsafeMutableRawBufferPointer(start: region.mapping.address + offset, count: Int(length))
+        // Callers may write through it (device back ends do): count it as written.
+        markWritten(address, length: length)
         do {
             return try body(buffer)
         } catch {
@@ -168,6 +173,7 @@ public final class GuestMemory: Sendable {
     /// Writes a plain value at `address`.
     public func write<T: GuestMemoryValue>(_ value: T, at address: GuestAddress) throws(GuestMemoryError) {
         let pointer = try hostPointer(at: address, length: UInt64(MemoryLayout<T>.size))
+        markWritten(address, length: UInt64(MemoryLayout<T>.size))
         // SAFETY: hostPointer checked that size-of-T bytes are in bounds; T is plain data.
         pointer.storeBytes(of: value, as: T.self)
     }
@@ -184,6 +190,7 @@ public final class GuestMemory: Sendable {
     /// Writes the 2-aligned 16-bit value at `address` in one access (see `readShared`).
     public func writeShared(_ value: UInt16, at address: GuestAddress) throws(GuestMemoryError) {
         let pointer = try sharedWordPointer(at: address)
+        markWritten(address, length: 2)
         // SAFETY: in bounds and 2-aligned (checked by sharedWordPointer).
         ckvm_store_shared_u16(pointer, value)
     }
@@ -197,6 +204,7 @@ public final class GuestMemory: Sendable {
     public func write(bytes: UnsafeRawBufferPointer, at address: GuestAddress) throws(GuestMemoryError) {
         guard bytes.count > 0, let source = bytes.baseAddress else { return }
         let pointer = try hostPointer(at: address, length: UInt64(bytes.count))
+        markWritten(address, length: UInt64(bytes.count))
         // SAFETY: hostPointer checked the destination range; source is a valid buffer of that size.
         pointer.copyMemory(from: source, byteCount: bytes.count)
     }
@@ -222,6 +230,7 @@ public final class GuestMemory: Sendable {
     public func zero(at address: GuestAddress, count: UInt64) throws(GuestMemoryError) {
         guard count > 0 else { return }
         let pointer = try hostPointer(at: address, length: count)
+        markWritten(address, length: count)
         // SAFETY: hostPointer checked that count bytes are in bounds.
         pointer.initializeMemory(as: UInt8.self, repeating: 0, count: Int(count))
     }

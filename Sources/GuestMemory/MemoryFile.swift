@@ -97,14 +97,60 @@ extension GuestMemory {
         return layout
     }
 
+    /// Writes only the pages `dirty` marks (per region, one bit per 4 KiB
+    /// page in 64-bit words, as KVM_GET_DIRTY_LOG gives them) into the file
+    /// at `path`, at the offsets `fileLayout` gives, as Firecracker's diff
+    /// snapshots do: the file is created if missing (mode 0600) and sized to
+    /// the layout, and pages not marked keep what the file holds (holes in a
+    /// new file). Written over a copy of the previous snapshot's memory file
+    /// it gives the current RAM. Not atomic: it updates the file in place.
+    public func writeDirtyPages(to path: String, dirty: [[UInt64]]) throws(GuestMemoryError) -> GuestMemoryFileLayout {
+        let layout = fileLayout
+        do {
+            let file = try OwnedFileDescriptor.open(path, flags: O_WRONLY | O_CREAT, mode: 0o600)
+            let size = off_t(clamping: layout.requiredFileSize ?? 0)
+            _ = try systemCall("ftruncate \(path)") { ftruncate(file.rawValue, size) }
+            let page = DirtyPageBitmap.pageSize
+            for (index, (region, placement)) in zip(regions, layout.regions).enumerated() where index < dirty.count {
+                let words = dirty[index]
+                let pages = (region.size + page - 1) / page
+                var current: UInt64 = 0
+                while current < pages {
+                    // A run of marked pages is one write.
+                    guard Self.isMarked(words, current) else { current += 1; continue }
+                    var end = current + 1
+                    while end < pages && Self.isMarked(words, end) { end += 1 }
+                    let length = min(end * page, region.size) - current * page
+                    try Self.write(region, from: current * page, length: length, to: file, at: placement.fileOffset + current * page)
+                    current = end
+                }
+            }
+            _ = try systemCall("fsync \(path)") { fsync(file.rawValue) }
+        } catch {
+            throw .memoryFile(path: path, cause: error)
+        }
+        return layout
+    }
+
+    private static func isMarked(_ words: [UInt64], _ page: UInt64) -> Bool {
+        let word = Int(page / 64)
+        return word < words.count && words[word] & (1 << (page % 64)) != 0
+    }
+
     /// Writes one region's bytes at `offset`, looping over short writes
     /// (Linux writes at most about 2 GiB per call).
     private static func write(_ region: GuestMemoryRegion, to file: OwnedFileDescriptor, at offset: UInt64) throws(SystemCallError) {
+        try write(region, from: 0, length: region.size, to: file, at: offset)
+    }
+
+    /// Writes `length` bytes of `region` from `start` at file `offset`.
+    private static func write(_ region: GuestMemoryRegion, from start: UInt64, length: UInt64, to file: OwnedFileDescriptor,
+                              at offset: UInt64) throws(SystemCallError) {
         var done: UInt64 = 0
-        while done < region.size {
-            let chunk = Int(min(region.size - done, 1 << 30))
-            // SAFETY: [done, done + chunk) lies inside the region's mapping of `size` bytes.
-            let source = UnsafeRawPointer(region.hostAddress + Int(done))
+        while done < length {
+            let chunk = Int(min(length - done, 1 << 30))
+            // SAFETY: [start + done, start + done + chunk) lies inside the region's mapping of `size` bytes.
+            let source = UnsafeRawPointer(region.hostAddress + Int(start + done))
             let position = off_t(clamping: offset + done)
             let written = try systemCall("pwrite") { pwrite(file.rawValue, source, chunk, position) }
             // A regular file returns 0 only for a 0-byte write; never loop on it.
@@ -119,7 +165,7 @@ extension GuestMemory {
     /// go to private copies, never to the file. The file must be a regular
     /// file reaching the end of every region, and must not be truncated
     /// while the VM runs (a mapped page past the end would fault the VMM).
-    public convenience init(mappingFile path: String, layout: GuestMemoryFileLayout) throws(GuestMemoryError) {
+    public convenience init(mappingFile path: String, layout: GuestMemoryFileLayout, trackingDirtyPages: Bool = false) throws(GuestMemoryError) {
         guard !layout.regions.isEmpty else { throw .invalidLayout("the memory file layout has no regions") }
         guard layout.regions.count <= GuestMemoryFileLayout.maximumRegions else {
             throw .invalidLayout("the memory file layout has \(layout.regions.count) regions, more than \(GuestMemoryFileLayout.maximumRegions)")
@@ -144,7 +190,7 @@ extension GuestMemory {
         }
         let size = UInt64(max(status.st_size, 0))
         guard size >= needed else { throw .memoryFileTooSmall(path: path, size: size, needed: needed) }
-        try self.init(layout: layout.regions.map { (start: $0.start, size: $0.size, fileOffset: $0.fileOffset) }) {
+        try self.init(layout: layout.regions.map { (start: $0.start, size: $0.size, fileOffset: $0.fileOffset) }, trackingDirtyPages: trackingDirtyPages) {
             (range, byteCount) throws(SystemCallError) -> MemoryMapping in
             try MemoryMapping(privateFile: file, size: byteCount, offset: range.fileOffset)
         }

@@ -12,12 +12,30 @@ public final class VirtualMachineHandle: Sendable {
         self.descriptor = descriptor
     }
 
-    /// Gives the guest `size` bytes of host memory at guest physical `guestAddress`.
-    public func setUserMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, hostAddress: UnsafeMutableRawPointer) throws(KVMError) {
+    /// Gives the guest `size` bytes of host memory at guest physical
+    /// `guestAddress`; with `logDirtyPages`, KVM records the pages the guest
+    /// writes (`dirtyLog`).
+    public func setUserMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, hostAddress: UnsafeMutableRawPointer,
+                                    logDirtyPages: Bool = false) throws(KVMError) {
         var region = kvm_userspace_memory_region(
-            slot: slot, flags: 0, guest_phys_addr: guestAddress, memory_size: size,
+            slot: slot, flags: logDirtyPages ? UInt32(CKVM_MEM_LOG_DIRTY_PAGES) : 0, guest_phys_addr: guestAddress, memory_size: size,
             userspace_addr: UInt64(UInt(bitPattern: hostAddress)))
         try descriptor.kvmIoctl("KVM_SET_USER_MEMORY_REGION slot \(slot)", CKVM_SET_USER_MEMORY_REGION, pointer: &region)
+    }
+
+    /// The pages of `slot` (of `size` bytes) the guest wrote since the last
+    /// call, one bit per 4 KiB page, in 64-bit words; KVM clears its log.
+    /// The slot must have been made with `logDirtyPages`.
+    public func dirtyLog(slot: UInt32, size: UInt64) throws(KVMError) -> [UInt64] {
+        let pages = Int((size + 4095) / 4096)
+        let count = max((pages + 63) / 64, 1)
+        let bitmap = UnsafeMutablePointer<UInt64>.allocate(capacity: count)
+        defer { bitmap.deallocate() }
+        bitmap.initialize(repeating: 0, count: count)
+        // SAFETY: the bitmap holds a bit for every page of the slot, rounded up to 64 bits as KVM writes it.
+        var log = ckvm_dirty_log(slot, UnsafeMutableRawPointer(bitmap))
+        try descriptor.kvmIoctl("KVM_GET_DIRTY_LOG slot \(slot)", CKVM_GET_DIRTY_LOG, pointer: &log)
+        return Array(UnsafeBufferPointer(start: bitmap, count: count))
     }
 
     /// Three pages KVM uses for the TSS of real-mode emulation (Intel).

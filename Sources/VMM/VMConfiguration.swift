@@ -90,6 +90,10 @@ public struct VMConfiguration: Equatable, Sendable {
     public var vsock: VsockConfiguration?
     /// MMDS on the listed network interfaces (PUT /mmds/config, `mmds-config`).
     public var metadataService: MetadataServiceAttachment?
+    /// Record the pages guest and devices write, for diff snapshots
+    /// (Firecracker's `track_dirty_pages`): KVM's dirty log on every memory
+    /// slot plus a bitmap of the VMM's own writes.
+    public var trackDirtyPages = false
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

@@ -41,6 +41,18 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
     case deviceSnapshot(device: String, cause: VirtioMMIOError)
     /// A virtio-pci function refused to save or take back its state.
     case pciDeviceSnapshot(device: String, cause: VirtioPCISnapshotError)
+    /// The snapshot state file could not be read, or failed its checks.
+    case snapshotFile(path: String, cause: SnapshotFileError)
+    /// The state file lacks a section every snapshot has.
+    case snapshotSectionMissing(path: String, tag: String)
+    /// A section of the state file is not well formed.
+    case snapshotSection(path: String, tag: String, cause: StateDecodingError)
+    /// A disk's image changed size since the snapshot (the guest's view of it would be wrong).
+    case diskResized(id: String, path: String, saved: UInt64, current: UInt64)
+    /// Writing the snapshot's memory file failed.
+    case snapshotMemoryFile(path: String, cause: GuestMemoryError)
+    /// Something the snapshot cannot carry (an inherited tap descriptor...).
+    case notSnapshottable(String)
 
     public var description: String {
         switch self {
@@ -84,6 +96,21 @@ public enum VMMError: Error, Sendable, CustomStringConvertible {
             "\(device): \(cause)"
         case let .pciDeviceSnapshot(device, cause):
             "\(device): \(cause)"
+        case let .snapshotFile(path, cause):
+            switch cause {
+            case .read, .write: "\(cause)"
+            default: "snapshot \(path): \(cause)"
+            }
+        case let .snapshotSectionMissing(path, tag):
+            "snapshot \(path) has no '\(tag)' section (not written by this VMM?)"
+        case let .snapshotSection(path, tag, cause):
+            "snapshot \(path): section '\(tag)' is malformed: \(cause)"
+        case let .diskResized(id, path, saved, current):
+            "disk '\(id)' (\(path)) is \(current) bytes now but was \(saved) bytes when the snapshot was taken"
+        case let .snapshotMemoryFile(_, cause):
+            "cannot write the snapshot memory: \(cause)"
+        case let .notSnapshottable(reason):
+            reason
         }
     }
 }

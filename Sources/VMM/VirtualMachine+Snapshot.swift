@@ -13,6 +13,16 @@ public struct MachineKVMState: Sendable, Equatable {
     }
 }
 
+extension VirtualMachine.RestoredMemory {
+    /// Each RAM region's guest address and size, for the layout check.
+    var layout: [(UInt64, UInt64)] {
+        switch self {
+        case let .image(image): image.regions.map { ($0.start, UInt64($0.bytes.count)) }
+        case let .mapped(memory): memory.regions.map { ($0.start.rawValue, $0.size) }
+        }
+    }
+}
+
 /// A copy of guest RAM: one entry per RAM region of the memory plan.
 public struct GuestMemoryImage: Sendable, Equatable {
     public struct Region: Sendable, Equatable {
@@ -79,7 +89,7 @@ extension VirtualMachine {
 
     /// Refuses a saved machine that cannot be this configuration's: another
     /// vCPU count, vCPUs out of order, or RAM laid out differently.
-    static func checkRestorable(_ state: MachineKVMState, _ image: GuestMemoryImage, configuration: VMConfiguration) throws(VMMError) {
+    static func checkRestorable(_ state: MachineKVMState, _ saved: [(UInt64, UInt64)], configuration: VMConfiguration) throws(VMMError) {
         guard state.vcpus.count == configuration.cpuCount else {
             throw .snapshotMismatch(part: "the vCPU count", saved: "\(state.vcpus.count)", configured: "\(configuration.cpuCount)")
         }
@@ -88,7 +98,6 @@ extension VirtualMachine {
         }
         let planned = MemoryPlan.ramRanges(memorySize: configuration.memorySize)
         let layout = { (ranges: [(UInt64, UInt64)]) in ranges.map { "0x\(String($0.0, radix: 16))+\($0.1)" }.joined(separator: ", ") }
-        let saved = image.regions.map { ($0.start, UInt64($0.bytes.count)) }
         let wanted = planned.map { ($0.start.rawValue, $0.size) }
         guard saved.count == wanted.count, !zip(saved, wanted).contains(where: { $0 != $1 }) else {
             throw .snapshotMismatch(part: "the RAM layout", saved: layout(saved), configured: layout(wanted))

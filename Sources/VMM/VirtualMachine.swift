@@ -62,7 +62,16 @@ public final class VirtualMachine: Sendable {
         case boot
         /// Guest RAM, KVM state and the devices' sections saved from a
         /// paused VM of the same configuration.
-        case restore(MachineKVMState, GuestMemoryImage, deviceSections: [SnapshotSection])
+        case restore(MachineKVMState, RestoredMemory, deviceSections: [SnapshotSection])
+    }
+
+    /// Where a restored VM's RAM comes from.
+    enum RestoredMemory {
+        /// Copied into fresh anonymous memory (tests, `copyGuestMemory`).
+        case image(GuestMemoryImage)
+        /// A snapshot's memory file mapped MAP_PRIVATE: pages are read when
+        /// the guest touches them, and its writes stay in this process.
+        case mapped(GuestMemory)
     }
 
     /// Builds the VM: memory, irqchip, devices, kernel, ACPI tables, vCPUs.
@@ -79,7 +88,7 @@ public final class VirtualMachine: Sendable {
     /// `captureDeviceSections()`) put the devices back as they were.
     public convenience init(configuration: VMConfiguration, restoring state: MachineKVMState, memoryImage: GuestMemoryImage,
                             deviceSections: [SnapshotSection] = [], serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
-        try self.init(configuration: configuration, start: .restore(state, memoryImage, deviceSections: deviceSections),
+        try self.init(configuration: configuration, start: .restore(state, .image(memoryImage), deviceSections: deviceSections),
                       serialOutput: serialOutput)
     }
 
@@ -103,8 +112,8 @@ public final class VirtualMachine: Sendable {
                 try Self.readFile(role: "initrd", path: path, maximumSize: min(VMConfiguration.maximumInitrdSize, configuration.memorySize))
             }
             images = (kernelImage, initrdImage)
-        case let .restore(state, memoryImage, _):
-            try Self.checkRestorable(state, memoryImage, configuration: configuration)
+        case let .restore(state, restored, _):
+            try Self.checkRestorable(state, restored.layout, configuration: configuration)
             images = nil
         }
 
@@ -118,16 +127,21 @@ public final class VirtualMachine: Sendable {
             throw .kvm(error)
         }
 
-        let ramRanges = MemoryPlan.ramRanges(memorySize: configuration.memorySize)
-        do {
-            memory = try GuestMemory(ranges: ramRanges)
-        } catch {
-            throw .memory(step: "allocating \(MemorySize.format(configuration.memorySize)) of guest RAM", cause: error)
+        if case let .restore(_, .mapped(mapped), _) = start {
+            memory = mapped
+        } else {
+            let ramRanges = MemoryPlan.ramRanges(memorySize: configuration.memorySize)
+            do {
+                memory = try GuestMemory(ranges: ramRanges, trackingDirtyPages: configuration.trackDirtyPages)
+            } catch {
+                throw .memory(step: "allocating \(MemorySize.format(configuration.memorySize)) of guest RAM", cause: error)
+            }
         }
         if configuration.transparentHugePages { memory.adviseTransparentHugePages() }
         for (slot, region) in memory.regions.enumerated() {
             do {
-                try handle.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.rawValue, size: region.size, hostAddress: region.hostAddress)
+                try handle.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.rawValue, size: region.size,
+                                               hostAddress: region.hostAddress, logDirtyPages: configuration.trackDirtyPages)
             } catch {
                 throw .kvm(error)
             }
@@ -180,8 +194,9 @@ public final class VirtualMachine: Sendable {
             entry = try GuestBoot.load(
                 kernel: images.kernel, initrd: images.initrd, configuration: configuration,
                 memory: memory, pci: pci?.acpi, mmio: mmio)
-        case let .restore(_, memoryImage, _):
-            try Self.fill(memory, from: memoryImage)
+        case let .restore(_, restored, _):
+            // A mapped memory file already holds the guest's RAM.
+            if case let .image(memoryImage) = restored { try Self.fill(memory, from: memoryImage) }
             entry = nil
         }
 

@@ -53,6 +53,9 @@ static const unsigned long CKVM_GET_PIT2 = KVM_GET_PIT2;
 static const unsigned long CKVM_SET_PIT2 = KVM_SET_PIT2;
 static const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
 static const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
+// Dirty-page tracking for diff snapshots.
+static const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
+static const unsigned int CKVM_MEM_LOG_DIRTY_PAGES = KVM_MEM_LOG_DIRTY_PAGES;
 
 // vCPU ioctls.
 static const unsigned long CKVM_RUN = KVM_RUN;
@@ -179,6 +182,24 @@ static inline uint16_t ckvm_load_shared_u16(const void *address) {
 }
 static inline void ckvm_store_shared_u16(void *address, uint16_t value) {
     __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELAXED);
+}
+
+// A struct kvm_dirty_log for `slot` filling `bitmap` (its pointer is in an
+// anonymous union Swift cannot name).
+static inline struct kvm_dirty_log ckvm_dirty_log(uint32_t slot, void *bitmap) {
+    struct kvm_dirty_log log = {0};
+    log.slot = slot;
+    log.dirty_bitmap = bitmap;
+    return log;
+}
+
+// Bitmap words set by any thread that writes guest memory and read-and-cleared
+// by a snapshot: one atomic OR and one atomic exchange.
+static inline void ckvm_atomic_or_u64(uint64_t *word, uint64_t bits) {
+    __atomic_fetch_or(word, bits, __ATOMIC_RELAXED);
+}
+static inline uint64_t ckvm_atomic_take_u64(uint64_t *word) {
+    return __atomic_exchange_n(word, 0, __ATOMIC_RELAXED);
 }
 
 #endif

@@ -77,7 +77,7 @@ public enum DefaultSeccompFilters {
     static let snapshotIoctls: [UInt32] = requests([
         CKVM_GET_IRQCHIP, CKVM_SET_IRQCHIP, CKVM_GET_PIT2, CKVM_SET_PIT2, CKVM_GET_CLOCK, CKVM_SET_CLOCK,
         CKVM_SET_VCPU_EVENTS, CKVM_GET_FPU, CKVM_GET_XSAVE, CKVM_GET_XSAVE2, CKVM_SET_XSAVE,
-        CKVM_GET_XCRS, CKVM_SET_XCRS, CKVM_GET_DEBUGREGS, CKVM_SET_DEBUGREGS,
+        CKVM_GET_XCRS, CKVM_SET_XCRS, CKVM_GET_DEBUGREGS, CKVM_SET_DEBUGREGS, CKVM_GET_DIRTY_LOG,
     ])
 
     /// fcntl commands a thread may use: flags of its own descriptors, and the
@@ -117,7 +117,9 @@ public enum DefaultSeccompFilters {
             ]
         case .api:
             // Requests on the socket, and InstanceStart builds the VM here.
-            return eventLoop + buildsVMs
+            // PUT /snapshot/create writes the memory and state files
+            // atomically (pwrite, fsync, rename); /snapshot/load maps one.
+            return eventLoop + buildsVMs + [Rule("pwrite64"), Rule("rename"), Rule("renameat"), Rule("renameat2")]
         case .block:
             return eventLoop + [
                 Rule("pread64"), Rule("pwrite64"), Rule("preadv"), Rule("pwritev"), Rule("preadv2"), Rule("pwritev2"),

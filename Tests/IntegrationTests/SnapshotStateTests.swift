@@ -1,0 +1,88 @@
+import GuestMemory
+import KVM
+import MMDS
+import RateLimiter
+import SnapshotFormat
+import Testing
+@testable import VMM
+
+/// The VMM's sections of a snapshot state file, without KVM: what is
+/// written comes back equal, and damage is refused naming the section.
+@Suite("Snapshot state sections")
+struct SnapshotStateTests {
+    static func machine() throws -> SavedMachine {
+        var configuration = VMConfiguration(kernelPath: "/k/vmlinux", initrdPath: "/k/initrd", commandLine: "console=ttyS0 x=1",
+                                            cpuCount: 2, memorySize: 256 << 20, serial: .file(path: "/tmp/s.log"), onReboot: .restart)
+        configuration.console = .virtio
+        configuration.transport = .mmio
+        var interface = try NetworkInterfaceConfiguration.make(id: "eth0", tapName: "tap0", tapDescriptor: nil, mac: "52:54:00:12:34:56", offloads: false)
+        interface.receiveRateLimiter = RateLimiterConfiguration(bandwidth: TokenBucketConfiguration(size: 1000, oneTimeBurst: 5, refillTimeMilliseconds: 100))
+        configuration.networkInterfaces = [interface, NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap1"))]
+        configuration.disks = [DiskConfiguration(path: "/d/root.img", id: "rootfs", readOnly: true, directIO: true, serialFromImage: true,
+                                                 rateLimiter: RateLimiterConfiguration(operations: TokenBucketConfiguration(size: 10, refillTimeMilliseconds: 1000)))]
+        configuration.entropyDevice = true
+        configuration.bootTimer = true
+        configuration.transparentHugePages = true
+        configuration.vsock = VsockConfiguration(guestCID: 7, udsPath: "/tmp/v.sock")
+        configuration.metadataService = MetadataServiceAttachment(service: MetadataService(), address: IPv4Address(169, 254, 1, 2), interfaceIDs: ["eth0"])
+        let vcpus = (0..<2).map { id in
+            VCPUState(id: UInt32(id), mpState: [1, 2, 3, 4], regs: [UInt8](repeating: 5, count: 144), sregs: [6], fpuFormat: .xsave,
+                      fpu: [UInt8](repeating: 7, count: 4096), xcrs: id == 0 ? [8, 9] : nil, debugRegs: [10], lapic: [11],
+                      msrs: [.init(index: 0x10, value: 123_456_789), .init(index: 0x6E0, value: 1)], events: [12])
+        }
+        let vm = VMState(picMaster: [1], picSlave: [2], ioAPIC: [3], pit: [4], clock: [5])
+        let layout = GuestMemoryFileLayout(regions: [.init(start: GuestAddress(0), size: 256 << 20, fileOffset: 0)])
+        let device = SnapshotSection(tag: SectionTag("VBLK")) { $0.encode(UInt32(42)) }
+        return SavedMachine(configuration: configuration, diskSizes: ["rootfs": 1 << 20], kvmState: MachineKVMState(vcpus: vcpus, vm: vm),
+                            memoryLayout: layout, deviceSections: [device])
+    }
+
+    @Test("configuration, vCPUs, VM state, memory layout and device sections come back equal through a state file")
+    func roundTrip() throws {
+        let saved = try Self.machine()
+        let bytes = try SnapshotFile(sections: saved.sections()).encoded()
+        let again = try SavedMachine(SnapshotFile.decode(bytes, host: .current), path: "state")
+        var expected = saved.configuration
+        // The MMDS service is the loader's; only address and interfaces are saved.
+        expected.metadataService = again.configuration.metadataService
+        #expect(again.configuration == expected)
+        #expect(again.configuration.metadataService?.address == IPv4Address(169, 254, 1, 2))
+        #expect(again.configuration.metadataService?.interfaceIDs == ["eth0"])
+        #expect(again.diskSizes == ["rootfs": 1 << 20])
+        #expect(again.kvmState == saved.kvmState)
+        #expect(again.memoryLayout == saved.memoryLayout)
+        #expect(again.deviceSections.map(\.tag) == [SectionTag("VBLK")])
+        #expect(again.deviceSections.first.map { Array($0.body) } == [42, 0, 0, 0])
+    }
+
+    @Test("a missing or damaged section is refused naming the section")
+    func damaged() throws {
+        let saved = try Self.machine()
+        let withoutVM = saved.sections().filter { $0.tag != SectionTag("KVMV") }
+        do {
+            _ = try SavedMachine(SnapshotFile(sections: withoutVM), path: "state")
+            Issue.record("accepted a state file without KVMV")
+        } catch {
+            #expect("\(error)" == "snapshot state has no 'KVMV' section (not written by this VMM?)")
+        }
+        var sections = saved.sections()
+        sections[0] = SnapshotSection(tag: sections[0].tag, body: sections[0].body.dropLast(3))
+        do {
+            _ = try SavedMachine(SnapshotFile(sections: sections), path: "state")
+            Issue.record("accepted a truncated VCFG")
+        } catch {
+            #expect("\(error)".hasPrefix("snapshot state: section 'VCFG' is malformed: "), "\(error)")
+        }
+        var badFormat = saved.sections()
+        let vcpu = try #require(badFormat.firstIndex { $0.tag == SectionTag("VCPU") })
+        var body = Array(badFormat[vcpu].body)
+        body[4] = 9  // the FPU format byte, after the UInt32 id
+        badFormat[vcpu] = SnapshotSection(tag: SectionTag("VCPU"), body: body[...])
+        do {
+            _ = try SavedMachine(SnapshotFile(sections: badFormat), path: "state")
+            Issue.record("accepted FPU format 9")
+        } catch {
+            #expect("\(error)".contains("invalid FPU format"), "\(error)")
+        }
+    }
+}
