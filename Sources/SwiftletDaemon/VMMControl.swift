@@ -67,7 +67,7 @@ struct VMMControl: Sendable {
     func createSnapshot(statePath: String, memoryPath: String) throws {
         let body = try JSONSerialization.data(withJSONObject: [
             "snapshot_type": "Full", "snapshot_path": statePath, "mem_file_path": memoryPath,
-        ])
+        ], options: [.withoutEscapingSlashes])
         _ = try send("PUT", "/snapshot/create", body: body)
     }
 
@@ -78,7 +78,7 @@ struct VMMControl: Sendable {
             "snapshot_path": statePath,
             "mem_backend": ["backend_type": "File", "backend_path": memoryPath],
             "resume_vm": resume,
-        ] as [String: Any])
+        ] as [String: Any], options: [.withoutEscapingSlashes])
         _ = try send("PUT", "/snapshot/load", body: body)
     }
 }

@@ -390,3 +390,227 @@ struct SnapshotStoreTests {
         #expect(throws: DefinitionStore.Failure.self) { try store.deleteSnapshot(vm: "web", name: "s1") }
     }
 }
+
+/// The snapshot routes through swiftlet-jailer: a static C stand-in VMM
+/// (the jail has no interpreter for a script) that logs its calls to
+/// `/calls.log` in its jail and checks, at load, the files as the jailed
+/// VMM sees them. Needs root (the jailer) and a C compiler with a static libc.
+enum StaticFakeVMM {
+    static let source = #"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static char state[32];
+static void record(const char *text) {
+    FILE *file = fopen("/calls.log", "a");
+    if (file) { fputs(text, file); fputc('\n', file); fclose(file); }
+}
+static int field(const char *body, const char *key, char *out, size_t size) {
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    const char *p = strstr(body, pattern);
+    if (!p) return 0;
+    p += strlen(pattern);
+    while (*p == ' ') p++;
+    if (*p != '"') return 0;
+    p++;
+    size_t i = 0;
+    while (*p && *p != '"' && i + 1 < size) out[i++] = *p++;
+    out[i] = 0;
+    return 1;
+}
+static void answer(int c, const char *status, const char *body) {
+    char head[256];
+    snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n", status, strlen(body));
+    // One write: the client may close as soon as it has the head of a 204.
+    char reply[2048];
+    snprintf(reply, sizeof reply, "%s%s", head, body);
+    if (write(c, reply, strlen(reply)) < 0) return;
+}
+static void fault(int c, const char *message, const char *detail) {
+    char body[1024];
+    snprintf(body, sizeof body, "{\"fault_message\":\"%s %s\"}", message, detail);
+    answer(c, "400 Bad Request", body);
+}
+static void stop(int signal) { (void)signal; _exit(4); }
+
+int main(int argc, char **argv) {
+    const char *socketPath = NULL;
+    int kernel = 0;
+    char line[4096] = "argv";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help")) { puts("usage: fake --api-sock PATH --kernel PATH"); return 0; }
+        if (!strcmp(argv[i], "--api-sock") && i + 1 < argc) socketPath = argv[i + 1];
+        if (!strcmp(argv[i], "--kernel")) kernel = 1;
+        strncat(line, " ", sizeof line - strlen(line) - 1);
+        strncat(line, argv[i], sizeof line - strlen(line) - 1);
+    }
+    if (!socketPath) return 1;
+    signal(SIGTERM, stop);
+    signal(SIGPIPE, SIG_IGN);
+    strcpy(state, kernel ? "Running" : "Not started");
+    record(line);
+    int server = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un address = {0};
+    address.sun_family = AF_UNIX;
+    strncpy(address.sun_path, socketPath, sizeof address.sun_path - 1);
+    unlink(socketPath);
+    if (bind(server, (struct sockaddr *)&address, sizeof address) != 0 || listen(server, 64) != 0) return 1;
+    static char buffer[65536];
+    for (;;) {
+        int c = accept(server, NULL, NULL);
+        if (c < 0) continue;
+        size_t length = 0;
+        buffer[0] = 0;
+        char *end = NULL;
+        while (!(end = strstr(buffer, "\r\n\r\n"))) {
+            ssize_t count = read(c, buffer + length, sizeof buffer - 1 - length);
+            if (count <= 0) break;
+            length += (size_t)count;
+            buffer[length] = 0;
+        }
+        if (!end) { close(c); continue; }
+        char *body = end + 4;
+        char *header = strcasestr(buffer, "content-length:");
+        size_t wanted = header ? strtoul(header + 15, NULL, 10) : 0;
+        while ((size_t)(buffer + length - body) < wanted) {
+            ssize_t count = read(c, buffer + length, sizeof buffer - 1 - length);
+            if (count <= 0) break;
+            length += (size_t)count;
+            buffer[length] = 0;
+        }
+        char method[16] = {0}, path[256] = {0};
+        sscanf(buffer, "%15s %255s", method, path);
+        if (strcmp(path, "/") != 0) {
+            char entry[8192];
+            snprintf(entry, sizeof entry, "%s %s %s", method, path, body);
+            record(entry);
+        }
+        char a[1024], b[1024];
+        if (!strcmp(method, "GET") && !strcmp(path, "/")) {
+            char reply[64];
+            snprintf(reply, sizeof reply, "{\"state\":\"%s\"}", state);
+            answer(c, "200 OK", reply);
+        } else if (!strcmp(method, "GET") && !strcmp(path, "/version")) {
+            answer(c, "200 OK", "{\"firecracker_version\":\"fake-1.0\"}");
+        } else if (!strcmp(method, "PATCH") && !strcmp(path, "/vm")) {
+            strcpy(state, strstr(body, "Paused") ? "Paused" : "Running");
+            answer(c, "204 No Content", "");
+        } else if (!strcmp(method, "PUT") && !strcmp(path, "/snapshot/create")) {
+            if (strcmp(state, "Paused") != 0) { fault(c, "the microVM must be paused", ""); close(c); continue; }
+            if (!field(body, "snapshot_path", a, sizeof a) || !field(body, "mem_file_path", b, sizeof b)) { fault(c, "missing paths", ""); close(c); continue; }
+            int s = open(a, O_WRONLY | O_CREAT | O_TRUNC, 0600), m = open(b, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            if (s < 0 || m < 0) { fault(c, "cannot create", strerror(errno)); close(c); continue; }
+            static char zeroes[8192];
+            if (write(s, "FAKE-STATE", 10) != 10 || write(m, zeroes, sizeof zeroes) != (ssize_t)sizeof zeroes) { fault(c, "cannot write", strerror(errno)); close(c); continue; }
+            close(s); close(m);
+            answer(c, "204 No Content", "");
+        } else if (!strcmp(method, "PUT") && !strcmp(path, "/snapshot/load")) {
+            char text[16] = {0};
+            struct stat status;
+            if (strcmp(state, "Not started") != 0) { fault(c, "only before configuration", ""); close(c); continue; }
+            if (!field(body, "snapshot_path", a, sizeof a) || !field(body, "backend_path", b, sizeof b)) { fault(c, "missing paths", ""); close(c); continue; }
+            int s = open(a, O_RDONLY);
+            if (s < 0 || read(s, text, 10) != 10 || strcmp(text, "FAKE-STATE") != 0) { fault(c, "cannot read the state file", a); close(c); continue; }
+            close(s);
+            int m = open(b, O_RDONLY);
+            if (m < 0 || fstat(m, &status) != 0 || status.st_size != 8192) { fault(c, "bad memory file", b); close(c); continue; }
+            close(m);
+            // A restored VM reopens its disks at the paths it had: /diskN in a jail.
+            if (access("/disk0", F_OK) == 0 && access("/disk0", R_OK | W_OK) != 0) { fault(c, "cannot open /disk0", strerror(errno)); close(c); continue; }
+            strcpy(state, strstr(body, "\"resume_vm\":true") || strstr(body, "\"resume_vm\" : true") ? "Running" : "Paused");
+            answer(c, "204 No Content", "");
+        } else {
+            answer(c, "204 No Content", "");
+        }
+        close(c);
+    }
+}
+
+"""#
+
+    /// Compiles the fake into `folder`; its path.
+    static func build(in folder: String) throws -> String {
+        try source.write(toFile: folder + "/fake.c", atomically: true, encoding: .utf8)
+        let binary = folder + "/swiftlet-vmm-fake"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["cc", "-static", "-O1", "-o", binary, folder + "/fake.c"]
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw TestEnvironment.Failure(description: "cc -static failed for the fake VMM") }
+        return binary
+    }
+}
+
+@Suite("swiftletd snapshots, jailed (static fake VMM)", .serialized,
+       .enabled(if: geteuid() == 0 && access("/usr/bin/cc", X_OK) == 0, "needs root (swiftlet-jailer) and cc"))
+struct DaemonSnapshotJailTests {
+    static func inode(_ path: String) -> ino_t? {
+        var status = stat()
+        return stat(path, &status) == 0 ? status.st_ino : nil
+    }
+
+    @Test("jailed: the VMM writes into its jail, the files move out; a clone gets its own disk at /disk0 and loads /snapshot/state and /snapshot/memory",
+          .timeLimit(.minutes(2)))
+    func jailedSnapshotAndClone() throws {
+        let folder = NSTemporaryDirectory() + "swiftlet-cfake-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let vmm = try StaticFakeVMM.build(in: folder)
+        let daemon = try DaemonHarness(label: "snap-jail", extraArguments: ["--vmm", vmm])
+        defer { daemon.tearDown() }
+        let images = daemon.imagesDirectory
+        _ = FileManager.default.createFile(atPath: images + "/kernel", contents: Data("kernel".utf8))
+        _ = FileManager.default.createFile(atPath: images + "/data.img", contents: Data(repeating: 0xAB, count: 1 << 20))
+        _ = try daemon.client.define(VMDefinition(name: "web", memoryMiB: 64, kernel: images + "/kernel",
+                                                  disks: [.init(path: images + "/data.img")], nics: [.init(tap: "tap-web", mac: "52:54:00:12:34:56")]))
+        let started = try daemon.client.action("web", "start")
+        #expect(started.state == .running, "\(started) \(daemon.log())")
+        let jails = daemon.stateDirectory + "/jail/swiftlet-vmm-fake"
+        func calls(_ vm: String) -> [String] {
+            ((try? String(contentsOfFile: jails + "/" + vm + "/root/calls.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+
+        let info = try daemon.client.createSnapshot(of: "web", SnapshotRequest(name: "s1"))
+        #expect(info.memoryBytes == 8192 && info.stateBytes == 10)
+        let create = calls("web").first { $0.hasPrefix("PUT /snapshot/create") } ?? ""
+        #expect(create.contains(#""snapshot_path":"/snapshot-s1/state""#) && create.contains(#""mem_file_path":"/snapshot-s1/memory""#), "\(calls("web"))")
+        #expect(!FileManager.default.fileExists(atPath: jails + "/web/root/snapshot-s1"), "the jail's output folder is left")
+        var status = stat()
+        #expect(stat(info.path + "/memory", &status) == 0 && status.st_uid == geteuid() && status.st_mode & 0o777 == 0o600)
+
+        let clone = try daemon.client.restoreSnapshot(of: "web", "s1", as: "web2")
+        #expect(clone.state == .running, "\(clone) \(daemon.log())")
+        let load = calls("web2").first { $0.hasPrefix("PUT /snapshot/load") } ?? ""
+        #expect(load.contains(#""snapshot_path":"/snapshot/state""#) && load.contains(#""backend_path":"/snapshot/memory""#)
+                && load.contains(#""resume_vm":true"#), "\(calls("web2"))")
+        #expect(calls("web2").first?.contains("--kernel") == false, "the restoring VMM was given a kernel: \(calls("web2"))")
+        // Its own disk: a copy beside the original, linked as the clone's /disk0.
+        let copy = images + "/web2-data.img"
+        #expect(clone.definition.disks.first?.path == copy)
+        #expect(Self.inode(jails + "/web2/root/disk0") == Self.inode(copy))
+        #expect(Self.inode(copy) != Self.inode(images + "/data.img"))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: copy)) == Data(repeating: 0xAB, count: 1 << 20))
+        #expect(clone.definition.nics.first?.mac != "52:54:00:12:34:56")
+        // The snapshot's files are readable by the jail's group, writable by nobody there.
+        #expect(stat(jails + "/web2/root/snapshot/memory", &status) == 0 && status.st_gid == JailConfiguration.defaultGID
+                && status.st_uid == geteuid() && status.st_mode & 0o777 == 0o440)
+
+        // Into the VM itself, once stopped.
+        _ = try daemon.client.action("web", "destroy")
+        let restored = try daemon.client.restoreSnapshot(of: "web", "s1")
+        #expect(restored.state == .running)
+        #expect(calls("web").contains { $0.hasPrefix("PUT /snapshot/load") && $0.contains(#""snapshot_path":"/snapshot/state""#) }, "\(calls("web"))")
+        #expect(Self.inode(jails + "/web/root/disk0") == Self.inode(images + "/data.img"))
+    }
+}
