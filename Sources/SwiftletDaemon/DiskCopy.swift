@@ -73,7 +73,10 @@ enum DiskCopy {
             if buffer[0..<count].contains(where: { $0 != 0 }) {
                 var written = 0
                 while written < count {
-                    let result = buffer.withUnsafeBytes { pwrite(output, $0.baseAddress! + written, count - written, off_t(offset) + off_t(written)) }
+                    let result = buffer.withUnsafeBytes { bytes -> Int in
+                        guard let base = bytes.baseAddress else { errno = EINVAL; return -1 }
+                        return pwrite(output, base + written, count - written, off_t(offset) + off_t(written))
+                    }
                     if result < 0 {
                         if errno == EINTR { continue }
                         throw .step("writing", path: target, errno: errno)
