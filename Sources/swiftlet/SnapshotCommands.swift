@@ -98,7 +98,7 @@ struct Restore: ParsableCommand {
     @OptionGroup var daemon: DaemonOptions
     @Argument(help: "The snapshot.") var name: String
     @Option(help: "The VM the snapshot was taken of (needed when several VMs have a snapshot of that name).") var vm: String?
-    @Option(name: .customLong("as"), help: "Restore into a new VM of this name instead.") var clone: String?
+    @Option(name: .customLong("as"), help: ArgumentHelp("Restore into a new VM of this name instead.", valueName: "new")) var clone: String?
 
     func run() throws {
         try withDaemon {
