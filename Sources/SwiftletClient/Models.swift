@@ -245,3 +245,63 @@ public enum SwiftletJSON {
         keys.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
     }
 }
+
+/// A saved VM (`GET /v1/snapshots`): the VMM's state and memory files in
+/// the daemon's state folder, and the VM's definition when it was taken.
+public struct SnapshotInfo: Codable, Sendable, Equatable {
+    /// The VM it was taken of.
+    public var vm: String
+    public var name: String
+    /// Unix time it was taken.
+    public var createdAt: Double
+    public var stateBytes: Int
+    public var memoryBytes: Int
+    /// The size of each of the definition's disks when it was taken (a restore refuses a disk whose size changed).
+    public var diskBytes: [Int]
+    /// What the VMM's `GET /version` reported, if it answered.
+    public var vmmVersion: String?
+    public var definition: VMDefinition
+    /// The folder holding `state` and `memory`.
+    public var path: String
+
+    public init(vm: String, name: String, createdAt: Double, stateBytes: Int, memoryBytes: Int, diskBytes: [Int],
+                vmmVersion: String?, definition: VMDefinition, path: String) {
+        self.vm = vm; self.name = name; self.createdAt = createdAt; self.stateBytes = stateBytes; self.memoryBytes = memoryBytes
+        self.diskBytes = diskBytes; self.vmmVersion = vmmVersion; self.definition = definition; self.path = path
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case vm, name, createdAt = "created_at", stateBytes = "state_bytes", memoryBytes = "memory_bytes"
+        case diskBytes = "disk_bytes", vmmVersion = "vmm_version", definition, path
+    }
+}
+
+/// `POST /v1/vms/{name}/snapshots`.
+public struct SnapshotRequest: Codable, Sendable, Equatable {
+    /// What the VM does once saved: `continue` (back to running, or paused
+    /// if it was paused: the default), `pause` (stay paused), `stop` (destroyed).
+    public enum After: String, Codable, Sendable, CaseIterable { case `continue`, pause, stop }
+    public var name: String
+    public var after: After?
+    public init(name: String, after: After? = nil) { self.name = name; self.after = after }
+    enum CodingKeys: String, CodingKey, CaseIterable { case name, after }
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "snapshot request")
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        after = try c.decodeIfPresent(After.self, forKey: .after)
+    }
+}
+
+/// `POST /v1/snapshots/{vm}/{snapshot}/restore`: into the VM itself, or,
+/// with `as`, into a new VM (a clone) of that name.
+public struct RestoreRequest: Codable, Sendable, Equatable {
+    public var `as`: String?
+    public init(as name: String? = nil) { self.as = name }
+    enum CodingKeys: String, CodingKey, CaseIterable { case `as` }
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "restore request")
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        `as` = try c.decodeIfPresent(String.self, forKey: .as)
+    }
+}

@@ -75,6 +75,22 @@ public struct SwiftletAPIClient: Sendable {
     }
     public func metrics() throws -> String { try call("GET", "/metrics").text }
 
+    /// Snapshots of one VM, or of every VM.
+    public func snapshots(of vm: String? = nil) throws -> [SnapshotInfo] {
+        try decode([SnapshotInfo].self, call("GET", vm.map { "/v1/vms/\(Self.escape($0))/snapshots" } ?? "/v1/snapshots"))
+    }
+    public func createSnapshot(of vm: String, _ request: SnapshotRequest) throws -> SnapshotInfo {
+        try decode(SnapshotInfo.self, call("POST", "/v1/vms/\(Self.escape(vm))/snapshots", body: SwiftletJSON.encoder().encode(request)))
+    }
+    public func deleteSnapshot(of vm: String, _ name: String) throws {
+        _ = try call("DELETE", "/v1/vms/\(Self.escape(vm))/snapshots/\(Self.escape(name))")
+    }
+    /// Restores into `vm` itself, or with `as` into a new VM; the VM now running.
+    public func restoreSnapshot(of vm: String, _ name: String, as clone: String? = nil) throws -> VMInfo {
+        try decode(VMInfo.self, call("POST", "/v1/snapshots/\(Self.escape(vm))/\(Self.escape(name))/restore",
+                                     body: SwiftletJSON.encoder().encode(RestoreRequest(as: clone))))
+    }
+
     /// Follows `GET /v1/events` until `onEvent` returns false.
     /// `timeout`: give up after that many seconds without a byte (0: never).
     /// `onConnected` runs once the daemon has accepted the subscription.

@@ -130,6 +130,42 @@ public struct DaemonAPI: Sendable {
                 return api.consoleTail(name, bytes: bytes)
             }
         },
+        Route(method: .get, path: "/v1/vms/:name/snapshots") { api, _, context in
+            let name = context.name
+            return try await api.queries.run {
+                _ = try api.row(name)
+                return try api.json(api.snapshots(of: name))
+            }
+        },
+        Route(method: .post, path: "/v1/vms/:name/snapshots") { api, request, context in
+            let name = context.name
+            let body = try await api.decodeBody(SnapshotRequest.self, request, what: "snapshot request", example: #"{"name": "before-upgrade"}"#)
+            // Pausing, the VMM writing the guest's RAM, resuming: an action.
+            return try await api.actions.run {
+                _ = try api.row(name)
+                let row = try api.supervisor.createSnapshot(of: name, body)
+                return try api.json(api.supervisor.snapshotInfo(row), status: .created)
+            }
+        },
+        Route(method: .delete, path: "/v1/vms/:name/snapshots/:snapshot") { api, _, context in
+            let (name, snapshot) = (context.name, context.snapshot)
+            return try await api.actions.run {
+                try DefinitionValidator.validateName(name)
+                try DefinitionValidator.validateName(snapshot, what: "snapshot")
+                try api.supervisor.deleteSnapshot(vm: name, name: snapshot)
+                return Response(status: .noContent)
+            }
+        },
+        Route(method: .get, path: "/v1/snapshots") { api, _, _ in try await api.queries.run { try api.json(api.snapshots(of: nil)) } },
+        Route(method: .post, path: "/v1/snapshots/:name/:snapshot/restore") { api, request, context in
+            let (name, snapshot) = (context.name, context.snapshot)
+            let body = try await api.decodeBody(RestoreRequest.self, request, what: "restore request", example: #"{"as": "web-clone"}"#, emptyIs: #"{}"#)
+            // Disk copies and the new VMM's load: an action.
+            return try await api.actions.run {
+                let target = try api.supervisor.restoreSnapshot(vm: name, name: snapshot, as: body.as)
+                return try api.json(api.get(target))
+            }
+        },
         Route(method: .get, path: "/v1/events") { api, _, _ in api.eventStream() },
         Route(method: .get, path: "/metrics") { api, _, _ in
             let text = try await api.queries.run { api.prometheusText() }
@@ -204,6 +240,31 @@ public struct DaemonAPI: Sendable {
 
     func get(_ name: String) throws(DaemonError) -> VMInfo { supervisor.info(for: try row(name)) }
 
+    func snapshots(of vm: String?) throws(DaemonError) -> [SnapshotInfo] {
+        do { return try store.snapshots(of: vm).map(supervisor.snapshotInfo) } catch { throw .internal("reading the database: \(error)") }
+    }
+
+    /// A small JSON body of type `T`; `emptyIs` stands in for an empty body (else one is a 400).
+    func decodeBody<T: Decodable>(_ type: T.Type, _ request: Request, what: String, example: String, emptyIs: String? = nil) async throws(DaemonError) -> T {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: Self.maximumBodySize)
+        } catch {
+            throw .tooLarge("the request body is larger than \(Self.maximumBodySize) bytes")
+        }
+        var data = Data(buffer: buffer)
+        if data.isEmpty {
+            guard let emptyIs else { throw .badRequest("the request body is empty; send a \(what) as JSON, e.g. \(example)") }
+            data = Data(emptyIs.utf8)
+        }
+        do {
+            return try SwiftletJSON.decoder.decode(type, from: data)
+        } catch {
+            throw .badRequest("invalid \(what): \(SwiftletJSON.describe(error)); e.g. \(example)")
+        }
+    }
+
     func decodeDefinition(_ request: Request) async throws(DaemonError) -> VMDefinition {
         var request = request
         let buffer: ByteBuffer
@@ -255,6 +316,12 @@ public struct DaemonAPI: Sendable {
 
     func undefine(_ name: String) throws(DaemonError) {
         _ = try row(name)
+        // Its snapshots hold its definition and name it: they go first, deliberately.
+        let snapshots: Int
+        do { snapshots = try store.snapshotCount(of: name) } catch { throw .internal("reading the database: \(error)") }
+        if snapshots > 0 {
+            throw .conflict("VM '\(name)' has \(snapshots) snapshot\(snapshots == 1 ? "" : "s"); `swiftlet snapshot-list \(name)` lists them and `swiftlet snapshot-delete \(name) SNAPSHOT` deletes one, then undefine it")
+        }
         // Claimed first, so that no start can begin while (or after) the definition goes.
         try supervisor.beginUndefine(name)
         do { try store.delete(name) } catch {
@@ -363,12 +430,19 @@ public struct DaemonAPI: Sendable {
         lines.append("# HELP swiftletd_vm_crashes_total VM runs that ended as crashed.")
         lines.append("# TYPE swiftletd_vm_crashes_total counter")
         lines.append("swiftletd_vm_crashes_total \(counters["crashes"] ?? 0)")
+        lines.append("# HELP swiftletd_snapshots_total Snapshots taken.")
+        lines.append("# TYPE swiftletd_snapshots_total counter")
+        lines.append("swiftletd_snapshots_total \(counters["snapshots"] ?? 0)")
+        lines.append("# HELP swiftletd_restores_total Snapshots restored.")
+        lines.append("# TYPE swiftletd_restores_total counter")
+        lines.append("swiftletd_restores_total \(counters["restores"] ?? 0)")
         return lines.joined(separator: "\n") + "\n"
     }
 }
 
 extension BasicRequestContext {
     var name: String { parameters.get("name") ?? "" }
+    var snapshot: String { parameters.get("snapshot") ?? "" }
 }
 
 /// Requests no route takes: 405 with `Allow` when the path exists under

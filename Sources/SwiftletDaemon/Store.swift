@@ -36,6 +36,20 @@ public final class DefinitionStore: Sendable {
                 table.add(column: "lastReason", .text)
             }
         }
+        migrator.registerMigration("v3: snapshots") { db in
+            // Keyed by the VM's name; undefine is refused while a VM has snapshots.
+            try db.create(table: "snapshot") { table in
+                table.column("vm", .text).notNull()
+                table.column("name", .text).notNull()
+                table.column("createdAt", .double).notNull()
+                table.column("stateBytes", .integer).notNull()
+                table.column("memoryBytes", .integer).notNull()
+                table.column("diskBytes", .text).notNull()
+                table.column("vmmVersion", .text)
+                table.column("definition", .text).notNull()
+                table.primaryKey(["vm", "name"])
+            }
+        }
         return migrator
     }
 

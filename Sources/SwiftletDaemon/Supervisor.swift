@@ -52,6 +52,10 @@ public final class Supervisor: Sendable {
         var controlAPI = false
         /// An undefine is deleting the definition: no start may begin.
         var undefining = false
+        /// A snapshot is being taken: no second one, no pause or resume meanwhile.
+        var snapshotting = false
+        /// What this run was started with (nil for a re-adopted VMM).
+        var definition: VMDefinition?
     }
 
     public let configuration: SupervisorConfiguration
@@ -170,7 +174,17 @@ public final class Supervisor: Sendable {
 
     // MARK: start
 
-    public func start(_ definition: VMDefinition) throws(DaemonError) {
+    /// The files a restore hands to `PUT /snapshot/load` (host paths).
+    struct SnapshotFiles: Sendable {
+        var state: String
+        var memory: String
+    }
+
+    /// Starts the VM: boots its kernel, or, `restoring` a snapshot, loads it
+    /// into a fresh VMM (`PUT /snapshot/load`, resumed) instead.
+    public func start(_ definition: VMDefinition) throws(DaemonError) { try start(definition, restoring: nil) }
+
+    func start(_ definition: VMDefinition, restoring snapshot: SnapshotFiles?) throws(DaemonError) {
         let name = definition.name
         let claimed = runtimes.withLock { table -> Bool in
             var runtime = table[name] ?? Runtime()
@@ -194,7 +208,7 @@ public final class Supervisor: Sendable {
             throw .noSuchVM(name)
         }
         do {
-            try launch(definition)
+            try launch(definition, restoring: snapshot)
         } catch {
             runtimes.withLock { table in
                 table[name]?.state = .shutOff
@@ -204,8 +218,11 @@ public final class Supervisor: Sendable {
         }
     }
 
-    func launch(_ stored: VMDefinition) throws(DaemonError) {
+    func launch(_ stored: VMDefinition, restoring snapshot: SnapshotFiles?) throws(DaemonError) {
         let name = stored.name
+        if snapshot != nil && !vmmHasControlAPI {
+            throw .conflict("cannot restore '\(name)': swiftlet-vmm at \(configuration.vmmBinary) has no control API (--api-sock) to load a snapshot with")
+        }
         // Checked again now (a link may have changed since define); the VMM gets the resolved paths.
         let definition: VMDefinition
         do { definition = try configuration.images.check(stored, mustExist: true) } catch {
@@ -214,6 +231,7 @@ public final class Supervisor: Sendable {
         var files = [("kernel", definition.kernel)]
         if let initrd = definition.initrd { files.append(("initrd", initrd)) }
         files += definition.disks.enumerated().map { ("disks[\($0.offset)].path", $0.element.path) }
+        if let snapshot { files += [("snapshot state file", snapshot.state), ("snapshot memory file", snapshot.memory)] }
         for (field, path) in files where access(path, R_OK) != 0 {
             let why = errno == ENOENT ? "does not exist" : String(cString: strerror(errno))
             throw .badRequest("cannot start '\(name)': its \(field) '\(path)' \(why); fix the path with `swiftlet edit \(name)`")
@@ -238,7 +256,8 @@ public final class Supervisor: Sendable {
         var inJail: [String: String] = [:]
         if let jail {
             do {
-                inJail = try jail.prepare(kernel: definition.kernel, initrd: definition.initrd, disks: definition.disks.map(\.path))
+                inJail = try jail.prepare(kernel: definition.kernel, initrd: definition.initrd, disks: definition.disks.map(\.path),
+                                          snapshot: snapshot.map { ($0.state, $0.memory) })
                 // The daemon reaches the API socket the VMM creates in its jail through the usual path.
                 try FileManager.default.createSymbolicLink(atPath: directory.apiSocket, withDestinationPath: jail.root + "/api.sock")
             } catch {
@@ -247,22 +266,26 @@ public final class Supervisor: Sendable {
             }
         }
         func path(_ host: String) -> String { inJail[host] ?? host }
-        var arguments = ["--kernel", path(definition.kernel), "--cpus", String(definition.cpus), "--memory", "\(definition.memoryMiB)M",
-                         "--serial", definition.console == "log" ? "stdio" : "none",
+        // A restore configures nothing on the command line: the VMM waits on
+        // its API for `PUT /snapshot/load`, whose state file holds the machine.
+        var arguments = ["--serial", definition.console == "log" ? "stdio" : "none",
                          "--on-reboot", definition.onReboot == "restart" ? "restart" : "exit"]
-        if let initrd = definition.initrd { arguments += ["--initrd", path(initrd)] }
-        if let cmdline = definition.cmdline { arguments += ["--cmdline", cmdline] }
-        for disk in definition.disks {
-            var value = "path=\(path(disk.path))"
-            if disk.readonly { value += ",readonly=on" }
-            if let id = disk.id { value += ",id=\(id)" }
-            arguments += ["--disk", value]
-        }
-        for nic in definition.nics {
-            var value = "tap=\(nic.tap)"
-            if let mac = nic.mac { value += ",mac=\(mac)" }
-            if let id = nic.id { value += ",id=\(id)" }
-            arguments += ["--net", value]
+        if snapshot == nil {
+            arguments += ["--kernel", path(definition.kernel), "--cpus", String(definition.cpus), "--memory", "\(definition.memoryMiB)M"]
+            if let initrd = definition.initrd { arguments += ["--initrd", path(initrd)] }
+            if let cmdline = definition.cmdline { arguments += ["--cmdline", cmdline] }
+            for disk in definition.disks {
+                var value = "path=\(path(disk.path))"
+                if disk.readonly { value += ",readonly=on" }
+                if let id = disk.id { value += ",id=\(id)" }
+                arguments += ["--disk", value]
+            }
+            for nic in definition.nics {
+                var value = "tap=\(nic.tap)"
+                if let mac = nic.mac { value += ",mac=\(mac)" }
+                if let id = nic.id { value += ",id=\(id)" }
+                arguments += ["--net", value]
+            }
         }
         if vmmHasControlAPI {
             // The jailer passes its own --id (the jail id) to the VMM.
@@ -304,6 +327,7 @@ public final class Supervisor: Sendable {
             table[name]?.cgroup = cgroup
             table[name]?.controlAPI = vmmHasControlAPI
             table[name]?.adopted = false
+            table[name]?.definition = definition
             return true
         }
         guard tracked else {
@@ -320,6 +344,9 @@ public final class Supervisor: Sendable {
         waiter.stackSize = 64 * 1024
         waiter.start()
 
+        if let snapshot {
+            try load(into: name, pid: pid, paths: (path(snapshot.state), path(snapshot.memory)))
+        }
         // Running once the control API reports it (or, without one, once the
         // process has survived its argument checks for a moment).
         let deadline = Date().addingTimeInterval(vmmHasControlAPI ? 10 : 0.05)
@@ -524,6 +551,7 @@ public final class Supervisor: Sendable {
 
     public func pause(_ name: String) throws(DaemonError) {
         let (pid, runtime) = try activePid(name)
+        if runtime.snapshotting { throw .conflict("VM '\(name)' is being snapshotted; pause it once that is done") }
         guard runtime.state == .running else { throw .conflict("VM '\(name)' is \(runtime.state.rawValue), not running") }
         if runtime.controlAPI {
             do { try VMMControl(socketPath: runDirectory(name).apiSocket).pause() } catch { throw controlFailure(name, pid: pid, doing: "paused", error) }
@@ -536,6 +564,7 @@ public final class Supervisor: Sendable {
 
     public func resume(_ name: String) throws(DaemonError) {
         let (pid, runtime) = try activePid(name)
+        if runtime.snapshotting { throw .conflict("VM '\(name)' is being snapshotted; resume it once that is done") }
         guard runtime.state == .paused else { throw .conflict("VM '\(name)' is \(runtime.state.rawValue), not paused") }
         if runtime.controlAPI {
             do { try VMMControl(socketPath: runDirectory(name).apiSocket).resume() } catch { throw controlFailure(name, pid: pid, doing: "resumed", error) }

@@ -57,7 +57,12 @@ struct VMJail {
     /// needs no change to the host file), hard links to the disk images (a
     /// copy would lose the guest's writes) given to the jail user, as
     /// Firecracker users do. Returns the in-jail path of each host path.
-    func prepare(kernel: String, initrd: String?, disks: [String]) throws -> [String: String] {
+    ///
+    /// A restore also gets the snapshot's files, hard-linked as
+    /// `/snapshot/state` and `/snapshot/memory` (copied when on another file
+    /// system), readable by the jail's group only: the VMM reads them, and
+    /// must not change them, since other restores read them too.
+    func prepare(kernel: String, initrd: String?, disks: [String], snapshot: (state: String, memory: String)? = nil) throws -> [String: String] {
         removeJail()
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var mapping: [String: String] = [:]
@@ -85,7 +90,40 @@ struct VMJail {
             }
             mapping[disk] = "/" + inside
         }
+        if let snapshot {
+            let folder = root + "/snapshot"
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+            guard chown(folder, geteuid(), configuration.gid) == 0, chmod(folder, 0o750) == 0 else {
+                throw Failure(description: "giving \(folder) to the jail's group: \(String(cString: strerror(errno)))")
+            }
+            for (host, inside) in [(snapshot.state, "snapshot/state"), (snapshot.memory, "snapshot/memory")] {
+                let target = root + "/" + inside
+                if link(host, target) != 0 {
+                    guard errno == EXDEV else {
+                        throw Failure(description: "cannot link the snapshot file '\(host)' into the jail: \(String(cString: strerror(errno)))")
+                    }
+                    try DiskCopy.copy(from: host, to: target)
+                }
+                guard chown(target, geteuid(), configuration.gid) == 0, chmod(target, 0o440) == 0 else {
+                    throw Failure(description: "giving \(target) to the jail's group: \(String(cString: strerror(errno)))")
+                }
+                mapping[host] = "/" + inside
+            }
+        }
         return mapping
+    }
+
+    /// A folder in the jail the jailed VMM may write a snapshot into (its
+    /// root is not writable by it): `/snapshot-NAME`, owned by the jail user.
+    /// Returns the path inside the jail and on the host.
+    func snapshotOutput(named name: String) throws -> (inside: String, host: String) {
+        let inside = "/snapshot-" + name
+        let host = root + inside
+        try? FileManager.default.removeItem(atPath: host)
+        guard mkdir(host, 0o700) == 0, chown(host, configuration.uid, configuration.gid) == 0 else {
+            throw Failure(description: "creating \(host) for the jailed VMM: \(String(cString: strerror(errno)))")
+        }
+        return (inside, host)
     }
 
     /// The jailer's command line around the VMM's arguments. No

@@ -18,7 +18,10 @@ struct VMMControl: Sendable {
     }
 
     func send(_ method: String, _ path: String, json: [String: String]? = nil) throws -> UnixHTTPClient.Response {
-        let body = try json.map { try JSONSerialization.data(withJSONObject: $0) }
+        try send(method, path, body: try json.map { try JSONSerialization.data(withJSONObject: $0) })
+    }
+
+    func send(_ method: String, _ path: String, body: Data?) throws -> UnixHTTPClient.Response {
         let response = try http.request(method, path, body: body)
         guard (200..<300).contains(response.status) else {
             let fault = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["fault_message"] as? String
@@ -51,5 +54,31 @@ struct VMMControl: Sendable {
         }
         walk(try JSONSerialization.jsonObject(with: response.body), "")
         return result
+    }
+
+    /// `GET /version`'s `firecracker_version` (the VMM's version).
+    func version() throws -> String? {
+        let response = try send("GET", "/version")
+        return (try JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["firecracker_version"] as? String
+    }
+
+    /// Firecracker's `PUT /snapshot/create` (a Full snapshot; the VM must be paused).
+    /// The paths are as the VMM sees them (inside its jail when jailed).
+    func createSnapshot(statePath: String, memoryPath: String) throws {
+        let body = try JSONSerialization.data(withJSONObject: [
+            "snapshot_type": "Full", "snapshot_path": statePath, "mem_file_path": memoryPath,
+        ], options: [.withoutEscapingSlashes])
+        _ = try send("PUT", "/snapshot/create", body: body)
+    }
+
+    /// Firecracker's `PUT /snapshot/load` on a VMM that has not been
+    /// configured: the memory file as a `File` backend, resumed at once.
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws {
+        let body = try JSONSerialization.data(withJSONObject: [
+            "snapshot_path": statePath,
+            "mem_backend": ["backend_type": "File", "backend_path": memoryPath],
+            "resume_vm": resume,
+        ] as [String: Any], options: [.withoutEscapingSlashes])
+        _ = try send("PUT", "/snapshot/load", body: body)
     }
 }

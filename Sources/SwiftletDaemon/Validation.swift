@@ -7,17 +7,18 @@ public enum DefinitionValidator {
     public static let maximumNameLength = 64
     public static let maximumCommandLine = 2048
 
-    public static func validateName(_ name: String) throws(DaemonError) {
-        guard !name.isEmpty else { throw .badRequest("the VM name is empty; use 1 to \(maximumNameLength) of A-Z a-z 0-9 . _ -") }
+    /// `what`: "VM" or "snapshot", which are named alike (both become file names).
+    public static func validateName(_ name: String, what: String = "VM") throws(DaemonError) {
+        guard !name.isEmpty else { throw .badRequest("the \(what) name is empty; use 1 to \(maximumNameLength) of A-Z a-z 0-9 . _ -") }
         guard name.utf8.count <= maximumNameLength else {
-            throw .badRequest("the VM name is \(name.utf8.count) bytes long; at most \(maximumNameLength) allowed")
+            throw .badRequest("the \(what) name is \(name.utf8.count) bytes long; at most \(maximumNameLength) allowed")
         }
         guard !name.contains("/"), !name.contains(".."), name != "." else {
-            throw .badRequest("invalid VM name '\(printable(name))': no '/', '..' or '.' (names become file names)")
+            throw .badRequest("invalid \(what) name '\(printable(name))': no '/', '..' or '.' (names become file names)")
         }
         let allowed = name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "._-".unicodeScalars.contains($0) }
         guard allowed, let first = name.unicodeScalars.first, !"._-".unicodeScalars.contains(first) else {
-            throw .badRequest("invalid VM name '\(printable(name))': use A-Z a-z 0-9 . _ -, starting with a letter or digit")
+            throw .badRequest("invalid \(what) name '\(printable(name))': use A-Z a-z 0-9 . _ -, starting with a letter or digit")
         }
     }
 
@@ -105,6 +106,8 @@ public enum DaemonError: Error, CustomStringConvertible, Sendable {
     case methodNotAllowed(String)
     case tooLarge(String)
     case unavailable(String)
+    /// Not enough free space for a disk copy (507).
+    case insufficientStorage(String)
     case `internal`(String)
 
     public var status: Int {
@@ -115,14 +118,19 @@ public enum DaemonError: Error, CustomStringConvertible, Sendable {
         case .methodNotAllowed: 405
         case .tooLarge: 413
         case .unavailable: 503
+        case .insufficientStorage: 507
         case .internal: 500
         }
     }
 
     public var description: String {
         switch self {
-        case .badRequest(let m), .notFound(let m), .conflict(let m), .methodNotAllowed(let m), .tooLarge(let m), .unavailable(let m), .internal(let m): m
+        case .badRequest(let m), .notFound(let m), .conflict(let m), .methodNotAllowed(let m), .tooLarge(let m), .unavailable(let m), .insufficientStorage(let m), .internal(let m): m
         }
+    }
+
+    static func noSuchSnapshot(_ name: String, of vm: String) -> DaemonError {
+        .notFound("VM '\(DefinitionValidator.printable(vm))' has no snapshot named '\(DefinitionValidator.printable(name))'; `swiftlet snapshot-list \(DefinitionValidator.printable(vm))` lists its snapshots")
     }
 
     static func noSuchVM(_ name: String) -> DaemonError {

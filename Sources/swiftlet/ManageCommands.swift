@@ -12,8 +12,12 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .long, help: "Print JSON instead of a table or text.")
     var json = false
 
-    var client: SwiftletAPIClient {
-        SwiftletAPIClient(socketPath: socket ?? ProcessInfo.processInfo.environment["SWIFTLET_SOCKET"] ?? SwiftletAPIClient.defaultSocket)
+    var client: SwiftletAPIClient { client(timeout: 60) }
+
+    /// Snapshots and restores write or map the guest's whole RAM: they get longer.
+    func client(timeout: Double) -> SwiftletAPIClient {
+        SwiftletAPIClient(socketPath: socket ?? ProcessInfo.processInfo.environment["SWIFTLET_SOCKET"] ?? SwiftletAPIClient.defaultSocket,
+                          timeout: timeout)
     }
 
     func printJSON(_ value: some Encodable) throws {

@@ -15,6 +15,7 @@ struct Swiftlet: ParsableCommand {
               swiftlet run --kernel vmlinux --initrd initrd.gz --cpus 2
               swiftlet define web.yaml && swiftlet start web --console   (through swiftletd)
               swiftlet list --all
+              swiftlet snapshot web before-upgrade && swiftlet restore before-upgrade --vm web --as web2
 
             Exit status of the daemon verbs: 0 done, 1 refused or failed (the message says why), \
             3 no such VM, 4 the VM is in the wrong state or the name is taken, 5 swiftletd is not \
@@ -23,7 +24,7 @@ struct Swiftlet: ParsableCommand {
         version: "Swiftlet v\(SwiftletVersion.current)",
         subcommands: [Run.self, Define.self, Undefine.self, List.self, Start.self, Shutdown.self, Reboot.self,
                       Destroy.self, Pause.self, Resume.self, Info.self, Stats.self, Console.self, Logs.self,
-                      Edit.self, Events.self])
+                      Edit.self, Events.self, Snapshot.self, SnapshotList.self, SnapshotDelete.self, Restore.self])
 }
 
 /// Finds swiftlet-vmm (beside this binary, else on PATH) and replaces this process with it.
