@@ -47,6 +47,9 @@ final class BufferedSerialOutput: SerialOutput {
     static let outputToken: UInt64 = 1
     /// Bytes dropped because the buffer was full (or the output failed).
     let droppedBytes = Atomic<UInt64>(0)
+    /// Times the drain thread woke from its idle wait (a hung-up output
+    /// once made every wait return at once: this would climb without end).
+    let idleWakeups = Atomic<UInt64>(0)
     let thread = Mutex<HostThread?>(nil)
 
     init(descriptor: OwnedFileDescriptor, capacity: Int = BufferedSerialOutput.defaultCapacity) throws(SystemCallError) {
@@ -103,6 +106,8 @@ final class BufferedSerialOutput: SerialOutput {
         _ = pthread_sigmask(SIG_BLOCK, &all, nil)
         var buffer: [UInt8] = []
         var deadline: Int64?
+        // The reader hung up or the output failed: no longer watched, everything is dropped.
+        var outputGone = false
         while true {
             // Take everything buffered, leaving the emptied previous buffer (and its capacity) in its place.
             let stopping = state.withLock { state -> Bool in
@@ -112,12 +117,12 @@ final class BufferedSerialOutput: SerialOutput {
             if stopping && deadline == nil { deadline = Self.nowMilliseconds() + Self.flushTimeoutMilliseconds }
             if buffer.isEmpty {
                 if stopping { return }
-                waitForWake()
+                waitForWake(outputGone: &outputGone)
                 continue
             }
             var offset = 0
             while offset < buffer.count {
-                guard waitUntilWritable(deadline: &deadline) else { break }
+                guard !outputGone, waitUntilWritable(deadline: &deadline, outputGone: &outputGone) else { break }
                 let count = min(Self.pieceSize, buffer.count - offset)
                 // SAFETY: the slice lies within `buffer`, alive for the call.
                 let written = buffer.withUnsafeBytes { raw in
@@ -133,18 +138,36 @@ final class BufferedSerialOutput: SerialOutput {
     }
 
     /// Blocks until `write` or `stop` signals the wake eventfd.
-    private func waitForWake() {
-        _ = try? epoll.wait(maxEvents: 2, timeout: -1)
+    private func waitForWake(outputGone: inout Bool) {
+        let events = (try? epoll.wait(maxEvents: 2, timeout: -1)) ?? []
+        idleWakeups.add(1, ordering: .relaxed)
+        if events.contains(where: { $0.token == Self.outputToken }) { stopWatching(outputGone: &outputGone) }
         _ = try? wake.consume()
+    }
+
+    /// epoll reports a hung-up or failed descriptor even with no events
+    /// asked for, so it leaves the set for good, or every wait would
+    /// return at once and the thread spin.
+    private func stopWatching(outputGone: inout Bool) {
+        guard !outputGone else { return }
+        outputGone = true
+        try? epoll.remove(descriptor.rawValue)
     }
 
     /// Waits until the output takes data (true) or is broken, or the flush
     /// deadline set by `stop` has passed (false). A wake-up meanwhile only
     /// checks for a stop.
-    private func waitUntilWritable(deadline: inout Int64?) -> Bool {
+    private func waitUntilWritable(deadline: inout Int64?, outputGone: inout Bool) -> Bool {
         if alwaysWritable { return deadline.map { $0 > Self.nowMilliseconds() } ?? true }
         guard (try? epoll.modify(descriptor.rawValue, events: EPOLLOUT.rawValue, token: Self.outputToken)) != nil else { return false }
-        defer { try? epoll.modify(descriptor.rawValue, events: 0, token: Self.outputToken) }
+        var hungUp = false
+        defer {
+            if hungUp {
+                stopWatching(outputGone: &outputGone)
+            } else {
+                try? epoll.modify(descriptor.rawValue, events: 0, token: Self.outputToken)
+            }
+        }
         while true {
             var timeout: Int32 = -1
             if let deadline {
@@ -155,7 +178,10 @@ final class BufferedSerialOutput: SerialOutput {
             guard let events = try? epoll.wait(maxEvents: 2, timeout: timeout) else { return false }
             for event in events where event.token == Self.outputToken {
                 if event.events & EPOLLOUT.rawValue != 0 { return true }
-                if event.events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 { return false }
+                if event.events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
+                    hungUp = true
+                    return false
+                }
             }
             if events.contains(where: { $0.token == Self.wakeToken }) {
                 _ = try? wake.consume()

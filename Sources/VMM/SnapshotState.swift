@@ -220,7 +220,9 @@ extension VMConfiguration {
                 encoder.encode(UInt8(1))
                 encoder.encode(descriptor)
             }
-            encoder.encodeOptional(interface.mac) { $0.append(raw: $1.octets) }
+            // The MAC the guest saw, even when derived from the id and tap: a
+            // load that overrides the tap (network_overrides) keeps it.
+            encoder.encodeOptional(Optional(interface.effectiveMAC)) { $0.append(raw: $1.octets) }
             encoder.encode(interface.offloads)
             interface.receiveRateLimiter.encode(into: &encoder)
             interface.transmitRateLimiter.encode(into: &encoder)

@@ -45,6 +45,8 @@ struct SnapshotStateTests {
         var expected = saved.configuration
         // The MMDS service is the loader's; only address and interfaces are saved.
         expected.metadataService = again.configuration.metadataService
+        // An interface without a MAC is saved with the one derived for it.
+        expected.networkInterfaces[1].mac = saved.configuration.networkInterfaces[1].effectiveMAC
         #expect(again.configuration == expected)
         #expect(again.configuration.metadataService?.address == IPv4Address(169, 254, 1, 2))
         #expect(again.configuration.metadataService?.interfaceIDs == ["eth0"])
@@ -53,6 +55,17 @@ struct SnapshotStateTests {
         #expect(again.memoryLayout == saved.memoryLayout)
         #expect(again.deviceSections.map(\.tag) == [SectionTag("VBLK")])
         #expect(again.deviceSections.first.map { Array($0.body) } == [42, 0, 0, 0])
+    }
+
+    @Test("a MAC derived from the interface's id and tap stays the guest's when a load overrides the tap")
+    func derivedMACSurvivesTapOverride() throws {
+        let saved = try Self.machine()
+        let guestMAC = saved.configuration.networkInterfaces[1].effectiveMAC
+        let bytes = try SnapshotFile(sections: saved.sections()).encoded()
+        var loaded = try SavedMachine(SnapshotFile.decode(bytes, host: .current), path: "state").configuration.networkInterfaces[1]
+        loaded.tap = .name("tap-of-the-clone")
+        #expect(loaded.effectiveMAC == guestMAC)
+        #expect(NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap-of-the-clone")).effectiveMAC != guestMAC)
     }
 
     @Test("a missing or damaged section is refused naming the section")

@@ -37,6 +37,26 @@ struct BufferedSerialOutputTests {
         #expect(dropped == 48 * 4096 + 3)
     }
 
+    @Test("an output whose reader hung up leaves the drain thread idle, and what is written to it is dropped and counted")
+    func hungUpOutputDoesNotSpin() throws {
+        // A write into the pipe after the hang-up would raise SIGPIPE; the VMM ignores it too.
+        signal(SIGPIPE, SIG_IGN)
+        var (reader, writer) = try Self.pipePair()
+        let output = try BufferedSerialOutput(descriptor: writer)
+        defer { output.stop() }
+        output.write([1, 2, 3])
+        for _ in 0..<2000 where output.idleWakeups.load(ordering: .relaxed) == 0 { usleep(1000) }
+        reader = OwnedFileDescriptor(adopting: -1)  // closes the read end
+        usleep(300_000)
+        // Before the fix epoll reported the hang-up on every wait: hundreds of thousands of wake-ups here.
+        #expect(output.idleWakeups.load(ordering: .relaxed) < 10)
+        output.write([UInt8](repeating: 7, count: 100))
+        for _ in 0..<2000 where output.droppedBytes.load(ordering: .relaxed) < 100 { usleep(1000) }
+        #expect(output.droppedBytes.load(ordering: .relaxed) == 100)
+        #expect(output.idleWakeups.load(ordering: .relaxed) < 10)
+        _ = reader
+    }
+
     @Test("everything written reaches a reader that keeps up, in order, including what is buffered at stop")
     func deliversInOrder() throws {
         let (reader, writer) = try Self.pipePair()
