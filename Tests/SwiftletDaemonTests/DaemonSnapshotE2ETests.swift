@@ -1,0 +1,129 @@
+import Foundation
+import SwiftletClient
+@testable import SwiftletDaemon
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Snapshots end to end: swiftletd with the real swiftlet-vmm, jailed as by
+/// default, on the guest kit's `idle` (a tick line every few milliseconds,
+/// numbered, so a restored guest is seen to continue rather than reboot).
+@Suite("swiftletd snapshots with the real VMM, jailed", .serialized,
+       .enabled(if: TestEnvironment.guestsRun && (geteuid() == 0 || TestEnvironment.isCI), "needs root and /dev/kvm; set CI=true to make this a failure"))
+struct DaemonSnapshotE2ETests {
+    /// The tick numbers in a console log, in order.
+    static func ticks(_ text: String) -> [Int] {
+        // Split on any line end: "\r\n" is one Character, never equal to "\n".
+        text.split(whereSeparator: \.isNewline).compactMap { line in
+            guard let range = line.range(of: "KIT idle tick ") else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber })
+        }
+    }
+
+    static func inode(_ path: String) -> ino_t? {
+        var status = stat()
+        return stat(path, &status) == 0 ? status.st_ino : nil
+    }
+
+    static func console(_ daemon: DaemonHarness, _ name: String) throws -> String {
+        String(decoding: try daemon.client.consoleLog(name), as: UTF8.self)
+    }
+
+    /// Waits until `name`'s console shows a tick above `above` printed by
+    /// its current VMM (the text after `skipping`, if the log still starts
+    /// with it); that text, or a failure naming what was seen.
+    static func continues(_ daemon: DaemonHarness, _ name: String, above: Int, skipping old: String = "", seconds: Double = 30) throws -> String {
+        let deadline = Date().addingTimeInterval(seconds)
+        var fresh = ""
+        while Date() < deadline {
+            let text = try console(daemon, name)
+            fresh = !old.isEmpty && text.hasPrefix(old) ? String(text.dropFirst(old.count)) : text
+            if let last = ticks(fresh).last, last > above { return fresh }
+            usleep(50_000)
+        }
+        throw TestEnvironment.Failure(description: "VM '\(name)' printed no tick above \(above) after the restore; its console since:\n\(fresh.suffix(2000))\nswiftletd's log:\n\(daemon.log().suffix(4000))")
+    }
+
+    @Test("snapshot a running jailed VM, restore it into itself and as a clone with its own disk; both continue the guest; delete the snapshot",
+          .timeLimit(.minutes(3)))
+    func snapshotRestoreCloneDelete() throws {
+        let daemon = try DaemonHarness(label: "snap-e2e")
+        defer { daemon.tearDown() }
+        try FileManager.default.createDirectory(atPath: daemon.imagesDirectory, withIntermediateDirectories: true)
+        let disk = daemon.imagesDirectory + "/data.img"
+        #expect(FileManager.default.createFile(atPath: disk, contents: Data(repeating: 0x5A, count: 1 << 20)))
+        var definition = try daemon.definition("web", program: "idle")
+        // Slow enough that the whole run fits in the console endpoint's 64 KiB.
+        definition.cmdline = "period_ms=200"
+        definition.disks = [.init(path: disk)]
+        _ = try daemon.client.define(definition)
+        _ = try daemon.client.action("web", "start")
+        let running = try daemon.wait(for: "web", state: .running)
+        try #require(running.state == .running, "not running: \(running.reason ?? "") \(daemon.log())")
+        let booted = try Self.continues(daemon, "web", above: 3)
+        let tickBefore = Self.ticks(booted).last ?? 0
+
+        // Taken while it runs: it is running again afterwards.
+        let snapshot = try daemon.client.createSnapshot(of: "web", SnapshotRequest(name: "s1"))
+        #expect(FileManager.default.fileExists(atPath: snapshot.path + "/state"))
+        #expect(FileManager.default.fileExists(atPath: snapshot.path + "/memory"))
+        #expect(snapshot.memoryBytes == 64 << 20 && snapshot.stateBytes > 0, "\(snapshot)")
+        #expect(try daemon.client.snapshots(of: "web").map(\.name) == ["s1"])
+        #expect(try daemon.client.get("web").state == .running)
+        // The tick the guest had reached (at most this) when it was saved.
+        let atSnapshot = try Self.console(daemon, "web")
+        let savedTick = Self.ticks(atSnapshot).last ?? 0
+        // It keeps ticking after the snapshot.
+        _ = try Self.continues(daemon, "web", above: savedTick + 3, skipping: atSnapshot)
+
+        _ = try daemon.client.action("web", "destroy")
+        #expect(try daemon.wait(for: "web", state: .shutOff).state == .shutOff)
+        let beforeRestore = try Self.console(daemon, "web")
+        let lastBeforeStop = Self.ticks(beforeRestore).last ?? 0
+
+        // Into the VM itself: a fresh VMM resumes the saved guest, which
+        // goes on from the saved tick (no "start" line: not a reboot).
+        let restored = try daemon.client.restoreSnapshot(of: "web", "s1")
+        #expect(restored.state == .running, "\(restored) \(daemon.log())")
+        #expect(restored.reason?.contains("restored from snapshot 's1'") == true, "\(restored.reason ?? "")")
+        let afterRestore = try Self.continues(daemon, "web", above: savedTick + 5, skipping: beforeRestore)
+        #expect(!afterRestore.contains("KIT idle start"), "the restored guest booted afresh:\n\(afterRestore.prefix(2000))")
+        let resumedTicks = Self.ticks(afterRestore)
+        #expect(((tickBefore + 1)...(savedTick + 1)).contains(resumedTicks.first ?? -1) && savedTick < lastBeforeStop,
+                "the restored guest went on from tick \(resumedTicks.first ?? -1), saved between \(tickBefore) and \(savedTick), stopped at \(lastBeforeStop)")
+        #expect(try daemon.client.get("web").state == .running)
+
+        // As a clone: a second VM from the same files, its own disk copy.
+        let clone = try daemon.client.restoreSnapshot(of: "web", "s1", as: "web2")
+        #expect(clone.state == .running, "\(clone) \(daemon.log())")
+        let copy = daemon.imagesDirectory + "/web2-data.img"
+        #expect(clone.definition.disks.map(\.path) == [copy])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: copy)) == Data(repeating: 0x5A, count: 1 << 20))
+        let cloneConsole = try Self.continues(daemon, "web2", above: savedTick + 5)
+        #expect(!cloneConsole.contains("KIT idle start"), "the clone booted afresh:\n\(cloneConsole.prefix(2000))")
+        #expect(((tickBefore + 1)...(savedTick + 1)).contains(Self.ticks(cloneConsole).first ?? -1),
+                "the clone went on from tick \(Self.ticks(cloneConsole).first ?? -1), saved between \(tickBefore) and \(savedTick)")
+        // The state file names the disk as the jailed VMM saw it, /disk0,
+        // and the clone's jail links its own copy there.
+        let jails = daemon.stateDirectory + "/jail/swiftlet-vmm"
+        #expect(Self.inode(jails + "/web2/root/disk0") == Self.inode(copy))
+        #expect(Self.inode(jails + "/web/root/disk0") == Self.inode(disk))
+        let config = try UnixHTTPClient(socketPath: daemon.stateDirectory + "/vms/web2/api.sock", timeout: 5).request("GET", "/vm/config")
+        #expect(config.status == 200 && config.text.contains(#""path_on_host":"/disk0""#), "\(config.status) \(config.text)")
+        // Both run side by side.
+        #expect(try daemon.client.get("web").state == .running)
+        #expect(try daemon.client.get("web2").state == .running)
+
+        try daemon.client.deleteSnapshot(of: "web", "s1")
+        #expect(try daemon.client.snapshots().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: snapshot.path))
+        // The restored VMs do not depend on the deleted files.
+        #expect(try daemon.client.action("web", "pause").state == .paused)
+        #expect(try daemon.client.action("web", "resume").state == .running)
+        _ = try daemon.client.action("web2", "destroy")
+        _ = try daemon.client.action("web", "destroy")
+        #expect(try daemon.wait(for: "web2", state: .shutOff).state == .shutOff)
+        #expect(try daemon.wait(for: "web", state: .shutOff).state == .shutOff)
+    }
+}
