@@ -116,6 +116,21 @@ struct DaemonSnapshotE2ETests {
         #expect(try daemon.client.get("web").state == .running)
         #expect(try daemon.client.get("web2").state == .running)
 
+        // A daemon that crashed finds the restored VMMs again on its next start.
+        let pids = (try daemon.client.get("web").pid, try daemon.client.get("web2").pid)
+        daemon.stop(signal: SIGKILL)
+        try daemon.start()
+        let (web, web2) = (try daemon.client.get("web"), try daemon.client.get("web2"))
+        #expect(web.state == .running && web.pid == pids.0 && web2.state == .running && web2.pid == pids.1,
+                "\(web.state) \(web.pid ?? -1) \(web2.state) \(web2.pid ?? -1) \(daemon.log().suffix(3000))")
+        // A restored VM can be snapshotted in turn.
+        let again = try daemon.client.createSnapshot(of: "web2", SnapshotRequest(name: "s2"))
+        #expect(again.memoryBytes == 64 << 20)
+        #expect(try daemon.client.get("web2").state == .running)
+        let cloneBefore = try Self.console(daemon, "web2")
+        _ = try Self.continues(daemon, "web2", above: (Self.ticks(cloneBefore).last ?? 0) + 2, skipping: cloneBefore)
+        try daemon.client.deleteSnapshot(of: "web2", "s2")
+
         try daemon.client.deleteSnapshot(of: "web", "s1")
         #expect(try daemon.client.snapshots().isEmpty)
         #expect(!FileManager.default.fileExists(atPath: snapshot.path))
