@@ -297,11 +297,15 @@ public struct SnapshotRequest: Codable, Sendable, Equatable {
 /// with `as`, into a new VM (a clone) of that name.
 public struct RestoreRequest: Codable, Sendable, Equatable {
     public var `as`: String?
-    public init(as name: String? = nil) { self.as = name }
-    enum CodingKeys: String, CodingKey, CaseIterable { case `as` }
+    /// With `as`: the clone's taps, one per NIC in order, instead of the
+    /// original's (which a running original holds open).
+    public var taps: [String]?
+    public init(as name: String? = nil, taps: [String]? = nil) { self.as = name; self.taps = taps }
+    enum CodingKeys: String, CodingKey, CaseIterable { case `as`, taps }
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "restore request")
         let c = try decoder.container(keyedBy: CodingKeys.self)
         `as` = try c.decodeIfPresent(String.self, forKey: .as)
+        taps = try c.decodeIfPresent([String].self, forKey: .taps)
     }
 }

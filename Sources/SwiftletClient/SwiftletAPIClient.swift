@@ -86,9 +86,10 @@ public struct SwiftletAPIClient: Sendable {
         _ = try call("DELETE", "/v1/vms/\(Self.escape(vm))/snapshots/\(Self.escape(name))")
     }
     /// Restores into `vm` itself, or with `as` into a new VM; the VM now running.
-    public func restoreSnapshot(of vm: String, _ name: String, as clone: String? = nil) throws -> VMInfo {
+    /// `taps`: a clone's taps, one per NIC (default: the original's).
+    public func restoreSnapshot(of vm: String, _ name: String, as clone: String? = nil, taps: [String]? = nil) throws -> VMInfo {
         try decode(VMInfo.self, call("POST", "/v1/snapshots/\(Self.escape(vm))/\(Self.escape(name))/restore",
-                                     body: SwiftletJSON.encoder().encode(RestoreRequest(as: clone))))
+                                     body: SwiftletJSON.encoder().encode(RestoreRequest(as: clone, taps: taps))))
     }
 
     /// Follows `GET /v1/events` until `onEvent` returns false.

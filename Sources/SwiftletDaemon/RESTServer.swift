@@ -162,7 +162,7 @@ public struct DaemonAPI: Sendable {
             let body = try await api.decodeBody(RestoreRequest.self, request, what: "restore request", example: #"{"as": "web-clone"}"#, emptyIs: #"{}"#)
             // Disk copies and the new VMM's load: an action.
             return try await api.actions.run {
-                let target = try api.supervisor.restoreSnapshot(vm: name, name: snapshot, as: body.as)
+                let target = try api.supervisor.restoreSnapshot(vm: name, name: snapshot, as: body.as, taps: body.taps)
                 return try api.json(api.get(target))
             }
         },

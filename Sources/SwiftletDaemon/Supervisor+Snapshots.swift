@@ -214,11 +214,15 @@ extension Supervisor {
 
     /// Restores snapshot `name` of `vm` into `vm` itself (which must not be
     /// running) or, with `clone`, into a new VM of that name. Returns the
-    /// name of the VM now running.
-    public func restoreSnapshot(vm: String, name: String, as clone: String?) throws(DaemonError) -> String {
+    /// name of the VM now running. `taps` (with `clone` only): the clone's
+    /// taps, one per NIC, instead of the original's.
+    public func restoreSnapshot(vm: String, name: String, as clone: String?, taps: [String]? = nil) throws(DaemonError) -> String {
         try DefinitionValidator.validateName(vm)
         try DefinitionValidator.validateName(name, what: "snapshot")
         if let clone { try DefinitionValidator.validateName(clone) }
+        if taps != nil && clone == nil {
+            throw .badRequest("taps are given to a new VM only: restore with \"as\" (--as NEW), or `swiftlet edit \(vm)` to change its taps for its next cold start")
+        }
         let found: DefinitionStore.SnapshotRow?
         do { found = try store.snapshot(vm: vm, name: name) } catch { throw .internal("reading the database: \(error)") }
         guard let row = found else { throw .noSuchSnapshot(name, of: vm) }
@@ -230,7 +234,7 @@ extension Supervisor {
         let files = SnapshotFiles(state: directory.state, memory: directory.memory)
         let target: String
         if let clone {
-            target = try restoreClone(row, files: files, as: clone)
+            target = try restoreClone(row, files: files, as: clone, taps: taps)
         } else {
             let current: DefinitionStore.Row?
             do { current = try store.get(vm) } catch { throw .internal("reading the database: \(error)") }
@@ -256,7 +260,10 @@ extension Supervisor {
     /// name, a new uuid, a new MAC per NIC, autostart off, and its own copy
     /// of each writable disk (beside the original, named `CLONE-FILE`).
     /// Nothing is left behind when the restore fails.
-    func restoreClone(_ row: DefinitionStore.SnapshotRow, files: SnapshotFiles, as clone: String) throws(DaemonError) -> String {
+    func restoreClone(_ row: DefinitionStore.SnapshotRow, files: SnapshotFiles, as clone: String, taps: [String]? = nil) throws(DaemonError) -> String {
+        if let taps, taps.count != row.definition.nics.count {
+            throw .badRequest("snapshot '\(row.name)' of '\(row.vm)' has \(row.definition.nics.count) NIC\(row.definition.nics.count == 1 ? "" : "s"), but \(taps.count) tap\(taps.count == 1 ? " was" : "s were") given; give one per NIC, in order")
+        }
         let rows: [DefinitionStore.Row]
         do { rows = try store.all() } catch { throw .internal("reading the database: \(error)") }
         if rows.contains(where: { $0.definition.name == clone }) {
@@ -276,6 +283,8 @@ extension Supervisor {
             while macs.contains(mac) { mac = Self.randomMAC() }
             macs.insert(mac)
             definition.nics[index].mac = mac
+            // The restored guest's NIC is moved to this tap at load (network_overrides).
+            if let taps { definition.nics[index].tap = taps[index] }
         }
         var copies: [String] = []
         func rollBack() { for path in copies { unlink(path) } }
@@ -329,7 +338,11 @@ extension Supervisor {
     /// Sends `PUT /snapshot/load` (paths as the VMM sees them) once the new
     /// VMM's API answers; on a refusal the VMM, which has nothing to run, is
     /// stopped and the refusal returned.
-    func load(into name: String, pid: pid_t, paths: (state: String, memory: String)) throws(DaemonError) {
+    /// `definition`'s taps replace the saved ones (by interface id, as the
+    /// VMM was started with them: the NIC's id, else `netN`), so that a
+    /// clone given its own taps does not open the original's.
+    func load(into name: String, pid: pid_t, paths: (state: String, memory: String), definition: VMDefinition) throws(DaemonError) {
+        let taps = definition.nics.enumerated().map { index, nic in (interfaceID: nic.id ?? "net\(index)", tap: nic.tap) }
         let directory = runDirectory(name)
         var ready = false
         let deadline = Date().addingTimeInterval(10)
@@ -344,7 +357,7 @@ extension Supervisor {
         } else {
             do {
                 // Loading maps the memory file and rebuilds the devices: allow time.
-                try VMMControl(socketPath: directory.apiSocket, timeout: 120).loadSnapshot(statePath: paths.state, memoryPath: paths.memory, resume: true)
+                try VMMControl(socketPath: directory.apiSocket, timeout: 120).loadSnapshot(statePath: paths.state, memoryPath: paths.memory, resume: true, taps: taps)
             } catch let refusal as VMMControl.Failure where refusal.status.map({ (400..<500).contains($0) }) == true {
                 failure = .conflict("cannot restore '\(name)': \(refusal.description)")
             } catch {

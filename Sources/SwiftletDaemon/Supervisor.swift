@@ -345,7 +345,7 @@ public final class Supervisor: Sendable {
         waiter.start()
 
         if let snapshot {
-            try load(into: name, pid: pid, paths: (path(snapshot.state), path(snapshot.memory)))
+            try load(into: name, pid: pid, paths: (path(snapshot.state), path(snapshot.memory)), definition: definition)
         }
         // Running once the control API reports it (or, without one, once the
         // process has survived its argument checks for a moment).

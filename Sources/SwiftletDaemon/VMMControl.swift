@@ -73,12 +73,18 @@ struct VMMControl: Sendable {
 
     /// Firecracker's `PUT /snapshot/load` on a VMM that has not been
     /// configured: the memory file as a `File` backend, resumed at once.
-    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws {
-        let body = try JSONSerialization.data(withJSONObject: [
+    /// `taps`: interface id to the tap the restored VM uses instead of the
+    /// saved one (Firecracker's `network_overrides`; none: the saved taps).
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, taps: [(interfaceID: String, tap: String)] = []) throws {
+        var request: [String: Any] = [
             "snapshot_path": statePath,
             "mem_backend": ["backend_type": "File", "backend_path": memoryPath],
             "resume_vm": resume,
-        ] as [String: Any], options: [.withoutEscapingSlashes])
+        ]
+        if !taps.isEmpty {
+            request["network_overrides"] = taps.map { ["iface_id": $0.interfaceID, "host_dev_name": $0.tap] }
+        }
+        let body = try JSONSerialization.data(withJSONObject: request, options: [.withoutEscapingSlashes, .sortedKeys])
         _ = try send("PUT", "/snapshot/load", body: body)
     }
 }

@@ -99,6 +99,7 @@ struct Restore: ParsableCommand {
     @Argument(help: "The snapshot.") var name: String
     @Option(help: "The VM the snapshot was taken of (needed when several VMs have a snapshot of that name).") var vm: String?
     @Option(name: .customLong("as"), help: ArgumentHelp("Restore into a new VM of this name instead.", valueName: "new")) var clone: String?
+    @Option(name: .customLong("tap"), help: ArgumentHelp("With --as: the new VM's tap for its next NIC (repeat once per NIC, in order; default: the original's taps, which a running original holds).", valueName: "name")) var taps: [String] = []
 
     func run() throws {
         try withDaemon {
@@ -116,7 +117,7 @@ struct Restore: ParsableCommand {
                 }
             }
             guard let owner else { return }
-            let info = try client.restoreSnapshot(of: owner, name, as: clone)
+            let info = try client.restoreSnapshot(of: owner, name, as: clone, taps: taps.isEmpty ? nil : taps)
             if daemon.json { try daemon.printJSON(info); return }
             print("\(info.definition.name): restored from snapshot \(name) of \(owner) (\(Format.state(info)))")
         }

@@ -303,6 +303,27 @@ struct DaemonSnapshotTests {
         #expect(try writable.daemon.client.list().map(\.definition.name) == ["web"])
     }
 
+    @Test("restore --as with taps: the clone's NICs get them and the load moves the restored NICs there (network_overrides); a wrong count, or taps without --as, is a 400")
+    func restoreAsCloneWithTaps() throws {
+        let setup = try Self.setUp("snap-taps", disk: true)
+        let daemon = setup.daemon
+        defer { setup.tearDown() }
+        _ = try daemon.client.createSnapshot(of: "web", SnapshotRequest(name: "s1"))
+        try expectError(daemon, "POST", "/v1/snapshots/web/s1/restore", body: #"{"as":"web2","taps":["a","b"]}"#, status: 400, mentions: "has 1 NIC, but 2 taps")
+        try expectError(daemon, "POST", "/v1/snapshots/web/s1/restore", body: #"{"taps":["tap-x"]}"#, status: 400, mentions: "to a new VM only")
+        try expectError(daemon, "POST", "/v1/snapshots/web/s1/restore", body: #"{"as":"web2","taps":["bad tap!"]}"#, status: 400, mentions: "tap")
+        #expect(try daemon.client.list().map(\.definition.name) == ["web"], "a refused restore left a VM")
+        #expect(setup.apiCalls("/snapshot/load").isEmpty)
+
+        let result = try daemon.cli(["restore", "s1", "--vm", "web", "--as", "web2", "--tap", "tap-web2"])
+        #expect(result.status == 0, "\(result)")
+        let clone = try daemon.client.get("web2")
+        #expect(clone.state == .running && clone.definition.nics.map(\.tap) == ["tap-web2"])
+        let load = try #require(setup.apiCalls("/snapshot/load").last?["body"] as? [String: Any])
+        let overrides = load["network_overrides"] as? [[String: String]]
+        #expect(overrides == [["iface_id": "net0", "host_dev_name": "tap-web2"]], "\(load)")
+    }
+
     @Test("the CLI: snapshot, snapshot-list, restore, snapshot-delete, with exit statuses")
     func cli() throws {
         let setup = try Self.setUp("snap-cli")
