@@ -111,29 +111,14 @@ extension VirtualMachine {
         var snapshots: [VirtioMMIOSnapshot] = []
         for (index, (section, transport)) in zip(savedVirtio, transports).enumerated() {
             let name = Self.mmioDeviceName(index, transport)
-            guard section.tag == VirtioMMIOSnapshot.tag else {
-                throw .snapshotMismatch(part: "\(name)'s section", saved: "'\(section.tag)'", configured: "'\(VirtioMMIOSnapshot.tag)'")
-            }
-            var decoder = StateDecoder(section.body)
-            let snapshot: VirtioMMIOSnapshot
-            do {
+            let snapshot = try Self.decodeDeviceSection(section, tag: VirtioMMIOSnapshot.tag, name: name) { decoder in
                 let header = try VirtioMMIOSnapshot.decodeHeader(from: &decoder)
-                guard header.deviceType == transport.device.deviceType.rawValue else {
-                    let savedKind = VirtioDeviceType(rawValue: header.deviceType).map { "\($0)" } ?? "device type \(header.deviceType)"
-                    throw VMMError.snapshotMismatch(part: "\(name)'s kind", saved: savedKind, configured: "\(transport.device.deviceType)")
-                }
+                try Self.checkKind(saved: header.deviceType, configured: transport.device.deviceType, name: name)
                 guard header.base == transport.base else {
                     throw VMMError.snapshotMismatch(part: "\(name)'s address", saved: "0x\(String(header.base, radix: 16))",
                                                     configured: "0x\(String(transport.base, radix: 16))")
                 }
-                snapshot = try transport.decodeSnapshotBody(&decoder, base: header.base, deviceType: header.deviceType)
-                try decoder.finish()
-            } catch let error as VMMError {
-                throw error
-            } catch let error as StateDecodingError {
-                throw .deviceStateDecoding(device: name, cause: error)
-            } catch {
-                throw .deviceStateDecoding(device: name, cause: .invalidValue(offset: decoder.offset, what: "\(error)"))
+                return try transport.decodeSnapshotBody(&decoder, base: header.base, deviceType: header.deviceType)
             }
             snapshots.append(snapshot)
         }
@@ -149,32 +134,46 @@ extension VirtualMachine {
         }
     }
 
+    /// Decodes one virtio device's section with `body`, which must read it
+    /// to its end; a decoding failure becomes an error naming the device.
+    private static func decodeDeviceSection<Snapshot>(_ section: SnapshotSection, tag: SectionTag, name: String,
+                                                      _ body: (inout StateDecoder) throws -> Snapshot) throws(VMMError) -> Snapshot {
+        guard section.tag == tag else {
+            throw .snapshotMismatch(part: "\(name)'s section", saved: "'\(section.tag)'", configured: "'\(tag)'")
+        }
+        var decoder = StateDecoder(section.body)
+        do {
+            let snapshot = try body(&decoder)
+            try decoder.finish()
+            return snapshot
+        } catch let error as VMMError {
+            throw error
+        } catch let error as StateDecodingError {
+            throw .deviceStateDecoding(device: name, cause: error)
+        } catch {
+            throw .deviceStateDecoding(device: name, cause: .invalidValue(offset: decoder.offset, what: "\(error)"))
+        }
+    }
+
+    /// The saved device must be the configured device's kind.
+    private static func checkKind(saved: UInt16, configured: VirtioDeviceType, name: String) throws(VMMError) {
+        guard saved == configured.rawValue else {
+            let savedKind = VirtioDeviceType(rawValue: saved).map { "\($0)" } ?? "device type \(saved)"
+            throw .snapshotMismatch(part: "\(name)'s kind", saved: savedKind, configured: "\(configured)")
+        }
+    }
+
     private func restorePCIDevices(_ savedVirtio: [SnapshotSection], _ transports: [VirtioPCITransport]) throws(VMMError) {
         var snapshots: [VirtioPCISnapshot] = []
         for (index, (section, transport)) in zip(savedVirtio, transports).enumerated() {
             let name = Self.pciDeviceName(index, transport)
-            guard section.tag == VirtioPCISnapshot.tag else {
-                throw .snapshotMismatch(part: "\(name)'s section", saved: "'\(section.tag)'", configured: "'\(VirtioPCISnapshot.tag)'")
-            }
-            var decoder = StateDecoder(section.body)
-            let snapshot: VirtioPCISnapshot
-            do {
+            let snapshot = try Self.decodeDeviceSection(section, tag: VirtioPCISnapshot.tag, name: name) { decoder in
                 let header = try VirtioPCISnapshot.decodeHeader(from: &decoder)
-                guard header.deviceType == transport.device.deviceType.rawValue else {
-                    let savedKind = VirtioDeviceType(rawValue: header.deviceType).map { "\($0)" } ?? "device type \(header.deviceType)"
-                    throw VMMError.snapshotMismatch(part: "\(name)'s kind", saved: savedKind, configured: "\(transport.device.deviceType)")
-                }
+                try Self.checkKind(saved: header.deviceType, configured: transport.device.deviceType, name: name)
                 guard header.slot == transport.address.device else {
                     throw VMMError.snapshotMismatch(part: "\(name)'s slot", saved: "\(header.slot)", configured: "\(transport.address.device)")
                 }
-                snapshot = try transport.decodeSnapshotBody(&decoder, slot: header.slot, deviceType: header.deviceType)
-                try decoder.finish()
-            } catch let error as VMMError {
-                throw error
-            } catch let error as StateDecodingError {
-                throw .deviceStateDecoding(device: name, cause: error)
-            } catch {
-                throw .deviceStateDecoding(device: name, cause: .invalidValue(offset: decoder.offset, what: "\(error)"))
+                return try transport.decodeSnapshotBody(&decoder, slot: header.slot, deviceType: header.deviceType)
             }
             snapshots.append(snapshot)
         }
