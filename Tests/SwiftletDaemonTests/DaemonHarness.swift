@@ -138,13 +138,22 @@ final class DaemonHarness: @unchecked Sendable {
     }
 
     /// Stops the daemon and every VMM it left running (by the pids in their pid files), then removes the folder.
+    /// The process is a swiftlet-vmm or one of the tests' fake VMMs (a
+    /// Python script, so its executable is python3: its command line names it).
+    static func isVMM(_ pid: pid_t) -> Bool {
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"), exe.contains("swiftlet-vmm") { return true }
+        // /proc files report size 0: read to the end rather than by size.
+        guard let commandLine = FileHandle(forReadingAtPath: "/proc/\(pid)/cmdline")?.readDataToEndOfFile() else { return false }
+        return String(decoding: commandLine, as: UTF8.self).contains("fake-vmm")
+    }
+
     func tearDown() {
         stop()
         let vms = stateDirectory + "/vms"
         for name in (try? FileManager.default.contentsOfDirectory(atPath: vms)) ?? [] {
             if let text = try? String(contentsOfFile: "\(vms)/\(name)/vmm.pid", encoding: .utf8),
                let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-               let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"), exe.contains("swiftlet-vmm") {
+               Self.isVMM(pid) {
                 kill(pid, SIGKILL)
             }
         }
