@@ -105,13 +105,9 @@ extension VirtualMachine {
             try restorePCIDevices(savedVirtio, pci.transports)
             return
         }
-        let transports = mmio?.transports ?? []
-        // Every saved device is decoded and checked against its configured
-        // counterpart before any is restored; the first differing device is named.
-        var snapshots: [VirtioMMIOSnapshot] = []
-        for (index, (section, transport)) in zip(savedVirtio, transports).enumerated() {
-            let name = Self.mmioDeviceName(index, transport)
-            let snapshot = try Self.decodeDeviceSection(section, tag: VirtioMMIOSnapshot.tag, name: name) { decoder in
+        try Self.restoreVirtioDevices(
+            savedVirtio, into: mmio?.transports ?? [], tag: VirtioMMIOSnapshot.tag, name: Self.mmioDeviceName,
+            decode: { decoder, transport, name in
                 let header = try VirtioMMIOSnapshot.decodeHeader(from: &decoder)
                 try Self.checkKind(saved: header.deviceType, configured: transport.device.deviceType, name: name)
                 guard header.base == transport.base else {
@@ -119,18 +115,37 @@ extension VirtualMachine {
                                                     configured: "0x\(String(transport.base, radix: 16))")
                 }
                 return try transport.decodeSnapshotBody(&decoder, base: header.base, deviceType: header.deviceType)
-            }
-            snapshots.append(snapshot)
+            },
+            restore: { (transport, snapshot: VirtioMMIOSnapshot, name) throws(VMMError) in
+                do throws(VirtioMMIOError) {
+                    try transport.restore(snapshot)
+                } catch {
+                    throw .deviceSnapshot(device: name, cause: error)
+                }
+            })
+    }
+
+    /// Decodes every saved virtio device and checks it against its
+    /// configured counterpart before any is restored (the first differing
+    /// device is named, nothing is half-restored), then restores them.
+    private static func restoreVirtioDevices<Transport, Snapshot>(
+        _ saved: [SnapshotSection], into transports: [Transport], tag: SectionTag,
+        name: (Int, Transport) -> String,
+        decode: (inout StateDecoder, Transport, String) throws -> Snapshot,
+        restore: (Transport, Snapshot, String) throws(VMMError) -> Void
+    ) throws(VMMError) {
+        var snapshots: [Snapshot] = []
+        for (index, (section, transport)) in zip(saved, transports).enumerated() {
+            let deviceName = name(index, transport)
+            snapshots.append(try decodeDeviceSection(section, tag: tag, name: deviceName) { decoder in
+                try decode(&decoder, transport, deviceName)
+            })
         }
-        guard savedVirtio.count == transports.count else {
-            throw .snapshotMismatch(part: "the number of virtio devices", saved: "\(savedVirtio.count)", configured: "\(transports.count)")
+        guard saved.count == transports.count else {
+            throw .snapshotMismatch(part: "the number of virtio devices", saved: "\(saved.count)", configured: "\(transports.count)")
         }
         for (index, (snapshot, transport)) in zip(snapshots, transports).enumerated() {
-            do {
-                try transport.restore(snapshot)
-            } catch {
-                throw .deviceSnapshot(device: Self.mmioDeviceName(index, transport), cause: error)
-            }
+            try restore(transport, snapshot, name(index, transport))
         }
     }
 
@@ -164,28 +179,22 @@ extension VirtualMachine {
     }
 
     private func restorePCIDevices(_ savedVirtio: [SnapshotSection], _ transports: [VirtioPCITransport]) throws(VMMError) {
-        var snapshots: [VirtioPCISnapshot] = []
-        for (index, (section, transport)) in zip(savedVirtio, transports).enumerated() {
-            let name = Self.pciDeviceName(index, transport)
-            let snapshot = try Self.decodeDeviceSection(section, tag: VirtioPCISnapshot.tag, name: name) { decoder in
+        try Self.restoreVirtioDevices(
+            savedVirtio, into: transports, tag: VirtioPCISnapshot.tag, name: Self.pciDeviceName,
+            decode: { decoder, transport, name in
                 let header = try VirtioPCISnapshot.decodeHeader(from: &decoder)
                 try Self.checkKind(saved: header.deviceType, configured: transport.device.deviceType, name: name)
                 guard header.slot == transport.address.device else {
                     throw VMMError.snapshotMismatch(part: "\(name)'s slot", saved: "\(header.slot)", configured: "\(transport.address.device)")
                 }
                 return try transport.decodeSnapshotBody(&decoder, slot: header.slot, deviceType: header.deviceType)
-            }
-            snapshots.append(snapshot)
-        }
-        guard savedVirtio.count == transports.count else {
-            throw .snapshotMismatch(part: "the number of virtio devices", saved: "\(savedVirtio.count)", configured: "\(transports.count)")
-        }
-        for (index, (snapshot, transport)) in zip(snapshots, transports).enumerated() {
-            do {
-                try transport.restore(snapshot)
-            } catch {
-                throw .pciDeviceSnapshot(device: Self.pciDeviceName(index, transport), cause: error)
-            }
-        }
+            },
+            restore: { (transport, snapshot: VirtioPCISnapshot, name) throws(VMMError) in
+                do throws(VirtioPCISnapshotError) {
+                    try transport.restore(snapshot)
+                } catch {
+                    throw .pciDeviceSnapshot(device: name, cause: error)
+                }
+            })
     }
 }
