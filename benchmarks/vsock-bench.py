@@ -169,7 +169,7 @@ def run_linux(count, pings):
         tx_thread.start()
         script = (f"swiftlet-vsock listen 5002 echo 1 & swiftlet-vsock listen 5001 sum 1 & sleep 1; "
                   f"echo GUEST-LISTENING; swiftlet-vsock connect 2 6000 send {count} >/dev/null; echo TX-DONE; wait")
-        command = [swiftlet, "run", "--memory", "256M", "--vsock", f"cid=3,uds={uds}", "--", "sh", "-c", script]
+        command = [swiftlet, "run", "--no-snapshot", "--memory", "256M", "--vsock", f"cid=3,uds={uds}", "--", "sh", "-c", script]
         log = open(os.path.join(folder, "console"), "w+")
         vm = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:

@@ -7,9 +7,9 @@ import Testing
 @Suite("Default Linux guest", .serialized,
        .enabled(if: KitGuest.shouldRun && (LinuxGuest.isBuilt || KitGuest.isCI), LinuxGuest.skipReason))
 struct LinuxGuestTests {
-    @Test("boots to /init and runs a command with one vCPU", .timeLimit(.minutes(5)))
+    @Test("boots cold (--no-snapshot) to /init and runs a command with one vCPU", .timeLimit(.minutes(5)))
     func bootsToMarker() throws {
-        let result = try ProcessTests.run("swiftlet", ["run", "--", "echo", "hello from the guest"])
+        let result = try ProcessTests.run("swiftlet", ["run", "--no-snapshot", "--", "echo", "hello from the guest"])
         #expect(result.status == 0, "stderr: \(result.stderr)")
         #expect(result.stdout.contains("SWIFTLET-GUEST-READY"), "console: \(result.stdout.suffix(2000))")
         #expect(result.stdout.contains("hello from the guest"))
@@ -104,5 +104,58 @@ extension LinuxGuestTests {
         #expect(vm.serial.contains("init: power button pressed"), "console: \(vm.serial.suffix(2000))")
         let log = (try? String(contentsOfFile: vm.apiLog, encoding: .utf8)) ?? ""
         #expect(!log.contains("did not power off"), "the guest powered off by itself: \(log)")
+    }
+}
+
+/// `swiftlet run -- CMD` through its snapshot cache (docs/snapshots.md,
+/// "swiftlet run"): the first run boots and saves the guest at its command
+/// point, later runs restore it and type the command into it.
+extension LinuxGuestTests {
+    @Test("swiftlet run saves a snapshot on its first run; later runs restore it without booting, two clones at once, and a damaged one is replaced by a cold boot",
+          .timeLimit(.minutes(10)))
+    func runFromSnapshot() throws {
+        // A kernel parameter of this test's own: a snapshot key no earlier run used.
+        let shape = ["--cmdline", "swiftlet.test=\(UUID().uuidString.prefix(8))"]
+        let first = try ProcessTests.run("swiftlet", ["run"] + shape + ["--", "echo", "first run"])
+        #expect(first.status == 0, "stderr: \(first.stderr)")
+        #expect(first.stdout.contains("SWIFTLET-GUEST-READY"), "the first run boots: \(first.stdout.suffix(2000))")
+        #expect(first.stdout.contains("first run"))
+        #expect(!first.stdout.contains("SWIFTLET-AWAIT-CMD"), "the snapshot point is not shown")
+        let note = try #require(first.stderr.split(separator: "\n").first { $0.contains("saved the booted guest as a snapshot") },
+                                "stderr: \(first.stderr)")
+        let folder = try #require(note.split(separator: "(").dropFirst().first?.split(separator: ")").first.map(String.init))
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let statePath = folder + "/state"
+        let stateSize = try #require(try FileManager.default.attributesOfItem(atPath: statePath)[.size] as? Int)
+        #expect(FileManager.default.fileExists(atPath: folder + "/memory"))
+
+        // Two clones at once from the same files, each with its own command.
+        let clones = try ["a", "b"].map { name in
+            try ProcessTests.start("swiftlet", ["run"] + shape + ["--", "sh", "-c", "echo clone-\(name) T=$(date +%s); exit 7"])
+        }
+        for (name, (process, output, errors)) in zip(["a", "b"], clones) {
+            let stdout = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 7, "clone \(name): stderr: \(stderr)")
+            #expect(stdout.contains("clone-\(name) T="), "clone \(name): \(stdout.suffix(2000))")
+            #expect(!stdout.contains("SWIFTLET-GUEST-READY"), "clone \(name) was restored, not booted")
+            #expect(!stderr.contains("booting cold"), "clone \(name): \(stderr)")
+            // The host's time reaches the restored guest's clock.
+            let guestTime = stdout.split(separator: "T=").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) }
+            let now = Int(Date().timeIntervalSince1970)
+            #expect(guestTime.map { abs($0 - now) < 120 } == true, "clone \(name): guest time \(String(describing: guestTime)), host \(now)")
+        }
+
+        // A damaged snapshot is refused, dropped, and saved anew by a cold boot.
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: statePath))
+        try handle.truncate(atOffset: UInt64(stateSize / 2))
+        try handle.close()
+        let repaired = try ProcessTests.run("swiftlet", ["run"] + shape + ["--", "echo", "after repair"])
+        #expect(repaired.status == 0, "stderr: \(repaired.stderr)")
+        #expect(repaired.stderr.contains("did not load"), "stderr: \(repaired.stderr)")
+        #expect(repaired.stdout.contains("SWIFTLET-GUEST-READY") && repaired.stdout.contains("after repair"))
+        let newSize = try FileManager.default.attributesOfItem(atPath: statePath)[.size] as? Int
+        #expect(newSize == stateSize, "the snapshot was saved again whole")
     }
 }
