@@ -60,7 +60,8 @@ public struct SavedMachine: Sendable {
         return try SavedMachine(file, path: path)
     }
 
-    init(_ file: SnapshotFile, path: String) throws(VMMError) {
+    /// Decodes every section of an already read state file (`path` names it in errors).
+    public init(_ file: SnapshotFile, path: String) throws(VMMError) {
         func required(_ tag: SectionTag) throws(VMMError) -> SnapshotSection {
             guard let section = file.section(tag) else { throw .snapshotSectionMissing(path: path, tag: "\(tag)") }
             return section
@@ -90,8 +91,17 @@ public struct SavedMachine: Sendable {
         deviceSections = file.sections.filter { !own.contains($0.tag) }
     }
 
+    /// The checks a load makes on the decoded values before they size
+    /// anything (`VirtualMachine(loading:memoryPath:)` runs them first): the
+    /// configuration's own validation, the vCPU list against its count, the
+    /// memory layout against its RAM plan.
+    public func checkBeforeLoad() throws(VMMError) {
+        try configuration.validate()
+        try VirtualMachine.checkRestorable(kvmState, memoryLayout.regions.map { ($0.start.rawValue, $0.size) }, configuration: configuration)
+    }
+
     /// The state file's sections: configuration, vCPUs, VM, memory layout, devices.
-    func sections() -> [SnapshotSection] {
+    public func sections() -> [SnapshotSection] {
         var sections = [SnapshotSection(tag: SnapshotSectionTag.configuration) { configuration.encode(into: &$0, diskSizes: diskSizes) }]
         sections += kvmState.vcpus.map { vcpu in SnapshotSection(tag: SnapshotSectionTag.vcpu) { vcpu.encode(into: &$0) } }
         sections.append(SnapshotSection(tag: SnapshotSectionTag.vm) { kvmState.vm.encode(into: &$0) })
