@@ -126,7 +126,7 @@ let package = Package(
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI", "HostSystem"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
         .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem", "RateLimiter"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "KVM", "GuestMemory", "SnapshotFormat", "LeanJSON", "HostSystem", "RateLimiter"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups", "SnapshotFormat"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.

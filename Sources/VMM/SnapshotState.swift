@@ -203,8 +203,10 @@ extension RateLimiterConfiguration {
 
 extension VMConfiguration {
     /// Every field, in declaration order; each disk with its size in bytes.
-    /// The MMDS attachment keeps its address and interfaces: the service
-    /// (and its data) belongs to the process that loads the snapshot.
+    /// The MMDS attachment keeps its address, interfaces, version and IMDS
+    /// compatibility, as Firecracker's MmdsState and network stack state
+    /// do; the data store is not saved (Firecracker's neither): the
+    /// process that loads the snapshot serves its own.
     func encode(into encoder: inout StateEncoder, diskSizes: [String: UInt64]) {
         encoder.encode(kernelPath)
         encoder.encodeOptional(initrdPath) { $0.encode($1) }
@@ -259,11 +261,15 @@ extension VMConfiguration {
         encoder.encodeOptional(metadataService) { encoder, attachment in
             encoder.encode(attachment.address.value)
             encoder.encode(array: attachment.interfaceIDs) { $0.encode($1) }
+            // Firecracker's MmdsState: the version and IMDS compatibility (not the data store).
+            encoder.encode(attachment.service.version == .v2 ? UInt8(2) : UInt8(1))
+            encoder.encode(attachment.service.imdsCompatible)
         }
     }
 
     /// Reads what `encode` wrote. The MMDS attachment comes back with a
-    /// fresh service; a loader with its own replaces it.
+    /// fresh service configured with the saved version and IMDS flag; a
+    /// loader with its own configures that one the same way and uses it.
     static func decode(from decoder: inout StateDecoder) throws(StateDecodingError) -> (VMConfiguration, [String: UInt64]) {
         func rawEnum<T: RawRepresentable<String>>(_ what: String, _ type: T.Type) throws(StateDecodingError) -> T {
             let start = decoder.offset
@@ -326,7 +332,13 @@ extension VMConfiguration {
             let ids = try decoder.decodeArray(maximumCount: SnapshotLimits.devices, minimumElementSize: 4) { (decoder) throws(StateDecodingError) in
                 try decoder.decodeString(maximumLength: SnapshotLimits.text)
             }
-            return MetadataServiceAttachment(service: MetadataService(), address: address, interfaceIDs: ids)
+            // The version and IMDS flag end the section; a state file written before they were saved lacks them (V1, JSON allowed).
+            let service = MetadataService()
+            if !decoder.isAtEnd {
+                let version = try decoder.decodeEnum("MMDS version", [1: MMDSVersion.v1, 2: .v2])
+                service.configure(version: version, imdsCompatible: try decoder.decodeBool())
+            }
+            return MetadataServiceAttachment(service: service, address: address, interfaceIDs: ids)
         }
         return (configuration, sizes)
     }
