@@ -13,7 +13,7 @@ let package = Package(
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         .executable(name: "swiftlet-jailer", targets: ["swiftlet-jailer"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "SnapshotFormat", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "MMDS", "RateLimiter", "SwiftletClient"]),
+        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "SnapshotFormat", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "VirtioRNG", "VMM", "MMDS", "RateLimiter", "SwiftletClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -126,7 +126,7 @@ let package = Package(
         .testTarget(name: "VMMCommandTests", dependencies: ["VMMCommand", "VMM", "ControlAPI", "HostSystem"]),
         .testTarget(name: "LeanJSONTests", dependencies: ["LeanJSON"]),
         .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
-        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "LeanJSON", "HostSystem", "RateLimiter"]),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "KVM", "GuestMemory", "SnapshotFormat", "LeanJSON", "HostSystem", "RateLimiter"]),
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups", "SnapshotFormat"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.

@@ -1,5 +1,6 @@
 import Glibc
 import LeanJSON
+import MMDS
 import VMM
 
 /// `PUT /snapshot/create` body: Firecracker's `CreateSnapshotParams`.
@@ -108,9 +109,6 @@ struct SnapshotLoadRequest: Equatable, Sendable {
         if backend == .uffd {
             throw .badRequest("Load snapshot error: the Uffd memory backend is not supported by Swiftlet yet; use backend_type File")
         }
-        if clockRealtime {
-            throw .badRequest("Load snapshot error: clock_realtime is not supported by Swiftlet yet; the guest clock resumes where it was paused")
-        }
         if hugePages == .hugetlbfs2M {
             throw .badRequest("Load snapshot error: huge_pages 2M needs a Uffd memory backend, which Swiftlet does not support yet")
         }
@@ -159,6 +157,7 @@ extension InstanceController {
         }
         try request.checkSupported()
         let machine: VirtualMachine
+        var savedMMDS: MMDSConfiguration?
         do {
             var saved = try SavedMachine.read(from: request.snapshotPath)
             try Self.apply(request, to: &saved.configuration)
@@ -171,10 +170,14 @@ extension InstanceController {
             saved.configuration.bootTimer = process.bootTimer
             // Firecracker takes dirty-page tracking from the load request, not the snapshot.
             saved.configuration.trackDirtyPages = request.trackDirtyPages
+            // The guest clock advances by the wall time since the snapshot (refused when the host or the snapshot cannot).
+            saved.kvmState.clockRealtime = request.clockRealtime
             if let attachment = saved.configuration.metadataService {
                 // MMDS data lives in this process: its service answers the restored guest.
                 saved.configuration.metadataService = MetadataServiceAttachment(service: service, address: attachment.address,
                                                                                 interfaceIDs: attachment.interfaceIDs)
+                savedMMDS = MMDSConfiguration(version: attachment.service.version, interfaceIDs: attachment.interfaceIDs,
+                                              address: attachment.address, imdsCompatible: attachment.service.imdsCompatible)
             }
             machine = try loadMachine(saved, request.memoryPath)
         } catch {
@@ -200,6 +203,10 @@ extension InstanceController {
             instance.machine = MachineConfiguration(vcpuCount: configuration.cpuCount, memorySizeMiB: configuration.memorySize >> 20)
             instance.machine.trackDirtyPages = request.trackDirtyPages
             instance.machine.hugePages = configuration.transparentHugePages ? "Transparent" : "None"
+            if let mmds = savedMMDS {
+                // As Firecracker's restore: the saved MMDS configuration, an empty data store the API can fill.
+                instance.mmds.configure(mmds)
+            }
             state.configuration = instance
             state.phase = .running
             state.machine = machine

@@ -60,7 +60,8 @@ public struct SavedMachine: Sendable {
         return try SavedMachine(file, path: path)
     }
 
-    init(_ file: SnapshotFile, path: String) throws(VMMError) {
+    /// Decodes every section of an already read state file (`path` names it in errors).
+    public init(_ file: SnapshotFile, path: String) throws(VMMError) {
         func required(_ tag: SectionTag) throws(VMMError) -> SnapshotSection {
             guard let section = file.section(tag) else { throw .snapshotSectionMissing(path: path, tag: "\(tag)") }
             return section
@@ -90,8 +91,17 @@ public struct SavedMachine: Sendable {
         deviceSections = file.sections.filter { !own.contains($0.tag) }
     }
 
+    /// The checks a load makes on the decoded values before they size
+    /// anything (`VirtualMachine(loading:memoryPath:)` runs them first): the
+    /// configuration's own validation, the vCPU list against its count, the
+    /// memory layout against its RAM plan.
+    public func checkBeforeLoad() throws(VMMError) {
+        try configuration.validate()
+        try VirtualMachine.checkRestorable(kvmState, memoryLayout.regions.map { ($0.start.rawValue, $0.size) }, configuration: configuration)
+    }
+
     /// The state file's sections: configuration, vCPUs, VM, memory layout, devices.
-    func sections() -> [SnapshotSection] {
+    public func sections() -> [SnapshotSection] {
         var sections = [SnapshotSection(tag: SnapshotSectionTag.configuration) { configuration.encode(into: &$0, diskSizes: diskSizes) }]
         sections += kvmState.vcpus.map { vcpu in SnapshotSection(tag: SnapshotSectionTag.vcpu) { vcpu.encode(into: &$0) } }
         sections.append(SnapshotSection(tag: SnapshotSectionTag.vm) { kvmState.vm.encode(into: &$0) })
@@ -193,8 +203,10 @@ extension RateLimiterConfiguration {
 
 extension VMConfiguration {
     /// Every field, in declaration order; each disk with its size in bytes.
-    /// The MMDS attachment keeps its address and interfaces: the service
-    /// (and its data) belongs to the process that loads the snapshot.
+    /// The MMDS attachment keeps its address, interfaces, version and IMDS
+    /// compatibility, as Firecracker's MmdsState and network stack state
+    /// do; the data store is not saved (Firecracker's neither): the
+    /// process that loads the snapshot serves its own.
     func encode(into encoder: inout StateEncoder, diskSizes: [String: UInt64]) {
         encoder.encode(kernelPath)
         encoder.encodeOptional(initrdPath) { $0.encode($1) }
@@ -249,11 +261,15 @@ extension VMConfiguration {
         encoder.encodeOptional(metadataService) { encoder, attachment in
             encoder.encode(attachment.address.value)
             encoder.encode(array: attachment.interfaceIDs) { $0.encode($1) }
+            // Firecracker's MmdsState: the version and IMDS compatibility (not the data store).
+            encoder.encode(attachment.service.version == .v2 ? UInt8(2) : UInt8(1))
+            encoder.encode(attachment.service.imdsCompatible)
         }
     }
 
     /// Reads what `encode` wrote. The MMDS attachment comes back with a
-    /// fresh service; a loader with its own replaces it.
+    /// fresh service configured with the saved version and IMDS flag; a
+    /// loader with its own configures that one the same way and uses it.
     static func decode(from decoder: inout StateDecoder) throws(StateDecodingError) -> (VMConfiguration, [String: UInt64]) {
         func rawEnum<T: RawRepresentable<String>>(_ what: String, _ type: T.Type) throws(StateDecodingError) -> T {
             let start = decoder.offset
@@ -316,7 +332,13 @@ extension VMConfiguration {
             let ids = try decoder.decodeArray(maximumCount: SnapshotLimits.devices, minimumElementSize: 4) { (decoder) throws(StateDecodingError) in
                 try decoder.decodeString(maximumLength: SnapshotLimits.text)
             }
-            return MetadataServiceAttachment(service: MetadataService(), address: address, interfaceIDs: ids)
+            // The version and IMDS flag end the section; a state file written before they were saved lacks them (V1, JSON allowed).
+            let service = MetadataService()
+            if !decoder.isAtEnd {
+                let version = try decoder.decodeEnum("MMDS version", [1: MMDSVersion.v1, 2: .v2])
+                service.configure(version: version, imdsCompatible: try decoder.decodeBool())
+            }
+            return MetadataServiceAttachment(service: service, address: address, interfaceIDs: ids)
         }
         return (configuration, sizes)
     }

@@ -6,10 +6,15 @@ import KVM
 public struct MachineKVMState: Sendable, Equatable {
     public var vcpus: [VCPUState]
     public var vm: VMState
+    /// How to restore, not part of the saved state (never written): set
+    /// the KVM clock with KVM_CLOCK_REALTIME, so the guest's clock advances
+    /// by the wall time since the capture (a load's `clock_realtime`).
+    public var clockRealtime = false
 
-    public init(vcpus: [VCPUState], vm: VMState) {
+    public init(vcpus: [VCPUState], vm: VMState, clockRealtime: Bool = false) {
         self.vcpus = vcpus
         self.vm = vm
+        self.clockRealtime = clockRealtime
     }
 }
 

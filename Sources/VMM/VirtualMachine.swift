@@ -215,7 +215,7 @@ public final class VirtualMachine: Sendable {
             case let .restore(state, _, _):
                 // VM-wide state first (Firecracker's order), then each vCPU
                 // over the CPUID its set-up gave it.
-                try handle.restoreState(state.vm)
+                try handle.restoreState(state.vm, clockRealtime: state.clockRealtime)
                 for (vcpu, saved) in zip(vcpus, state.vcpus) { try vcpu.restoreState(saved) }
             }
         } catch {

@@ -1,4 +1,9 @@
+import Glibc
+import GuestMemory
+import KVM
 import LeanJSON
+import SnapshotFormat
+import Synchronization
 import Testing
 @testable import ControlAPI
 @testable import VMM
@@ -61,6 +66,9 @@ struct SnapshotRequestTests {
         let overrides = try load(#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}], "vsock_override": {"uds_path": "/v"}, "huge_pages": "None"}"#)
         #expect(overrides.networkOverrides.count == 1 && overrides.networkOverrides[0] == ("eth0", "tap9"))
         #expect(overrides.vsockPath == "/v" && overrides.hugePages == SnapshotLoadRequest.HugePages.none)
+        #expect(!overrides.clockRealtime, "clock_realtime defaults to false")
+        #expect(try load(#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": true}"#).clockRealtime)
+        #expect(try !load(#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": false}"#).clockRealtime)
         let refused = [
             (#"{"snapshot_path": "/s"}"#, SnapshotLoadRequest.missingMemory),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#, SnapshotLoadRequest.tooManyMemory),
@@ -72,6 +80,8 @@ struct SnapshotRequestTests {
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume": true}"#, "unknown field `resume`"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": "yes"}"#, "invalid type"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "1G"}"#, "unknown variant `1G`"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": "yes"}"#, "invalid type"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": 1}"#, "invalid type"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0"}]}"#, "missing field `host_dev_name`"),
         ]
         for (body, message) in refused {
@@ -84,13 +94,14 @@ struct SnapshotRequestTests {
         }
     }
 
-    @Test("load is refused after a boot-specific resource (even a refused one), and Uffd, clock_realtime and 2M pages are refused before any file is read")
+    @Test("load is refused after a boot-specific resource (even a refused one), and Uffd and 2M pages are refused before any file is read")
     func loadRefusals() throws {
         let controller = try makeController()
         let uffd = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#)
         #expect(uffd.status == 400 && fault(uffd).contains("Uffd memory backend is not supported"), "\(fault(uffd))")
-        let realtime = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": true}"#)
-        #expect(realtime.status == 400 && fault(realtime).contains("clock_realtime"))
+        // clock_realtime is accepted: the missing state file is what refuses this one.
+        let realtime = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/nonexistent/state", "mem_file_path": "/m", "clock_realtime": true}"#)
+        #expect(realtime.status == 400 && fault(realtime).hasPrefix("Load snapshot error: Failed to restore from snapshot: "), "\(fault(realtime))")
         let missing = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/nonexistent/state", "mem_file_path": "/m"}"#)
         #expect(missing.status == 400 && fault(missing).hasPrefix("Load snapshot error: Failed to restore from snapshot: "), "\(fault(missing))")
         #expect(fault(missing).contains("/nonexistent/state"))
@@ -99,6 +110,35 @@ struct SnapshotRequestTests {
         let late = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
         #expect(late.status == 400)
         #expect(fault(late) == "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.")
+    }
+
+    @Test("clock_realtime reaches the machine's restore: set when the request asks for it, clear otherwise")
+    func clockRealtimeReachesRestore() throws {
+        var template = Array("/tmp/swiftlet-clock-XXXXXX".utf8CString)
+        // SAFETY: mkdtemp fills in the NUL-terminated template in place.
+        let made = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.flatMap { mkdtemp($0) } }
+        try #require(made != nil)
+        let directory = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let statePath = directory + "/state"
+        defer {
+            unlink(statePath)
+            rmdir(directory)
+        }
+        let machine = SavedMachine(configuration: VMConfiguration(kernelPath: "/vmlinux", memorySize: 64 << 20), diskSizes: [:],
+                                   kvmState: MachineKVMState(vcpus: [], vm: VMState(picMaster: [], picSlave: [], ioAPIC: [], pit: [], clock: [])),
+                                   memoryLayout: GuestMemoryFileLayout(regions: []), deviceSections: [])
+        try SnapshotFile(sections: machine.sections()).write(to: statePath)
+
+        for realtime in [true, false] {
+            let seen = Mutex<Bool?>(nil)
+            let controller = try makeController(load: { (saved, path) throws(VMMError) in
+                seen.withLock { $0 = saved.kvmState.clockRealtime }
+                throw .readFile(role: "memory file", path: path, cause: .init(call: "open", errno: .noEntry))
+            })
+            let response = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "\#(statePath)", "mem_file_path": "/m", "clock_realtime": \#(realtime)}"#)
+            #expect(response.status == 400 && fault(response).contains("memory file"), "\(fault(response))")
+            #expect(seen.withLock { $0 } == realtime)
+        }
     }
 
     @Test("create before InstanceStart is Firecracker's pre-boot refusal; the deprecated mem_file_path answer carries Deprecation")

@@ -128,6 +128,59 @@ struct MemoryFileTests {
         }
     }
 
+    @Test("all-zero pages stay holes: a mostly empty RAM gives a file allocating far less than its size, with the same contents")
+    func zeroPagesAreHoles() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { Self.removeDirectory(directory) }
+        let size: UInt64 = 64 << 20
+        let memory = try GuestMemory(ranges: [(GuestAddress(0), size), (GuestAddress(1 << 32), 0x2_0800)])
+        // A few non-zero pages: the first, a run of three, a lone byte at the
+        // end of a page, the last byte of RAM, and the partial last page of the second region.
+        try memory.write(UInt64(0x1122_3344_5566_7788), at: GuestAddress(0))
+        try memory.write(bytes: [UInt8](repeating: 0xAB, count: 3 * 4096), at: GuestAddress(0x10_0000))
+        try memory.write(UInt8(1), at: GuestAddress(0x20_0FFF))
+        try memory.write(UInt8(2), at: GuestAddress(size - 1))
+        try memory.write(UInt8(3), at: GuestAddress((1 << 32) + 0x2_0000))
+        let path = directory + "/mem"
+        let layout = try memory.writeMemoryFile(to: path)
+
+        var status = stat()
+        try #require(stat(path, &status) == 0)
+        #expect(UInt64(status.st_size) == size + 0x2_0800)
+        // 7 pages of data; file systems may allocate a little more (metadata, extents of 64 KiB).
+        let allocated = UInt64(status.st_blocks) * 512
+        #expect(allocated < 4 << 20, "allocated \(allocated) bytes of \(status.st_size)")
+
+        let restored = try GuestMemory(mappingFile: path, layout: layout)
+        for (original, copy) in zip(memory.regions, restored.regions) {
+            #expect(try restored.readBytes(at: copy.start, count: Int(copy.size)) == memory.readBytes(at: original.start, count: Int(original.size)))
+        }
+        // Holes read as zeros through the file too (not only the mapping).
+        let descriptor = open(path, O_RDONLY)
+        try #require(descriptor >= 0)
+        defer { close(descriptor) }
+        var page = [UInt8](repeating: 0xFF, count: 4096)
+        // SAFETY: the buffer is `page`'s own storage of 4096 bytes.
+        let count = page.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, 4096, 0x30_0000) }
+        #expect(count == 4096 && page.allSatisfy { $0 == 0 })
+    }
+
+    @Test("the zero check finds a single non-zero byte anywhere, in short and long buffers")
+    func zeroCheck() {
+        for count in [0, 1, 7, 8, 15, 16, 17, 4095, 4096] {
+            var bytes = [UInt8](repeating: 0, count: count)
+            // SAFETY: the pointer is `bytes`' own storage of `count` bytes, used only within the call.
+            #expect(bytes.withUnsafeBytes { buffer in buffer.baseAddress.map { GuestMemory.isZero($0, count: count) } ?? true })
+            for position in 0..<count where count < 64 || position % 509 == 0 || position == count - 1 {
+                bytes[position] = 0x40
+                // SAFETY: as above.
+                #expect(!bytes.withUnsafeBytes { buffer in buffer.baseAddress.map { GuestMemory.isZero($0, count: count) } ?? true },
+                        "byte \(position) of \(count)")
+                bytes[position] = 0
+            }
+        }
+    }
+
     static func fileSize(_ path: String) -> UInt64? {
         var status = stat()
         return stat(path, &status) == 0 ? UInt64(status.st_size) : nil

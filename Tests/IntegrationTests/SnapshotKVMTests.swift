@@ -135,6 +135,48 @@ struct SnapshotKVMTests {
         #expect(try copy.copyGuestMemory() == image)
     }
 
+    /// The saved `struct kvm_clock_data`'s clock, flags and wall time.
+    static func clock(_ state: MachineKVMState) throws -> kvm_clock_data {
+        try #require(state.vm.clock.count == MemoryLayout<kvm_clock_data>.size)
+        // SAFETY: the bytes are exactly one kvm_clock_data (checked above).
+        return state.vm.clock.withUnsafeBytes { $0.loadUnaligned(as: kvm_clock_data.self) }
+    }
+
+    @Test("clock_realtime: the capture records the wall time; a restore with it advances the KVM clock by the wall time since, one without resumes it")
+    func clockRealtime() throws {
+        let configuration = try Self.configuration("hello")
+        let source = try VirtualMachine(configuration: configuration, serialOutput: CapturingSerialOutput())
+        #expect(source.pause())
+        var state = try source.captureKVMState()
+        let image = try source.copyGuestMemory()
+        var saved = try Self.clock(state)
+        #expect(saved.flags & UInt32(KVM_CLOCK_REALTIME) != 0 && saved.realtime > 1_700_000_000 * 1_000_000_000, "the wall time is recorded")
+
+        // As if the snapshot had been taken 30 s ago.
+        saved.realtime -= 30_000_000_000
+        // SAFETY: the buffer is exactly one kvm_clock_data.
+        state.vm.clock.withUnsafeMutableBytes { $0.storeBytes(of: saved, as: kvm_clock_data.self) }
+        func restoredClock(realtime: Bool) throws -> UInt64 {
+            state.clockRealtime = realtime
+            let copy = try VirtualMachine(configuration: configuration, restoring: state, memoryImage: image, serialOutput: CapturingSerialOutput())
+            #expect(copy.pause())
+            return try Self.clock(copy.captureKVMState()).clock
+        }
+        let resumed = try restoredClock(realtime: false)
+        #expect(resumed >= saved.clock && resumed < saved.clock + 10_000_000_000, "without clock_realtime the clock goes on from \(saved.clock): \(resumed)")
+        let advanced = try restoredClock(realtime: true)
+        #expect(advanced >= saved.clock + 30_000_000_000 && advanced < saved.clock + 40_000_000_000,
+                "with clock_realtime the clock is 30 s on from \(saved.clock): \(advanced)")
+
+        // A snapshot without the wall time is refused before anything is set.
+        saved.flags &= ~UInt32(KVM_CLOCK_REALTIME)
+        // SAFETY: as above.
+        state.vm.clock.withUnsafeMutableBytes { $0.storeBytes(of: saved, as: kvm_clock_data.self) }
+        #expect { try restoredClock(realtime: true) } throws: { error in
+            "\(error)".contains("has no wall time")
+        }
+    }
+
     @Test("capture is refused unless the VM is paused")
     func refusesUnpaused() throws {
         let machine = try VirtualMachine(configuration: try Self.configuration("hello"), serialOutput: CapturingSerialOutput())

@@ -1,5 +1,6 @@
 import GuestMemory
 import KVM
+import LeanJSON
 import MMDS
 import RateLimiter
 import SnapshotFormat
@@ -24,7 +25,9 @@ struct SnapshotStateTests {
         configuration.bootTimer = true
         configuration.transparentHugePages = true
         configuration.vsock = VsockConfiguration(guestCID: 7, udsPath: "/tmp/v.sock")
-        configuration.metadataService = MetadataServiceAttachment(service: MetadataService(), address: IPv4Address(169, 254, 1, 2), interfaceIDs: ["eth0"])
+        let service = MetadataService()
+        service.configure(version: .v2, imdsCompatible: true)
+        configuration.metadataService = MetadataServiceAttachment(service: service, address: IPv4Address(169, 254, 1, 2), interfaceIDs: ["eth0"])
         let vcpus = (0..<2).map { id in
             VCPUState(id: UInt32(id), mpState: [1, 2, 3, 4], regs: [UInt8](repeating: 5, count: 144), sregs: [6], fpuFormat: .xsave,
                       fpu: [UInt8](repeating: 7, count: 4096), xcrs: id == 0 ? [8, 9] : nil, debugRegs: [10], lapic: [11],
@@ -43,13 +46,15 @@ struct SnapshotStateTests {
         let bytes = try SnapshotFile(sections: saved.sections()).encoded()
         let again = try SavedMachine(SnapshotFile.decode(bytes, host: .current), path: "state")
         var expected = saved.configuration
-        // The MMDS service is the loader's; only address and interfaces are saved.
+        // The MMDS service is the loader's; its configuration is saved, not its data.
         expected.metadataService = again.configuration.metadataService
         // An interface without a MAC is saved with the one derived for it.
         expected.networkInterfaces[1].mac = saved.configuration.networkInterfaces[1].effectiveMAC
         #expect(again.configuration == expected)
         #expect(again.configuration.metadataService?.address == IPv4Address(169, 254, 1, 2))
         #expect(again.configuration.metadataService?.interfaceIDs == ["eth0"])
+        #expect(again.configuration.metadataService?.service.version == .v2)
+        #expect(again.configuration.metadataService?.service.imdsCompatible == true)
         #expect(again.diskSizes == ["rootfs": 1 << 20])
         #expect(again.kvmState == saved.kvmState)
         #expect(again.memoryLayout == saved.memoryLayout)
@@ -66,6 +71,30 @@ struct SnapshotStateTests {
         loaded.tap = .name("tap-of-the-clone")
         #expect(loaded.effectiveMAC == guestMAC)
         #expect(NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap-of-the-clone")).effectiveMAC != guestMAC)
+    }
+
+    @Test("MMDS as Firecracker saves it: version and IMDS flag come back, the data store does not; a VCFG without them reads as V1")
+    func mmdsConfiguration() throws {
+        let saved = try Self.machine()
+        try saved.configuration.metadataService?.service.put(.object([(key: "latest", value: .string("secret"))]))
+        #expect(saved.configuration.metadataService?.service.contents != nil)
+        let sections = saved.sections()
+        let loaded = try SavedMachine(SnapshotFile(sections: sections), path: "state").configuration.metadataService
+        #expect(loaded?.service.version == .v2 && loaded?.service.imdsCompatible == true)
+        #expect(loaded?.service !== saved.configuration.metadataService?.service)
+        #expect(loaded != nil && loaded?.service.contents == nil, "the data store is not saved")
+
+        // A state file written before the version was saved: its VCFG ends after the interface ids.
+        var older = sections
+        older[0] = SnapshotSection(tag: older[0].tag, body: older[0].body.dropLast(2))
+        let old = try SavedMachine(SnapshotFile(sections: older), path: "state").configuration.metadataService
+        #expect(old?.service.version == .v1 && old?.service.imdsCompatible == false && old?.interfaceIDs == ["eth0"])
+        // A version other than 1 or 2 is refused.
+        var badVersion = sections
+        var body = Array(sections[0].body)
+        body[body.count - 2] = 3
+        badVersion[0] = SnapshotSection(tag: sections[0].tag, body: body[...])
+        #expect(throws: VMMError.self) { try SavedMachine(SnapshotFile(sections: badVersion), path: "state") }
     }
 
     @Test("a missing or damaged section is refused naming the section")
