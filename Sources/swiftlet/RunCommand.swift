@@ -20,7 +20,7 @@ struct Run: ParsableCommand {
 
             Examples:
               swiftlet run                            a shell in the default guest
-              swiftlet run -- uname -a                one command (restored from the snapshot after the first run)
+              swiftlet run -- uname -a                one command (restored from a snapshot after the first run)
               swiftlet run --cpus 2 --memory 512M -- nproc
               swiftlet run --no-snapshot -- dmesg     boot cold
             """)
@@ -49,6 +49,10 @@ enum RunCommand {
 
         let wantsHelp = vmmArguments.contains { $0 == "--help" || $0 == "-h" || $0 == "--version" }
         let namesKernel = vmmArguments.contains { ["--kernel", "--config"].contains($0) || $0.hasPrefix("--kernel=") || $0.hasPrefix("--config=") }
+        if vmmArguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
+            // swiftlet run's own help, then swiftlet-vmm's options.
+            FileHandle.standardOutput.write(Data((Run.helpMessage(columns: 100) + "\n\nThe swiftlet-vmm options:\n\n").utf8))
+        }
         if !wantsHelp && !namesKernel {
             let guest = try DefaultGuest.locate()
             var commandLine = guest.commandLine
