@@ -105,14 +105,11 @@ struct SnapshotLoadRequest: Equatable, Sendable {
 
     /// What Swiftlet cannot do yet, refused before anything is read.
     func checkSupported() throws(APIError) {
-        if backend == .uffd {
-            throw .badRequest("Load snapshot error: the Uffd memory backend is not supported by Swiftlet yet; use backend_type File")
-        }
         if clockRealtime {
             throw .badRequest("Load snapshot error: clock_realtime is not supported by Swiftlet yet; the guest clock resumes where it was paused")
         }
         if hugePages == .hugetlbfs2M {
-            throw .badRequest("Load snapshot error: huge_pages 2M needs a Uffd memory backend, which Swiftlet does not support yet")
+            throw .badRequest("Load snapshot error: huge_pages 2M (hugetlbfs guest memory) is not supported by Swiftlet yet, with either memory backend")
         }
     }
 }
@@ -176,7 +173,10 @@ extension InstanceController {
                 saved.configuration.metadataService = MetadataServiceAttachment(service: service, address: attachment.address,
                                                                                 interfaceIDs: attachment.interfaceIDs)
             }
-            machine = try loadMachine(saved, request.memoryPath)
+            switch request.backend {
+            case .file: machine = try loadMachine(saved, request.memoryPath)
+            case .uffd: machine = try loadMachineWithHandler(saved, request.memoryPath)
+            }
         } catch {
             throw .badRequest("Load snapshot error: Failed to restore from snapshot: \(error)")
         }

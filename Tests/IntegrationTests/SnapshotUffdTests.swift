@@ -1,0 +1,152 @@
+import Foundation
+import Glibc
+import Testing
+
+/// PUT /snapshot/load with Firecracker's Uffd memory backend on real
+/// swiftlet-vmm processes, served by swiftlet-uffd-handler.
+@Suite("Snapshot load with the Uffd backend (swiftlet-vmm and swiftlet-uffd-handler processes)", .serialized,
+       .enabled(if: KitGuest.shouldRun, KitGuest.skipReason))
+struct SnapshotUffdTests {
+    typealias VMMProcess = ControlAPIProcessTests.VMMProcess
+    typealias API = SnapshotAPIProcessTests
+
+    /// swiftlet-uffd-handler serving `memory` on `socket`.
+    final class HandlerProcess {
+        let process: Process
+        let errors: Pipe
+        let socket: String
+
+        init(socket: String, memory: String) throws {
+            self.socket = socket
+            unlink(socket)
+            (process, _, errors) = try ProcessTests.start("swiftlet-uffd-handler", [socket, memory])
+            var waited = 0
+            while !FileManager.default.fileExists(atPath: socket) && process.isRunning && waited < 500 {
+                usleep(10_000)
+                waited += 1
+            }
+        }
+
+        /// Waits (bounded) for the handler to exit; returns its status and stderr.
+        func waitForExit(seconds: Double = 20) -> (Int32?, String) {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            if process.isRunning {
+                process.terminate()
+                process.waitUntilExit()
+                return (nil, String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+            }
+            return (process.terminationStatus, String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        }
+
+        deinit {
+            if process.isRunning { process.terminate(); process.waitUntilExit() }
+            unlink(socket)
+        }
+    }
+
+    static func loadUffd(_ vm: VMMProcess, state: String, socket: String, resume: Bool = true) throws -> UnixHTTP.Response {
+        try vm.request("PUT", "/snapshot/load",
+                       #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "Uffd", "backend_path": "\#(socket)"}, "resume_vm": \#(resume)}"#)
+    }
+
+    /// The pages-copied count from the handler's last line.
+    static func pagesCopied(_ stderr: String) -> Int? {
+        guard let range = stderr.range(of: "the VMM hung up: ") else { return nil }
+        return Int(stderr[range.upperBound...].prefix { $0.isNumber })
+    }
+
+    @Test("a guest paused mid-computation and restored with the Uffd backend through swiftlet-uffd-handler finishes with the uninterrupted result",
+          arguments: [1, 2])
+    func resumeThroughHandler(cpus: Int) throws {
+        let args = "rounds=\(SnapshotKVMTests.rounds)"
+        let started = Date.now
+        let reference = try VMMProcess([], name: "uffd-ref")
+        try API.boot(reference, program: "resume", args: args, cpus: cpus)
+        #expect(reference.waitForSerial(seconds: 120) { API.resultLine($0) != nil }, "serial: \(reference.serial)")
+        let expected = try #require(API.resultLine(reference.serial))
+        let referenceSeconds = Date.now.timeIntervalSince(started)
+
+        let statePath = API.path("uffd-state-\(cpus)"), memoryPath = API.path("uffd-memory-\(cpus)"), socket = API.path("uffd-\(cpus).sock")
+        defer { for file in [statePath, memoryPath, socket] { unlink(file) } }
+        let original = try VMMProcess([], name: "uffd-orig")
+        try API.boot(original, program: "resume", args: args, cpus: cpus)
+        #expect(original.waitForSerial { $0.contains("KIT resume started") }, "serial: \(original.serial)")
+        usleep(UInt32(min(referenceSeconds / 3, 1) * 1_000_000))
+        #expect(try original.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        let created = try original.request("PUT", "/snapshot/create", #"{"snapshot_path": "\#(statePath)", "mem_file_path": "\#(memoryPath)"}"#)
+        #expect(created.status == 204, "\(created.body)")
+        #expect(API.resultLine(original.serial) == nil, "the computation ended before the pause: raise `rounds`")
+        original.process.terminate()
+        original.process.waitUntilExit()
+
+        let handler = try HandlerProcess(socket: socket, memory: memoryPath)
+        #expect(FileManager.default.fileExists(atPath: socket), "the handler never listened: \(handler.waitForExit(seconds: 1).1)")
+        let clone = try VMMProcess([], name: "uffd-clone")
+        let loadStart = Date.now
+        let loaded = try Self.loadUffd(clone, state: statePath, socket: socket)
+        let loadSeconds = Date.now.timeIntervalSince(loadStart)
+        #expect(loaded.status == 204, "\(loaded.body)")
+        #expect(API.state(clone) == "Running")
+        print("snapshot (\(cpus) vCPUs, Uffd): load request \(Int(loadSeconds * 1000)) ms")
+        #expect(clone.waitForSerial(seconds: max(60, referenceSeconds * 10)) { API.resultLine($0) != nil }, "serial: \(clone.serial)")
+        #expect(API.resultLine(clone.serial) == expected, "serial: \(clone.serial)")
+        #expect(!clone.serial.contains("KIT resume started"), "the restored guest started over: \(clone.serial)")
+        #expect(clone.waitForExit(seconds: 30) == 0, "stderr: \(clone.stderrText())")
+
+        // The VMM is gone: the handler sees the hang-up and ends, having served the guest's pages.
+        let (status, stderr) = handler.waitForExit()
+        #expect(status == 0, "handler stderr: \(stderr)")
+        let copied = Self.pagesCopied(stderr) ?? 0
+        #expect(copied > 256, "the guest's 1 MiB table and more came through the handler: \(stderr)")
+        print("snapshot (\(cpus) vCPUs, Uffd): handler: \(stderr.split(separator: "\n").last ?? "")")
+    }
+
+    @Test("a missing socket, or one nobody listens on, is a 400 naming the socket and the cause; the same VMM then loads with File and the guest runs on")
+    func refusalsThenFile() throws {
+        let statePath = API.path("uffd-r-state"), memoryPath = API.path("uffd-r-memory")
+        let missing = API.path("uffd-absent.sock"), stale = API.path("uffd-stale.sock")
+        defer { for file in [statePath, memoryPath, missing, stale] { unlink(file) } }
+        let source = try VMMProcess([], name: "uffd-src")
+        try API.boot(source, program: "idle", args: "period_ms=20")
+        #expect(source.waitForSerial { $0.contains("KIT idle tick 2") }, "serial: \(source.serial)")
+        #expect(try source.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        let created = try source.request("PUT", "/snapshot/create", #"{"snapshot_path": "\#(statePath)", "mem_file_path": "\#(memoryPath)"}"#)
+        #expect(created.status == 204, "\(created.body)")
+        source.process.terminate()
+        source.process.waitUntilExit()
+
+        let vm = try VMMProcess([], name: "uffd-target")
+        let absent = try Self.loadUffd(vm, state: statePath, socket: missing)
+        let absentFault = ControlAPIProcessTests.json(absent.body)["fault_message"] as? String ?? ""
+        #expect(absent.status == 400, "\(absent.body)")
+        #expect(absentFault == "Load snapshot error: Failed to restore from snapshot: handing guest memory to the Uffd page-fault handler: page-fault handler at \(missing): connecting to its socket: connect \(missing) failed: No such file or directory (errno 2)",
+                "\(absentFault)")
+        #expect(API.state(vm) == "Not started")
+
+        // A socket file whose handler is gone: connection refused.
+        unlink(stale)
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        // SAFETY: the test path is far shorter than sun_path's 108 bytes.
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(stale.utf8)) }
+        // SAFETY: address is a sockaddr_un passed with its own size.
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(bound == 0)
+        close(listener)
+        let refused = try Self.loadUffd(vm, state: statePath, socket: stale)
+        let refusedFault = ControlAPIProcessTests.json(refused.body)["fault_message"] as? String ?? ""
+        #expect(refused.status == 400 && refusedFault.hasPrefix("Load snapshot error: ") && refusedFault.contains(stale)
+                && refusedFault.contains("Connection refused") && !refusedFault.contains("\n"), "\(refusedFault)")
+        #expect(API.state(vm) == "Not started")
+
+        // Nothing was left half-restored: the same VMM loads the files.
+        let loaded = try API.load(vm, state: statePath, memory: memoryPath, resume: true)
+        #expect(loaded.status == 204, "\(loaded.body)")
+        let ticks = vm.ticks()
+        #expect(vm.waitForSerial { _ in vm.ticks() >= ticks + 3 }, "the restored guest runs on: \(vm.serial.suffix(300))")
+        #expect(try vm.request("PUT", "/actions", #"{"action_type": "Stop"}"#).status == 204)
+        #expect(vm.waitForExit() == 0, "stderr: \(vm.stderrText())")
+    }
+}
