@@ -98,7 +98,7 @@ struct SnapshotUffdTests {
         let (status, stderr) = handler.waitForExit()
         #expect(status == 0, "handler stderr: \(stderr)")
         let copied = Self.pagesCopied(stderr) ?? 0
-        #expect(copied > 256, "the guest's 1 MiB table and more came through the handler: \(stderr)")
+        #expect(copied >= 256, "the guest's 1 MiB table and more came through the handler: \(stderr)")
         print("snapshot (\(cpus) vCPUs, Uffd): handler: \(stderr.split(separator: "\n").last ?? "")")
     }
 
