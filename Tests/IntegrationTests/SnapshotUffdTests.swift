@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+@testable import VMM
 
 /// PUT /snapshot/load with Firecracker's Uffd memory backend on real
 /// swiftlet-vmm processes, served by swiftlet-uffd-handler.
@@ -100,6 +101,46 @@ struct SnapshotUffdTests {
         let copied = Self.pagesCopied(stderr) ?? 0
         #expect(copied >= 256, "the guest's 1 MiB table and more came through the handler: \(stderr)")
         print("snapshot (\(cpus) vCPUs, Uffd): handler: \(stderr.split(separator: "\n").last ?? "")")
+    }
+
+    @Test("a guest paused among its virtio-blk writes, saved to files and loaded with the Uffd backend, finishes them: device workers and the device restore fault pages in through the handler too",
+          arguments: VirtioTransportKind.allCases)
+    func deviceGuestThroughHandler(transport: VirtioTransportKind) throws {
+        typealias Device = SnapshotDeviceTests
+        let image = try BlockTestImage(megabytes: 1, name: "uffd-snap")
+        let configuration = try Device.configuration(image: image, transport: transport)
+        let statePath = API.path("uffd-dev-state-\(transport)"), memoryPath = API.path("uffd-dev-memory-\(transport)")
+        let socket = API.path("uffd-dev-\(transport).sock")
+        defer { for file in [statePath, memoryPath, socket] { unlink(file) } }
+
+        let originalOutput = CapturingSerialOutput()
+        do {
+            let original = try SnapshotKVMTests.Running(VirtualMachine(configuration: configuration, serialOutput: originalOutput))
+            #expect(SnapshotKVMTests.waitFor("seq wrote=\(Device.pauseAfter)", in: originalOutput, seconds: 60), "output: \(originalOutput.text)")
+            #expect(original.machine.pause())
+            try original.machine.createSnapshot(statePath: statePath, memoryPath: memoryPath)
+            #expect(!originalOutput.text.contains("seq done"), "the writes ended before the pause: raise `writes`")
+            #expect(try original.finish(within: 0) == .stoppedByUser)
+        }
+
+        let handler = try HandlerProcess(socket: socket, memory: memoryPath)
+        let saved = try SavedMachine.read(from: statePath)
+        let restoredOutput = CapturingSerialOutput()
+        let reason: VMExitReason
+        do {
+            let machine = try VirtualMachine(loading: saved, memoryPath: socket, serialOutput: restoredOutput, memoryBackend: .uffd)
+            let restored = try SnapshotKVMTests.Running(machine)
+            reason = try restored.finish(within: 120)
+        }
+        let text = restoredOutput.text
+        #expect(reason == .poweredOff, "output: \(text)")
+        #expect(text.contains("KIT virtio-blk seq done count=\(Device.writes) readback=ok") && text.contains("KIT virtio-blk PASS"), "output: \(text)")
+        #expect(!text.contains("NEEDS_RESET") && !text.contains("FAIL"), "output: \(text)")
+        let completions = Device.completions(originalOutput.text + text)
+        #expect(completions.count == Device.writes && zip(completions, 0...).allSatisfy { $0 == $1 }, "\(completions.count) completions")
+        // The VM is gone: the handler ends.
+        let (status, stderr) = handler.waitForExit()
+        #expect(status == 0 && (Self.pagesCopied(stderr) ?? 0) > 0, "handler stderr: \(stderr)")
     }
 
     @Test("a missing socket, or one nobody listens on, is a 400 naming the socket and the cause; the same VMM then loads with File and the guest runs on")
