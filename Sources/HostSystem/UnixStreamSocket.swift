@@ -27,9 +27,15 @@ public final class UnixStreamSocket: Sendable {
 
     /// Connects to the listener at `path` (ENOENT: no socket there;
     /// ECONNREFUSED: nobody listens; ENAMETOOLONG: the path does not fit).
-    public static func connect(path: String) throws(SystemCallError) -> UnixStreamSocket {
+    /// Connecting and each send wait at most `timeoutSeconds` (SO_SNDTIMEO:
+    /// a listener whose backlog is full, a peer that stopped reading; EAGAIN).
+    public static func connect(path: String, timeoutSeconds: Int = 10) throws(SystemCallError) -> UnixStreamSocket {
         guard var address = address(path) else { throw SystemCallError(call: "connect \(path)", errno: Errno(rawValue: ENAMETOOLONG)) }
         let socket = UnixStreamSocket(adopting: OwnedFileDescriptor(adopting: try systemCall("socket") { Glibc.socket(AF_UNIX, streamFlags, 0) }))
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        _ = try systemCall("setsockopt SO_SNDTIMEO") {
+            setsockopt(socket.descriptor.rawValue, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
         _ = try systemCall("connect \(path)") {
             // SAFETY: address is a sockaddr_un passed with its own size.
             withUnsafePointer(to: &address) { pointer in

@@ -69,7 +69,7 @@ public final class UserfaultFD: Sendable {
             do {
                 device = try OwnedFileDescriptor.open("/dev/userfaultfd", flags: O_RDWR)
             } catch let fallback {
-                throw SystemCallError(call: "userfaultfd (\(error.errno); /dev/userfaultfd: \(fallback.errno))", errno: error.errno)
+                throw SystemCallError(call: "userfaultfd (and the /dev/userfaultfd fallback: \(fallback.errno))", errno: error.errno)
             }
             raw = try device.ioctl("USERFAULTFD_IOC_NEW", CKVM_USERFAULTFD_IOC_NEW, value: UInt(flags))
         }

@@ -177,6 +177,9 @@ public final class PageFaultHandler {
                 statistics.removals += 1
                 try? userfaultFD.unregister(address: start, length: end - start)
             }
+            // Faults that met EAGAIN again with nothing new read: give the
+            // pending removal time to show up rather than spin.
+            if read == 0 && !faults.isEmpty && removals.isEmpty { usleep(1000) }
             for address in faults {
                 switch try serveFault(address, mappings, userfaultFD) {
                 case .resolved?: statistics.pagesCopied += 1
@@ -250,7 +253,7 @@ public final class PageFaultHandler {
         } catch {
             if killPeerOnError, let peer = connection.peerProcessID(), peer > 0, peer != getpid() {
                 log?("killing VMM pid \(peer): \(error)")
-                kill(peer, SIGKILL)
+                _ = try? systemCall("kill \(peer)") { kill(peer, SIGKILL) }
             }
             throw error
         }
