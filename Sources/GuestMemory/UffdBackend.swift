@@ -90,6 +90,7 @@ extension GuestMemory {
         }
         for region in regions {
             do {
+                // SAFETY: the mapping's address as a number, for the kernel; nothing is dereferenced.
                 try userfaultFD.registerMissing(address: UInt64(UInt(bitPattern: region.hostAddress)), length: region.size)
             } catch {
                 throw .pageFaultHandler(step: "registering guest RAM at \(region.start) with the userfaultfd", path: socketPath, cause: error)
@@ -115,6 +116,7 @@ extension GuestMemory {
     /// `layout`).
     public func uffdMappings(layout: GuestMemoryFileLayout) -> [GuestRegionUffdMapping] {
         regions.map { region in
+            // SAFETY: the mapping's address as a number, for the handler; nothing is dereferenced.
             GuestRegionUffdMapping(baseHostVirtualAddress: UInt64(UInt(bitPattern: region.hostAddress)), size: region.size,
                                    offset: layout.regions.first { $0.start == region.start }?.fileOffset ?? 0, pageSize: Self.uffdPageSize)
         }

@@ -34,6 +34,7 @@ public final class UnixStreamSocket: Sendable {
         let socket = UnixStreamSocket(adopting: OwnedFileDescriptor(adopting: try systemCall("socket") { Glibc.socket(AF_UNIX, streamFlags, 0) }))
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         _ = try systemCall("setsockopt SO_SNDTIMEO") {
+            // SAFETY: setsockopt reads one timeval, passed with its own size.
             setsockopt(socket.descriptor.rawValue, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         }
         _ = try systemCall("connect \(path)") {
@@ -117,6 +118,7 @@ public final class UnixStreamSocket: Sendable {
     /// The connected peer's process id (SO_PEERCRED), or nil.
     public func peerProcessID() -> pid_t? {
         var pid: Int32 = 0
+        // SAFETY: the C side writes one Int32 through the pointer during the call.
         let result = try? systemCall("getsockopt SO_PEERCRED") { ckvm_peer_pid(descriptor.rawValue, &pid) }
         return result == nil ? nil : pid
     }

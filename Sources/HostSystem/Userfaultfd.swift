@@ -125,6 +125,7 @@ public final class UserfaultFD: Sendable {
     /// the registering process) from `source` (in this process) and wakes
     /// the threads waiting on it.
     public func copy(to destination: UInt64, from source: UnsafeRawPointer, length: UInt64) throws(SystemCallError) -> Resolution {
+        // SAFETY: only the address is passed; the caller keeps `length` bytes at `source` mapped for the call.
         var request = uffdio_copy(dst: destination, src: UInt64(UInt(bitPattern: source)), len: length, mode: 0, copy: 0)
         do {
             try descriptor.ioctl("UFFDIO_COPY", CKVM_UFFDIO_COPY, pointer: &request)

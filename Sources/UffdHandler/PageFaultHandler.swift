@@ -126,7 +126,13 @@ public final class PageFaultHandler {
             if case let .failure(error) = outcome { throw .poll(cause: error) }
             let hangUp = Int16(POLLHUP) | Int16(POLLERR) | Int16(POLLNVAL)
             if pollSet[1].revents & Int16(POLLIN) != 0 {
-                try drain(mappings, userfaultFD, &statistics)
+                do {
+                    try drain(mappings, userfaultFD, &statistics)
+                } catch {
+                    // ESRCH: the VMM's address space is gone (it is exiting): done, as on a hang-up.
+                    if case let .resolve(_, cause) = error, cause.errno.rawValue == ESRCH { return statistics }
+                    throw error
+                }
             }
             if pollSet[1].revents & hangUp != 0 { return statistics }
             if pollSet[0].revents & (Int16(POLLIN) | Self.peerHungUp | hangUp) != 0 {
@@ -189,7 +195,8 @@ public final class PageFaultHandler {
                     deferred.append(address)
                 case nil:
                     statistics.ignoredEvents += 1
-                    log?("page fault at 0x\(String(address, radix: 16)) is outside every mapping")
+                    // Bounded: a confused VMM must not flood the log.
+                    if statistics.ignoredEvents <= 10 { log?("page fault at 0x\(String(address, radix: 16)) is outside every mapping") }
                 }
             }
         } while !deferred.isEmpty
@@ -226,6 +233,7 @@ public final class PageFaultHandler {
     static func wait(for descriptor: Int32, milliseconds: Int32) throws(UffdHandlerError) -> Bool {
         var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
         do {
+            // SAFETY: poll reads and writes the one pollfd during the call.
             return try systemCall("poll") { poll(&entry, 1, milliseconds) } > 0
         } catch {
             throw .poll(cause: error)
@@ -235,7 +243,8 @@ public final class PageFaultHandler {
     /// CLOCK_MONOTONIC in milliseconds.
     static func now() -> Int64 {
         var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
+        // SAFETY: clock_gettime writes one timespec.
+        _ = try? systemCall("clock_gettime") { clock_gettime(CLOCK_MONOTONIC, &time) }
         return Int64(time.tv_sec) * 1000 + Int64(time.tv_nsec) / 1_000_000
     }
 
