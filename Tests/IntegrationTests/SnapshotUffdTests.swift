@@ -17,10 +17,25 @@ struct SnapshotUffdTests {
         let errors: Pipe
         let socket: String
 
-        init(socket: String, memory: String) throws {
+        /// `firecrackerPort`: scripts/firecracker-uffd-handler.py, the Python
+        /// port of Firecracker's example handler, instead of ours.
+        init(socket: String, memory: String, firecrackerPort: Bool = false) throws {
             self.socket = socket
             unlink(socket)
-            (process, _, errors) = try ProcessTests.start("swiftlet-uffd-handler", [socket, memory])
+            if firecrackerPort {
+                let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                    .deletingLastPathComponent().appendingPathComponent("scripts/firecracker-uffd-handler.py").path
+                process = Process()
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                process.arguments = ["python3", script, socket, memory]
+                errors = Pipe()
+                process.standardError = errors
+                process.standardOutput = FileHandle.nullDevice
+                process.standardInput = FileHandle.nullDevice
+                try process.run()
+            } else {
+                (process, _, errors) = try ProcessTests.start("swiftlet-uffd-handler", [socket, memory])
+            }
             var waited = 0
             while !FileManager.default.fileExists(atPath: socket) && process.isRunning && waited < 500 {
                 usleep(10_000)
@@ -57,9 +72,9 @@ struct SnapshotUffdTests {
         return Int(stderr[range.upperBound...].prefix { $0.isNumber })
     }
 
-    @Test("a guest paused mid-computation and restored with the Uffd backend through swiftlet-uffd-handler finishes with the uninterrupted result",
-          arguments: [1, 2])
-    func resumeThroughHandler(cpus: Int) throws {
+    @Test("a guest paused mid-computation and restored with the Uffd backend through swiftlet-uffd-handler (or the Python port of Firecracker's example handler) finishes with the uninterrupted result",
+          arguments: [(1, false), (2, false), (1, true)])
+    func resumeThroughHandler(cpus: Int, firecrackerPort: Bool) throws {
         let args = "rounds=\(SnapshotKVMTests.rounds)"
         let started = Date.now
         let reference = try VMMProcess([], name: "uffd-ref")
@@ -68,7 +83,8 @@ struct SnapshotUffdTests {
         let expected = try #require(API.resultLine(reference.serial))
         let referenceSeconds = Date.now.timeIntervalSince(started)
 
-        let statePath = API.path("uffd-state-\(cpus)"), memoryPath = API.path("uffd-memory-\(cpus)"), socket = API.path("uffd-\(cpus).sock")
+        let tag = "\(cpus)\(firecrackerPort ? "-fc" : "")"
+        let statePath = API.path("uffd-state-\(tag)"), memoryPath = API.path("uffd-memory-\(tag)"), socket = API.path("uffd-\(tag).sock")
         defer { for file in [statePath, memoryPath, socket] { unlink(file) } }
         let original = try VMMProcess([], name: "uffd-orig")
         try API.boot(original, program: "resume", args: args, cpus: cpus)
@@ -81,7 +97,7 @@ struct SnapshotUffdTests {
         original.process.terminate()
         original.process.waitUntilExit()
 
-        let handler = try HandlerProcess(socket: socket, memory: memoryPath)
+        let handler = try HandlerProcess(socket: socket, memory: memoryPath, firecrackerPort: firecrackerPort)
         #expect(FileManager.default.fileExists(atPath: socket), "the handler never listened: \(handler.waitForExit(seconds: 1).1)")
         let clone = try VMMProcess([], name: "uffd-clone")
         let loadStart = Date.now
@@ -98,6 +114,10 @@ struct SnapshotUffdTests {
         // The VMM is gone: the handler sees the hang-up and ends, having served the guest's pages.
         let (status, stderr) = handler.waitForExit()
         #expect(status == 0, "handler stderr: \(stderr)")
+        if firecrackerPort {
+            #expect(stderr.contains("pages copied") && !stderr.contains("Traceback"), "handler stderr: \(stderr)")
+            return
+        }
         let copied = Self.pagesCopied(stderr) ?? 0
         #expect(copied >= 256, "the guest's 1 MiB table and more came through the handler: \(stderr)")
         print("snapshot (\(cpus) vCPUs, Uffd): handler: \(stderr.split(separator: "\n").last ?? "")")
