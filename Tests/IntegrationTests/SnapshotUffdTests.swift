@@ -123,6 +123,61 @@ struct SnapshotUffdTests {
         print("snapshot (\(cpus) vCPUs, Uffd): handler: \(stderr.split(separator: "\n").last ?? "")")
     }
 
+    @Test("a VM loaded with the Uffd backend can be saved again: its Full snapshot (every page read through the handler) and a Diff of it resume with File to the uninterrupted result")
+    func snapshotOfUffdLoadedVM() throws {
+        let args = "rounds=\(SnapshotKVMTests.rounds)"
+        let started = Date.now
+        let reference = try VMMProcess([], name: "uffd-again-ref")
+        try API.boot(reference, program: "resume", args: args)
+        #expect(reference.waitForSerial(seconds: 120) { API.resultLine($0) != nil }, "serial: \(reference.serial)")
+        let expected = try #require(API.resultLine(reference.serial))
+        let referenceSeconds = Date.now.timeIntervalSince(started)
+
+        let files = ["state", "memory", "state2", "memory2", "diff-state", "diff"].map { API.path("uffd-again-\($0)") }
+        let socket = API.path("uffd-again.sock")
+        defer { for file in files + [socket] { unlink(file) } }
+        let original = try VMMProcess([], name: "uffd-again-orig")
+        try API.boot(original, program: "resume", args: args)
+        #expect(original.waitForSerial { $0.contains("KIT resume started") }, "serial: \(original.serial)")
+        usleep(UInt32(min(referenceSeconds / 6, 0.5) * 1_000_000))
+        #expect(try original.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        #expect(try original.request("PUT", "/snapshot/create", #"{"snapshot_path": "\#(files[0])", "mem_file_path": "\#(files[1])"}"#).status == 204)
+        original.process.terminate()
+        original.process.waitUntilExit()
+
+        let handler = try HandlerProcess(socket: socket, memory: files[1])
+        let loaded = try VMMProcess([], name: "uffd-again-loaded")
+        let load = try loaded.request("PUT", "/snapshot/load",
+                                      #"{"snapshot_path": "\#(files[0])", "mem_backend": {"backend_type": "Uffd", "backend_path": "\#(socket)"}, "track_dirty_pages": true, "resume_vm": true}"#)
+        #expect(load.status == 204, "\(load.body)")
+        usleep(UInt32(min(referenceSeconds / 6, 0.5) * 1_000_000))
+        #expect(try loaded.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        let full = try loaded.request("PUT", "/snapshot/create", #"{"snapshot_path": "\#(files[2])", "mem_file_path": "\#(files[3])"}"#)
+        #expect(full.status == 204, "\(full.body)")
+        #expect(try loaded.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
+        usleep(UInt32(min(referenceSeconds / 6, 0.5) * 1_000_000))
+        #expect(try loaded.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        let diff = try loaded.request("PUT", "/snapshot/create", #"{"snapshot_type": "Diff", "snapshot_path": "\#(files[4])", "mem_file_path": "\#(files[5])"}"#)
+        #expect(diff.status == 204, "\(diff.body)")
+        #expect(API.resultLine(loaded.serial) == nil, "the computation ended before the second pause: raise `rounds`")
+        loaded.process.terminate()
+        loaded.process.waitUntilExit()
+        let (status, stderr) = handler.waitForExit()
+        #expect(status == 0 && (Self.pagesCopied(stderr) ?? 0) >= 16384, "the Full snapshot read all 64 MiB through the handler: \(stderr)")
+
+        // The Full snapshot alone, and the Diff rebased onto it, resume with File.
+        for (state, memory) in [(files[2], files[3]), (files[4], files[3])] {
+            if state == files[4] { try API.rebase(files[5], onto: files[3]) }
+            let clone = try VMMProcess([], name: "uffd-again-clone")
+            let response = try API.load(clone, state: state, memory: memory)
+            #expect(response.status == 204, "\(response.body)")
+            #expect(clone.waitForSerial(seconds: max(60, referenceSeconds * 10)) { API.resultLine($0) != nil }, "serial: \(clone.serial)")
+            #expect(API.resultLine(clone.serial) == expected, "serial: \(clone.serial)")
+            #expect(!clone.serial.contains("KIT resume started"))
+            #expect(clone.waitForExit(seconds: 30) == 0, "stderr: \(clone.stderrText())")
+        }
+    }
+
     @Test("a guest paused among its virtio-blk writes, saved to files and loaded with the Uffd backend, finishes them: device workers and the device restore fault pages in through the handler too",
           arguments: VirtioTransportKind.allCases)
     func deviceGuestThroughHandler(transport: VirtioTransportKind) throws {
