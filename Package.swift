@@ -12,8 +12,9 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         .executable(name: "swiftlet-jailer", targets: ["swiftlet-jailer"]),
+        .executable(name: "swiftlet-uffd-handler", targets: ["swiftlet-uffd-handler"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "SnapshotFormat", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "VirtioRNG", "VMM", "MMDS", "RateLimiter", "SwiftletClient"]),
+        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "SnapshotFormat", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "VirtioRNG", "VMM", "MMDS", "RateLimiter", "SwiftletClient", "UffdHandler"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -95,6 +96,11 @@ let package = Package(
         // Firecracker's jailer: chroot, namespaces, cgroups, uid/gid drop, exec.
         .target(name: "Jailer", dependencies: ["CKVM", "HostSystem", "Cgroups"]),
         .executableTarget(name: "swiftlet-jailer", dependencies: ["Jailer", "HostSystem"]),
+        // A page-fault handler for PUT /snapshot/load's Uffd backend, as
+        // Firecracker ships example handlers: serves a VMM's userfaultfd
+        // from a snapshot memory file.
+        .target(name: "UffdHandler", dependencies: ["HostSystem", "LeanJSON"]),
+        .executableTarget(name: "swiftlet-uffd-handler", dependencies: ["UffdHandler"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
             "SwiftletClient", "SwiftletVersion", "Cgroups",
@@ -133,6 +139,7 @@ let package = Package(
         .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "Cgroups"]),
+        .testTarget(name: "UffdHandlerTests", dependencies: ["UffdHandler", "GuestMemory", "HostSystem", "LeanJSON"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -106,11 +106,8 @@ struct SnapshotLoadRequest: Equatable, Sendable {
 
     /// What Swiftlet cannot do yet, refused before anything is read.
     func checkSupported() throws(APIError) {
-        if backend == .uffd {
-            throw .badRequest("Load snapshot error: the Uffd memory backend is not supported by Swiftlet yet; use backend_type File")
-        }
         if hugePages == .hugetlbfs2M {
-            throw .badRequest("Load snapshot error: huge_pages 2M needs a Uffd memory backend, which Swiftlet does not support yet")
+            throw .badRequest("Load snapshot error: huge_pages 2M (hugetlbfs guest memory) is not supported by Swiftlet yet, with either memory backend")
         }
     }
 }
@@ -179,7 +176,10 @@ extension InstanceController {
                 savedMMDS = MMDSConfiguration(version: attachment.service.version, interfaceIDs: attachment.interfaceIDs,
                                               address: attachment.address, imdsCompatible: attachment.service.imdsCompatible)
             }
-            machine = try loadMachine(saved, request.memoryPath)
+            switch request.backend {
+            case .file: machine = try loadMachine(saved, request.memoryPath)
+            case .uffd: machine = try loadMachineWithHandler(saved, request.memoryPath)
+            }
         } catch {
             throw .badRequest("Load snapshot error: Failed to restore from snapshot: \(error)")
         }

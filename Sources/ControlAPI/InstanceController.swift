@@ -59,6 +59,9 @@ public final class InstanceController: Sendable {
     let makeMachine: @Sendable (VMConfiguration) throws(VMMError) -> VirtualMachine
     /// Builds the VM of a snapshot load (tests replace it).
     let loadMachine: @Sendable (SavedMachine, String) throws(VMMError) -> VirtualMachine
+    /// Builds the VM of a snapshot load with the Uffd backend: the String is
+    /// the page-fault handler's socket (tests replace it).
+    let loadMachineWithHandler: @Sendable (SavedMachine, String) throws(VMMError) -> VirtualMachine
     /// Firecracker-layout metrics (PUT /metrics, --metrics-path).
     let metricsSink = MetricsSink()
 
@@ -68,6 +71,9 @@ public final class InstanceController: Sendable {
                 },
                 loadMachine: @escaping @Sendable (SavedMachine, String) throws(VMMError) -> VirtualMachine = { (saved, memoryPath) throws(VMMError) in
                     try VirtualMachine(loading: saved, memoryPath: memoryPath)
+                },
+                loadMachineWithHandler: @escaping @Sendable (SavedMachine, String) throws(VMMError) -> VirtualMachine = { (saved, socketPath) throws(VMMError) in
+                    try VirtualMachine(loading: saved, memoryPath: socketPath, memoryBackend: .uffd)
                 }) throws(SystemCallError) {
         self.instanceID = instanceID
         self.vmmVersion = vmmVersion
@@ -75,6 +81,7 @@ public final class InstanceController: Sendable {
         log.setInstanceID(instanceID)
         self.makeMachine = makeMachine
         self.loadMachine = loadMachine
+        self.loadMachineWithHandler = loadMachineWithHandler
         state = Mutex(State(configuration: configuration))
         startEvent = try EventFD()
     }

@@ -29,6 +29,10 @@ public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertibl
     case memoryFileNotRegular(path: String, kind: String)
     /// The memory file ends before the last byte its layout maps.
     case memoryFileTooSmall(path: String, size: UInt64, needed: UInt64)
+    /// Handing guest RAM to the page-fault handler at the socket `path`
+    /// failed at `step` (Uffd backend: creating the userfaultfd,
+    /// registering RAM, connecting, sending the mappings).
+    case pageFaultHandler(step: String, path: String, cause: SystemCallError)
 
     public var description: String {
         switch self {
@@ -46,6 +50,8 @@ public enum GuestMemoryError: Error, Equatable, Sendable, CustomStringConvertibl
             "memory file \(path) is \(kind), not a regular file"
         case let .memoryFileTooSmall(path, size, needed):
             "memory file \(path) is \(size) bytes, smaller than the \(needed) its regions need"
+        case let .pageFaultHandler(step, path, cause):
+            "page-fault handler at \(path): \(step): \(cause)"
         }
     }
 }
@@ -76,6 +82,9 @@ public final class GuestMemory: Sendable {
     public let regions: [GuestMemoryRegion]
     /// The pages the VMM writes, when created `trackingDirtyPages` (diff snapshots).
     let dirtyPages: DirtyPageBitmap?
+    /// The Uffd backend's userfaultfd and handler connection, kept open as
+    /// long as the RAM is (nil for other memory).
+    public let pageFaultHandler: PageFaultHandlerConnection?
 
     /// Maps anonymous memory for each `(start, size)` range, excluded from
     /// core dumps (MADV_DONTDUMP).
@@ -90,6 +99,7 @@ public final class GuestMemory: Sendable {
     /// maps each range with `map`, and keeps the mappings out of core dumps.
     init(
         layout ranges: [(start: GuestAddress, size: UInt64, fileOffset: UInt64)], trackingDirtyPages: Bool = false,
+        pageFaultHandler: PageFaultHandlerConnection? = nil,
         map: (_ range: (start: GuestAddress, size: UInt64, fileOffset: UInt64), _ byteCount: Int) throws(SystemCallError) -> MemoryMapping
     ) throws(GuestMemoryError) {
         let sorted = ranges.sorted { $0.start < $1.start }
@@ -123,6 +133,7 @@ public final class GuestMemory: Sendable {
             previousEnd = range.start.rawValue + range.size
         }
         self.regions = regions
+        self.pageFaultHandler = pageFaultHandler
         dirtyPages = trackingDirtyPages ? DirtyPageBitmap(regionSizes: regions.map(\.size)) : nil
     }
 

@@ -34,6 +34,36 @@ public struct Jail {
         ("/dev/kvm", 10, 232), ("/dev/net/tun", 10, 200), ("/dev/urandom", 1, 9),
     ]
 
+    /// /dev/userfaultfd's major number (a misc device); its minor is the
+    /// host's, from /proc/misc.
+    public static let userfaultfdMajor: UInt32 = 10
+
+    /// The minor number /proc/misc (`MINOR NAME` lines) gives `userfaultfd`,
+    /// or nil when the host has no /dev/userfaultfd (before Linux 6.1, or not
+    /// built), as Firecracker's jailer reads it.
+    public static func userfaultfdMinor(procMisc text: String) -> UInt32? {
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.count >= 2, fields[1] == "userfaultfd", let minor = UInt32(fields[0]) { return minor }
+        }
+        return nil
+    }
+
+    /// A /proc file's text (their size reads as 0, so read until end of
+    /// file), at most 64 KiB; nil if it cannot be read.
+    static func readProcFile(_ path: String) -> String? {
+        guard let file = try? OwnedFileDescriptor.open(path, flags: O_RDONLY) else { return nil }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 16 {
+            // SAFETY: read writes at most chunk.count bytes into the array's storage.
+            let count = chunk.withUnsafeMutableBytes { raw in try? file.read(into: raw) }
+            guard let count, count > 0 else { break }
+            bytes += chunk.prefix(count)
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     public init(configuration: JailerConfiguration, cgroupRoot: String = "/sys/fs/cgroup") {
         self.configuration = configuration
         self.cgroupRoot = cgroupRoot
@@ -160,8 +190,10 @@ public struct Jail {
             }
         }
 
+        // Read before the pivot, as Firecracker's jailer does: the jail has no /proc/misc.
+        let userfaultfdMinor = Self.readProcFile("/proc/misc").flatMap { Self.userfaultfdMinor(procMisc: $0) }
         try pivotIntoJail(root)
-        try createDeviceNodes()
+        try createDeviceNodes(userfaultfdMinor: userfaultfdMinor)
         _ = try Self.step("chown / (the jail root) to \(configuration.uid):\(configuration.gid)") { chown("/", configuration.uid, configuration.gid) }
 
         if let devNull {
@@ -232,10 +264,14 @@ public struct Jail {
         }
     }
 
-    /// /dev/kvm, /dev/net/tun and /dev/urandom only, owned by uid:gid.
-    func createDeviceNodes() throws(JailerError) {
+    /// /dev/kvm, /dev/net/tun and /dev/urandom only, owned by uid:gid, and
+    /// /dev/userfaultfd when the host has one (`userfaultfdMinor`), as
+    /// Firecracker's jailer: a VMM that dropped root needs it for a snapshot
+    /// load with the Uffd backend (the userfaultfd syscall refuses it).
+    func createDeviceNodes(userfaultfdMinor: UInt32? = nil) throws(JailerError) {
         try Self.createDirectories("/dev/net")
-        for (path, major, minor) in Self.deviceNodes {
+        let userfaultfd = userfaultfdMinor.map { [("/dev/userfaultfd", Self.userfaultfdMajor, $0)] } ?? []
+        for (path, major, minor) in Self.deviceNodes + userfaultfd {
             _ = try? systemCall("unlink \(path)") { unlink(path) }  // a leftover node from an earlier run with this id
             _ = try Self.step("mknod \(path)") { mknod(path, S_IFCHR | 0o600, ckvm_makedev(major, minor)) }
             _ = try Self.step("chown \(path)") { chown(path, configuration.uid, configuration.gid) }

@@ -5,6 +5,14 @@ import KVM
 import SnapshotFormat
 import VirtioBlock
 
+/// Where a snapshot load takes guest RAM from (Firecracker's `backend_type`).
+public enum SnapshotMemoryBackend: String, Sendable {
+    /// The memory file, mapped MAP_PRIVATE.
+    case file = "File"
+    /// A page-fault handler process at a Unix socket (userfaultfd).
+    case uffd = "Uffd"
+}
+
 extension VirtualMachine {
     /// Saves this paused VM to two files: guest RAM to `memoryPath` (every
     /// region, see `writeMemoryFile`), then everything else to the state
@@ -79,11 +87,16 @@ extension VirtualMachine {
     }
 
     /// Builds a VM from a snapshot: `saved` (its state file, read with
-    /// `SavedMachine.read`) and the memory file at `memoryPath`, mapped
-    /// MAP_PRIVATE. Disks and taps are reopened from the saved configuration;
-    /// a disk whose size changed since the snapshot is refused. On any
-    /// error nothing is left behind. `run()` resumes the guest.
-    public convenience init(loading saved: SavedMachine, memoryPath: String, serialOutput: (any SerialOutput)? = nil) throws(VMMError) {
+    /// `SavedMachine.read`) and its guest RAM from `memoryPath` as
+    /// `memoryBackend` says: the memory file mapped MAP_PRIVATE (`.file`),
+    /// or anonymous RAM filled on demand by the page-fault handler
+    /// listening on the Unix socket at `memoryPath` (`.uffd`, Firecracker's
+    /// protocol: `GuestMemory(userfaultLayout:socketPath:)`). Disks and taps
+    /// are reopened from the saved configuration; a disk whose size changed
+    /// since the snapshot is refused. On any error nothing is left behind.
+    /// `run()` resumes the guest.
+    public convenience init(loading saved: SavedMachine, memoryPath: String, serialOutput: (any SerialOutput)? = nil,
+                            memoryBackend: SnapshotMemoryBackend = .file) throws(VMMError) {
         // The saved configuration's values are checked before they size anything.
         try saved.configuration.validate()
         try Self.checkDisks(saved)
@@ -96,10 +109,20 @@ extension VirtualMachine {
         try Self.checkRestorable(saved.kvmState, saved.memoryLayout.regions.map { ($0.start.rawValue, $0.size) },
                                  configuration: saved.configuration)
         let memory: GuestMemory
-        do {
-            memory = try GuestMemory(mappingFile: memoryPath, layout: saved.memoryLayout, trackingDirtyPages: saved.configuration.trackDirtyPages)
-        } catch {
-            throw .memory(step: "mapping the snapshot memory file", cause: error)
+        switch memoryBackend {
+        case .file:
+            do {
+                memory = try GuestMemory(mappingFile: memoryPath, layout: saved.memoryLayout, trackingDirtyPages: saved.configuration.trackDirtyPages)
+            } catch {
+                throw .memory(step: "mapping the snapshot memory file", cause: error)
+            }
+        case .uffd:
+            do {
+                memory = try GuestMemory(userfaultLayout: saved.memoryLayout, socketPath: memoryPath,
+                                         trackingDirtyPages: saved.configuration.trackDirtyPages)
+            } catch {
+                throw .memory(step: "handing guest memory to the Uffd page-fault handler", cause: error)
+            }
         }
         try self.init(configuration: saved.configuration,
                       start: .restore(saved.kvmState, .mapped(memory), deviceSections: saved.deviceSections),

@@ -94,11 +94,14 @@ struct SnapshotRequestTests {
         }
     }
 
-    @Test("load is refused after a boot-specific resource (even a refused one), and Uffd and 2M pages are refused before any file is read")
+    @Test("load is refused after a boot-specific resource (even a refused one), and 2M pages are refused before any file is read; Uffd and clock_realtime read the state file first")
     func loadRefusals() throws {
         let controller = try makeController()
-        let uffd = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#)
-        #expect(uffd.status == 400 && fault(uffd).contains("Uffd memory backend is not supported"), "\(fault(uffd))")
+        let uffd = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/nonexistent/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#)
+        #expect(uffd.status == 400 && fault(uffd).hasPrefix("Load snapshot error: Failed to restore from snapshot: ") && fault(uffd).contains("/nonexistent/s"),
+                "\(fault(uffd))")
+        let huge = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}, "huge_pages": "2M"}"#)
+        #expect(huge.status == 400 && fault(huge).contains("huge_pages 2M"), "\(fault(huge))")
         // clock_realtime is accepted: the missing state file is what refuses this one.
         let realtime = send(controller, "PUT", "/snapshot/load", #"{"snapshot_path": "/nonexistent/state", "mem_file_path": "/m", "clock_realtime": true}"#)
         #expect(realtime.status == 400 && fault(realtime).hasPrefix("Load snapshot error: Failed to restore from snapshot: "), "\(fault(realtime))")

@@ -67,9 +67,15 @@ struct JailerProcessTests {
         // The VMM (uid \(JailHost.uid)) could create its API socket in the jail root it was given.
         #expect(FileManager.default.fileExists(atPath: jail + "/api.sock"))
         #expect(JailHost.text("/proc/\(pid)/limits").contains("Max open files            256                  256"))
-        // Only the three device nodes, owned by the VMM's user.
+        // Only the three device nodes, and /dev/userfaultfd where the host
+        // has it (as Firecracker's jailer), owned by the VMM's user.
         let devices = try FileManager.default.subpathsOfDirectory(atPath: jail + "/dev").sorted()
-        #expect(devices == ["kvm", "net", "net/tun", "urandom"])
+        let hostUserfaultfd = JailHost.text("/proc/misc").split(separator: "\n").contains { $0.hasSuffix(" userfaultfd") }
+        #expect(devices == ["kvm", "net", "net/tun", "urandom"] + (hostUserfaultfd ? ["userfaultfd"] : []))
+        if hostUserfaultfd {
+            let userfaultfd = try FileManager.default.attributesOfItem(atPath: jail + "/dev/userfaultfd")
+            #expect((userfaultfd[.ownerAccountID] as? NSNumber)?.uint32Value == JailHost.uid)
+        }
         let kvm = try FileManager.default.attributesOfItem(atPath: jail + "/dev/kvm")
         #expect((kvm[.ownerAccountID] as? NSNumber)?.uint32Value == JailHost.uid)
         // The old root is gone from its mount namespace: it sees only the jail.

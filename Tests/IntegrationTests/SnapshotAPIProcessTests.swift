@@ -236,8 +236,8 @@ struct SnapshotAPIProcessTests {
         #expect(FileManager.default.createFile(atPath: small, contents: Data(count: 1 << 20)))
         try refused(statePath, small, "smaller than the", "memory file too small")
         let uffd = try vm.request("PUT", "/snapshot/load",
-                                  #"{"snapshot_path": "\#(statePath)", "mem_backend": {"backend_type": "Uffd", "backend_path": "/tmp/uffd.sock"}}"#)
-        #expect(uffd.status == 400 && uffd.body.contains("Uffd memory backend is not supported"), "\(uffd.body)")
+                                  #"{"snapshot_path": "\#(statePath)", "mem_backend": {"backend_type": "Uffd", "backend_path": "\#(Self.path("absent.sock"))"}}"#)
+        #expect(uffd.status == 400 && uffd.body.contains("connecting to its socket") && uffd.body.contains(Self.path("absent.sock")), "\(uffd.body)")
         let both = try vm.request("PUT", "/snapshot/load",
                                   #"{"snapshot_path": "\#(statePath)", "mem_file_path": "\#(memoryPath)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memoryPath)"}}"#)
         #expect(both.status == 400 && both.body.contains("exclusively is required"), "\(both.body)")

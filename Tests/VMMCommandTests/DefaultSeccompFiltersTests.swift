@@ -47,6 +47,10 @@ struct DefaultSeccompFiltersTests {
         #expect(Self.run(.api, "fcntl", [7, 37]) == Self.allow, "F_OFD_SETLK for PATCH /drives")
         #expect(Self.run(.api, "ioctl", [7, UInt64(CKVM_GET_XSAVE)]) == Self.allow, "capturing a paused VM's state")
         #expect(Self.run(.main, "ioctl", [7, UInt64(CKVM_SET_IRQCHIP)]) == Self.allow, "restoring a VM's state")
+        #expect(Self.run(.api, "userfaultfd") == Self.allow && Self.run(.api, "ioctl", [7, UInt64(CKVM_UFFDIO_REGISTER)]) == Self.allow,
+                "a load with the Uffd backend")
+        #expect(Self.run(.api, "ioctl", [7, UInt64(CKVM_UFFDIO_COPY)]) == Self.kill, "the handler, not the VMM, fills pages")
+        #expect(Self.run(.vcpu, "userfaultfd") == Self.kill && Self.run(.block, "userfaultfd") == Self.kill)
         #expect(Self.run(.vcpu, "ioctl", [7, UInt64(CKVM_SET_XSAVE)]) == Self.kill, "vCPU threads restore nothing")
         #expect(Self.run(.block, "pwrite64") == Self.allow)
         #expect(Self.run(.block, "openat") == Self.kill && Self.run(.block, "socket", [1, 1, 0]) == Self.kill)

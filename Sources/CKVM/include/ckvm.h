@@ -24,6 +24,7 @@
 // Named here too so that adding it invalidates module caches built before it
 // (a header new in the umbrella directory alone goes unnoticed).
 #include "ckvm_cpuid.h"
+#include "ckvm_uffd.h"
 
 // System ioctls.
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;

@@ -80,6 +80,10 @@ public enum DefaultSeccompFilters {
         CKVM_GET_XCRS, CKVM_SET_XCRS, CKVM_GET_DEBUGREGS, CKVM_SET_DEBUGREGS, CKVM_GET_DIRTY_LOG,
     ])
 
+    /// A Uffd snapshot load: the userfaultfd handshake and registration,
+    /// and /dev/userfaultfd's USERFAULTFD_IOC_NEW where the syscall is refused.
+    static let userfaultIoctls: [UInt32] = requests([CKVM_UFFDIO_API, CKVM_UFFDIO_REGISTER, CKVM_USERFAULTFD_IOC_NEW])
+
     /// fcntl commands a thread may use: flags of its own descriptors, and the
     /// disk-image locks (F_OFD_*) an open or a drive swap takes.
     static let fcntlCommands: [UInt32] = [1, 2, 3, 4, 36, 37]  // F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_OFD_GETLK, F_OFD_SETLK
@@ -118,8 +122,11 @@ public enum DefaultSeccompFilters {
         case .api:
             // Requests on the socket, and InstanceStart builds the VM here.
             // PUT /snapshot/create writes the memory and state files
-            // atomically (pwrite, fsync, rename); /snapshot/load maps one.
-            return eventLoop + buildsVMs + [Rule("pwrite64"), Rule("rename"), Rule("renameat"), Rule("renameat2")]
+            // atomically (pwrite, fsync, rename); /snapshot/load maps one,
+            // or (Uffd backend) creates a userfaultfd, registers guest RAM
+            // with it and sends it to the page-fault handler (sendmsg).
+            return eventLoop + buildsVMs + [Rule("pwrite64"), Rule("rename"), Rule("renameat"), Rule("renameat2"),
+                                            Rule("userfaultfd"), Rule.allow("ioctl", argument: 1, in: userfaultIoctls)]
         case .block:
             return eventLoop + [
                 Rule("pread64"), Rule("pwrite64"), Rule("preadv"), Rule("pwritev"), Rule("preadv2"), Rule("pwritev2"),
