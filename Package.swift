@@ -99,7 +99,7 @@ let package = Package(
         // A page-fault handler for PUT /snapshot/load's Uffd backend, as
         // Firecracker ships example handlers: serves a VMM's userfaultfd
         // from a snapshot memory file.
-        .target(name: "UffdHandler", dependencies: ["HostSystem", "LeanJSON"]),
+        .target(name: "UffdHandler", dependencies: ["HostSystem", "GuestMemory", "LeanJSON"]),
         .executableTarget(name: "swiftlet-uffd-handler", dependencies: ["UffdHandler"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [

@@ -1,21 +1,11 @@
+import GuestMemory
 import LeanJSON
 
-/// One guest RAM region as the VMM's handshake describes it (Firecracker's
-/// `GuestRegionUffdMapping`): its place in the VMM's address space, its
-/// size, where its contents start in the memory file, and its page size.
-public struct UffdRegionMapping: Equatable, Sendable {
-    public var baseHostVirtualAddress: UInt64
-    public var size: UInt64
-    public var offset: UInt64
-    public var pageSize: UInt64
+/// One guest RAM region as the VMM's handshake describes it: the VMM's own
+/// type (Firecracker's `GuestRegionUffdMapping`), read here from JSON.
+public typealias UffdRegionMapping = GuestRegionUffdMapping
 
-    public init(baseHostVirtualAddress: UInt64, size: UInt64, offset: UInt64, pageSize: UInt64) {
-        self.baseHostVirtualAddress = baseHostVirtualAddress
-        self.size = size
-        self.offset = offset
-        self.pageSize = pageSize
-    }
-
+extension GuestRegionUffdMapping {
     /// The first address past the region (checked not to wrap when parsed).
     public var end: UInt64 { baseHostVirtualAddress &+ size }
 
