@@ -17,13 +17,13 @@ console: that is where the snapshot is taken.
       `-incoming "exec:cat FILE"`, until QMP query-status says running.
   S3  restore to a command's output: from the same spawn until the line
       printed by `echo restored-ok`, sent over the console once the VM runs
-      (an `@EPOCH` line, the base64 of the command, an empty line), appears.
+      (guest/init's protocol: the number of lines, then the script), appears.
 
 Rounds are interleaved (each round runs every VMM once, the first one
 rotating), every child runs in its own process group in a temporary folder
 and is killed at the end of its step or on any exit of this script.
 
-If `swiftlet run` supports snapshots (its --help mentions --no-snapshot),
+If `swiftlet run` supports snapshots (`swiftlet help run` mentions --no-snapshot),
 it also times `swiftlet run -- echo hi` (warm: restores the default guest's
 snapshot) against `swiftlet run --no-snapshot -- echo hi` (cold boot); the
 first warm run, which may take the snapshot, is not counted.
@@ -32,7 +32,6 @@ first warm run, which may take the snapshot, is not counted.
 """
 import argparse
 import atexit
-import base64
 import http.client
 import json
 import os
@@ -53,6 +52,7 @@ READY = b"SWIFTLET-AWAIT-CMD"
 COMMAND = "echo restored-ok"
 OUTPUT = b"restored-ok"
 STATUS = b"SWIFTLET-EXIT-STATUS="
+STATUS_LINE = (b"SWIFTLET-EXIT-STATUS=0\r", b"SWIFTLET-EXIT-STATUS=0\n")
 QEMU_CPU = "host,-arch-capabilities,+xsaveerptr,-kvm-pv-ipi,-kvm-pv-sched-yield,-kvm-pv-unhalt"
 SECTION_BEGIN, SECTION_END = "<!-- snapshots:begin -->", "<!-- snapshots:end -->"
 
@@ -80,7 +80,8 @@ def on_signal(number, _frame):
 
 
 def found(marker, output):
-    """`marker` is bytes, or a tuple of alternatives."""
+    """`marker` is bytes, or a tuple of alternatives; a leading newline also matches the start of the output."""
+    output = b"\n" + output
     return any(m in output for m in marker) if isinstance(marker, tuple) else marker in output
 
 
@@ -184,12 +185,10 @@ class Child:
             CHILDREN.remove(self)
 
 
-def console_command(command: str, epoch: bool) -> bytes:
-    """The guest's serial-cmd protocol: optional @EPOCH, base64 lines of at most 76 characters, an empty line."""
-    encoded = base64.b64encode(command.encode()).decode()
-    lines = [f"@{int(time.time())}"] if epoch else []
-    lines += [encoded[i:i + 76] for i in range(0, len(encoded), 76)]
-    return ("\n".join(lines) + "\n\n").encode()
+def console_command(command: str) -> bytes:
+    """guest/init's serial-cmd protocol (as `swiftlet run` sends it): the number of lines of the script, then the script."""
+    script = command.rstrip("\n")
+    return f"{script.count(chr(10)) + 1}\n{script}\n".encode()
 
 
 def wait_for_socket(path, timeout, child):
@@ -282,6 +281,20 @@ class QMP:
 
 # ---------------------------------------------------------------- sizes
 
+def children(pid):
+    """The child processes of `pid` (any of its threads), zombies included."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                found += pathlib.Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return found
+
+
 def sizes(paths):
     apparent = sum(os.stat(p).st_size for p in paths)
     allocated = sum(os.stat(p).st_blocks * 512 for p in paths)
@@ -318,13 +331,16 @@ class Setup:
 def restore_and_run(child, started, running_at, args, sample):
     """Sends the command over the console of a running restored VM; fills S3 in `sample`."""
     sample["restore_to_running_s"] = running_at - started
-    child.send(console_command(COMMAND, not args.no_epoch))
+    child.send(console_command(COMMAND))
     output_at = child.wait_for(OUTPUT, args.timeout)
     sample["restore_to_output_s"] = output_at - started
-    status_at = child.wait_for(STATUS, args.timeout)
-    line = child.output[child.output.index(STATUS):].split(b"\n", 1)[0].strip()
-    if line != STATUS + b"0":
-        raise Failure(f"{child.name}: the command reported {line.decode(errors='replace')}")
+    sample["running_to_output_s"] = output_at - running_at
+    child.wait_for(STATUS, args.timeout)
+    try:
+        status_at = child.wait_for(STATUS_LINE, 5)
+    except Failure:
+        line = child.output[child.output.index(STATUS):].split(b"\n", 1)[0].strip()
+        raise Failure(f"{child.name}: the command reported {line.decode(errors='replace')}; {child.tail()}")
     sample["restore_to_exit_status_s"] = status_at - started
     code = child.wait_exit(args.timeout)
     if code is not None:
@@ -332,8 +348,7 @@ def restore_and_run(child, started, running_at, args, sample):
         sample["restored_exit_code"] = code
 
 
-def swiftlet_round(setup, args, work):
-    sample = {}
+def swiftlet_round(setup, args, work, sample):
     sock = work / "boot.sock"
     state, memory = work / "snapshot.state", work / "snapshot.mem"
     argv = setup.swiftlet_boot_argv(sock)
@@ -350,7 +365,7 @@ def swiftlet_round(setup, args, work):
                                               "mem_file_path": str(memory)})
         t2 = time.monotonic()
         api.close()
-        sample.update(pause_s=t1 - t0, save_s=t2 - t1, pause_save_s=t2 - t0)
+        sample.update(pause_s=t1 - t0, save_s=t2 - t1, pause_save_s=t2 - t0, save_durable_s=t2 - t1)
         sample["state_bytes"], sample["state_allocated"] = sizes([state])
         sample["memory_bytes"], sample["memory_allocated"] = sizes([memory])
         sample["files_bytes"], sample["files_allocated"] = sizes([state, memory])
@@ -363,7 +378,7 @@ def swiftlet_round(setup, args, work):
     sample["restore_request"] = {"snapshot_path": str(state),
                                  "mem_backend": {"backend_type": "File", "backend_path": str(memory)},
                                  "resume_vm": True}
-    restored = Child(argv, work, "swiftlet-restore", watch=[OUTPUT, STATUS])
+    restored = Child(argv, work, "swiftlet-restore", watch=[OUTPUT, STATUS, STATUS_LINE])
     try:
         api = SwiftletAPI(sock, restored)
         api.call("PUT", "/snapshot/load", sample["restore_request"])
@@ -377,8 +392,7 @@ def swiftlet_round(setup, args, work):
     return sample
 
 
-def qemu_round(setup, args, work):
-    sample = {}
+def qemu_round(setup, args, work, sample):
     qmp_path = work / "boot.qmp"
     image = work / "qemu.state"
     argv = setup.qemu_argv(qmp_path)
@@ -404,17 +418,34 @@ def qemu_round(setup, args, work):
             if time.monotonic() - t1 > args.timeout:
                 raise Failure(f"qemu-boot: migration still {status} after {args.timeout:.0f} s")
             time.sleep(0.001)
+        completed = time.monotonic()
+        # "completed" can come before QEMU has closed the pipe and reaped
+        # `sh -c 'cat > FILE'`: the file is whole only once that child is gone.
+        while children(boot.process.pid):
+            if time.monotonic() - completed > args.timeout:
+                raise Failure("qemu-boot: the migration's `cat` child did not exit")
+            time.sleep(0.0005)
         t2 = time.monotonic()
         qmp.close()
-        sample.update(pause_s=t1 - t0, save_s=t2 - t1, pause_save_s=t2 - t0)
+        sample.update(pause_s=t1 - t0, save_s=t2 - t1, pause_save_s=t2 - t0, migrate_completed_s=completed - t1)
         sample["files_bytes"], sample["files_allocated"] = sizes([image])
+        # Swiftlet's create fsyncs its files (and their folder); this is what
+        # the same durability costs QEMU's file.
+        t3 = time.monotonic()
+        fd = os.open(image, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        sample["fsync_s"] = time.monotonic() - t3
+        sample["save_durable_s"] = sample["save_s"] + sample["fsync_s"]
     finally:
         boot.kill()
 
     qmp_path = work / "restore.qmp"
     argv = setup.qemu_argv(qmp_path, incoming=image)
     sample["restore_argv"] = argv
-    restored = Child(argv, work, "qemu-restore", watch=[OUTPUT, STATUS])
+    restored = Child(argv, work, "qemu-restore", watch=[OUTPUT, STATUS, STATUS_LINE])
     try:
         qmp = QMP(qmp_path, restored)
         deadline = time.monotonic() + args.timeout
@@ -445,11 +476,12 @@ def swiftlet_run_supported(binary):
     if not binary or not os.access(binary, os.X_OK):
         return False, f"{binary}: not found (build it: swift build -c release --product swiftlet)"
     try:
-        text = subprocess.run([binary, "run", "--help"], capture_output=True, text=True, timeout=60).stdout
+        # `swiftlet run --help` passes --help on to swiftlet-vmm; `swiftlet help run` is the CLI's own.
+        text = subprocess.run([binary, "help", "run"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired) as error:
-        return False, f"{binary} run --help failed: {error}"
+        return False, f"{binary} help run failed: {error}"
     if "--no-snapshot" not in text:
-        return False, f"`{binary} run --help` does not mention --no-snapshot: swiftlet run has no snapshots yet"
+        return False, f"`{binary} help run` does not mention --no-snapshot: swiftlet run has no snapshots yet"
     return True, ""
 
 
@@ -464,6 +496,8 @@ def time_swiftlet_run(argv, work, timeout, name):
         end = time.monotonic()
         if code != 0:
             raise Failure(f"{name}: exit status {code}; {child.tail()}")
+        if "--no-snapshot" not in argv and b"saved the booted guest" in child.stderr_path.read_bytes():
+            raise Failure(f"{name}: booted cold and saved a new snapshot (the cached one was evicted or refused); {child.tail()}")
         return {"argv": argv, "to_output_s": output_at - child.start, "wall_s": end - child.start}
     finally:
         child.kill()
@@ -505,13 +539,24 @@ def ratio(a, b):
     return f"{a[0] / b[0]:.2f}×"
 
 
+def filesystem(path):
+    """The type of the file system holding `path`, from /proc/mounts (longest mount point)."""
+    path = os.path.realpath(path)
+    best, kind = "", "unknown"
+    for line in pathlib.Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and (path == fields[1] or path.startswith(fields[1].rstrip("/") + "/")) and len(fields[1]) >= len(best):
+            best, kind = fields[1], fields[2]
+    return f"{kind} on {best}"
+
+
 def machine_notes(args):
     cpu = "unknown"
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    modules = [m.split()[0] for m in pathlib.Path("/proc/modules").read_text().splitlines() if m.startswith("kvm")]
+    modules = [m for m in ("kvm_pvm", "kvm_intel", "kvm_amd") if pathlib.Path(f"/sys/module/{m}").exists()]
     qemu = subprocess.run([args.qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return (f"{cpu}, `nproc` = {os.cpu_count()}, kernel {platform.release()}, KVM modules: {', '.join(modules) or 'none'}; "
@@ -520,22 +565,25 @@ def machine_notes(args):
 
 def report(args, guest, setup, results, runs, failures, load_start, load_end, started, run_rows, run_note):
     sw, qe = results["Swiftlet"], results["QEMU"]
+    ok = lambda samples: sum(1 for s in samples if "error" not in s)
     lines = [f"_Measured {started} on {machine_notes(args)}. Default guest `{guest.name}`, 1 vCPU, {args.memory}; "
-             f"{args.runs} interleaved rounds (first VMM rotating), snapshot files in a tmpfs-less temporary folder "
-             f"({args.tmp or tempfile.gettempdir()}) and in the page cache when restored. "
+             f"{args.runs} interleaved rounds (first VMM rotating); snapshot files in a temporary folder under "
+             f"{args.tmp or tempfile.gettempdir()} ({filesystem(args.tmp or tempfile.gettempdir())}), still in the page cache when restored. "
              f"Host load average at start {' '.join(load_start)}, at end {' '.join(load_end)}._", "",
              "Median (min–max) over the rounds; the ratio is Swiftlet's median over QEMU's (below 1: Swiftlet is faster or smaller).", "",
-             f"| | Measures | Swiftlet ({len(sw)}/{args.runs} ok) | QEMU microvm ({len(qe)}/{args.runs} ok) | Swiftlet / QEMU |",
+             f"| | Measures | Swiftlet ({ok(sw)}/{args.runs} rounds ok) | QEMU microvm ({ok(qe)}/{args.runs} rounds ok) | Swiftlet / QEMU |",
              "|---|---|---|---|---|"]
     rows = [
         ("—", "cold boot to SWIFTLET-AWAIT-CMD (process start; for reference)", "boot_to_await_s", fmt_time),
         ("S1", "pause (`PATCH /vm Paused` / QMP `stop`)", "pause_s", fmt_time),
         ("S1", "save (`PUT /snapshot/create` Full / `migrate exec:cat > FILE` until completed)", "save_s", fmt_time),
         ("S1", "pause + save", "pause_save_s", fmt_time),
+        ("S1", "save, durable (Swiftlet's create fsyncs its files; QEMU's save + an fsync of its file)", "save_durable_s", fmt_time),
         ("S1", "snapshot files, apparent size (state + memory / migration stream)", "files_bytes", fmt_size),
         ("S1", "snapshot files, allocated (st_blocks × 512)", "files_allocated", fmt_size),
         ("S2", "restore to VM running: spawn → `PUT /snapshot/load` 204 / QMP query-status running", "restore_to_running_s", fmt_time),
         ("S3", f"restore to command output: spawn → `{COMMAND}`'s line on the console", "restore_to_output_s", fmt_time),
+        ("S3", "of which: command sent → its output (the guest reads it, forks a subshell, echoes)", "running_to_output_s", fmt_time),
         ("S3", "restore to SWIFTLET-EXIT-STATUS=0", "restore_to_exit_status_s", fmt_time),
     ]
     for label, what, key, fmt in rows:
@@ -547,7 +595,7 @@ def report(args, guest, setup, results, runs, failures, load_start, load_end, st
                       f"memory {fmt_size(memory[0])} (allocated {fmt_size(stat(sw, 'memory_allocated')[0])}), medians."]
     lines += ["", "### `swiftlet run`: warm (snapshot) vs cold", ""]
     if run_rows is None:
-        lines.append(f"Not measured: {run_note}. The script measures it by itself once `swiftlet run --help` "
+        lines.append(f"Not measured: {run_note}. The script measures it by itself once `swiftlet help run` "
                      "lists `--no-snapshot` (or with `--swiftlet-cli PATH`).")
     else:
         warm, cold = stat(run_rows, "warm_wall_s"), stat(run_rows, "cold_wall_s")
@@ -564,6 +612,8 @@ def report(args, guest, setup, results, runs, failures, load_start, load_end, st
         if run_note:
             lines += ["", run_note]
     lines += ["", "Commands (temporary paths shortened to `$T`):", ""]
+    sw = [s for s in sw if "restore_argv" in s]
+    qe = [s for s in qe if "restore_argv" in s]
     if sw:
         t = lambda argv: shlex.join(argv).replace(str(pathlib.Path(sw[-1]["boot_argv"][2]).parent), "$T")
         lines += [f"- Swiftlet boot: `{t(sw[-1]['boot_argv'])}`, then `PATCH /vm {{\"state\":\"Paused\"}}`, "
@@ -573,10 +623,10 @@ def report(args, guest, setup, results, runs, failures, load_start, load_end, st
     if qe:
         t = lambda argv: shlex.join(argv).replace(str(pathlib.Path(qe[-1]["boot_argv"][-1].split(",")[0][5:]).parent), "$T")
         lines += [f"- QEMU boot: `{t(qe[-1]['boot_argv'])}`, then QMP `migrate-set-parameters max-bandwidth=2^40`, `stop`, "
-                  "`migrate exec:cat > $T/qemu.state`, query-migrate every 1 ms until completed",
+                  "`migrate exec:cat > $T/qemu.state`, query-migrate every 1 ms until completed and QEMU has reaped its `cat` child",
                   f"- QEMU restore: `{t(qe[-1]['restore_argv'])}`, query-status every 0.5 ms until running"]
-    lines += [f"- The command, once running: {'`@EPOCH`, ' if not args.no_epoch else ''}`{base64.b64encode(COMMAND.encode()).decode()}` "
-              f"(base64 of `{COMMAND}`), an empty line, written to the VMM's stdin (the guest's ttyS0)."]
+    lines += [f"- The command, once the VM runs: `1\\n{COMMAND}\\n` written to the VMM's stdin (the guest's ttyS0; "
+              "guest/init's serial-cmd protocol: the number of lines, then the script, run in a subshell)."]
     lines += ["", f"Produced by: `{args.produced_by}`"]
     if failures:
         lines += ["", "Failures:", ""] + [f"- {f}" for f in failures]
@@ -612,18 +662,19 @@ def main():
     parser.add_argument("--timeout", type=float, default=60, help="seconds for each other step")
     parser.add_argument("--swiftlet", default=None, help="swiftlet-vmm (default .build/release, then .build/debug)")
     parser.add_argument("--swiftlet-cli", default=None, help="the swiftlet CLI, for the `swiftlet run` rows "
-                        "(default: next to swiftlet-vmm); they run when its `run --help` lists --no-snapshot")
+                        "(default: next to swiftlet-vmm); they run when its `help run` lists --no-snapshot")
     parser.add_argument("--no-swiftlet-run", action="store_true", help="skip the `swiftlet run` rows")
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--guest", default=None, help="the guest folder (default: guest/build-image --print-path; "
                         "SWIFTLET_GUEST_CACHE moves its cache)")
     parser.add_argument("--tmp", default=None, help="where the temporary folder goes (default $TMPDIR or /tmp)")
-    parser.add_argument("--no-epoch", action="store_true", help="send no @EPOCH line before the command")
     parser.add_argument("--json", default=None, help="write every sample here")
     parser.add_argument("--write", nargs="?", const=str(ROOT / "BENCHMARKS.md"), default=None,
                         help="replace the snapshots section of BENCHMARKS.md (or FILE)")
     args = parser.parse_args()
-    args.produced_by = "python3 benchmarks/snapshot.py " + shlex.join(sys.argv[1:])
+    cache = os.environ.get("SWIFTLET_GUEST_CACHE")
+    args.produced_by = ((f"SWIFTLET_GUEST_CACHE={shlex.quote(cache)} " if cache else "") +
+                        "python3 benchmarks/snapshot.py " + shlex.join(sys.argv[1:])).strip()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
@@ -655,11 +706,11 @@ def main():
             for vmm in order:
                 work = tmp / f"{vmm}-{number + 1}"
                 work.mkdir()
+                sample = {"round": number + 1}
+                results[names[vmm]].append(sample)
                 try:
-                    sample = rounds[vmm](setup, args, work)
-                    sample["round"] = number + 1
+                    rounds[vmm](setup, args, work, sample)
                     sample["loadavg"] = loadavg()
-                    results[names[vmm]].append(sample)
                     print(f"round {number + 1} {names[vmm]}: boot {fmt_time(sample['boot_to_await_s'])}, "
                           f"pause {fmt_time(sample['pause_s'])}, save {fmt_time(sample['save_s'])} "
                           f"({fmt_size(sample['files_bytes'])}, {fmt_size(sample['files_allocated'])} allocated), "
@@ -667,6 +718,8 @@ def main():
                           f"output {fmt_time(sample['restore_to_output_s'])}; load {' '.join(sample['loadavg'])}",
                           file=sys.stderr)
                 except Failure as error:
+                    sample["error"] = str(error)
+                    sample["loadavg"] = loadavg()
                     failures.append(f"round {number + 1} {names[vmm]}: {error}")
                     print(f"round {number + 1} {names[vmm]}: FAILED: {error}", file=sys.stderr)
 
