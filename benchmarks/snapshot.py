@@ -563,15 +563,17 @@ def machine_notes(args):
             f"{qemu}; Python {platform.python_version()}; commit {commit}")
 
 
-def report(args, guest, setup, results, runs, failures, load_start, load_end, started, run_rows, run_note):
+def report(meta, results, failures, run_rows, run_note):
+    """The Markdown section; `meta` is what the JSON keeps under "meta" (so --from-json renders it again)."""
     sw, qe = results["Swiftlet"], results["QEMU"]
+    runs = meta["runs"]
     ok = lambda samples: sum(1 for s in samples if "error" not in s)
-    lines = [f"_Measured {started} on {machine_notes(args)}. Default guest `{guest.name}`, 1 vCPU, {args.memory}; "
-             f"{args.runs} interleaved rounds (first VMM rotating); snapshot files in a temporary folder under "
-             f"{args.tmp or tempfile.gettempdir()} ({filesystem(args.tmp or tempfile.gettempdir())}), still in the page cache when restored. "
-             f"Host load average at start {' '.join(load_start)}, at end {' '.join(load_end)}._", "",
+    lines = [f"_Measured {meta['started']} on {meta['machine']}. Default guest `{meta['guest_name']}`, 1 vCPU, {meta['memory']}; "
+             f"{runs} interleaved rounds (first VMM rotating); snapshot files in a temporary folder under "
+             f"{meta['tmp']}, still in the page cache when restored. "
+             f"Host load average at start {' '.join(meta['load_start'])}, at end {' '.join(meta['load_end'])}._", "",
              "Median (min–max) over the rounds; the ratio is Swiftlet's median over QEMU's (below 1: Swiftlet is faster or smaller).", "",
-             f"| | Measures | Swiftlet ({ok(sw)}/{args.runs} rounds ok) | QEMU microvm ({ok(qe)}/{args.runs} rounds ok) | Swiftlet / QEMU |",
+             f"| | Measures | Swiftlet ({ok(sw)}/{runs} rounds ok) | QEMU microvm ({ok(qe)}/{runs} rounds ok) | Swiftlet / QEMU |",
              "|---|---|---|---|---|"]
     rows = [
         ("—", "cold boot to SWIFTLET-AWAIT-CMD (process start; for reference)", "boot_to_await_s", fmt_time),
@@ -601,10 +603,13 @@ def report(args, guest, setup, results, runs, failures, load_start, load_end, st
         warm, cold = stat(run_rows, "warm_wall_s"), stat(run_rows, "cold_wall_s")
         warm_out, cold_out = stat(run_rows, "warm_to_output_s"), stat(run_rows, "cold_to_output_s")
         q3 = stat(qe, "restore_to_output_s")
-        lines += ["| command | to `hi` on stdout | to exit | cold / this (exit) | this / QEMU S3 (output) |", "|---|---|---|---|---|",
+        speedup = lambda a, b: f"{b[0] / a[0]:.1f}×" if a and b and a[0] else "—"
+        lines += ["| command | to `hi` on stdout | to exit | speed-up over cold (output / exit) | vs QEMU's S3 restore to output |",
+                  "|---|---|---|---|---|",
                   f"| `swiftlet run -- echo hi` (warm) | {cell(warm_out, fmt_time)} | {cell(warm, fmt_time)} | "
-                  f"{(cold[0] / warm[0]) if warm and cold else 0:.1f}× | {ratio(warm_out, q3)} |",
-                  f"| `swiftlet run --no-snapshot -- echo hi` (cold) | {cell(cold_out, fmt_time)} | {cell(cold, fmt_time)} | 1.0× | {ratio(cold_out, q3)} |",
+                  f"{speedup(warm_out, cold_out)} / {speedup(warm, cold)} | {ratio(warm_out, q3)} |",
+                  f"| `swiftlet run --no-snapshot -- echo hi` (cold) | {cell(cold_out, fmt_time)} | {cell(cold, fmt_time)} | "
+                  f"1.0× / 1.0× | {ratio(cold_out, q3)} |",
                   "", "Goals: warm ≥ 10× faster than cold: " +
                   ("met" if warm and cold and cold[0] >= 10 * warm[0] else "NOT met") +
                   f"; warm faster than QEMU's `-incoming` restore to output ({fmt_time(q3[0]) if q3 else '—'}): " +
@@ -627,7 +632,7 @@ def report(args, guest, setup, results, runs, failures, load_start, load_end, st
                   f"- QEMU restore: `{t(qe[-1]['restore_argv'])}`, query-status every 0.5 ms until running"]
     lines += [f"- The command, once the VM runs: `1\\n{COMMAND}\\n` written to the VMM's stdin (the guest's ttyS0; "
               "guest/init's serial-cmd protocol: the number of lines, then the script, run in a subshell)."]
-    lines += ["", f"Produced by: `{args.produced_by}`"]
+    lines += ["", f"Produced by: `{meta['produced_by']}`"]
     if failures:
         lines += ["", "Failures:", ""] + [f"- {f}" for f in failures]
     return "\n".join(lines)
@@ -669,6 +674,8 @@ def main():
                         "SWIFTLET_GUEST_CACHE moves its cache)")
     parser.add_argument("--tmp", default=None, help="where the temporary folder goes (default $TMPDIR or /tmp)")
     parser.add_argument("--json", default=None, help="write every sample here")
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="run nothing: print (and --write) the report of a --json file again")
     parser.add_argument("--write", nargs="?", const=str(ROOT / "BENCHMARKS.md"), default=None,
                         help="replace the snapshots section of BENCHMARKS.md (or FILE)")
     args = parser.parse_args()
@@ -691,6 +698,14 @@ def main():
     vmms = [v.strip() for v in args.vmms.split(",") if v.strip()]
     names = {"swiftlet": "Swiftlet", "qemu": "QEMU"}
     rounds = {"swiftlet": swiftlet_round, "qemu": qemu_round}
+
+    if args.from_json:
+        saved = json.loads(pathlib.Path(args.from_json).read_text())
+        text = report(saved["meta"], saved["results"], saved["failures"], saved["swiftlet_run"], saved["swiftlet_run_note"])
+        print(text)
+        if args.write:
+            write_section(text, pathlib.Path(args.write))
+        return 1 if saved["failures"] else 0
 
     guest = guest_dir(args)
     setup = Setup(args, guest)
@@ -757,12 +772,15 @@ def main():
             run_note = "skipped with --no-swiftlet-run"
     load_end = loadavg()
 
-    text = report(args, guest, setup, results, args.runs, failures, load_start, load_end, started, run_rows, run_note)
+    tmp = args.tmp or tempfile.gettempdir()
+    meta = {"started": started, "machine": machine_notes(args), "guest_name": guest.name, "memory": args.memory,
+            "runs": args.runs, "tmp": f"{tmp} ({filesystem(tmp)})", "load_start": load_start, "load_end": load_end,
+            "produced_by": args.produced_by}
+    text = report(meta, results, failures, run_rows, run_note)
     print(text)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({
-            "started": started, "guest": str(guest), "cmdline": setup.cmdline, "memory": args.memory,
-            "load_start": load_start, "load_end": load_end, "results": results,
+            "meta": meta, "guest": str(guest), "cmdline": setup.cmdline, "results": results,
             "swiftlet_run": run_rows, "swiftlet_run_note": run_note, "failures": failures}, indent=2))
     if args.write:
         write_section(text, pathlib.Path(args.write))
