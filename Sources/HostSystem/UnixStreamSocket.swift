@@ -15,7 +15,7 @@ public final class UnixStreamSocket: Sendable {
     static let streamFlags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
 
     /// `path` as a sockaddr_un, or nil if it is empty, too long or holds a NUL.
-    static func address(_ path: String) -> sockaddr_un? {
+    public static func address(_ path: String) -> sockaddr_un? {
         let bytes = Array(path.utf8)
         guard !bytes.isEmpty, bytes.count <= maximumPathLength, !bytes.contains(0) else { return nil }
         var address = sockaddr_un()

@@ -8,21 +8,12 @@ import Virtio
 /// non-blocking and close-on-exec; sends use MSG_NOSIGNAL, so a host peer
 /// that went away is an EPIPE, never a SIGPIPE.
 enum UnixSocket {
-    /// sun_path holds 108 bytes including the terminating NUL.
-    static let maximumPathLength = 107
+    static let maximumPathLength = UnixStreamSocket.maximumPathLength
 
     static let socketFlags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
 
-    /// `path` as a sockaddr_un, or nil if it is empty or too long.
-    static func address(_ path: String) -> sockaddr_un? {
-        let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, bytes.count <= maximumPathLength, !bytes.contains(0) else { return nil }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        // SAFETY: copies at most 107 bytes into the 108-byte sun_path, leaving a NUL.
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in raw.copyBytes(from: bytes) }
-        return address
-    }
+    /// `path` as a sockaddr_un, or nil if it is empty, too long or holds a NUL.
+    static func address(_ path: String) -> sockaddr_un? { UnixStreamSocket.address(path) }
 
     /// Creates, binds and listens on a socket at `path`; returns it and the
     /// socket file's inode (so that only our own file is removed later).
