@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "swiftletd", targets: ["swiftletd"]),
         .executable(name: "swiftlet-jailer", targets: ["swiftlet-jailer"]),
         .executable(name: "swiftlet-uffd-handler", targets: ["swiftlet-uffd-handler"]),
+        .executable(name: "swiftlet-agent", targets: ["swiftlet-agent"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
         .library(name: "SwiftletFuzzable", targets: ["HostSystem", "SnapshotFormat", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "VirtioRNG", "VMM", "MMDS", "RateLimiter", "SwiftletClient", "UffdHandler", "AgentProtocol"]),
     ],
@@ -73,6 +74,10 @@ let package = Package(
         // The guest agent's frames (docs/agent.md), shared by the agent and
         // the host; also built as Embedded Swift by guest/build-image.
         .target(name: "AgentProtocol"),
+        .target(name: "CAgentSys"),
+        // The guest agent; guest/build-agent builds the same sources as
+        // Embedded Swift for the default guest's initramfs.
+        .executableTarget(name: "swiftlet-agent", dependencies: ["AgentProtocol", "CAgentSys"]),
         // The per-VM control API: a small HTTP/1.1 server on a Unix socket
         // with Firecracker's resources (no Foundation, no SwiftNIO).
         .target(name: "ControlAPI", dependencies: ["CKVM", "VMM", "Devices", "HostSystem", "LeanJSON", "MMDS"]),
