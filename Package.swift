@@ -75,6 +75,8 @@ let package = Package(
         // the host; also built as Embedded Swift by guest/build-image.
         .target(name: "AgentProtocol"),
         .target(name: "CAgentSys"),
+        // The host side of the agent: connections, exec sessions, file copies.
+        .target(name: "AgentClient", dependencies: ["AgentProtocol", "HostSystem"]),
         // The guest agent; guest/build-agent builds the same sources as
         // Embedded Swift for the default guest's initramfs.
         .executableTarget(name: "swiftlet-agent", dependencies: ["AgentProtocol", "CAgentSys"]),
@@ -92,7 +94,7 @@ let package = Package(
             name: "swiftlet-vmm", dependencies: ["VMMCommand"],
             linkerSettings: [.unsafeFlags(["-static-executable"], .when(platforms: [.linux]))]),
         .executableTarget(name: "swiftlet", dependencies: [
-            "HostSystem", "SwiftletClient", "SwiftletVersion",
+            "HostSystem", "SwiftletClient", "SwiftletVersion", "AgentClient", "AgentProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),

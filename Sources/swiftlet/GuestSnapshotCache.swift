@@ -3,7 +3,7 @@ import Glibc
 
 /// Where `swiftlet run` keeps its snapshots of the default guest, booted to
 /// the point where it waits for a command (guest/init's
-/// `swiftlet.serial-cmd`): `<guest folder>/snapshots/<key>/{state,memory}`.
+/// `swiftlet.agent`): `<guest folder>/snapshots/<key>/{state,memory}`.
 /// The key covers everything that makes the snapshot: the guest image (its
 /// folder is named by the hash of its inputs), the swiftlet-vmm binary (a
 /// rebuilt VMM may encode device state differently) and the VM's shape (the
@@ -16,6 +16,15 @@ struct GuestSnapshotCache {
     static let snapshotOptions: Set<String> = ["cpus", "memory", "cmdline", "transport", "net", "vsock", "rng", "enable-pci"]
 
     let directory: URL
+
+    /// Whether a run with the user's swiftlet-vmm options can use a snapshot.
+    static func accepts(_ userOptions: [String]) -> Bool {
+        userOptions.allSatisfy { option in
+            guard option.hasPrefix("--") else { return true }
+            let name = option.dropFirst(2).split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
+            return snapshotOptions.contains(name)
+        }
+    }
     var statePath: String { directory.appendingPathComponent("state").path }
     var memoryPath: String { directory.appendingPathComponent("memory").path }
 
@@ -29,11 +38,10 @@ struct GuestSnapshotCache {
     /// (`userOptions` are the user's swiftlet-vmm options, before the guest's
     /// defaults are added).
     init?(guest: DefaultGuest, vmmBinary: String, userOptions: [String], vmmArguments: [String]) {
-        for option in userOptions where option.hasPrefix("--") {
-            let name = option.dropFirst(2).split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
-            guard Self.snapshotOptions.contains(name) else { return nil }
-        }
-        var material = guest.directory.resolvingSymlinksInPath().path
+        guard Self.accepts(userOptions) else { return nil }
+        // "agent": runs that go through the guest agent (an older cache held
+        // guests waiting on their console instead).
+        var material = "agent\0" + guest.directory.resolvingSymlinksInPath().path
         var info = stat()
         guard stat(vmmBinary, &info) == 0 else { return nil }
         material += "\0\(vmmBinary)\0\(info.st_size)\0\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
