@@ -60,6 +60,23 @@ public struct AgentClient: Sendable {
         let size = UInt64(status.st_size)
         let connection = try connect()
         try connection.send(.putFile(path: remotePath, mode: mode ?? UInt32(status.st_mode & 0o7777), size: size))
+        do {
+            try sendFile(file, size: size, path: localPath, over: connection, progress: progress)
+        } catch {
+            // The agent refuses early (a missing folder) and closes: its
+            // error frame says why better than our failed write.
+            if case .closed = error, let reply = try? connection.receive(step: "put-file \(remotePath)", timeout: 2),
+               case .error(let code, let text) = reply {
+                throw .agent(code: code, message: text)
+            }
+            throw error
+        }
+        let reply = try connection.receive(step: "put-file \(remotePath)")
+        guard case .done = reply else { throw Self.unexpected(reply, step: "put-file \(remotePath)") }
+    }
+
+    private func sendFile(_ file: OwnedFileDescriptor, size: UInt64, path localPath: String, over connection: AgentConnection,
+                          progress: (UInt64, UInt64) -> Void) throws(AgentClientError) {
         var buffer = [UInt8](repeating: 0, count: AgentFrame.dataChunk)
         var sent: UInt64 = 0
         while sent < size {
@@ -79,8 +96,6 @@ public struct AgentClient: Sendable {
             progress(sent, size)
         }
         if sent < size { try connection.send(.data([])) }
-        let reply = try connection.receive(step: "put-file \(remotePath)")
-        guard case .done = reply else { throw Self.unexpected(reply, step: "put-file \(remotePath)") }
     }
 
     /// Copies `remotePath` from the guest to `localPath`, through a

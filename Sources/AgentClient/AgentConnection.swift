@@ -9,6 +9,8 @@ import Glibc
 public enum AgentEndpoint: Sendable, Equatable {
     /// A VMM's hybrid vsock Unix socket (docs/vsock.md): `CONNECT <port>`.
     case vsockSocket(path: String, port: UInt32 = AgentFrame.defaultPort)
+    /// An agent listening on a Unix socket itself (`swiftlet-agent --listen unix:PATH`).
+    case unixSocket(path: String)
 }
 
 /// One connection to a guest agent, past the handshake: it carries one
@@ -27,31 +29,34 @@ public final class AgentConnection: Sendable {
 
     /// Connects and shakes hands, all within `timeout` seconds.
     public static func open(_ endpoint: AgentEndpoint, timeout: Double) throws(AgentClientError) -> AgentConnection {
+        let path: String
         switch endpoint {
-        case .vsockSocket(let path, let port):
-            let socket: UnixStreamSocket
-            do {
-                socket = try UnixStreamSocket.connect(path: path, timeoutSeconds: max(1, Int(timeout.rounded(.up))))
-            } catch {
-                throw .noVsockSocket(path: path, cause: error)
-            }
-            try setReceiveTimeout(socket, seconds: timeout)
+        case .vsockSocket(let socketPath, _), .unixSocket(let socketPath): path = socketPath
+        }
+        let socket: UnixStreamSocket
+        do {
+            socket = try UnixStreamSocket.connect(path: path, timeoutSeconds: max(1, Int(timeout.rounded(.up))))
+        } catch {
+            throw .noVsockSocket(path: path, cause: error)
+        }
+        try setReceiveTimeout(socket, seconds: timeout)
+        if case .vsockSocket(_, let port) = endpoint {
             try writeAll(socket, Array("CONNECT \(port)\n".utf8), step: "sending CONNECT to the VMM")
             let line = try readLine(socket, limit: 64, timeout: timeout, port: port)
             guard line.hasPrefix("OK ") else { throw .noAgent(port: port) }
-            let provisional = AgentConnection(socket: socket, agentVersion: "")
-            try provisional.send(.hello(version: AgentFrame.protocolVersion))
-            let reply = try provisional.receive(step: "the handshake", timeout: timeout)
-            guard case .helloReply(_, let version) = reply else {
-                if case .error(let code, let message) = reply { throw .agent(code: code, message: message) }
-                throw .unexpected(reply.type, step: "the handshake")
-            }
-            let connection = AgentConnection(socket: socket, agentVersion: version)
-            connection.decoder.withLock { $0 = provisional.decoder.withLock { $0 } }
-            // After the handshake, reads wait as long as the request takes.
-            try setReceiveTimeout(socket, seconds: 0)
-            return connection
         }
+        let provisional = AgentConnection(socket: socket, agentVersion: "")
+        try provisional.send(.hello(version: AgentFrame.protocolVersion))
+        let reply = try provisional.receive(step: "the handshake", timeout: timeout)
+        guard case .helloReply(_, let version) = reply else {
+            if case .error(let code, let message) = reply { throw .agent(code: code, message: message) }
+            throw .unexpected(reply.type, step: "the handshake")
+        }
+        let connection = AgentConnection(socket: socket, agentVersion: version)
+        connection.decoder.withLock { $0 = provisional.decoder.withLock { $0 } }
+        // After the handshake, reads wait as long as the request takes.
+        try setReceiveTimeout(socket, seconds: 0)
+        return connection
     }
 
     /// Retries `open` while the guest boots (no socket yet, no agent yet)
