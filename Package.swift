@@ -113,6 +113,7 @@ let package = Package(
         .executableTarget(name: "swiftlet-uffd-handler", dependencies: ["UffdHandler"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
+            "AgentClient", "AgentProtocol",
             "SwiftletClient", "SwiftletVersion", "Cgroups",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "GRDB", package: "GRDB.swift"),

@@ -28,6 +28,8 @@ public enum AgentClientError: Error, CustomStringConvertible, Sendable {
     case localFile(path: String, cause: SystemCallError)
     /// The daemon refused the agent request (status and its message).
     case daemon(status: Int, message: String)
+    /// swiftletd's socket is missing or refuses connections.
+    case daemonUnreachable(socket: String, cause: SystemCallError)
 
     public var description: String {
         switch self {
@@ -50,7 +52,9 @@ public enum AgentClientError: Error, CustomStringConvertible, Sendable {
         case .localFile(let path, let cause):
             return "\(path): \(cause.errno)"
         case .daemon(let status, let message):
-            return "swiftletd answered \(status): \(message)"
+            return status == 0 ? "swiftletd: \(message)" : "swiftletd answered \(status): \(message)"
+        case .daemonUnreachable(let socket, let cause):
+            return "swiftletd is not reachable at \(socket) (\(cause.errno)); start it with `swiftletd`, or point --socket / SWIFTLET_SOCKET at its socket"
         }
     }
 

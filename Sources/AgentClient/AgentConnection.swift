@@ -11,52 +11,71 @@ public enum AgentEndpoint: Sendable, Equatable {
     case vsockSocket(path: String, port: UInt32 = AgentFrame.defaultPort)
     /// An agent listening on a Unix socket itself (`swiftlet-agent --listen unix:PATH`).
     case unixSocket(path: String)
+    /// A VM of swiftletd's: `POST /v1/vms/{name}/agent` on the daemon's socket.
+    case daemon(socketPath: String, vm: String)
 }
 
 /// One connection to a guest agent, past the handshake: it carries one
 /// request (docs/agent.md). Reads and writes may run on two threads at
 /// once; writes are serialized by a lock.
 public final class AgentConnection: Sendable {
-    public let socket: UnixStreamSocket
-    public let agentVersion: String
+    public let transport: AgentTransport
+    private let agentVersionStore = Mutex("")
     private let writeLock = Mutex(())
     private let decoder = Mutex(FrameDecoder())
 
-    private init(socket: UnixStreamSocket, agentVersion: String) {
-        self.socket = socket
-        self.agentVersion = agentVersion
+    public var socket: UnixStreamSocket { transport.socket }
+    public var agentVersion: String { agentVersionStore.withLock { $0 } }
+
+    private init(transport: AgentTransport) {
+        self.transport = transport
     }
 
     /// Connects and shakes hands, all within `timeout` seconds.
     public static func open(_ endpoint: AgentEndpoint, timeout: Double) throws(AgentClientError) -> AgentConnection {
-        let path: String
+        let transport: AgentTransport
         switch endpoint {
-        case .vsockSocket(let socketPath, _), .unixSocket(let socketPath): path = socketPath
+        case .vsockSocket(let path, let port):
+            transport = AgentTransport(socket: try connectVsock(path: path, port: port, timeout: timeout), chunked: false)
+        case .unixSocket(let path):
+            let socket = try connectUnix(path, timeout: timeout)
+            try setReceiveTimeout(socket, seconds: timeout)
+            transport = AgentTransport(socket: socket, chunked: false)
+        case .daemon(let socketPath, let vm):
+            transport = try DaemonAgentRequest.open(socketPath: socketPath, vm: vm, timeout: timeout)
         }
-        let socket: UnixStreamSocket
-        do {
-            socket = try UnixStreamSocket.connect(path: path, timeoutSeconds: max(1, Int(timeout.rounded(.up))))
-        } catch {
-            throw .noVsockSocket(path: path, cause: error)
-        }
-        try setReceiveTimeout(socket, seconds: timeout)
-        if case .vsockSocket(_, let port) = endpoint {
-            try writeAll(socket, Array("CONNECT \(port)\n".utf8), step: "sending CONNECT to the VMM")
-            let line = try readLine(socket, limit: 64, timeout: timeout, port: port)
-            guard line.hasPrefix("OK ") else { throw .noAgent(port: port) }
-        }
-        let provisional = AgentConnection(socket: socket, agentVersion: "")
-        try provisional.send(.hello(version: AgentFrame.protocolVersion))
-        let reply = try provisional.receive(step: "the handshake", timeout: timeout)
+        let connection = AgentConnection(transport: transport)
+        try connection.send(.hello(version: AgentFrame.protocolVersion))
+        let reply = try connection.receive(step: "the handshake", timeout: timeout)
         guard case .helloReply(_, let version) = reply else {
             if case .error(let code, let message) = reply { throw .agent(code: code, message: message) }
             throw .unexpected(reply.type, step: "the handshake")
         }
-        let connection = AgentConnection(socket: socket, agentVersion: version)
-        connection.decoder.withLock { $0 = provisional.decoder.withLock { $0 } }
+        connection.agentVersionStore.withLock { $0 = version }
         // After the handshake, reads wait as long as the request takes.
-        try setReceiveTimeout(socket, seconds: 0)
+        try setReceiveTimeout(transport.socket, seconds: 0)
         return connection
+    }
+
+    /// A VMM's vsock socket, past `CONNECT port` and the VMM's `OK`: the
+    /// guest's port at the other end. Used by the client and by swiftletd.
+    public static func connectVsock(path: String, port: UInt32, timeout: Double) throws(AgentClientError) -> UnixStreamSocket {
+        let socket = try connectUnix(path, timeout: timeout)
+        try setReceiveTimeout(socket, seconds: timeout)
+        try AgentTransport.writeAll(socket, Array("CONNECT \(port)\n".utf8), step: "sending CONNECT to the VMM")
+        let line = try readLine(socket, limit: 64, timeout: timeout,
+                                timedOut: .timedOut(step: "waiting for the VMM to connect vsock port \(port)", seconds: timeout),
+                                closed: .noAgent(port: port))
+        guard line.hasPrefix("OK ") else { throw .noAgent(port: port) }
+        return socket
+    }
+
+    static func connectUnix(_ path: String, timeout: Double) throws(AgentClientError) -> UnixStreamSocket {
+        do {
+            return try UnixStreamSocket.connect(path: path, timeoutSeconds: max(1, Int(timeout.rounded(.up))))
+        } catch {
+            throw .noVsockSocket(path: path, cause: error)
+        }
     }
 
     /// Retries `open` while the guest boots (no socket yet, no agent yet)
@@ -83,18 +102,15 @@ public final class AgentConnection: Sendable {
     }
 
     public func send(_ message: AgentMessage) throws(AgentClientError) {
-        try sendRaw(message.frame.encoded)
-    }
-
-    func sendRaw(_ bytes: [UInt8]) throws(AgentClientError) {
+        let bytes = message.frame.encoded
         try writeLock.withLock { _ throws(AgentClientError) in
-            try Self.writeAll(socket, bytes, step: "writing to the guest agent")
+            try transport.write(bytes, step: "writing to the guest agent")
         }
     }
 
-    /// Shuts down the sending side (the agent sees end of stream).
+    /// Ends the sending side (the agent sees end of stream).
     public func closeWrite() {
-        _ = Glibc.shutdown(socket.descriptor.rawValue, Int32(SHUT_WR))
+        writeLock.withLock { _ in transport.closeWrite() }
     }
 
     /// The next message; `timeout` (seconds, 0 = none) bounds the wait.
@@ -114,18 +130,9 @@ public final class AgentConnection: Sendable {
                     throw .malformed(error)
                 }
             }
-            let count: Int
-            do {
-                count = try systemCall("read") {
-                    // SAFETY: read(2) writes at most the buffer's length.
-                    buffer.withUnsafeMutableBytes { Glibc.read(socket.descriptor.rawValue, $0.baseAddress, $0.count) }
-                }
-            } catch {
-                if error.errno == .wouldBlock { throw .timedOut(step: step, seconds: timeout) }
-                throw .connection(step: "reading from the guest agent during \(step)", cause: error)
-            }
+            let count = try transport.read(into: &buffer, step: step, timeout: timeout)
             guard count > 0 else { throw .closed(step: step) }
-            // SAFETY: read(2) wrote `count` bytes into the buffer.
+            // SAFETY: `count` bytes of the buffer were just filled.
             buffer.withUnsafeBufferPointer { bytes in
                 decoder.withLock { $0.append(UnsafeBufferPointer(rebasing: bytes[0..<count])) }
             }
@@ -146,26 +153,9 @@ public final class AgentConnection: Sendable {
         }
     }
 
-    static func writeAll(_ socket: UnixStreamSocket, _ bytes: [UInt8], step: String) throws(AgentClientError) {
-        var offset = 0
-        while offset < bytes.count {
-            let start = offset
-            let written: Int
-            do {
-                written = try systemCall(step) {
-                    // SAFETY: `start` is inside the array, alive for the call.
-                    bytes.withUnsafeBytes { Glibc.send(socket.descriptor.rawValue, $0.baseAddress! + start, $0.count - start, Int32(MSG_NOSIGNAL)) }
-                }
-            } catch {
-                if error.errno.rawValue == EPIPE || error.errno.rawValue == ECONNRESET { throw .closed(step: step) }
-                throw .connection(step: step, cause: error)
-            }
-            offset += written
-        }
-    }
-
-    /// The VMM's answer to CONNECT, one byte at a time (the agent's bytes follow it).
-    static func readLine(_ socket: UnixStreamSocket, limit: Int, timeout: Double, port: UInt32) throws(AgentClientError) -> String {
+    /// One line, a byte at a time (what follows it belongs to the next reader).
+    static func readLine(_ socket: UnixStreamSocket, limit: Int, timeout: Double,
+                         timedOut: AgentClientError, closed: AgentClientError) throws(AgentClientError) -> String {
         var line: [UInt8] = []
         var byte: UInt8 = 0
         while line.count < limit {
@@ -173,15 +163,99 @@ public final class AgentConnection: Sendable {
             do {
                 count = try systemCall("read") { Glibc.read(socket.descriptor.rawValue, &byte, 1) }
             } catch {
-                if error.errno == .wouldBlock { throw .timedOut(step: "waiting for the VMM to connect vsock port \(port)", seconds: timeout) }
-                if error.errno.rawValue == ECONNRESET { throw .noAgent(port: port) }
-                throw .connection(step: "reading the VMM's answer to CONNECT", cause: error)
+                if error.errno == .wouldBlock { throw timedOut }
+                if error.errno.rawValue == ECONNRESET { throw closed }
+                throw .connection(step: "reading a line", cause: error)
             }
-            guard count == 1 else { throw .noAgent(port: port) }
-            if byte == UInt8(ascii: "\n") { return String(decoding: line, as: UTF8.self) }
+            guard count == 1 else { throw closed }
+            if byte == UInt8(ascii: "\n") {
+                if line.last == 13 { line.removeLast() }
+                return String(decoding: line, as: UTF8.self)
+            }
             line.append(byte)
         }
-        throw .noAgent(port: port)
+        throw closed
+    }
+}
+
+/// The client side of `POST /v1/vms/{name}/agent`: the request head with a
+/// chunked body, then the response head; what follows is the agent's stream.
+enum DaemonAgentRequest {
+    static func open(socketPath: String, vm: String, timeout: Double) throws(AgentClientError) -> AgentTransport {
+        let socket: UnixStreamSocket
+        do {
+            socket = try UnixStreamSocket.connect(path: socketPath, timeoutSeconds: max(1, Int(timeout.rounded(.up))))
+        } catch {
+            throw .daemonUnreachable(socket: socketPath, cause: error)
+        }
+        // The daemon answers once the VMM has connected the agent's port, so the read timeout covers its wait too.
+        try AgentConnection.setReceiveTimeout(socket, seconds: timeout + 5)
+        let name = vm.utf8.map { byte -> String in
+            let safe = (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a) || "-._~".utf8.contains(byte)
+            return safe ? String(UnicodeScalar(byte)) : "%" + (byte < 16 ? "0" : "") + String(byte, radix: 16, uppercase: true)
+        }.joined()
+        let seconds = max(1, min(60, Int(timeout.rounded(.up))))
+        let head = "POST /v1/vms/\(name)/agent?timeout=\(seconds) HTTP/1.1\r\nHost: swiftletd\r\n" +
+            "Content-Type: application/vnd.swiftlet.agent\r\nAccept: application/vnd.swiftlet.agent\r\nTransfer-Encoding: chunked\r\n\r\n"
+        try AgentTransport.writeAll(socket, Array(head.utf8), step: "sending the agent request to swiftletd")
+        let timedOut = AgentClientError.timedOut(step: "waiting for swiftletd to connect VM '\(vm)''s agent", seconds: timeout)
+        let closed = AgentClientError.closed(step: "swiftletd's answer to the agent request")
+        let status = try AgentConnection.readLine(socket, limit: 1024, timeout: timeout, timedOut: timedOut, closed: closed)
+        let parts = status.split(separator: " ")
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let code = Int(parts[1]) else {
+            throw .daemon(status: 0, message: "not an HTTP response: \(status.prefix(80))")
+        }
+        var chunked = false
+        var contentLength: Int?
+        var headerCount = 0
+        while true {
+            let line = try AgentConnection.readLine(socket, limit: 8192, timeout: timeout, timedOut: timedOut, closed: closed)
+            if line.isEmpty { break }
+            headerCount += 1
+            guard headerCount < 100 else { throw .daemon(status: code, message: "too many response headers") }
+            let lower = line.lowercased()
+            if lower.hasPrefix("transfer-encoding:") && lower.contains("chunked") { chunked = true }
+            if lower.hasPrefix("content-length:") { contentLength = Int(lower.dropFirst("content-length:".count).filter { $0 != " " }) }
+        }
+        let transport = AgentTransport(socket: socket, chunked: chunked)
+        guard code == 200 else {
+            // The JSON error body: {"error": "..."}; read at most 64 KiB of it.
+            var body: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while body.count < (contentLength ?? 65536), body.count < 65536 {
+                guard let count = try? transport.read(into: &buffer, step: "the error body", timeout: timeout), count > 0 else { break }
+                body += buffer[0..<count]
+            }
+            throw .daemon(status: code, message: errorMessage(body))
+        }
+        return transport
+    }
+
+    /// The `error` string of `{"error": "..."}`, else the body as text.
+    static func errorMessage(_ body: [UInt8]) -> String {
+        let text = String(decoding: body, as: UTF8.self)
+        let key = Array("\"error\"".utf8)
+        guard let start = (0...max(0, body.count - key.count)).first(where: { body.count >= key.count && Array(body[$0..<($0 + key.count)]) == key }) else {
+            return text
+        }
+        var rest = Substring(String(decoding: body[(start + key.count)...], as: UTF8.self)).drop { $0 == " " || $0 == ":" }
+        guard rest.first == "\"" else { return text }
+        rest = rest.dropFirst()
+        var message = ""
+        var escaped = false
+        for character in rest {
+            if escaped {
+                message.append(character == "n" ? "\n" : character)
+                escaped = false
+            } else if character == "\\" {
+                escaped = true
+            } else if character == "\"" {
+                break
+            } else {
+                message.append(character)
+            }
+        }
+        return message
     }
 }
 

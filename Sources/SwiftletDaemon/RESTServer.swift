@@ -130,6 +130,9 @@ public struct DaemonAPI: Sendable {
                 return api.consoleTail(name, bytes: bytes)
             }
         },
+        Route(method: .post, path: "/v1/vms/:name/agent") { api, request, context in
+            try await api.agentPipe(request, name: context.name)
+        },
         Route(method: .get, path: "/v1/vms/:name/snapshots") { api, _, context in
             let name = context.name
             return try await api.queries.run {

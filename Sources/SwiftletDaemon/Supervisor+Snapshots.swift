@@ -357,7 +357,15 @@ extension Supervisor {
         } else {
             do {
                 // Loading maps the memory file and rebuilds the devices: allow time.
-                try VMMControl(socketPath: directory.apiSocket, timeout: 120).loadSnapshot(statePath: paths.state, memoryPath: paths.memory, resume: true, taps: taps)
+                // The guest agent's vsock socket moves to this VM's run folder; a
+                // snapshot from before VMs had one loads without it.
+                let vsockPath = configuration.jail == nil ? directory.vsockSocket : "/vsock.sock"
+                let control = VMMControl(socketPath: directory.apiSocket, timeout: 120)
+                do {
+                    try control.loadSnapshot(statePath: paths.state, memoryPath: paths.memory, resume: true, taps: taps, vsockPath: vsockPath)
+                } catch let refusal as VMMControl.Failure where refusal.description.contains("a snapshot with a vsock device") {
+                    try control.loadSnapshot(statePath: paths.state, memoryPath: paths.memory, resume: true, taps: taps)
+                }
             } catch let refusal as VMMControl.Failure where refusal.status.map({ (400..<500).contains($0) }) == true {
                 failure = .conflict("cannot restore '\(name)': \(refusal.description)")
             } catch {

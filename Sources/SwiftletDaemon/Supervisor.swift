@@ -11,6 +11,8 @@ public struct RunDirectory: Sendable {
     public let path: String
     public var pidFile: String { path + "/vmm.pid" }
     public var apiSocket: String { path + "/api.sock" }
+    /// The VMM's hybrid vsock socket: the guest agent's way in (docs/agent.md).
+    public var vsockSocket: String { path + "/vsock.sock" }
     public var consoleLog: String { path + "/console.log" }
     public var consoleInput: String { path + "/console.in" }
     public var vmmLog: String { path + "/vmm.log" }
@@ -243,6 +245,7 @@ public final class Supervisor: Sendable {
         do {
             try FileManager.default.createDirectory(atPath: directory.path, withIntermediateDirectories: true)
             unlink(directory.apiSocket)
+            unlink(directory.vsockSocket)
             if access(directory.consoleInput, F_OK) != 0 && mkfifo(directory.consoleInput, 0o600) != 0 {
                 throw HostProcess.SpawnFailure(step: "creating \(directory.consoleInput)", code: errno)
             }
@@ -260,6 +263,7 @@ public final class Supervisor: Sendable {
                                           snapshot: snapshot.map { ($0.state, $0.memory) })
                 // The daemon reaches the API socket the VMM creates in its jail through the usual path.
                 try FileManager.default.createSymbolicLink(atPath: directory.apiSocket, withDestinationPath: jail.root + "/api.sock")
+                try FileManager.default.createSymbolicLink(atPath: directory.vsockSocket, withDestinationPath: jail.root + "/vsock.sock")
             } catch {
                 jail.removeJail()
                 throw .badRequest("cannot start '\(name)' jailed: \(error)")
@@ -280,6 +284,8 @@ public final class Supervisor: Sendable {
                 if let id = disk.id { value += ",id=\(id)" }
                 arguments += ["--disk", value]
             }
+            // Every VM gets a vsock device for its guest agent (CID 3: each VM is its own VMM).
+            arguments += ["--vsock", "cid=3,uds=" + (jail == nil ? directory.vsockSocket : "/vsock.sock")]
             for nic in definition.nics {
                 var value = "tap=\(nic.tap)"
                 if let mac = nic.mac { value += ",mac=\(mac)" }
@@ -393,6 +399,7 @@ public final class Supervisor: Sendable {
         if state == .crashed { count("crashes") }
         unlink(directory.pidFile)
         unlink(directory.apiSocket)
+        unlink(directory.vsockSocket)
         cgroups.remove(name: name)
         if let jail = configuration.jail { VMJail(configuration: jail, name: name, vmmBinary: configuration.vmmBinary).removeJail() }
         try? store.recordOutcome(name, state: state, reason: reason)

@@ -75,12 +75,15 @@ struct VMMControl: Sendable {
     /// configured: the memory file as a `File` backend, resumed at once.
     /// `taps`: interface id to the tap the restored VM uses instead of the
     /// saved one (Firecracker's `network_overrides`; none: the saved taps).
-    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, taps: [(interfaceID: String, tap: String)] = []) throws {
+    /// `vsockPath`: where the restored vsock device listens (`vsock_override`).
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, taps: [(interfaceID: String, tap: String)] = [],
+                      vsockPath: String? = nil) throws {
         var request: [String: Any] = [
             "snapshot_path": statePath,
             "mem_backend": ["backend_type": "File", "backend_path": memoryPath],
             "resume_vm": resume,
         ]
+        if let vsockPath { request["vsock_override"] = ["uds_path": vsockPath] }
         if !taps.isEmpty {
             request["network_overrides"] = taps.map { ["iface_id": $0.interfaceID, "host_dev_name": $0.tap] }
         }

@@ -24,7 +24,8 @@ struct Swiftlet: ParsableCommand {
         version: "Swiftlet v\(SwiftletVersion.current)",
         subcommands: [Run.self, Define.self, Undefine.self, List.self, Start.self, Shutdown.self, Reboot.self,
                       Destroy.self, Pause.self, Resume.self, Info.self, Stats.self, Console.self, Logs.self,
-                      Edit.self, Events.self, Snapshot.self, SnapshotList.self, SnapshotDelete.self, Restore.self])
+                      Edit.self, Events.self, Snapshot.self, SnapshotList.self, SnapshotDelete.self, Restore.self,
+                      Exec.self, Copy.self, GuestInfoCommand.self])
 }
 
 /// Finds swiftlet-vmm (beside this binary, else on PATH) and replaces this process with it.
