@@ -149,7 +149,7 @@ let package = Package(
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups", "SnapshotFormat"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
-        .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", .product(name: "Yams", package: "Yams")]),
+        .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", "AgentClient", "AgentProtocol", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "Cgroups"]),
         .testTarget(name: "UffdHandlerTests", dependencies: ["UffdHandler", "GuestMemory", "HostSystem", "LeanJSON"]),
