@@ -47,7 +47,8 @@ struct DaemonJailTests {
         #expect(processRoot == jailRoot, "the VMM's root is not its jail")
         #expect(Self.statusLine(pid, "Uid") == "Uid:\t64064\t64064\t64064\t64064")
         let visible = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/root/").sorted()
-        #expect(visible == ["api.sock", "dev", "disk0", "kernel", "proc", "swiftlet-vmm"])
+        // vsock.sock: the guest agent's way in (docs/agent.md).
+        #expect(visible == ["api.sock", "dev", "disk0", "kernel", "proc", "swiftlet-vmm", "vsock.sock"])
         // The disk is the same file (guest writes reach the image), not a copy.
         #expect(Self.inode(root + "/disk0") ?? (0, 0) == Self.inode(disk) ?? (1, 1))
         // The daemon still reaches the VMM's API (through the jail's socket).
