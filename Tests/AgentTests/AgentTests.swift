@@ -77,12 +77,6 @@ final class DrainedPipe: @unchecked Sendable {
     var string: String { String(decoding: text, as: UTF8.self) }
 }
 
-func fnv(_ bytes: [UInt8]) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-    return hash
-}
-
 @Suite("swiftlet-agent on the host", .serialized)
 struct AgentTests {
     /// The code of an agent's `error` frame, if that is what `error` is.
@@ -101,7 +95,7 @@ struct AgentTests {
         #expect(info.uptimeMilliseconds > 0 && !info.agentVersion.isEmpty)
     }
 
-    @Test("exec cat moves 64 MiB in and 64 MiB out, checksummed, with bounded buffers on both sides", .timeLimit(.minutes(2)))
+    @Test("exec cat moves 64 MiB in and 64 MiB out, checksummed, with bounded buffers on both sides", .timeLimit(.minutes(5)))
     func largeStreams() throws {
         let agent = try HostAgent()
         var ends: [Int32] = [0, 0]
@@ -124,7 +118,11 @@ struct AgentTests {
         errors.finish()
         #expect(status == .exited(0))
         #expect(output.count == 64 << 20)
-        #expect(output.checksum == fnv(Array(repeating: pattern, count: 64).flatMap { $0 }))
+        var expected: UInt64 = 0xcbf2_9ce4_8422_2325
+        for _ in 0..<64 {
+            for byte in pattern { expected = (expected ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        }
+        #expect(output.checksum == expected)
         #expect(errors.count == 0)
     }
 
@@ -239,6 +237,32 @@ struct AgentTests {
         }
         #expect(gone, "yes (pid \(pid)) still runs")
         try agent.client.ping()
+    }
+
+    @Test("an agent killed mid-stream ends the client's exec with an error, not a hang", .timeLimit(.minutes(1)))
+    func agentKilledMidStream() throws {
+        let agent = try HostAgent()
+        let client = agent.client
+        let output = DrainedPipe()
+        let pid = agent.process.processIdentifier
+        let killer = Thread {
+            usleep(300_000)
+            kill(pid, SIGKILL)
+        }
+        killer.start()
+        let started = Date()
+        do {
+            _ = try client.exec(ExecRequest(arguments: ["yes"]), streams: .init(stdin: nil, stdout: output.writeEnd))
+            Issue.record("exec returned although the agent died")
+        } catch {
+            guard case .closed? = error as? AgentClientError else {
+                Issue.record("expected a closed connection, got \(error)")
+                return
+            }
+        }
+        output.finish()
+        #expect(Date().timeIntervalSince(started) < 10)
+        #expect(output.count > 0, "output arrived before the agent died")
     }
 
     @Test("garbage, an oversized length and an unknown frame type get an error frame; the agent lives on")

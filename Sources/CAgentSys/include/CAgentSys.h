@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -98,16 +99,32 @@ static inline int agent_set_window_size(int fd, unsigned short rows, unsigned sh
     return ioctl(fd, TIOCSWINSZ, &size);
 }
 
-/// A new pseudo-terminal: the master's fd, and the slave's path in `name`; -errno on failure.
-static inline int agent_open_pty(char *name, size_t length) {
+/// Mounts devpts at /dev/pts (and /dev/ptmx to its ptmx) when a minimal
+/// guest has not: the default guest mounts only what it needs at boot.
+static inline void agent_mount_devpts(void) {
+    mkdir("/dev/pts", 0755);
+    mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+    if (access("/dev/ptmx", F_OK) != 0) symlink("pts/ptmx", "/dev/ptmx");
+}
+
+static inline int agent_open_pty_once(char *name, size_t length) {
     int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (master < 0) return -errno;
-    if (grantpt(master) < 0 || unlockpt(master) < 0 || ptsname_r(master, name, length) != 0) {
-        int saved = errno;
+    if (grantpt(master) < 0 || unlockpt(master) < 0 || ptsname_r(master, name, length) != 0 || access(name, F_OK) != 0) {
+        int saved = errno ? errno : ENOENT;
         close(master);
         return -saved;
     }
     return master;
+}
+
+/// A new pseudo-terminal: the master's fd, and the slave's path in `name`;
+/// -errno on failure. Mounts devpts first if the guest has not.
+static inline int agent_open_pty(char *name, size_t length) {
+    int master = agent_open_pty_once(name, length);
+    if (master >= 0) return master;
+    agent_mount_devpts();
+    return agent_open_pty_once(name, length);
 }
 
 /// Runs `fn(context)` on a new detached thread with a 256 KiB stack; 0 or an errno.
