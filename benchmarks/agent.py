@@ -395,7 +395,7 @@ def report(meta, results, failures):
     lines = [
         f"Command: `{meta['produced_by']}`",
         "",
-        f"Machine: {meta['machine']}; load average before: {' '.join(meta['load'])}.",
+        f"Machine: {meta['machine']}; load average before: {' '.join(meta['load'])}. swiftlet-vmm: `{meta.get('swiftlet', '?')}`.",
         "",
         f"{meta['runs']} rounds, interleaved. Each round booted each VM once. In each round there were "
         f"{meta['repeat']} exec/ping repetitions and {meta['bulk_repeat']} bulk transfers per VM. "
@@ -415,16 +415,6 @@ def report(meta, results, failures):
     if failures:
         lines += ["", "Failures:", ""] + [f"- {f}" for f in failures]
     return "\n".join(lines)
-
-
-def write_section(text, path):
-    content = path.read_text()
-    section = f"{SECTION_BEGIN}\n{text}\n{SECTION_END}"
-    if SECTION_BEGIN in content and SECTION_END in content:
-        content = content[:content.index(SECTION_BEGIN)] + section + content[content.index(SECTION_END) + len(SECTION_END):]
-    else:
-        content = content.rstrip("\n") + "\n\n## Guest agent (A1-A3)\n\n" + section + "\n"
-    path.write_text(content)
 
 
 def main():
@@ -452,6 +442,7 @@ def main():
         args.swiftlet = str(next((c for c in candidates if c.exists()), candidates[0]))
     guest = common.guest_dir(args).resolve()
     meta = {"produced_by": args.produced_by, "machine": common.machine_notes(args), "load": common.loadavg(),
+            "swiftlet": os.path.relpath(args.swiftlet, ROOT),
             "runs": args.runs, "repeat": args.repeat, "bulk_repeat": args.bulk_repeat, "bulk": args.bulk}
     names = {"swiftlet": ("Swiftlet", swiftlet_round), "qemu": ("QEMU", qemu_round)}
     vmms = [v.strip() for v in args.vmms.split(",") if v.strip()]
@@ -478,7 +469,7 @@ def main():
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"meta": meta, "results": results, "failures": failures}, indent=1))
     if args.write:
-        write_section(text, pathlib.Path(args.write))
+        common.write_section(text, pathlib.Path(args.write), SECTION_BEGIN, SECTION_END, "Guest agent (A1-A3)")
     return 1 if failures else 0
 
 

@@ -638,13 +638,14 @@ def report(meta, results, failures, run_rows, run_note):
     return "\n".join(lines)
 
 
-def write_section(text, path):
+def write_section(text, path, begin=SECTION_BEGIN, end=SECTION_END, title="Snapshots (S1-S3)"):
+    """Replaces the text between the `begin` and `end` markers of `path`, or appends a `title` section with them."""
     content = path.read_text()
-    section = f"{SECTION_BEGIN}\n{text}\n{SECTION_END}"
-    if SECTION_BEGIN in content and SECTION_END in content:
-        content = content[:content.index(SECTION_BEGIN)] + section + content[content.index(SECTION_END) + len(SECTION_END):]
+    section = f"{begin}\n{text}\n{end}"
+    if begin in content and end in content:
+        content = content[:content.index(begin)] + section + content[content.index(end) + len(end):]
     else:
-        content = content.rstrip("\n") + "\n\n## Snapshots (S1-S3)\n\n" + section + "\n"
+        content = content.rstrip("\n") + f"\n\n## {title}\n\n" + section + "\n"
     path.write_text(content)
 
 
