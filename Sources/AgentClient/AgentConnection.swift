@@ -23,6 +23,8 @@ public final class AgentConnection: Sendable {
     private let agentVersionStore = Mutex("")
     private let writeLock = Mutex(())
     private let decoder = Mutex(FrameDecoder())
+    /// Where `receive` reads into: one buffer for the connection's life, not one per frame.
+    private let readBuffer = Mutex([UInt8](repeating: 0, count: 64 * 1024))
 
     public var socket: UnixStreamSocket { transport.socket }
     public var agentVersion: String { agentVersionStore.withLock { $0 } }
@@ -115,7 +117,6 @@ public final class AgentConnection: Sendable {
 
     /// The next message; `timeout` (seconds, 0 = none) bounds the wait.
     public func receive(step: String, timeout: Double = 0) throws(AgentClientError) -> AgentMessage {
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let next: AgentFrame?
             do {
@@ -130,11 +131,13 @@ public final class AgentConnection: Sendable {
                     throw .malformed(error)
                 }
             }
-            let count = try transport.read(into: &buffer, step: step, timeout: timeout)
-            guard count > 0 else { throw .closed(step: step) }
-            // SAFETY: `count` bytes of the buffer were just filled.
-            buffer.withUnsafeBufferPointer { bytes in
-                decoder.withLock { $0.append(UnsafeBufferPointer(rebasing: bytes[0..<count])) }
+            try readBuffer.withLock { buffer throws(AgentClientError) in
+                let count = try transport.read(into: &buffer, step: step, timeout: timeout)
+                guard count > 0 else { throw .closed(step: step) }
+                // SAFETY: `count` bytes of the buffer were just filled.
+                buffer.withUnsafeBufferPointer { bytes in
+                    decoder.withLock { $0.append(UnsafeBufferPointer(rebasing: bytes[0..<count])) }
+                }
             }
         }
     }

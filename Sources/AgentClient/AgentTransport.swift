@@ -12,6 +12,8 @@ public final class AgentTransport: Sendable {
     public let socket: UnixStreamSocket
     let chunked: Bool
     private let dechunker = Mutex(Dechunker())
+    /// Raw bytes of a chunked body before decoding (reads run on one thread at a time).
+    private let chunkedInput = Mutex([UInt8](repeating: 0, count: 65536))
 
     init(socket: UnixStreamSocket, chunked: Bool) {
         self.socket = socket
@@ -41,29 +43,30 @@ public final class AgentTransport: Sendable {
                 let decoded = try dechunker.withLock { state throws(AgentClientError) -> Int? in try state.take(into: &buffer) }
                 if let decoded { return decoded }
             }
-            var raw = [UInt8](repeating: 0, count: chunked ? 65536 : 0)
-            let count: Int
-            do {
-                count = try systemCall("read") {
-                    if chunked {
-                        // SAFETY: read(2) writes at most the buffer's length.
-                        return raw.withUnsafeMutableBytes { Glibc.read(socket.descriptor.rawValue, $0.baseAddress, $0.count) }
-                    }
-                    // SAFETY: read(2) writes at most the buffer's length.
-                    return buffer.withUnsafeMutableBytes { Glibc.read(socket.descriptor.rawValue, $0.baseAddress, $0.count) }
-                }
-            } catch {
-                if error.errno == .wouldBlock { throw .timedOut(step: step, seconds: timeout) }
-                if error.errno.rawValue == ECONNRESET { return 0 }
-                throw .connection(step: "reading from the guest agent during \(step)", cause: error)
+            guard chunked else { return try readSocket(into: &buffer, step: step, timeout: timeout) }
+            let ended = try chunkedInput.withLock { raw throws(AgentClientError) -> Bool in
+                let count = try readSocket(into: &raw, step: step, timeout: timeout)
+                if count > 0 { dechunker.withLock { $0.pending.append(contentsOf: raw[0..<count]) } }
+                return count == 0
             }
-            guard chunked else { return count }
-            if count == 0 {
-                let ended = dechunker.withLock { $0.ended }
-                if ended { return 0 }
-                throw .closed(step: step)
+            if ended {
+                guard dechunker.withLock({ $0.ended }) else { throw .closed(step: step) }
+                return 0
             }
-            dechunker.withLock { $0.pending.append(contentsOf: raw[0..<count]) }
+        }
+    }
+
+    /// One read(2) from the socket; 0 at end of stream (or a reset).
+    private func readSocket(into buffer: inout [UInt8], step: String, timeout: Double) throws(AgentClientError) -> Int {
+        do {
+            return try systemCall("read") {
+                // SAFETY: read(2) writes at most the buffer's length.
+                buffer.withUnsafeMutableBytes { Glibc.read(socket.descriptor.rawValue, $0.baseAddress, $0.count) }
+            }
+        } catch {
+            if error.errno == .wouldBlock { throw .timedOut(step: step, seconds: timeout) }
+            if error.errno.rawValue == ECONNRESET { return 0 }
+            throw .connection(step: "reading from the guest agent during \(step)", cause: error)
         }
     }
 

@@ -23,8 +23,8 @@ final class Connection {
             } catch {
                 throw .protocolViolation(error)
             }
-            let count = try fill()
-            if count == 0 { throw .closed }
+            // A blocking socket: this waits for bytes, and false is end of stream.
+            guard try fillAvailable() else { throw .closed }
         }
     }
 
@@ -35,21 +35,6 @@ final class Connection {
         } catch {
             throw .protocolViolation(error)
         }
-    }
-
-    /// Reads what the socket has into the decoder; 0 at end of stream.
-    @discardableResult
-    func fill() throws(AgentError) -> Int {
-        let descriptor = fd
-        let count = try systemCall("read from the client") {
-            // SAFETY: the buffer is owned by this connection and outlives the call.
-            readBuffer.withUnsafeMutableBufferPointer { read(descriptor, $0.baseAddress, $0.count) }
-        }
-        if count > 0 {
-            // SAFETY: `count` bytes of the buffer were just written by read(2).
-            readBuffer.withUnsafeBufferPointer { decoder.append(UnsafeBufferPointer(rebasing: $0[0..<count])) }
-        }
-        return count
     }
 
     func send(_ message: AgentMessage) throws(AgentError) {
@@ -81,7 +66,8 @@ final class Connection {
         }
     }
 
-    /// Reads what a non-blocking socket has; false at end of stream.
+    /// Reads what the socket has into the decoder (waiting for it on a
+    /// blocking socket); false at end of stream.
     func fillAvailable() throws(AgentError) -> Bool {
         let descriptor = fd
         while true {
