@@ -38,16 +38,24 @@ public struct VMDefinition: Codable, Sendable, Equatable {
         }
     }
 
+    /// A virtio-net interface: on a tap the user made (`tap`) or on a
+    /// swiftletd network (`network`), for which the daemon creates a tap at
+    /// each start and removes it when the VM stops. Exactly one of the two.
     public struct NIC: Codable, Sendable, Equatable {
-        public var tap: String
+        public var tap: String?
+        public var network: String?
+        /// Generated (52:54:00:xx:xx:xx, unique among definitions) on define when absent.
         public var mac: String?
         public var id: String?
-        public init(tap: String, mac: String? = nil, id: String? = nil) { self.tap = tap; self.mac = mac; self.id = id }
-        enum CodingKeys: String, CodingKey, CaseIterable { case tap, mac, id }
+        public init(tap: String? = nil, network: String? = nil, mac: String? = nil, id: String? = nil) {
+            self.tap = tap; self.network = network; self.mac = mac; self.id = id
+        }
+        enum CodingKeys: String, CodingKey, CaseIterable { case tap, network, mac, id }
         public init(from decoder: any Decoder) throws {
             try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "nic")
             let c = try decoder.container(keyedBy: CodingKeys.self)
-            tap = try c.decode(String.self, forKey: .tap)
+            tap = try c.decodeIfPresent(String.self, forKey: .tap)
+            network = try c.decodeIfPresent(String.self, forKey: .network)
             mac = try c.decodeIfPresent(String.self, forKey: .mac)
             id = try c.decodeIfPresent(String.self, forKey: .id)
         }
@@ -307,5 +315,96 @@ public struct RestoreRequest: Codable, Sendable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         `as` = try c.decodeIfPresent(String.self, forKey: .as)
         taps = try c.decodeIfPresent([String].self, forKey: .taps)
+    }
+}
+
+/// A virtual network swiftletd runs (docs/networks.md): a Linux bridge with
+/// the gateway address, dnsmasq for DHCP and DNS, and, in `nat` mode,
+/// masquerading out through the host's routes (nftables).
+public struct NetworkDefinition: Codable, Sendable, Equatable {
+    public var name: String
+    public var uuid: String?
+    /// `nat`: guests reach beyond the host, masqueraded; `isolated`: guests
+    /// reach each other and the host's gateway address only.
+    public var mode: String
+    /// The bridge's name (at most 15 characters); `swlbrN` when absent.
+    public var bridge: String?
+    /// IPv4 subnet in CIDR form, e.g. 192.168.122.0/24 (prefix 8 to 30).
+    public var subnet: String
+    /// The bridge's address in the subnet; the first host address when absent.
+    public var gateway: String?
+    /// The DHCP pool; the addresses after the gateway to the last host address when absent.
+    public var dhcpStart: String?
+    public var dhcpEnd: String?
+    /// An optional IPv6 /64 (e.g. fd00:1:2:3::/64): the bridge gets ::1, guests router adverts and DHCPv6.
+    public var subnet6: String?
+    public var autostart: Bool
+
+    public init(name: String, uuid: String? = nil, mode: String = "nat", bridge: String? = nil, subnet: String,
+                gateway: String? = nil, dhcpStart: String? = nil, dhcpEnd: String? = nil, subnet6: String? = nil, autostart: Bool = false) {
+        self.name = name; self.uuid = uuid; self.mode = mode; self.bridge = bridge; self.subnet = subnet
+        self.gateway = gateway; self.dhcpStart = dhcpStart; self.dhcpEnd = dhcpEnd; self.subnet6 = subnet6; self.autostart = autostart
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case name, uuid, mode, bridge, subnet, gateway, dhcpStart = "dhcp_start", dhcpEnd = "dhcp_end", subnet6, autostart
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "network definition")
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        uuid = try c.decodeIfPresent(String.self, forKey: .uuid)
+        mode = try c.decodeIfPresent(String.self, forKey: .mode) ?? "nat"
+        bridge = try c.decodeIfPresent(String.self, forKey: .bridge)
+        subnet = try c.decode(String.self, forKey: .subnet)
+        gateway = try c.decodeIfPresent(String.self, forKey: .gateway)
+        dhcpStart = try c.decodeIfPresent(String.self, forKey: .dhcpStart)
+        dhcpEnd = try c.decodeIfPresent(String.self, forKey: .dhcpEnd)
+        subnet6 = try c.decodeIfPresent(String.self, forKey: .subnet6)
+        autostart = try c.decodeIfPresent(Bool.self, forKey: .autostart) ?? false
+    }
+}
+
+/// A DHCP lease dnsmasq handed out on a network.
+public struct NetworkLease: Codable, Sendable, Equatable {
+    public var mac: String
+    public var address: String
+    public var hostname: String?
+    /// Seconds since 1970 when the lease ends (0: never).
+    public var expires: Int
+    public init(mac: String, address: String, hostname: String?, expires: Int) {
+        self.mac = mac; self.address = address; self.hostname = hostname; self.expires = expires
+    }
+}
+
+/// A network as `GET /v1/networks/{name}` returns it.
+public struct NetworkInfo: Codable, Sendable, Equatable {
+    public var definition: NetworkDefinition
+    public var active: Bool
+    /// The bridge in use (the definition's, or the one assigned).
+    public var bridge: String
+    /// dnsmasq's pid while the network is active.
+    public var dnsmasqPid: Int?
+    /// The running VMs with an interface on this network.
+    public var vms: [String]
+    public var leases: [NetworkLease]
+    public init(definition: NetworkDefinition, active: Bool, bridge: String, dnsmasqPid: Int?, vms: [String], leases: [NetworkLease]) {
+        self.definition = definition; self.active = active; self.bridge = bridge; self.dnsmasqPid = dnsmasqPid; self.vms = vms; self.leases = leases
+    }
+    enum CodingKeys: String, CodingKey { case definition, active, bridge, dnsmasqPid = "dnsmasq_pid", vms, leases }
+}
+
+/// One of a VM's interfaces and the addresses its guest was given (`swiftlet domifaddr`).
+public struct InterfaceAddresses: Codable, Sendable, Equatable {
+    public var id: String
+    public var mac: String?
+    public var network: String?
+    /// The host side: the tap (while the VM runs, for network NICs).
+    public var tap: String?
+    /// CIDR addresses from the network's DHCP leases.
+    public var addresses: [String]
+    public init(id: String, mac: String?, network: String?, tap: String?, addresses: [String]) {
+        self.id = id; self.mac = mac; self.network = network; self.tap = tap; self.addresses = addresses
     }
 }

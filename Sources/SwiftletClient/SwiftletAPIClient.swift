@@ -110,4 +110,23 @@ public struct SwiftletAPIClient: Sendable {
             throw Failure.unreachable(socket: http.socketPath, cause: failure.description)
         }
     }
+
+    // MARK: networks
+
+    public func networks() throws -> [NetworkInfo] { try decode([NetworkInfo].self, call("GET", "/v1/networks")) }
+    public func network(_ name: String) throws -> NetworkInfo { try decode(NetworkInfo.self, call("GET", "/v1/networks/\(Self.escape(name))")) }
+    /// Defines a network from raw JSON (so that the daemon checks every field).
+    public func defineNetwork(json: Data) throws -> NetworkInfo { try decode(NetworkInfo.self, call("POST", "/v1/networks", body: json)) }
+    public func defineNetwork(_ definition: NetworkDefinition) throws -> NetworkInfo {
+        try defineNetwork(json: SwiftletJSON.encoder().encode(definition))
+    }
+    public func undefineNetwork(_ name: String) throws { _ = try call("DELETE", "/v1/networks/\(Self.escape(name))") }
+    public func startNetwork(_ name: String) throws -> NetworkInfo { try decode(NetworkInfo.self, call("POST", "/v1/networks/\(Self.escape(name))/start")) }
+    public func destroyNetwork(_ name: String) throws -> NetworkInfo { try decode(NetworkInfo.self, call("POST", "/v1/networks/\(Self.escape(name))/destroy")) }
+    public func setNetworkAutostart(_ name: String, _ enabled: Bool) throws -> NetworkInfo {
+        try decode(NetworkInfo.self, call("PUT", "/v1/networks/\(Self.escape(name))/autostart?enabled=\(enabled)"))
+    }
+    public func interfaces(of vm: String) throws -> [InterfaceAddresses] {
+        try decode([InterfaceAddresses].self, call("GET", "/v1/vms/\(Self.escape(vm))/interfaces"))
+    }
 }

@@ -20,6 +20,8 @@ public struct Daemon {
     public var allowDeviceNodes = false
     /// Jail every VMM (nil: `--no-jail`).
     public var jail: JailConfiguration?
+    /// Define the `default` NAT network on the first start (`--no-default-network` turns it off).
+    public var defineDefaultNetwork = true
     public var logger: Logger
 
     public init(stateDirectory: String, socketPath: String, vmmBinary: String, logger: Logger) {
@@ -67,11 +69,17 @@ public struct Daemon {
         var configuration = SupervisorConfiguration(stateDirectory: stateDirectory, vmmBinary: vmmBinary, images: images)
         configuration.consoleLogLimit = consoleLogLimit
         configuration.jail = jail
-        let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, logger: logger)
+        let networks = NetworkManager(store: store, stateDirectory: stateDirectory, tapOwner: jail.map { ($0.uid, $0.gid) }, logger: logger)
+        let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, networks: networks, logger: logger)
         let api = DaemonAPI(store: store, supervisor: supervisor, logger: logger)
         // Re-adoption asks VMMs over their sockets and autostart waits for VMMs: blocking work, on the actions pool.
+        let defineDefault = defineDefaultNetwork
         try await api.actions.run {
             supervisor.adoptRunningVMs()
+            // Networks before autostart VMs, which may need them; running VMs' taps are re-attached.
+            let running = Set(supervisor.allRuntimes().filter { $0.value.pid != nil }.map(\.key))
+            networks.adopt(runningVMs: running, tapsFile: { supervisor.runDirectory($0).tapsFile },
+                           allVMs: ((try? store.all()) ?? []).map(\.definition.name), defineDefault: defineDefault)
             supervisor.autostart()
         }
         let socketPath = socketPath

@@ -176,7 +176,7 @@ public struct DaemonAPI: Sendable {
             headers[.contentType] = "text/plain; version=0.0.4"
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         },
-    ]
+    ] + networkRoutes
 
     /// The methods served on `path` (for 405's Allow), empty when no route's pattern matches it.
     static func allowedMethods(for path: String) -> [String] {
@@ -285,7 +285,8 @@ public struct DaemonAPI: Sendable {
     }
 
     func define(_ decoded: VMDefinition) throws(DaemonError) -> VMInfo {
-        let definition = try DefinitionValidator.validate(decoded)
+        var definition = try DefinitionValidator.validate(decoded)
+        try assignMACs(&definition)
         _ = try supervisor.configuration.images.check(definition, mustExist: false)
         do {
             try store.insert(definition)
@@ -309,6 +310,7 @@ public struct DaemonAPI: Sendable {
             throw .badRequest("the uuid of '\(name)' cannot change (it is \(existing.definition.uuid ?? ""))")
         }
         definition = try DefinitionValidator.validate(definition)
+        try assignMACs(&definition)
         _ = try supervisor.configuration.images.check(definition, mustExist: false)
         do { try store.replace(definition) } catch { throw .internal("storing the definition: \(error)") }
         logger.info("updated", metadata: ["vm": "\(name)"])

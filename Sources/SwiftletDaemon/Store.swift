@@ -50,6 +50,22 @@ public final class DefinitionStore: Sendable {
                 table.primaryKey(["vm", "name"])
             }
         }
+        migrator.registerMigration("v4: networks") { db in
+            // `active`: the network was started and not destroyed; a daemon
+            // start re-adopts (or re-creates) every active network.
+            try db.create(table: "network") { table in
+                table.column("name", .text).primaryKey()
+                table.column("uuid", .text).notNull().unique()
+                table.column("definition", .text).notNull()
+                table.column("active", .boolean).notNull().defaults(to: false)
+                table.column("createdAt", .double).notNull()
+                table.column("updatedAt", .double).notNull()
+            }
+            try db.create(table: "setting") { table in
+                table.column("key", .text).primaryKey()
+                table.column("value", .text).notNull()
+            }
+        }
         return migrator
     }
 
@@ -120,5 +136,74 @@ public final class DefinitionStore: Sendable {
 
     public func count() throws -> Int {
         try database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm") ?? 0 }
+    }
+
+    // MARK: networks
+
+    public struct NetworkRow: Sendable {
+        public var definition: NetworkDefinition
+        public var active: Bool
+    }
+
+    public func networks() throws -> [NetworkRow] {
+        try database.read { db in
+            try GRDB.Row.fetchAll(db, sql: "SELECT definition, active FROM network ORDER BY name").map(Self.decodeNetwork)
+        }
+    }
+
+    public func network(_ name: String) throws -> NetworkRow? {
+        try database.read { db in
+            try GRDB.Row.fetchOne(db, sql: "SELECT definition, active FROM network WHERE name = ?", arguments: [name]).map(Self.decodeNetwork)
+        }
+    }
+
+    static func decodeNetwork(_ row: GRDB.Row) throws -> NetworkRow {
+        let json: String = row["definition"]
+        return NetworkRow(definition: try SwiftletJSON.decoder.decode(NetworkDefinition.self, from: Data(json.utf8)), active: row["active"])
+    }
+
+    public func insertNetwork(_ definition: NetworkDefinition) throws {
+        let json = String(decoding: try SwiftletJSON.encoder().encode(definition), as: UTF8.self)
+        let now = Date().timeIntervalSince1970
+        do {
+            try database.write { db in
+                try db.execute(sql: "INSERT INTO network (name, uuid, definition, createdAt, updatedAt) VALUES (?, ?, ?, ?, ?)",
+                               arguments: [definition.name, definition.uuid ?? "", json, now, now])
+            }
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
+            throw Failure.duplicate(definition.name)
+        }
+    }
+
+    public func replaceNetwork(_ definition: NetworkDefinition) throws {
+        let json = String(decoding: try SwiftletJSON.encoder().encode(definition), as: UTF8.self)
+        try database.write { db in
+            try db.execute(sql: "UPDATE network SET definition = ?, updatedAt = ? WHERE name = ?",
+                           arguments: [json, Date().timeIntervalSince1970, definition.name])
+        }
+    }
+
+    public func setNetworkActive(_ name: String, _ active: Bool) throws {
+        try database.write { db in
+            try db.execute(sql: "UPDATE network SET active = ? WHERE name = ?", arguments: [active, name])
+        }
+    }
+
+    public func deleteNetwork(_ name: String) throws {
+        let changed = try database.write { db -> Int in
+            try db.execute(sql: "DELETE FROM network WHERE name = ?", arguments: [name])
+            return db.changesCount
+        }
+        if changed == 0 { throw Failure.notFound(name) }
+    }
+
+    public func setting(_ key: String) throws -> String? {
+        try database.read { db in try String.fetchOne(db, sql: "SELECT value FROM setting WHERE key = ?", arguments: [key]) }
+    }
+
+    public func setSetting(_ key: String, _ value: String) throws {
+        try database.write { db in
+            try db.execute(sql: "INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", arguments: [key, value])
+        }
     }
 }

@@ -284,7 +284,10 @@ extension Supervisor {
             macs.insert(mac)
             definition.nics[index].mac = mac
             // The restored guest's NIC is moved to this tap at load (network_overrides).
-            if let taps { definition.nics[index].tap = taps[index] }
+            if let taps {
+                definition.nics[index].tap = taps[index]
+                definition.nics[index].network = nil
+            }
         }
         var copies: [String] = []
         func rollBack() { for path in copies { unlink(path) } }
@@ -342,7 +345,7 @@ extension Supervisor {
     /// VMM was started with them: the NIC's id, else `netN`), so that a
     /// clone given its own taps does not open the original's.
     func load(into name: String, pid: pid_t, paths: (state: String, memory: String), definition: VMDefinition) throws(DaemonError) {
-        let taps = definition.nics.enumerated().map { index, nic in (interfaceID: nic.id ?? "net\(index)", tap: nic.tap) }
+        let taps = definition.nics.enumerated().map { index, nic in (interfaceID: nic.id ?? "net\(index)", tap: nic.tap ?? "") }
         let directory = runDirectory(name)
         var ready = false
         let deadline = Date().addingTimeInterval(10)

@@ -16,6 +16,8 @@ public struct RunDirectory: Sendable {
     public var consoleLog: String { path + "/console.log" }
     public var consoleInput: String { path + "/console.in" }
     public var vmmLog: String { path + "/vmm.log" }
+    /// The taps swiftletd made for the VM's network NICs (`NETWORK TAP` lines).
+    public var tapsFile: String { path + "/taps" }
 }
 
 public struct SupervisorConfiguration: Sendable {
@@ -63,6 +65,8 @@ public final class Supervisor: Sendable {
     public let configuration: SupervisorConfiguration
     let store: DefinitionStore
     let cgroups: CgroupManager
+    /// Networks and the taps of VMs on them (nil: NICs must name their own taps).
+    public let networks: NetworkManager?
     let logger: Logger
     /// Whether this swiftlet-vmm serves the control API (`--api-sock`).
     public let vmmHasControlAPI: Bool
@@ -70,10 +74,11 @@ public final class Supervisor: Sendable {
     let subscribers = Mutex<[UUID: AsyncStream<VMEvent>.Continuation]>([:])
     let counters = Mutex<[String: Int]>([:])
 
-    public init(configuration: SupervisorConfiguration, store: DefinitionStore, cgroups: CgroupManager, logger: Logger) {
+    public init(configuration: SupervisorConfiguration, store: DefinitionStore, cgroups: CgroupManager, networks: NetworkManager? = nil, logger: Logger) {
         self.configuration = configuration
         self.store = store
         self.cgroups = cgroups
+        self.networks = networks
         self.logger = logger
         vmmHasControlAPI = Self.probeControlAPI(configuration.vmmBinary)
         if !vmmHasControlAPI {
@@ -212,6 +217,8 @@ public final class Supervisor: Sendable {
         do {
             try launch(definition, restoring: snapshot)
         } catch {
+            // Taps made for this start go with it (when the VMM ran, its exit removed them already).
+            if runtime(name).pid == nil { networks?.detach(name, tapsFile: runDirectory(name).tapsFile) }
             runtimes.withLock { table in
                 table[name]?.state = .shutOff
                 table[name]?.reason = "start failed: \(error.description)"
@@ -226,13 +233,13 @@ public final class Supervisor: Sendable {
             throw .conflict("cannot restore '\(name)': swiftlet-vmm at \(configuration.vmmBinary) has no control API (--api-sock) to load a snapshot with")
         }
         // Checked again now (a link may have changed since define); the VMM gets the resolved paths.
-        let definition: VMDefinition
-        do { definition = try configuration.images.check(stored, mustExist: true) } catch {
+        let checked: VMDefinition
+        do { checked = try configuration.images.check(stored, mustExist: true) } catch {
             throw .badRequest("cannot start '\(name)': \(error.description)")
         }
-        var files = [("kernel", definition.kernel)]
-        if let initrd = definition.initrd { files.append(("initrd", initrd)) }
-        files += definition.disks.enumerated().map { ("disks[\($0.offset)].path", $0.element.path) }
+        var files = [("kernel", checked.kernel)]
+        if let initrd = checked.initrd { files.append(("initrd", initrd)) }
+        files += checked.disks.enumerated().map { ("disks[\($0.offset)].path", $0.element.path) }
         if let snapshot { files += [("snapshot state file", snapshot.state), ("snapshot memory file", snapshot.memory)] }
         for (field, path) in files where access(path, R_OK) != 0 {
             let why = errno == ENOENT ? "does not exist" : String(cString: strerror(errno))
@@ -244,6 +251,18 @@ public final class Supervisor: Sendable {
         let directory = runDirectory(name)
         do {
             try FileManager.default.createDirectory(atPath: directory.path, withIntermediateDirectories: true)
+        } catch {
+            throw .internal("cannot prepare \(directory.path): \(error)")
+        }
+        // Each NIC on a network gets a fresh tap on its bridge: from here the definition names it.
+        let definition: VMDefinition
+        if checked.nics.contains(where: { $0.network != nil }) {
+            guard let networks else { throw .unavailable("cannot start '\(name)': this swiftletd runs no networks; name a tap instead") }
+            definition = try networks.attach(checked, tapsFile: directory.tapsFile)
+        } else {
+            definition = checked
+        }
+        do {
             unlink(directory.apiSocket)
             unlink(directory.vsockSocket)
             if access(directory.consoleInput, F_OK) != 0 && mkfifo(directory.consoleInput, 0o600) != 0 {
@@ -287,7 +306,7 @@ public final class Supervisor: Sendable {
             // Every VM gets a vsock device for its guest agent (CID 3: each VM is its own VMM).
             arguments += ["--vsock", "cid=3,uds=" + (jail == nil ? directory.vsockSocket : "/vsock.sock")]
             for nic in definition.nics {
-                var value = "tap=\(nic.tap)"
+                var value = "tap=\(nic.tap ?? "")"
                 if let mac = nic.mac { value += ",mac=\(mac)" }
                 if let id = nic.id { value += ",id=\(id)" }
                 arguments += ["--net", value]
@@ -400,6 +419,7 @@ public final class Supervisor: Sendable {
         unlink(directory.pidFile)
         unlink(directory.apiSocket)
         unlink(directory.vsockSocket)
+        networks?.detach(name, tapsFile: directory.tapsFile)
         cgroups.remove(name: name)
         if let jail = configuration.jail { VMJail(configuration: jail, name: name, vmmBinary: configuration.vmmBinary).removeJail() }
         try? store.recordOutcome(name, state: state, reason: reason)

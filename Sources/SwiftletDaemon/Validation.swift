@@ -55,9 +55,15 @@ public enum DefinitionValidator {
             }
         }
         for (index, nic) in definition.nics.enumerated() {
-            guard !nic.tap.isEmpty, nic.tap.utf8.count <= 15, !nic.tap.contains("/"),
-                  nic.tap.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) else {
-                throw .badRequest("invalid nics[\(index)].tap '\(printable(nic.tap))': a Linux interface name, 1 to 15 characters, no '/' or spaces")
+            switch (nic.tap, nic.network) {
+            case let (tap?, nil):
+                try validateInterfaceName(tap, field: "nics[\(index)].tap")
+            case let (nil, network?):
+                try validateName(network, what: "network")
+            case (nil, nil):
+                throw .badRequest("nics[\(index)] names neither a tap nor a network: give tap: NAME (a tap you made) or network: NAME (`swiftlet net-list` shows networks)")
+            case (.some, .some):
+                throw .badRequest("nics[\(index)] names both a tap and a network; give one")
             }
             if let mac = nic.mac {
                 let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
@@ -82,6 +88,14 @@ public enum DefinitionValidator {
             }
         }
         return definition
+    }
+
+    /// A Linux interface name: 1 to 15 printable bytes, no '/' or spaces.
+    static func validateInterfaceName(_ name: String, field: String) throws(DaemonError) {
+        guard !name.isEmpty, name.utf8.count <= 15, !name.contains("/"), name != ".", name != "..",
+              name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f && $0 != ":" }) else {
+            throw .badRequest("invalid \(field) '\(printable(name))': a Linux interface name, 1 to 15 characters, no '/', ':' or spaces")
+        }
     }
 
     static func validatePath(_ path: String, field: String) throws(DaemonError) {

@@ -25,7 +25,9 @@ struct Swiftlet: ParsableCommand {
         subcommands: [Run.self, Define.self, Undefine.self, List.self, Start.self, Shutdown.self, Reboot.self,
                       Destroy.self, Pause.self, Resume.self, Info.self, Stats.self, Console.self, Logs.self,
                       Edit.self, Events.self, Snapshot.self, SnapshotList.self, SnapshotDelete.self, Restore.self,
-                      Exec.self, Copy.self, GuestInfoCommand.self])
+                      Exec.self, Copy.self, GuestInfoCommand.self,
+                      NetDefine.self, NetUndefine.self, NetStart.self, NetDestroy.self, NetList.self, NetInfo.self,
+                      NetAutostart.self, DomIfAddr.self])
 }
 
 /// Finds swiftlet-vmm (beside this binary, else on PATH) and replaces this process with it.

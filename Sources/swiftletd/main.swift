@@ -47,6 +47,9 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
     @Option(help: "The gid jailed VMMs run as.")
     var jailGid: UInt32 = JailConfiguration.defaultGID
 
+    @Flag(help: "Do not define the `default` NAT network (192.168.122.0/24 or the first free 192.168.N.0/24) on the first start.")
+    var noDefaultNetwork = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -66,6 +69,7 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
         daemon.consoleLogLimit = consoleLogLimit
         daemon.imageDirectories = imageDirectories
         daemon.allowDeviceNodes = allowDeviceNodes
+        daemon.defineDefaultNetwork = !noDefaultNetwork
         if !noJail {
             guard geteuid() == 0 else {
                 throw ValidationError("jailing VMMs needs root (namespaces, pivot_root, mknod); run swiftletd as root or pass --no-jail")
