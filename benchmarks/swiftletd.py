@@ -93,7 +93,7 @@ def main():
     log = open(os.path.join(work, "swiftletd.log"), "w")
     daemon = subprocess.Popen([daemon_binary, "--state-dir", os.path.join(work, "state"), "--socket", sock,
                                "--vmm", vmm_binary, "--image-dir", os.path.dirname(kernel),  # swiftletd's image allow-list
-                               "--log-level", "warning"], stdout=log, stderr=log)
+                               "--no-default-network", "--log-level", "warning"], stdout=log, stderr=log)
     started = []
     try:
         for _ in range(500):

@@ -84,7 +84,7 @@ struct DaemonHardeningTests {
         try "keep me\n".write(toFile: precious, atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: TestEnvironment.binary("swiftletd"))
-        process.arguments = ["--state-dir", folder + "/state", "--socket", precious, "--vmm", "/bin/true", "--cgroup-root", folder + "/no-cgroup"]
+        process.arguments = ["--state-dir", folder + "/state", "--socket", precious, "--vmm", "/bin/true", "--cgroup-root", folder + "/no-cgroup", "--no-default-network"]
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice

@@ -62,9 +62,14 @@ final class DaemonHarness: @unchecked Sendable {
     let logPath: String
     /// More swiftletd options (e.g. --vmm of a fake VMM, which wins as the later one).
     let extraArguments: [String]
+    /// The network namespace the daemon runs in (`ip netns exec`); nil: the test runner's.
+    let networkNamespace: String?
 
-    init(label: String = "daemon", extraArguments: [String] = []) throws {
+    /// Without a namespace, the daemon defines no `default` network: its
+    /// bridge and dnsmasq would land in the host's own namespace.
+    init(label: String = "daemon", extraArguments: [String] = [], networkNamespace: String? = nil) throws {
         self.extraArguments = extraArguments
+        self.networkNamespace = networkNamespace
         directory = NSTemporaryDirectory() + "swiftletd-test-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         socket = directory + "/swiftletd.sock"
@@ -86,7 +91,9 @@ final class DaemonHarness: @unchecked Sendable {
         for folder in TestEnvironment.imageDirectories { arguments += ["--image-dir", folder] }
         // VMs are jailed by default, which needs root.
         if geteuid() != 0 { arguments.append("--no-jail") }
+        if networkNamespace == nil { arguments.append("--no-default-network") }
         arguments += extraArguments
+        if let networkNamespace { arguments = ["/usr/sbin/ip", "netns", "exec", networkNamespace] + arguments }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

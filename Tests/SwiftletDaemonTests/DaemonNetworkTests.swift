@@ -1,0 +1,192 @@
+import Foundation
+import SwiftletClient
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// swiftletd's networks (docs/networks.md): definitions and their
+/// refusals, then real networks with DHCP, NAT and isolation, run entirely
+/// inside network namespaces the test creates and deletes.
+@Suite("swiftletd's networks", .serialized)
+struct DaemonNetworkTests {
+    /// Runs `ip ARGS`; its status and combined output.
+    @discardableResult
+    static func ip(_ arguments: [String]) -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        guard (try? process.run()) != nil else { return (-1, "cannot run ip") }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test("definitions: defaults are filled in, a bad field is named, an overlapping subnet or a taken bridge is refused; NICs name a tap or a network")
+    func definitions() throws {
+        let daemon = try DaemonHarness(label: "net-definitions")
+        defer { daemon.tearDown() }
+        let lab = try daemon.client.defineNetwork(NetworkDefinition(name: "lab", subnet: "10.10.0.0/24"))
+        #expect(lab.definition.gateway == "10.10.0.1" && lab.definition.dhcpStart == "10.10.0.2" && lab.definition.dhcpEnd == "10.10.0.254")
+        #expect(lab.definition.mode == "nat" && lab.bridge.hasPrefix("swlbr") && !lab.active && lab.definition.uuid != nil)
+        #expect(try daemon.client.networks().map(\.definition.name) == ["lab"], "no default network without --netns in tests")
+
+        func refusal(_ json: String) throws -> (Int, String) {
+            let response = try daemon.http.request("POST", "/v1/networks", body: Data(json.utf8))
+            return (response.status, response.text)
+        }
+        let cases: [(String, Int, String)] = [
+            (#"{"name": "b", "subnet": "10.10.0.128/25"}"#, 409, "overlaps network 'lab'"),
+            (#"{"name": "b", "subnet": "10.20.0.0/24", "bridge": "\#(lab.bridge)"}"#, 409, "already used by network 'lab'"),
+            (#"{"name": "b", "subnet": "10.20.0.1/24"}"#, 400, "host bits"),
+            (#"{"name": "b", "subnet": "10.20.0.0/31"}"#, 400, "prefix must be 8 to 30"),
+            (#"{"name": "b", "subnet": "10.020.0.0/24"}"#, 400, "CIDR"),
+            (#"{"name": "b", "subnet": "10.20.0.0/24", "mode": "bridged"}"#, 400, "nat"),
+            (#"{"name": "b", "subnet": "10.20.0.0/24", "gateway": "10.21.0.1"}"#, 400, "not a host address of 10.20.0.0/24"),
+            (#"{"name": "b", "subnet": "10.20.0.0/24", "dhcp_start": "10.20.0.1"}"#, 400, "contains the gateway"),
+            (#"{"name": "b", "subnet": "10.20.0.0/24", "subnet6": "fd00::/48"}"#, 400, "subnet6"),
+            (#"{"name": "b", "subnet": "10.20.0.0/24", "vlan": 3}"#, 400, "vlan"),
+            (#"{"name": "lab", "subnet": "10.30.0.0/24"}"#, 409, "already defined"),
+        ]
+        for (json, status, text) in cases {
+            let (got, message) = try refusal(json)
+            #expect(got == status && message.contains(text), "\(json): \(got) \(message)")
+        }
+        #expect(try daemon.http.request("GET", "/v1/networks/nowhere").status == 404)
+
+        // NICs: exactly one of tap and network; MACs generated, unique.
+        var definition = try daemon.definition("two-nics")
+        definition.nics = [VMDefinition.NIC(network: "lab"), VMDefinition.NIC(network: "lab")]
+        let defined = try daemon.client.define(definition)
+        let macs = defined.definition.nics.compactMap(\.mac)
+        #expect(macs.count == 2 && Set(macs).count == 2 && macs.allSatisfy { $0.hasPrefix("52:54:00:") }, "\(macs)")
+        for nic in [#"{}"#, #"{"tap": "t0", "network": "lab"}"#] {
+            let json = #"{"name": "bad-nic", "kernel": "\#(definition.kernel)", "nics": [\#(nic)]}"#
+            let response = try daemon.http.request("POST", "/v1/vms", body: Data(json.utf8))
+            #expect(response.status == 400 && response.text.contains("nics[0]"), "\(nic): \(response.text)")
+        }
+        // Starting on an inactive network is refused before anything runs.
+        let start = try daemon.cli(["start", "two-nics"])
+        #expect(start.status == 4 && start.stderr.contains("net-start lab"), "\(start)")
+        definition = try daemon.definition("lost")
+        definition.nics = [VMDefinition.NIC(network: "missing")]
+        _ = try daemon.client.define(definition)
+        let lost = try daemon.cli(["start", "lost"])
+        #expect(lost.status == 1 && lost.stderr.contains("'missing', which is not defined"), "\(lost)")
+        #expect(try daemon.cli(["net-undefine", "lab"]).status == 0)
+    }
+
+    @Test("in a namespace: the default NAT network and an isolated one; two guests get leases and reach each other and, through NAT only, beyond; a daemon crash re-adopts; destroy leaves nothing",
+          .timeLimit(.minutes(10)),
+          .enabled(if: geteuid() == 0 && TestEnvironment.guestsRun && (TestEnvironment.linuxGuestBuilt || TestEnvironment.isCI),
+                   "needs root, /dev/kvm and the default guest (guest/build-image)"))
+    func guestsOnNetworks() throws {
+        let namespace = "swl-net-\(getpid())"
+        let outside = "swl-out-\(getpid())"
+        Self.ip(["netns", "add", namespace])
+        Self.ip(["netns", "add", outside])
+        defer {
+            Self.ip(["netns", "del", namespace])
+            Self.ip(["netns", "del", outside])
+        }
+        Self.ip(["-n", namespace, "link", "set", "lo", "up"])
+        // "Beyond the host": a peer in a second namespace, which has no route back to the guests' subnets.
+        #expect(Self.ip(["-n", namespace, "link", "add", "swlv0", "type", "veth", "peer", "name", "swlv1", "netns", outside]).status == 0)
+        Self.ip(["-n", namespace, "addr", "add", "10.99.0.1/24", "dev", "swlv0"])
+        Self.ip(["-n", namespace, "link", "set", "swlv0", "up"])
+        Self.ip(["-n", outside, "addr", "add", "10.99.0.2/24", "dev", "swlv1"])
+        Self.ip(["-n", outside, "link", "set", "swlv1", "up"])
+
+        let daemon = try DaemonHarness(label: "networks", networkNamespace: namespace)
+        defer {
+            daemon.tearDown()
+            // dnsmasq outlives a daemon, as VMs do; nothing of this test may.
+            let kill = Process()
+            kill.executableURL = URL(fileURLWithPath: "/usr/bin/pkill")
+            kill.arguments = ["-f", "--", "--conf-file=" + daemon.stateDirectory]
+            try? kill.run()
+            kill.waitUntilExit()
+        }
+        let initial = try daemon.client.networks()
+        #expect(initial.map(\.definition.name) == ["default"] && initial.first?.active == true, "\(initial)")
+        #expect(initial.first?.definition.subnet == "192.168.122.0/24" && initial.first?.definition.autostart == true)
+        let dnsmasq = try #require(initial.first?.dnsmasqPid)
+        #expect(Self.ip(["-n", namespace, "-br", "addr", "show", "swlbr0"]).output.contains("192.168.122.1/24"))
+
+        let file = daemon.directory + "/iso.yaml"
+        try "name: iso\nmode: isolated\nsubnet: 10.77.0.0/24\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try daemon.cli(["net-define", file]).status == 0)
+        #expect(try daemon.cli(["net-start", "iso"]).status == 0)
+        try "name: clash\nsubnet: 10.77.0.128/25\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let clash = try daemon.cli(["net-define", file])
+        #expect(clash.status == 4 && clash.stderr.contains("overlaps network 'iso'"), "\(clash)")
+        // A subnet a host interface has is refused at start.
+        try "name: taken\nsubnet: 10.99.0.0/16\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try daemon.cli(["net-define", file]).status == 0)
+        let taken = try daemon.cli(["net-start", "taken"])
+        #expect(taken.status == 4 && taken.stderr.contains("swlv0"), "\(taken)")
+
+        let guest = TestEnvironment.linuxGuestDirectory
+        let commandLine = (try String(contentsOfFile: guest + "/cmdline", encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)
+        for (name, network) in [("a", "default"), ("b", "default"), ("c", "iso")] {
+            _ = try daemon.client.define(VMDefinition(name: name, memoryMiB: 128, kernel: guest + "/vmlinux", initrd: guest + "/initramfs.cpio",
+                                                      cmdline: commandLine + " swiftlet.agent swiftlet.dhcp", nics: [.init(network: network)]))
+            let started = try daemon.cli(["start", name])
+            #expect(started.status == 0, "\(started)")
+        }
+        // Each guest's DHCP lease, as domifaddr reports it.
+        var addresses: [String: String] = [:]
+        let deadline = Date().addingTimeInterval(300)
+        while addresses.count < 3 && Date() < deadline {
+            for name in ["a", "b", "c"] where addresses[name] == nil {
+                if let address = try daemon.client.interfaces(of: name).first?.addresses.first { addresses[name] = address }
+            }
+            usleep(500_000)
+        }
+        try #require(addresses.count == 3, "leases: \(addresses); daemon log: \(daemon.log().suffix(2000))")
+        #expect(addresses["a"]?.hasPrefix("192.168.122.") == true && addresses["c"]?.hasPrefix("10.77.0.") == true, "\(addresses)")
+        let text = try daemon.cli(["domifaddr", "a"]).stdout
+        #expect(text.contains("default") && text.contains("swltap") && text.contains(addresses["a"] ?? "?"), "\(text)")
+
+        func ping(from vm: String, _ target: String) throws -> Int32 {
+            var result = try daemon.cli(["exec", vm, "--", "ping", "-c", "1", "-W", "3", target])
+            // The first packet may wait for ARP while the guest's agent is still settling in: one retry.
+            if result.status != 0 { result = try daemon.cli(["exec", vm, "--", "ping", "-c", "1", "-W", "3", target]) }
+            return result.status
+        }
+        let addressOfB = String(addresses["b"]?.split(separator: "/").first ?? "")
+        #expect(try ping(from: "a", addressOfB) == 0, "a reaches b on the same network")
+        #expect(try ping(from: "a", "10.99.0.2") == 0, "NAT: a reaches beyond the host")
+        #expect(try ping(from: "c", "10.77.0.1") == 0, "isolated: c reaches its gateway")
+        #expect(try ping(from: "c", "10.99.0.2") != 0, "isolated: c does not reach beyond the host")
+
+        let busy = try daemon.cli(["net-destroy", "default"])
+        #expect(busy.status == 4 && busy.stderr.contains("a, b"), "\(busy)")
+
+        // A crash: the restarted daemon re-adopts the network, its dnsmasq and the VMs' taps.
+        daemon.stop(signal: SIGKILL)
+        try daemon.start()
+        let adopted = try daemon.client.network("default")
+        #expect(adopted.active && adopted.dnsmasqPid == dnsmasq && adopted.vms == ["a", "b"], "\(adopted)")
+        #expect(try ping(from: "a", addressOfB) == 0, "still connected after the daemon restart")
+
+        for name in ["a", "b", "c"] { #expect(try daemon.cli(["destroy", name]).status == 0) }
+        #expect(!Self.ip(["-n", namespace, "link"]).output.contains("swltap"), "taps removed with their VMs")
+        for name in ["default", "iso"] { #expect(try daemon.cli(["net-destroy", name]).status == 0) }
+        let links = Self.ip(["-n", namespace, "link"]).output
+        #expect(!links.contains("swlbr") && !links.contains("swltap"), "\(links)")
+        let tables = Process()
+        tables.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        tables.arguments = ["netns", "exec", namespace, "nft", "list", "tables"]
+        let pipe = Pipe()
+        tables.standardOutput = pipe
+        try tables.run()
+        let listed = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        tables.waitUntilExit()
+        #expect(!listed.contains("swiftlet"), "\(listed)")
+        #expect(kill(pid_t(dnsmasq), 0) != 0, "dnsmasq stopped")
+    }
+}
