@@ -21,18 +21,26 @@ public struct VMDefinition: Codable, Sendable, Equatable {
     public var autostart: Bool
     public var limits: Limits?
 
+    /// A virtio-blk disk: an image file (`path`) or a volume of a storage
+    /// pool (`volume: POOL/NAME`). Exactly one of the two.
     public struct Disk: Codable, Sendable, Equatable {
-        public var path: String
+        public var path: String?
+        public var volume: String?
+        /// `raw` or `qcow2`; a path's default is raw (never probed: a guest
+        /// could write a qcow2 header into a raw disk); a volume has its own.
+        public var format: String?
         public var readonly: Bool
         public var id: String?
-        public init(path: String, readonly: Bool = false, id: String? = nil) {
-            self.path = path; self.readonly = readonly; self.id = id
+        public init(path: String? = nil, volume: String? = nil, format: String? = nil, readonly: Bool = false, id: String? = nil) {
+            self.path = path; self.volume = volume; self.format = format; self.readonly = readonly; self.id = id
         }
-        enum CodingKeys: String, CodingKey, CaseIterable { case path, readonly, id }
+        enum CodingKeys: String, CodingKey, CaseIterable { case path, volume, format, readonly, id }
         public init(from decoder: any Decoder) throws {
             try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "disk")
             let c = try decoder.container(keyedBy: CodingKeys.self)
-            path = try c.decode(String.self, forKey: .path)
+            path = try c.decodeIfPresent(String.self, forKey: .path)
+            volume = try c.decodeIfPresent(String.self, forKey: .volume)
+            format = try c.decodeIfPresent(String.self, forKey: .format)
             readonly = try c.decodeIfPresent(Bool.self, forKey: .readonly) ?? false
             id = try c.decodeIfPresent(String.self, forKey: .id)
         }
@@ -406,5 +414,85 @@ public struct InterfaceAddresses: Codable, Sendable, Equatable {
     public var addresses: [String]
     public init(id: String, mac: String?, network: String?, tap: String?, addresses: [String]) {
         self.id = id; self.mac = mac; self.network = network; self.tap = tap; self.addresses = addresses
+    }
+}
+
+/// A directory storage pool (docs/storage.md): volumes are files in `path`.
+public struct PoolDefinition: Codable, Sendable, Equatable {
+    public var name: String
+    public var uuid: String?
+    /// An absolute folder inside one of swiftletd's image folders; `<state>/images/pools/NAME` when absent.
+    public var path: String?
+    public var autostart: Bool
+    public init(name: String, uuid: String? = nil, path: String? = nil, autostart: Bool = false) {
+        self.name = name; self.uuid = uuid; self.path = path; self.autostart = autostart
+    }
+    enum CodingKeys: String, CodingKey, CaseIterable { case name, uuid, path, autostart }
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "pool definition")
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        uuid = try c.decodeIfPresent(String.self, forKey: .uuid)
+        path = try c.decodeIfPresent(String.self, forKey: .path)
+        autostart = try c.decodeIfPresent(Bool.self, forKey: .autostart) ?? false
+    }
+}
+
+public struct PoolInfo: Codable, Sendable, Equatable {
+    public var definition: PoolDefinition
+    public var active: Bool
+    public var volumes: Int
+    /// The file system's size and free space under the pool's folder.
+    public var capacityBytes: Int?
+    public var availableBytes: Int?
+    public init(definition: PoolDefinition, active: Bool, volumes: Int, capacityBytes: Int?, availableBytes: Int?) {
+        self.definition = definition; self.active = active; self.volumes = volumes; self.capacityBytes = capacityBytes; self.availableBytes = availableBytes
+    }
+    enum CodingKeys: String, CodingKey { case definition, active, volumes, capacityBytes = "capacity_bytes", availableBytes = "available_bytes" }
+}
+
+/// `POST /v1/pools/{pool}/volumes`.
+public struct VolumeRequest: Codable, Sendable, Equatable {
+    public var name: String
+    /// The virtual size in bytes.
+    public var capacityBytes: Int
+    /// `qcow2` (default) or `raw`.
+    public var format: String
+    /// A qcow2 overlay's backing image: `POOL/NAME` of a volume, or an absolute path in an image folder.
+    public var backing: String?
+    /// The backing image's format when it is a path (`raw` or `qcow2`); a volume's is known.
+    public var backingFormat: String?
+    public init(name: String, capacityBytes: Int, format: String = "qcow2", backing: String? = nil, backingFormat: String? = nil) {
+        self.name = name; self.capacityBytes = capacityBytes; self.format = format; self.backing = backing; self.backingFormat = backingFormat
+    }
+    enum CodingKeys: String, CodingKey, CaseIterable { case name, capacityBytes = "capacity_bytes", format, backing, backingFormat = "backing_format" }
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "volume request")
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        capacityBytes = try c.decode(Int.self, forKey: .capacityBytes)
+        format = try c.decodeIfPresent(String.self, forKey: .format) ?? "qcow2"
+        backing = try c.decodeIfPresent(String.self, forKey: .backing)
+        backingFormat = try c.decodeIfPresent(String.self, forKey: .backingFormat)
+    }
+}
+
+public struct VolumeInfo: Codable, Sendable, Equatable {
+    public var pool: String
+    public var name: String
+    public var path: String
+    public var format: String
+    public var capacityBytes: Int
+    /// Bytes the file takes on disk now.
+    public var allocationBytes: Int
+    /// The backing image's path and format (qcow2 overlays).
+    public var backing: String?
+    public var backingFormat: String?
+    public init(pool: String, name: String, path: String, format: String, capacityBytes: Int, allocationBytes: Int, backing: String?, backingFormat: String?) {
+        self.pool = pool; self.name = name; self.path = path; self.format = format; self.capacityBytes = capacityBytes
+        self.allocationBytes = allocationBytes; self.backing = backing; self.backingFormat = backingFormat
+    }
+    enum CodingKeys: String, CodingKey {
+        case pool, name, path, format, capacityBytes = "capacity_bytes", allocationBytes = "allocation_bytes", backing, backingFormat = "backing_format"
     }
 }

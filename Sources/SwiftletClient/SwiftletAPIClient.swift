@@ -129,4 +129,22 @@ public struct SwiftletAPIClient: Sendable {
     public func interfaces(of vm: String) throws -> [InterfaceAddresses] {
         try decode([InterfaceAddresses].self, call("GET", "/v1/vms/\(Self.escape(vm))/interfaces"))
     }
+
+    // MARK: pools and volumes
+
+    public func pools() throws -> [PoolInfo] { try decode([PoolInfo].self, call("GET", "/v1/pools")) }
+    public func pool(_ name: String) throws -> PoolInfo { try decode(PoolInfo.self, call("GET", "/v1/pools/\(Self.escape(name))")) }
+    public func definePool(json: Data) throws -> PoolInfo { try decode(PoolInfo.self, call("POST", "/v1/pools", body: json)) }
+    public func definePool(_ definition: PoolDefinition) throws -> PoolInfo { try definePool(json: SwiftletJSON.encoder().encode(definition)) }
+    public func undefinePool(_ name: String) throws { _ = try call("DELETE", "/v1/pools/\(Self.escape(name))") }
+    public func startPool(_ name: String) throws -> PoolInfo { try decode(PoolInfo.self, call("POST", "/v1/pools/\(Self.escape(name))/start")) }
+    public func destroyPool(_ name: String) throws -> PoolInfo { try decode(PoolInfo.self, call("POST", "/v1/pools/\(Self.escape(name))/destroy")) }
+    public func volumes(in pool: String) throws -> [VolumeInfo] { try decode([VolumeInfo].self, call("GET", "/v1/pools/\(Self.escape(pool))/volumes")) }
+    public func volume(_ pool: String, _ name: String) throws -> VolumeInfo {
+        try decode(VolumeInfo.self, call("GET", "/v1/pools/\(Self.escape(pool))/volumes/\(Self.escape(name))"))
+    }
+    public func createVolume(in pool: String, _ request: VolumeRequest) throws -> VolumeInfo {
+        try decode(VolumeInfo.self, call("POST", "/v1/pools/\(Self.escape(pool))/volumes", body: SwiftletJSON.encoder().encode(request)))
+    }
+    public func deleteVolume(in pool: String, _ name: String) throws { _ = try call("DELETE", "/v1/pools/\(Self.escape(pool))/volumes/\(Self.escape(name))") }
 }

@@ -70,7 +70,8 @@ public struct Daemon {
         configuration.consoleLogLimit = consoleLogLimit
         configuration.jail = jail
         let networks = NetworkManager(store: store, stateDirectory: stateDirectory, tapOwner: jail.map { ($0.uid, $0.gid) }, logger: logger)
-        let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, networks: networks, logger: logger)
+        let storage = StorageManager(store: store, images: images, stateDirectory: stateDirectory, logger: logger)
+        let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, networks: networks, storage: storage, logger: logger)
         let api = DaemonAPI(store: store, supervisor: supervisor, logger: logger)
         // Re-adoption asks VMMs over their sockets and autostart waits for VMMs: blocking work, on the actions pool.
         let defineDefault = defineDefaultNetwork
@@ -80,6 +81,7 @@ public struct Daemon {
             let running = Set(supervisor.allRuntimes().filter { $0.value.pid != nil }.map(\.key))
             networks.adopt(runningVMs: running, tapsFile: { supervisor.runDirectory($0).tapsFile },
                            allVMs: ((try? store.all()) ?? []).map(\.definition.name), defineDefault: defineDefault)
+            storage.autostartPools()
             supervisor.autostart()
         }
         let socketPath = socketPath

@@ -86,8 +86,10 @@ public struct ImagePolicy: Sendable {
         var checked = definition
         checked.kernel = try resolve(definition.kernel, field: "kernel", mustExist: mustExist)
         if let initrd = definition.initrd { checked.initrd = try resolve(initrd, field: "initrd", mustExist: mustExist) }
+        // Volumes are checked when they are created (their pool is inside an image folder) and resolved at start.
         for index in definition.disks.indices {
-            checked.disks[index].path = try resolve(definition.disks[index].path, field: "disks[\(index)].path", mustExist: mustExist)
+            guard let path = definition.disks[index].path else { continue }
+            checked.disks[index].path = try resolve(path, field: "disks[\(index)].path", mustExist: mustExist)
         }
         return checked
     }

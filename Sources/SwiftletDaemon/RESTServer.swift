@@ -176,7 +176,7 @@ public struct DaemonAPI: Sendable {
             headers[.contentType] = "text/plain; version=0.0.4"
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         },
-    ] + networkRoutes
+    ] + networkRoutes + storageRoutes
 
     /// The methods served on `path` (for 405's Allow), empty when no route's pattern matches it.
     static func allowedMethods(for path: String) -> [String] {
@@ -448,6 +448,7 @@ public struct DaemonAPI: Sendable {
 extension BasicRequestContext {
     var name: String { parameters.get("name") ?? "" }
     var snapshot: String { parameters.get("snapshot") ?? "" }
+    var volume: String { parameters.get("volume") ?? "" }
 }
 
 /// Requests no route takes: 405 with `Allow` when the path exists under

@@ -50,7 +50,7 @@ public final class DefinitionStore: Sendable {
                 table.primaryKey(["vm", "name"])
             }
         }
-        migrator.registerMigration("v4: networks") { db in
+        migrator.registerMigration("v4: networks and storage") { db in
             // `active`: the network was started and not destroyed; a daemon
             // start re-adopts (or re-creates) every active network.
             try db.create(table: "network") { table in
@@ -64,6 +64,23 @@ public final class DefinitionStore: Sendable {
             try db.create(table: "setting") { table in
                 table.column("key", .text).primaryKey()
                 table.column("value", .text).notNull()
+            }
+            try db.create(table: "pool") { table in
+                table.column("name", .text).primaryKey()
+                table.column("uuid", .text).notNull().unique()
+                table.column("definition", .text).notNull()
+                table.column("active", .boolean).notNull().defaults(to: false)
+            }
+            // A volume's format is recorded, never probed: a guest may write any bytes into a raw volume.
+            try db.create(table: "volume") { table in
+                table.column("pool", .text).notNull()
+                table.column("name", .text).notNull()
+                table.column("format", .text).notNull()
+                table.column("capacity", .integer).notNull()
+                table.column("backing", .text)
+                table.column("backingFormat", .text)
+                table.column("createdAt", .double).notNull()
+                table.primaryKey(["pool", "name"])
             }
         }
         return migrator
@@ -205,5 +222,92 @@ public final class DefinitionStore: Sendable {
         try database.write { db in
             try db.execute(sql: "INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", arguments: [key, value])
         }
+    }
+
+    // MARK: pools and volumes
+
+    public struct PoolRow: Sendable {
+        public var definition: PoolDefinition
+        public var active: Bool
+    }
+
+    public struct VolumeRow: Sendable, Equatable {
+        public var pool: String
+        public var name: String
+        public var format: String
+        public var capacity: Int
+        public var backing: String?
+        public var backingFormat: String?
+    }
+
+    public func pools() throws -> [PoolRow] {
+        try database.read { db in
+            try GRDB.Row.fetchAll(db, sql: "SELECT definition, active FROM pool ORDER BY name").map(Self.decodePool)
+        }
+    }
+
+    public func pool(_ name: String) throws -> PoolRow? {
+        try database.read { db in
+            try GRDB.Row.fetchOne(db, sql: "SELECT definition, active FROM pool WHERE name = ?", arguments: [name]).map(Self.decodePool)
+        }
+    }
+
+    static func decodePool(_ row: GRDB.Row) throws -> PoolRow {
+        let json: String = row["definition"]
+        return PoolRow(definition: try SwiftletJSON.decoder.decode(PoolDefinition.self, from: Data(json.utf8)), active: row["active"])
+    }
+
+    public func insertPool(_ definition: PoolDefinition) throws {
+        let json = String(decoding: try SwiftletJSON.encoder().encode(definition), as: UTF8.self)
+        do {
+            try database.write { db in
+                try db.execute(sql: "INSERT INTO pool (name, uuid, definition) VALUES (?, ?, ?)", arguments: [definition.name, definition.uuid ?? "", json])
+            }
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
+            throw Failure.duplicate(definition.name)
+        }
+    }
+
+    public func setPoolActive(_ name: String, _ active: Bool) throws {
+        try database.write { db in try db.execute(sql: "UPDATE pool SET active = ? WHERE name = ?", arguments: [active, name]) }
+    }
+
+    public func deletePool(_ name: String) throws {
+        try database.write { db in try db.execute(sql: "DELETE FROM pool WHERE name = ?", arguments: [name]) }
+    }
+
+    public func volumes(in pool: String) throws -> [VolumeRow] {
+        try database.read { db in
+            try GRDB.Row.fetchAll(db, sql: "SELECT * FROM volume WHERE pool = ? ORDER BY name", arguments: [pool]).map(Self.decodeVolume)
+        }
+    }
+
+    public func allVolumes() throws -> [VolumeRow] {
+        try database.read { db in try GRDB.Row.fetchAll(db, sql: "SELECT * FROM volume ORDER BY pool, name").map(Self.decodeVolume) }
+    }
+
+    public func volume(_ pool: String, _ name: String) throws -> VolumeRow? {
+        try database.read { db in
+            try GRDB.Row.fetchOne(db, sql: "SELECT * FROM volume WHERE pool = ? AND name = ?", arguments: [pool, name]).map(Self.decodeVolume)
+        }
+    }
+
+    static func decodeVolume(_ row: GRDB.Row) -> VolumeRow {
+        VolumeRow(pool: row["pool"], name: row["name"], format: row["format"], capacity: row["capacity"], backing: row["backing"], backingFormat: row["backingFormat"])
+    }
+
+    public func insertVolume(_ volume: VolumeRow) throws {
+        do {
+            try database.write { db in
+                try db.execute(sql: "INSERT INTO volume (pool, name, format, capacity, backing, backingFormat, createdAt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               arguments: [volume.pool, volume.name, volume.format, volume.capacity, volume.backing, volume.backingFormat, Date().timeIntervalSince1970])
+            }
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
+            throw Failure.duplicate(volume.name)
+        }
+    }
+
+    public func deleteVolume(_ pool: String, _ name: String) throws {
+        try database.write { db in try db.execute(sql: "DELETE FROM volume WHERE pool = ? AND name = ?", arguments: [pool, name]) }
     }
 }

@@ -71,7 +71,9 @@ extension Supervisor {
         if existing != nil {
             throw .conflict("VM '\(vm)' already has a snapshot named '\(name)'; `swiftlet snapshot-delete \(vm) \(name)` removes it")
         }
-        guard let definition = runtime.definition ?? stored?.definition else { throw .noSuchVM(vm) }
+        guard var definition = runtime.definition ?? stored?.definition else { throw .noSuchVM(vm) }
+        // A network NIC's tap belongs to this run: a restore makes a new one.
+        for index in definition.nics.indices where definition.nics[index].network != nil { definition.nics[index].tap = nil }
 
         let final = snapshotDirectory(vm: vm, name: name)
         // Snapshot names cannot start with '.', so this never is one.
@@ -139,7 +141,7 @@ extension Supervisor {
             throw .internal("the VMM answered the snapshot of '\(vm)' but did not write \(vmmState) and \(vmmMemory)")
         }
         let row = DefinitionStore.SnapshotRow(vm: vm, name: name, createdAt: Date().timeIntervalSince1970, stateBytes: stateBytes,
-                                              memoryBytes: memoryBytes, diskBytes: definition.disks.map { Self.fileSize($0.path) ?? 0 },
+                                              memoryBytes: memoryBytes, diskBytes: definition.disks.map { Self.fileSize($0.path ?? "") ?? 0 },
                                               vmmVersion: version ?? nil, definition: definition)
         do {
             try SwiftletJSON.encoder(pretty: true).encode(definition).write(to: URL(fileURLWithPath: partial.definition))
@@ -203,11 +205,12 @@ extension Supervisor {
     /// guest's memory describes disks of the recorded sizes.
     func checkDisks(_ row: DefinitionStore.SnapshotRow) throws(DaemonError) {
         for (index, disk) in row.definition.disks.enumerated() {
-            guard let size = Self.fileSize(disk.path) else {
-                throw .conflict("cannot restore snapshot '\(row.name)' of '\(row.vm)': its disks[\(index)] '\(disk.path)' no longer exists")
+            let path = disk.path ?? ""
+            guard let size = Self.fileSize(path) else {
+                throw .conflict("cannot restore snapshot '\(row.name)' of '\(row.vm)': its disks[\(index)] '\(path)' no longer exists")
             }
             if index < row.diskBytes.count, size != row.diskBytes[index] {
-                throw .conflict("cannot restore snapshot '\(row.name)' of '\(row.vm)': its disks[\(index)] '\(disk.path)' is \(size) bytes now and was \(row.diskBytes[index]) when the snapshot was taken; the guest would see another disk")
+                throw .conflict("cannot restore snapshot '\(row.name)' of '\(row.vm)': its disks[\(index)] '\(path)' is \(size) bytes now and was \(row.diskBytes[index]) when the snapshot was taken; the guest would see another disk")
             }
         }
     }
@@ -292,7 +295,7 @@ extension Supervisor {
         var copies: [String] = []
         func rollBack() { for path in copies { unlink(path) } }
         for index in definition.disks.indices where !definition.disks[index].readonly {
-            let source = definition.disks[index].path
+            let source = definition.disks[index].path ?? ""
             let copy = (source as NSString).deletingLastPathComponent + "/" + clone + "-" + (source as NSString).lastPathComponent
             do {
                 let method = try DiskCopy.copy(from: source, to: copy) { done, total in

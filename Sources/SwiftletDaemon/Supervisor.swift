@@ -70,33 +70,42 @@ public final class Supervisor: Sendable {
     let logger: Logger
     /// Whether this swiftlet-vmm serves the control API (`--api-sock`).
     public let vmmHasControlAPI: Bool
+    /// Whether its `--disk` takes `format=raw|qcow2` (else disks are raw and unnamed formats are probed by nobody).
+    public let vmmHasDiskFormats: Bool
+    /// Storage pools and volumes (nil: disks name paths only).
+    public let storage: StorageManager?
     let runtimes = Mutex<[String: Runtime]>([:])
     let subscribers = Mutex<[UUID: AsyncStream<VMEvent>.Continuation]>([:])
     let counters = Mutex<[String: Int]>([:])
 
-    public init(configuration: SupervisorConfiguration, store: DefinitionStore, cgroups: CgroupManager, networks: NetworkManager? = nil, logger: Logger) {
+    public init(configuration: SupervisorConfiguration, store: DefinitionStore, cgroups: CgroupManager, networks: NetworkManager? = nil,
+                storage: StorageManager? = nil, logger: Logger) {
         self.configuration = configuration
         self.store = store
         self.cgroups = cgroups
         self.networks = networks
+        self.storage = storage
         self.logger = logger
-        vmmHasControlAPI = Self.probeControlAPI(configuration.vmmBinary)
+        let help = Self.helpText(configuration.vmmBinary)
+        vmmHasControlAPI = help.contains("--api-sock")
+        vmmHasDiskFormats = help.contains("format=raw")
         if !vmmHasControlAPI {
             logger.warning("swiftlet-vmm has no control API (--api-sock): pause/resume use SIGSTOP/SIGCONT, shutdown stops the VM with SIGTERM, no VMM counters", metadata: ["vmm": "\(configuration.vmmBinary)"])
         }
     }
 
-    static func probeControlAPI(_ binary: String) -> Bool {
+    /// `swiftlet-vmm --help`, to learn what this VMM binary supports.
+    static func helpText(_ binary: String) -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["--help"]
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        guard (try? process.run()) != nil else { return false }
+        guard (try? process.run()) != nil else { return "" }
         let output = pipe.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        return String(decoding: output, as: UTF8.self).contains("--api-sock")
+        return String(decoding: output, as: UTF8.self)
     }
 
     public func runDirectory(_ name: String) -> RunDirectory {
@@ -233,13 +242,23 @@ public final class Supervisor: Sendable {
             throw .conflict("cannot restore '\(name)': swiftlet-vmm at \(configuration.vmmBinary) has no control API (--api-sock) to load a snapshot with")
         }
         // Checked again now (a link may have changed since define); the VMM gets the resolved paths.
+        // Volumes become their paths and recorded formats; other disks default to raw.
+        var withDisks = stored
+        if let storage {
+            withDisks = try storage.resolveDisks(stored)
+        } else if stored.disks.contains(where: { $0.volume != nil }) {
+            throw .unavailable("cannot start '\(name)': this swiftletd has no storage pools")
+        }
+        if !vmmHasDiskFormats, let index = withDisks.disks.firstIndex(where: { $0.format == "qcow2" }) {
+            throw .badRequest("cannot start '\(name)': disks[\(index)] is qcow2 and swiftlet-vmm at \(configuration.vmmBinary) reads raw images only")
+        }
         let checked: VMDefinition
-        do { checked = try configuration.images.check(stored, mustExist: true) } catch {
+        do { checked = try configuration.images.check(withDisks, mustExist: true) } catch {
             throw .badRequest("cannot start '\(name)': \(error.description)")
         }
         var files = [("kernel", checked.kernel)]
         if let initrd = checked.initrd { files.append(("initrd", initrd)) }
-        files += checked.disks.enumerated().map { ("disks[\($0.offset)].path", $0.element.path) }
+        files += checked.disks.enumerated().map { ("disks[\($0.offset)].path", $0.element.path ?? "") }
         if let snapshot { files += [("snapshot state file", snapshot.state), ("snapshot memory file", snapshot.memory)] }
         for (field, path) in files where access(path, R_OK) != 0 {
             let why = errno == ENOENT ? "does not exist" : String(cString: strerror(errno))
@@ -278,7 +297,8 @@ public final class Supervisor: Sendable {
         var inJail: [String: String] = [:]
         if let jail {
             do {
-                inJail = try jail.prepare(kernel: definition.kernel, initrd: definition.initrd, disks: definition.disks.map(\.path),
+                inJail = try jail.prepare(kernel: definition.kernel, initrd: definition.initrd, disks: definition.disks.map { $0.path ?? "" },
+                                          backing: definition.disks.filter { $0.format == "qcow2" }.flatMap { StorageFormats.backingChain(of: $0.path ?? "") },
                                           snapshot: snapshot.map { ($0.state, $0.memory) })
                 // The daemon reaches the API socket the VMM creates in its jail through the usual path.
                 try FileManager.default.createSymbolicLink(atPath: directory.apiSocket, withDestinationPath: jail.root + "/api.sock")
@@ -298,7 +318,8 @@ public final class Supervisor: Sendable {
             if let initrd = definition.initrd { arguments += ["--initrd", path(initrd)] }
             if let cmdline = definition.cmdline { arguments += ["--cmdline", cmdline] }
             for disk in definition.disks {
-                var value = "path=\(path(disk.path))"
+                var value = "path=\(path(disk.path ?? ""))"
+                if vmmHasDiskFormats, let format = disk.format { value += ",format=\(format)" }
                 if disk.readonly { value += ",readonly=on" }
                 if let id = disk.id { value += ",id=\(id)" }
                 arguments += ["--disk", value]

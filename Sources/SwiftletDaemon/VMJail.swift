@@ -62,7 +62,11 @@ struct VMJail {
     /// `/snapshot/state` and `/snapshot/memory` (copied when on another file
     /// system), readable by the jail's group only: the VMM reads them, and
     /// must not change them, since other restores read them too.
-    func prepare(kernel: String, initrd: String?, disks: [String], snapshot: (state: String, memory: String)? = nil) throws -> [String: String] {
+    ///
+    /// `backing` (qcow2 backing files, absolute) are hard-linked at their
+    /// own paths inside the jail, where the overlay's header points the
+    /// VMM, readable by the jail's group only (the VMM only reads them).
+    func prepare(kernel: String, initrd: String?, disks: [String], backing: [String] = [], snapshot: (state: String, memory: String)? = nil) throws -> [String: String] {
         removeJail()
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var mapping: [String: String] = [:]
@@ -89,6 +93,17 @@ struct VMJail {
                 throw Failure(description: "giving disk '\(disk)' to the jail user \(configuration.uid): \(String(cString: strerror(errno)))")
             }
             mapping[disk] = "/" + inside
+        }
+        for file in Set(backing) where file.hasPrefix("/") {
+            let target = root + file
+            try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            guard link(file, target) == 0 else {
+                let reason = errno == EXDEV ? "it is on another file system than the jails in \(configuration.chrootBase)" : String(cString: strerror(errno))
+                throw Failure(description: "cannot link backing image '\(file)' into the jail: \(reason)")
+            }
+            guard chown(target, geteuid(), configuration.gid) == 0, chmod(target, 0o440) == 0 else {
+                throw Failure(description: "giving backing image '\(file)' to the jail's group: \(String(cString: strerror(errno)))")
+            }
         }
         if let snapshot {
             let folder = root + "/snapshot"

@@ -48,7 +48,15 @@ public enum DefinitionValidator {
         }
         var diskIDs = Set<String>()
         for (index, disk) in definition.disks.enumerated() {
-            try validatePath(disk.path, field: "disks[\(index)].path")
+            switch (disk.path, disk.volume) {
+            case let (path?, nil): try validatePath(path, field: "disks[\(index)].path")
+            case let (nil, volume?): _ = try StorageManager.splitVolume(volume, field: "disks[\(index)].volume")
+            case (nil, nil): throw .badRequest("disks[\(index)] names neither a path nor a volume: give path: FILE or volume: POOL/NAME")
+            case (.some, .some): throw .badRequest("disks[\(index)] names both a path and a volume; give one")
+            }
+            if let format = disk.format, !["raw", "qcow2"].contains(format) {
+                throw .badRequest("invalid disks[\(index)].format '\(printable(format))': expected raw or qcow2")
+            }
             if let id = disk.id {
                 try validateIdentifier(id, field: "disks[\(index)].id")
                 guard diskIDs.insert(id).inserted else { throw .badRequest("disks[\(index)].id '\(id)' is used twice") }

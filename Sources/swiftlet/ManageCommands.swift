@@ -218,7 +218,7 @@ struct Info: ParsableCommand {
                 ("Console", d.console), ("On reboot", d.onReboot), ("Autostart", d.autostart ? "yes" : "no"),
                 ("Console log", info.consoleLog), ("Control API", info.controlAPI ? "yes" : "no"),
             ]
-            for (index, disk) in d.disks.enumerated() { rows.append(("Disk \(index)", disk.path + (disk.readonly ? " (read-only)" : ""))) }
+            for (index, disk) in d.disks.enumerated() { rows.append(("Disk \(index)", (disk.volume.map { "volume " + $0 } ?? disk.path ?? "-") + (disk.format.map { " (\($0))" } ?? "") + (disk.readonly ? " (read-only)" : ""))) }
             for (index, nic) in d.nics.enumerated() { rows.append(("NIC \(index)", (nic.network.map { "network " + $0 } ?? nic.tap ?? "-") + (nic.mac.map { " " + $0 } ?? ""))) }
             if let limits = d.limits {
                 rows.append(("Limits", "cpu \(limits.cpuPercent.map { "\($0)%" } ?? "-"), memory \(limits.memoryMiB.map { Format.memory($0) } ?? "-")"))

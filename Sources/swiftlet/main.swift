@@ -27,7 +27,9 @@ struct Swiftlet: ParsableCommand {
                       Edit.self, Events.self, Snapshot.self, SnapshotList.self, SnapshotDelete.self, Restore.self,
                       Exec.self, Copy.self, GuestInfoCommand.self,
                       NetDefine.self, NetUndefine.self, NetStart.self, NetDestroy.self, NetList.self, NetInfo.self,
-                      NetAutostart.self, DomIfAddr.self])
+                      NetAutostart.self, DomIfAddr.self,
+                      PoolDefine.self, PoolStart.self, PoolDestroy.self, PoolUndefine.self, PoolList.self,
+                      VolCreate.self, VolList.self, VolInfo.self, VolDelete.self])
 }
 
 /// Finds swiftlet-vmm (beside this binary, else on PATH) and replaces this process with it.

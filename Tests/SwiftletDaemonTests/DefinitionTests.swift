@@ -116,7 +116,7 @@ struct StoreTests {
         defer { try? FileManager.default.removeItem(atPath: path) }
         let store = try DefinitionStore(path: path)
         let applied = try store.database.read { try DefinitionStore.migrator.appliedIdentifiers($0) }
-        #expect(applied == ["v1: definitions", "v2: last run outcome", "v3: snapshots", "v4: networks"])
+        #expect(applied == ["v1: definitions", "v2: last run outcome", "v3: snapshots", "v4: networks and storage"])
         let columns = try store.database.read { try $0.columns(in: "vm").map(\.name) }
         #expect(columns.contains("lastState") && columns.contains("uuid"))
     }
