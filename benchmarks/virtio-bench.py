@@ -8,6 +8,10 @@ P4  virtio-blk: guest-kit blk-bench.elf on a raw image file (the same file
     for every VMM): 4 KiB random reads at queue depth 32, 1 MiB sequential
     reads and 1 MiB sequential writes (4 in flight), each for --seconds.
     Host fio runs the same three jobs on the same file (--no-fio skips it).
+Q4  qcow2: blk-bench (plus 4 KiB random writes) on a fresh qcow2 overlay
+    (qemu-img create -b the P4 raw image, so reads of unwritten clusters go
+    to the backing file) made anew for every run, on Swiftlet's qcow2 engine
+    and QEMU's qcow2 driver; "Swiftlet raw" runs the same on the raw image.
 P5  virtio-net: guest-kit net-bench.elf with a tap inside a network
     namespace this script creates (and deletes); benchmarks/kit-net-peer.py
     is the host end. TX = guest -> host frames, RX = host -> guest frames,
@@ -47,6 +51,7 @@ import bench as core  # noqa: E402  (tsc_mhz, machine_info, replace_section help
 
 LABELS = {"swiftlet": "Swiftlet", "qemu": "QEMU microvm"}
 TITLES = {"P4": "P4 — virtio-blk throughput (guest kit, polled)",
+          "Q4": "Q4 — qcow2 overlay throughput (guest kit, polled)",
           "P5": "P5 — virtio-net throughput through a tap (guest kit, polled)"}
 BLK_PAT = re.compile(r"^BENCH blk (\w+) iops=(\d+) mb_s=([\d.]+) ios=(\d+) ms=(\d+).*?kicks=(\d+) suppressed=(\d+)",
                      re.M)
@@ -71,18 +76,19 @@ class VMM(core.VMM):
     def label(self) -> str:
         return LABELS[self.name] + (" virtio-mmio" if self.transport == "mmio" else "")
 
-    def argv(self, elf: Path, cmdline: str, disk: Path | None = None, tap: str | None = None) -> list[str]:
+    def argv(self, elf: Path, cmdline: str, disk: Path | None = None, tap: str | None = None,
+             disk_format: str = "raw") -> list[str]:
         a = super().argv(elf, cmdline, self.memory)
         if self.name == "swiftlet":
             if self.transport == "mmio":
                 a += ["--transport", "mmio"]
             if disk:
-                a += ["--disk", f"path={disk}"]
+                a += ["--disk", f"path={disk}" + (f",format={disk_format}" if disk_format != "raw" else "")]
             if tap:
                 a += ["--net", f"tap={tap}"]
             return a
         if disk:
-            a += ["-drive", f"file={disk},if=none,id=d0,format=raw,cache=writeback,aio=threads",
+            a += ["-drive", f"file={disk},if=none,id=d0,format={disk_format},cache=writeback,aio=threads",
                   "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"]
         if tap:
             a += ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
@@ -203,6 +209,47 @@ def p4(args, vmms: list[VMM], results: dict, commands: dict, notes: list[str]) -
                     results.setdefault("host fio", {}).setdefault(k, []).append(val)
         elif not args.no_fio:
             notes.append("fio not installed (SWIFTLET_WITH_BENCHMARKS=1 scripts/install-deps)")
+
+
+# ---------------------------------------------------------------- Q4
+def q4(args, vmms: list[VMM], results: dict, commands: dict, notes: list[str]) -> None:
+    base = Path(args.image)
+    make_image(base, args.image_mib)
+    warm(base)
+    overlay = base.with_suffix(".overlay.qcow2")
+    elf = Path(args.kit) / "blk-bench.elf"
+    ms = int(args.seconds * 1000)
+    cmd = f"rand_ms={ms} seq_ms={ms} qd={args.qd} seq_qd={args.seq_qd} randwrite=1" + \
+        (f" tsc_hz={args.tsc_hz}" if args.tsc_hz else "")
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay)]
+    runs = [(f"{v.label} qcow2 overlay", v, overlay, "qcow2") for v in vmms if v.transport == "pci"]
+    runs += [("Swiftlet raw", v, base, "raw") for v in vmms if v.name == "swiftlet" and v.transport == "pci"]
+    for key, v, disk, fmt in runs:
+        commands[f"Q4 {key}"] = shown(v.argv(elf, cmd, disk=disk, disk_format=fmt))
+    commands["Q4 overlay"] = shown(create)
+    for rnd in range(args.runs):
+        order = runs[rnd % len(runs):] + runs[:rnd % len(runs)]
+        for key, v, disk, fmt in order:
+            if fmt == "qcow2":
+                overlay.unlink(missing_ok=True)
+                subprocess.run(create, check=True)
+            else:
+                make_image(base, args.image_mib)  # randwrite changed it: the next raw run starts from the same bytes
+            rc, out, err = run(v.argv(elf, cmd, disk=disk, disk_format=fmt), args.timeout)
+            if rc != 0 or "KIT blk-bench PASS" not in out:
+                log(f"  Q4 round {rnd} {key}: FAILED {why(rc, out, err)}")
+                results.setdefault(key, {}).setdefault("failures", []).append(why(rc, out, err))
+                continue
+            vals = {f"{m[1]}_iops": float(m[2]) for m in BLK_PAT.finditer(out)}
+            vals.update({f"{m[1]}_mb_s": float(m[3]) for m in BLK_PAT.finditer(out)})
+            log(f"  Q4 round {rnd} {key}: " + " ".join(f"{k}={val:.1f}" for k, val in vals.items()))
+            for k, val in vals.items():
+                results.setdefault(key, {}).setdefault(k, []).append(val)
+            if fmt == "qcow2":
+                check = subprocess.run(["qemu-img", "check", "-q", str(overlay)], capture_output=True, text=True)
+                if check.returncode != 0:
+                    notes.append(f"round {rnd} {key}: qemu-img check failed: {check.stdout}{check.stderr}")
+    overlay.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- P5
@@ -352,6 +399,30 @@ def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> d
         body += [f"    # {k}\n    {c}" for k, c in commands.items() if k.startswith("P4")]
         body += [""] + [f"* {n}" for n in notes.get("P4", [])] + missing(results, "P4") + ["", produced_by(args)]
         out["P4"] = "\n".join(body).rstrip()
+    if "Q4" in args.only:
+        rows = ["Swiftlet qcow2 overlay", "QEMU microvm qcow2 overlay", "Swiftlet raw"]
+        mq = [("randread4k_iops", "randread 4K QD32 IOPS", 0), ("randwrite4k_iops", "randwrite 4K QD32 IOPS", 0),
+              ("seqread1m_mb_s", "seqread 1M MB/s", 0), ("seqwrite1m_mb_s", "seqwrite 1M MB/s", 0)]
+        lines = [table(results, mq, rows, None)]
+        for a, b, label in (("Swiftlet qcow2 overlay", "QEMU microvm qcow2 overlay", "Swiftlet / QEMU (qcow2)"),
+                            ("Swiftlet qcow2 overlay", "Swiftlet raw", "Swiftlet qcow2 / raw")):
+            if a in results and b in results:
+                cells = []
+                for m in mq:
+                    x, y = med(results[a].get(m[0])), med(results[b].get(m[0]))
+                    cells.append(f"{x / y:.2f}×" if x is not None and y else "—")
+                lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
+        body = ["\n".join(lines), "",
+                f"Medians (min–max) of {args.runs} interleaved rounds, {args.seconds:g} s per phase, a fresh qcow2 "
+                f"overlay (64 KiB clusters, made by qemu-img) on the {args.image_mib} MiB raw image for every run: "
+                "reads of clusters not yet written go to the backing file; writes allocate. The phases run "
+                "randread, seqread, seqwrite, then randwrite. "
+                f"{args.memory} MiB guest, 1 vCPU. Goal: Swiftlet's qcow2 ≥ 1.0× QEMU's and ≥ 0.8× Swiftlet raw.",
+                f"Machine: {machine.get('cpu')}, {machine.get('nproc')} CPUs, load "
+                f"{' '.join(machine.get('loadavg_start', []))} at the start.", "", "Commands:", ""]
+        body += [f"    # {k}\n    {c}" for k, c in commands.items() if k.startswith("Q4")]
+        body += [""] + [f"* {n}" for n in notes.get("Q4", [])] + ["", produced_by(args)]
+        out["Q4"] = "\n".join(body).rstrip()
     if "P5" in args.only:
         rows5 = [f"{v}{t}" for v in ("Swiftlet", "Swiftlet virtio-mmio", "QEMU microvm") for t in ("", " event_idx=0")]
         m5 = [("tx_mbit_s", "TX guest→host Mbit/s", 0), ("tx_pps", "TX frames/s", 0),
@@ -383,7 +454,7 @@ def write_sections(path: Path, sections: dict[str, str]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
-    ap.add_argument("--only", default="P4,P5", help="P4, P5 or both (default)")
+    ap.add_argument("--only", default="P4,P5", help="P4, P5, Q4 (qcow2), comma-separated (default P4,P5)")
     ap.add_argument("--vmms", default="swiftlet,qemu", help="VMMs to run (default swiftlet,qemu)")
     ap.add_argument("--swiftlet", default=None,
                     help="swiftlet-vmm binary (default .build/release/swiftlet-vmm, else .build/debug)")
@@ -439,13 +510,15 @@ def main() -> int:
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         machine, results, commands = saved["machine"], saved["results"], saved["commands"]
-        notes = saved.get("notes", {"P4": [], "P5": []})
+        notes = saved.get("notes", {"P4": [], "P5": [], "Q4": []})
     else:
         machine = core.machine_info(argparse.Namespace(qemu=args.qemu))
         results, commands = {}, {}
-        notes = {"P4": [], "P5": []}
+        notes = {"P4": [], "P5": [], "Q4": []}
         if "P4" in args.only:
             p4(args, vmms, results, commands, notes["P4"])
+        if "Q4" in args.only:
+            q4(args, vmms, results, commands, notes["Q4"])
         if "P5" in args.only:
             p5(args, vmms, results, commands, notes["P5"])
     sections = report(args, machine, results, commands, notes)

@@ -4,6 +4,8 @@
  *   randread4k   4 KiB reads at random 4 KiB-aligned offsets, qd=32
  *   seqread1m    1 MiB sequential reads, seq_qd=4 in flight
  *   seqwrite1m   1 MiB sequential writes, seq_qd=4 in flight (writes=0: skip)
+ *   randwrite4k  4 KiB writes at random 4 KiB-aligned offsets, qd=32, only
+ *                with randwrite=1 (last: it changes the disk's contents)
  *
  * Each phase runs for rand_ms / seq_ms (default 3000) over the first
  * span_mb MiB of the disk (default: all of it) and prints
@@ -130,5 +132,7 @@ int kit_main(void)
             }
         }
     }
+    if (rand_ms && kit_cmdline_u64("randwrite", 0))
+        phase("randwrite4k", VIRTIO_BLK_T_OUT, 4096, qd, rand_ms, true, span, small);
     return 0;
 }
