@@ -100,12 +100,19 @@ struct DaemonStorageTests {
         definition.disks = [.init(volume: "vms/overlay")]
         _ = try daemon.client.define(definition)
         _ = try daemon.client.action("writer", "start")
-        let running = try daemon.cli(["vol-delete", "vms", "overlay"])
         let info = try daemon.wait(for: "writer", state: .shutOff, seconds: 60)
         let console = String(decoding: try daemon.client.consoleLog("writer"), as: UTF8.self)
         #expect(console.contains("pattern lba=0 count=8") && console.contains("write lba=64 count=16 flush=yes readback=ok") && !console.contains("FAIL"),
                 "\(info.reason ?? "") \(console.suffix(1500)) \(daemon.log().suffix(1500))")
-        #expect(running.status == 4 || info.state == .shutOff, "\(running)")
+
+        // A running VM's volume is not deleted.
+        var holder = try daemon.definition("holder", program: "idle")
+        holder.disks = [.init(volume: "vms/overlay", readonly: true)]
+        _ = try daemon.client.define(holder)
+        _ = try daemon.client.action("holder", "start")
+        let inUse = try daemon.cli(["vol-delete", "vms", "overlay"])
+        #expect(inUse.status == 4 && inUse.stderr.contains("running VM 'holder'"), "\(inUse)")
+        _ = try daemon.client.action("holder", "destroy")
 
         let check = Self.run(qemuImg, ["check", overlay.path])
         #expect(check.status == 0 && check.output.contains("No errors"), "\(check.output)")
