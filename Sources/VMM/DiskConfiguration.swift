@@ -67,7 +67,7 @@ public struct DiskConfiguration: Equatable, Sendable {
             }
         }
         guard let path, !path.isEmpty else {
-            throw .invalidConfiguration(field: "disk", value: text, expected: "path=PATH naming a raw image")
+            throw .invalidConfiguration(field: "disk", value: text, expected: "path=PATH naming a raw or qcow2 image")
         }
         return DiskConfiguration(path: path, id: id ?? "disk\(index)", readOnly: readOnly, directIO: directIO, format: format)
     }
