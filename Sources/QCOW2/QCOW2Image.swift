@@ -120,10 +120,18 @@ public final class QCOW2Image: Sendable {
 
     static func openBacking(_ backingPath: String, format: String?, of path: String, depth: Int) throws(QCOW2Error) -> Backing {
         let descriptor: OwnedFileDescriptor
+        let status: stat
         do {
-            descriptor = try OwnedFileDescriptor.open(backingPath, flags: O_RDONLY)
+            // O_NONBLOCK: an image naming a FIFO must not hang open(2).
+            descriptor = try OwnedFileDescriptor.open(backingPath, flags: O_RDONLY | O_NONBLOCK)
+            status = try descriptor.status()
         } catch {
             throw .backingFile(path: path, backingPath: backingPath, cause: .open(path: backingPath, cause: error))
+        }
+        let kind = status.st_mode & S_IFMT
+        guard kind == S_IFREG || kind == S_IFBLK else {
+            throw .backingFile(path: path, backingPath: backingPath,
+                               cause: .unsupportedFeature(path: backingPath, feature: "a backing file that is \(fileKindName(mode: status.st_mode))"))
         }
         let isQCOW2: Bool
         switch format {
@@ -132,12 +140,20 @@ public final class QCOW2Image: Sendable {
         case nil, "": isQCOW2 = hasMagic(descriptor)
         case let .some(other): throw .unknownBackingFormat(path: path, format: other)
         }
-        do {
+        do throws(QCOW2Error) {
             if isQCOW2 {
                 return .qcow2(try QCOW2Image(file: descriptor, path: backingPath, readOnly: true, depth: depth))
             }
             let file = ImageFile(descriptor: descriptor, path: backingPath)
-            return .raw(file, size: try file.size())
+            guard kind == S_IFBLK else { return .raw(file, size: try file.size()) }
+            // A block device's st_size is 0; its end is where lseek stops.
+            let end: off_t
+            do {
+                end = try systemCall("lseek \(backingPath) SEEK_END") { lseek(descriptor.rawValue, 0, SEEK_END) }
+            } catch {
+                throw .inspect(path: backingPath, cause: error)
+            }
+            return .raw(file, size: UInt64(max(end, 0)))
         } catch {
             if case .backingChainTooDeep = error { throw error }
             throw .backingFile(path: path, backingPath: backingPath, cause: error)
