@@ -368,6 +368,19 @@ public final class DiskImage: Sendable {
         }
     }
 
+    /// Makes the file on its own hold every completed write: a qcow2 image's
+    /// cached L1/L2 updates are written (in their durable order). A snapshot
+    /// calls it, since its restore reopens the file, maybe after this process
+    /// was killed. Nothing to do for raw.
+    public func persistMetadata() throws(VirtioBlockError) {
+        guard let qcow2 else { return }
+        do {
+            try qcow2.flush()
+        } catch {
+            throw .qcow2(path: path, cause: error)
+        }
+    }
+
     /// Lets the host free `length` bytes at `offset`; they read back as zeroes
     /// where the file system can punch holes. A file system that cannot is no
     /// error: discard is a hint.
