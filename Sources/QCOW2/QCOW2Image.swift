@@ -278,7 +278,10 @@ struct Layout {
             if fixed.contains(offset >> bits) {
                 throw .overlappingMetadata(path: path, what: "L2 table at \(offset)", other: name(of: offset))
             }
-            clusters.insert(offset >> bits)
+            // Two L1 entries sharing a table would alias two guest ranges.
+            guard clusters.insert(offset >> bits).inserted else {
+                throw .overlappingMetadata(path: path, what: "L2 table at \(offset)", other: "L2 table at \(offset)")
+            }
         }
         let l2Tables = clusters.subtracting(fixed)
         for entry in refcountTable {
@@ -291,7 +294,9 @@ struct Layout {
             if l2Tables.contains(offset >> bits) {
                 throw .overlappingMetadata(path: path, what: "refcount block at \(offset)", other: "L2 table at \(offset)")
             }
-            clusters.insert(offset >> bits)
+            guard clusters.insert(offset >> bits).inserted else {
+                throw .overlappingMetadata(path: path, what: "refcount block at \(offset)", other: "refcount block at \(offset)")
+            }
         }
         return clusters
     }

@@ -370,3 +370,27 @@ struct QCOW2CorruptionTests {
         }
     }
 }
+
+@Suite("QCOW2 shared tables")
+struct QCOW2SharedTableTests {
+    @Test("two L1 entries naming one L2 table are refused as overlapping metadata")
+    func sharedL2() throws {
+        let scratch = Scratch()
+        let path = scratch.file("shared.qcow2")
+        // 2 GiB: four L1 entries.
+        try QCOW2Image.create(path: path, virtualSize: 2 << 30)
+        do {
+            let image = try QCOW2Image(path: path, readOnly: false)
+            try [UInt8](repeating: 1, count: 512).withUnsafeBytes { try image.write(at: 0, from: $0) }
+            try image.flush()
+        }
+        var bytes = rawBytes(path)
+        let first = bytes.bigEndian64(at: 3 * 65536)
+        bytes.storeBigEndian64(first, at: 3 * 65536 + 8)
+        writeFile(path, bytes)
+        let offset = first & 0x00ff_ffff_ffff_fe00
+        #expect(throws: QCOW2Error.overlappingMetadata(path: path, what: "L2 table at \(offset)", other: "L2 table at \(offset)")) {
+            try QCOW2Image(path: path, readOnly: true)
+        }
+    }
+}
