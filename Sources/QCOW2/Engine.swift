@@ -281,6 +281,11 @@ struct Engine {
     /// written (counting itself if it covers itself) before the table entry
     /// naming it.
     mutating func addRefcountBlock(_ block: UInt64) throws(QCOW2Error) {
+        if block >= UInt64(refcounts.table.count) {
+            try growRefcountTable(covering: block)
+            // Counting the new table's own clusters may have made this very block.
+            if refcounts.blockOffset(forBlock: block) != 0 { return }
+        }
         guard block < UInt64(refcounts.table.count) else { throw .refcountTableFull(path: file.path) }
         let host = fileEnd
         fileEnd += clusterSize
@@ -292,11 +297,54 @@ struct Engine {
         }
         try file.write(bytes: bytes, at: host)
         refcounts.table[Int(block)] = host
-        var entry = [UInt8](repeating: 0, count: 8)
-        entry.storeBigEndian64(host, at: 0)
-        try file.write(bytes: entry, at: refcounts.tableOffset + block * 8)
+        if !refcounts.relocating {
+            var entry = [UInt8](repeating: 0, count: 8)
+            entry.storeBigEndian64(host, at: 0)
+            try file.write(bytes: entry, at: refcounts.tableOffset + block * 8)
+        }
         metadataClusters.insert(own)
         if !coversItself { try incrementRefcount(own) }
+    }
+
+    /// Moves the refcount table to the end of the file, at least twice as
+    /// large: the new table (with blocks for its own clusters) is written and
+    /// synced, then the header names it in one write, synced, and only then
+    /// are the old table's clusters released.
+    mutating func growRefcountTable(covering block: UInt64) throws(QCOW2Error) {
+        guard !refcounts.relocating else { throw .refcountTableFull(path: file.path) }
+        let perCluster = clusterSize / 8
+        let oldCount = UInt64(refcounts.table.count)
+        let wanted = roundUp(max(oldCount * 2, block + 2), to: perCluster)
+        let bytes = wanted * 8
+        guard bytes <= QCOW2Header.maximumRefcountTableBytes else { throw .refcountTableFull(path: file.path) }
+        let oldOffset = refcounts.tableOffset
+        let oldClusters = roundUp(oldCount * 8, to: clusterSize) / clusterSize
+        let newOffset = fileEnd
+        let newClusters = bytes / clusterSize
+        fileEnd += bytes
+        refcounts.table += [UInt64](repeating: 0, count: Int(wanted - oldCount))
+        refcounts.relocating = true
+        for cluster in 0..<newClusters {
+            do {
+                try incrementRefcount((newOffset >> clusterBits) + cluster)
+            } catch {
+                refcounts.relocating = false
+                throw error
+            }
+            metadataClusters.insert((newOffset >> clusterBits) + cluster)
+        }
+        refcounts.relocating = false
+        try file.write(bytes: encodeEntries(refcounts.table), at: newOffset)
+        try file.sync()
+        var fields = [UInt8](repeating: 0, count: 12)
+        fields.storeBigEndian64(newOffset, at: 0)
+        fields.storeBigEndian32(UInt32(newClusters), at: 8)
+        try file.write(bytes: fields, at: 48)
+        try file.sync()
+        refcounts.tableOffset = newOffset
+        for cluster in 0..<oldClusters {
+            try decrementRefcount((oldOffset >> clusterBits) + cluster)
+        }
     }
 
     // MARK: Flush

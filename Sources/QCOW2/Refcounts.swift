@@ -6,8 +6,11 @@ struct Refcounts {
     let file: ImageFile
     let clusterBits: UInt64
     let order: UInt64
-    /// Offset of the refcount table in the file.
-    let tableOffset: UInt64
+    /// Offset of the refcount table in the file (moves when the table grows).
+    var tableOffset: UInt64
+    /// While the table is being moved, new entries go only to memory: the
+    /// whole new table is written before the header names it.
+    var relocating = false
     var table: [UInt64]
     /// Recently used blocks, by file offset. Always clean (write-through).
     var blocks: [UInt64: [UInt8]] = [:]

@@ -199,7 +199,7 @@ struct QCOW2WriteTests {
         #expect(rawBytes(base) == baseBytes)
     }
 
-    @Test("writes to a qemu-img image with compressed clusters and lazy refcounts stay consistent", arguments: [["-c"], ["-o", "lazy_refcounts=on"], ["-o", "compat=0.10"]])
+    @Test("writes to a qemu-img image with compressed clusters and lazy refcounts stay consistent", arguments: [["-c"], ["-o", "lazy_refcounts=on"], ["-o", "compat=0.10"], ["-o", "refcount_bits=1"], ["-o", "refcount_bits=64"], ["-o", "cluster_size=512"]])
     func overQEMUImages(options: [String]) throws {
         guard QEMU.require() else { return }
         let scratch = Scratch()
@@ -211,6 +211,30 @@ struct QCOW2WriteTests {
             try image.flush()
         }
         try checkAndCompare(path, raw)
+    }
+
+    @Test("a refcount table too small for the file grows (512-byte clusters: one table cluster covers 8 MiB)")
+    func refcountTableGrowth() throws {
+        guard QEMU.require() else { return }
+        let scratch = Scratch()
+        let size = 24 << 20
+        let path = scratch.file("small.qcow2")
+        try QEMU.mustRun(["create", "-q", "-f", "qcow2", "-o", "cluster_size=512", path, "\(size)"])
+        let raw = scratch.file("ref.raw")
+        writeFile(raw, [UInt8](repeating: 0, count: size))
+        do {
+            let image = try QCOW2Image(path: path, readOnly: false)
+            for step in 0..<10 {
+                let data = pattern(1 << 20, seed: UInt64(step))
+                let offset = step * (2 << 20) + 512 * step
+                try data.withUnsafeBytes { try image.write(at: UInt64(offset), from: $0) }
+                try writeRaw(raw, offset: offset, data)
+            }
+            try image.flush()
+            #expect(try readAll(image) == rawBytes(raw))
+        }
+        try checkAndCompare(path, raw)
+        #expect(try readAll(try QCOW2Image(path: path, readOnly: true)) == rawBytes(raw))
     }
 
     @Test("discard and write-zeroes read back as zeroes and leave no leaks")
