@@ -130,8 +130,8 @@ public struct QCOW2Header: Equatable, Sendable {
 
     /// Walks the header extensions between the header and the backing file
     /// name (or the end of the first cluster); only the backing format is kept.
+    /// Version 2 images have them too (after the 72-byte header), as QEMU writes and reads them.
     mutating func parseExtensions(_ bytes: [UInt8], path: String) throws(QCOW2Error) {
-        guard version == 3 else { return }
         var end = UInt64(min(UInt64(bytes.count), clusterSize))
         if backingFileOffset > UInt64(headerLength), backingFileOffset < end { end = backingFileOffset }
         var position = UInt64(headerLength)

@@ -132,6 +132,22 @@ struct QCOW2ReadTests {
         #expect(opened.virtualSize == 3 << 20)
         #expect(try readAll(opened) == rawBytes(raw))
     }
+
+    @Test("a version 2 image names its raw backing file's format in a header extension")
+    func version2Backing() throws {
+        guard QEMU.require() else { return }
+        let scratch = Scratch()
+        writeFile(scratch.file("base.raw"), pattern(1 << 20, seed: 12))
+        let top = scratch.file("top.qcow2")
+        try QEMU.mustRun(["create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "base.raw", "-F", "raw", top])
+        try QEMU.mustRun(["-f", "qcow2", "-c", "write -P 0x33 4096 100000", top], tool: QEMU.ioTool)
+        let raw = scratch.file("top.raw")
+        try QEMU.mustRun(["convert", "-O", "raw", top, raw])
+        let opened = try QCOW2Image(path: top, readOnly: true)
+        #expect(opened.header.version == 2)
+        #expect(opened.header.backingFormat == "raw")
+        #expect(try readAll(opened) == rawBytes(raw))
+    }
 }
 
 @Suite("QCOW2 images Swiftlet writes pass qemu-img check and compare")
