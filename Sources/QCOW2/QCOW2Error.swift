@@ -59,6 +59,8 @@ public enum QCOW2Error: Error, Equatable, Sendable, CustomStringConvertible {
     case readOnly(path: String)
     /// The backing file could not be opened or read.
     indirect case backingFile(path: String, backingPath: String, cause: QCOW2Error)
+    /// Another open file description holds the backing file open writable (another VMM?).
+    case backingFileLocked(path: String, backingPath: String)
     /// A backing-file format other than raw or qcow2.
     case unknownBackingFormat(path: String, format: String)
     /// More backing files chained than allowed (or a loop).
@@ -108,6 +110,8 @@ public enum QCOW2Error: Error, Equatable, Sendable, CustomStringConvertible {
             "\(length) bytes at \(offset) are beyond the \(size)-byte virtual disk of '\(path)'"
         case let .readOnly(path): "qcow2 image '\(path)' is open read-only"
         case let .backingFile(path, backingPath, cause): "backing file '\(backingPath)' of '\(path)': \(cause)"
+        case let .backingFileLocked(path, backingPath):
+            "backing file '\(backingPath)' of '\(path)' is locked: another process (another VMM?) has it open writable"
         case let .unknownBackingFormat(path, format):
             "qcow2 image '\(path)' names backing format '\(format)': expected raw or qcow2"
         case let .backingChainTooDeep(path, maximum):

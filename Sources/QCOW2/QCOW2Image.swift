@@ -133,6 +133,15 @@ public final class QCOW2Image: Sendable {
             throw .backingFile(path: path, backingPath: backingPath,
                                cause: .unsupportedFeature(path: backingPath, feature: "a backing file that is \(fileKindName(mode: status.st_mode))"))
         }
+        // A shared OFD lock, as a read-only disk takes: no other VMM may
+        // write the backing file under this image while it is open.
+        let locked: Bool
+        do {
+            locked = try descriptor.tryLockWholeFile(.shared)
+        } catch {
+            throw .backingFile(path: path, backingPath: backingPath, cause: .open(path: backingPath, cause: error))
+        }
+        guard locked else { throw .backingFileLocked(path: path, backingPath: backingPath) }
         let isQCOW2: Bool
         switch format {
         case "qcow2": isQCOW2 = true

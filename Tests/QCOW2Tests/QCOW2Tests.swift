@@ -213,6 +213,10 @@ struct QCOW2WriteTests {
         }
         try checkAndCompare(path, raw)
         #expect(rawBytes(base) == baseBytes)
+        // A writer of the backing file (exclusive OFD lock) keeps the image from opening.
+        let writer = try OwnedFileDescriptor.open(base, flags: O_RDWR)
+        #expect(try writer.tryLockWholeFile(.exclusive))
+        #expect(throws: QCOW2Error.backingFileLocked(path: path, backingPath: base)) { try QCOW2Image(path: path, readOnly: true) }
     }
 
     @Test("writes to a qemu-img image with compressed clusters and lazy refcounts stay consistent", arguments: [["-c"], ["-o", "lazy_refcounts=on"], ["-o", "compat=0.10"], ["-o", "refcount_bits=1"], ["-o", "refcount_bits=64"], ["-o", "cluster_size=512"]])
