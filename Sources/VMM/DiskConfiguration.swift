@@ -1,7 +1,7 @@
 import RateLimiter
 import VirtioBlock
 
-/// One virtio-blk disk: a raw image file (or block device) and how to attach it.
+/// One virtio-blk disk: an image file (raw or qcow2) or block device, and how to attach it.
 public struct DiskConfiguration: Equatable, Sendable {
     /// The image; its size must be a multiple of 512 bytes (0 is a placeholder
     /// disk of capacity 0, to be replaced at run time).
@@ -21,9 +21,14 @@ public struct DiskConfiguration: Equatable, Sendable {
     public var serialFromImage: Bool
     /// Bandwidth and operations limits (Firecracker's `rate_limiter`).
     public var rateLimiter: RateLimiterConfiguration
+    /// The image's format; nil probes (qcow2 magic, else raw), which is
+    /// only safe for images no guest writes (docs/virtio-blk.md, "Disk formats").
+    public var format: DiskFormat?
 
     public init(path: String, id: String, readOnly: Bool = false, directIO: Bool = false,
-                serialFromImage: Bool = false, rateLimiter: RateLimiterConfiguration = .unlimited) {
+                serialFromImage: Bool = false, rateLimiter: RateLimiterConfiguration = .unlimited,
+                format: DiskFormat? = nil) {
+        self.format = format
         self.path = path
         self.id = id
         self.readOnly = readOnly
@@ -36,12 +41,12 @@ public struct DiskConfiguration: Equatable, Sendable {
     public var fixedSerial: String? { serialFromImage ? nil : id }
 
     /// The keys `--disk` accepts, for help and errors.
-    public static let keys = ["path", "readonly", "id", "direct"]
+    public static let keys = ["path", "readonly", "id", "direct", "format"]
 
-    /// Parses `path=PATH[,readonly=on|off][,id=ID][,direct=on|off]` (a bare
-    /// first item is the path). Without an id the disk gets `disk<index>`.
+    /// Parses `path=PATH[,readonly=on|off][,id=ID][,direct=on|off][,format=raw|qcow2]`
+    /// (a bare first item is the path). Without an id the disk gets `disk<index>`.
     public static func parse(_ text: String, index: Int) throws(VMMError) -> DiskConfiguration {
-        var path: String?, id: String?, readOnly = false, directIO = false
+        var path: String?, id: String?, readOnly = false, directIO = false, format: DiskFormat?
         for (position, item) in text.split(separator: ",", omittingEmptySubsequences: false).enumerated() {
             guard let equals = item.firstIndex(of: "=") else {
                 guard position == 0, !item.isEmpty else {
@@ -56,14 +61,22 @@ public struct DiskConfiguration: Equatable, Sendable {
             case "id": id = value
             case "readonly": readOnly = try onOff(value, key: key)
             case "direct": directIO = try onOff(value, key: key)
+            case "format": format = try parseFormat(value)
             default:
                 throw .invalidConfiguration(field: "disk key", value: key, expected: "one of \(keys.joined(separator: ", ")) (in --disk \(text))")
             }
         }
         guard let path, !path.isEmpty else {
-            throw .invalidConfiguration(field: "disk", value: text, expected: "path=PATH naming a raw image")
+            throw .invalidConfiguration(field: "disk", value: text, expected: "path=PATH naming a raw or qcow2 image")
         }
-        return DiskConfiguration(path: path, id: id ?? "disk\(index)", readOnly: readOnly, directIO: directIO)
+        return DiskConfiguration(path: path, id: id ?? "disk\(index)", readOnly: readOnly, directIO: directIO, format: format)
+    }
+
+    public static func parseFormat(_ value: String) throws(VMMError) -> DiskFormat {
+        guard let format = DiskFormat(rawValue: value) else {
+            throw .invalidConfiguration(field: "disk format", value: value, expected: "raw or qcow2")
+        }
+        return format
     }
 
     static func onOff(_ value: String, key: String) throws(VMMError) -> Bool {

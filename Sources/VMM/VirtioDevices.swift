@@ -33,7 +33,7 @@ public enum VirtioDeviceFactory {
         var images: [DiskImage] = []
         do {
             for disk in configuration.disks {
-                images.append(try DiskImage(path: disk.path, readOnly: disk.readOnly, directIO: disk.directIO, lockNow: false))
+                images.append(try DiskImage(path: disk.path, readOnly: disk.readOnly, directIO: disk.directIO, format: disk.format, lockNow: false))
             }
             try DiskImage.checkDistinct(images)
             // Locked only now, so that one image attached twice by this VM reads as such, not as another process's lock.

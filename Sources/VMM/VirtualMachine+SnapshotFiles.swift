@@ -38,6 +38,12 @@ extension VirtualMachine {
             guard let image = blockDevice(id: disk.id)?.disk else { continue }
             saved.disks[index].path = image.path
             diskSizes[disk.id] = image.size
+            // A qcow2 image's cached table updates: the restore reopens the file.
+            do {
+                try image.persistMetadata()
+            } catch {
+                throw .disk(error)
+            }
         }
         for interface in saved.networkInterfaces {
             if case .descriptor = interface.tap {

@@ -24,7 +24,7 @@ public struct ConfigurationFile: Equatable, Sendable {
     public var transport: String?
     /// `"network_interfaces": [{"tap": "tap0", "mac": "...", "id": "...", "offloads": false}, {"tap_fd": 3}]`
     public var networkInterfaces: [VMM.NetworkInterfaceConfiguration]?
-    /// "disks": [{"path": ..., "readonly": true, "id": ..., "direct": false}, ...]
+    /// "disks": [{"path": ..., "readonly": true, "id": ..., "direct": false, "format": "qcow2"}, ...]
     public var disks: [DiskConfiguration]?
     /// "vsock": {"guest_cid": 3, "uds_path": "/run/v.sock"}
     public var vsock: VsockConfiguration?
@@ -124,7 +124,8 @@ public struct ConfigurationFile: Equatable, Sendable {
     }
 
     /// "disks": an array of objects with "path" (required), "readonly",
-    /// "direct" (booleans) and "id" (a string; disk0, disk1... by default).
+    /// "direct" (booleans), "id" (a string; disk0, disk1... by default) and
+    /// "format" ("raw" or "qcow2"; probed when absent).
     static func parseDisks(_ value: JSONValue, path: String) throws(VMMError) -> [DiskConfiguration] {
         guard case let .array(items) = value else { throw mismatch("disks", value, "an array of disk objects", path) }
         var disks: [DiskConfiguration] = []
@@ -138,16 +139,19 @@ public struct ConfigurationFile: Equatable, Sendable {
                 case "path", "id":
                     guard let text = member.stringValue else { throw mismatch(name, member, "a string", path) }
                     if key == "path" { disk.path = text; hasPath = true } else { disk.id = text }
+                case "format":
+                    guard let text = member.stringValue else { throw mismatch(name, member, "\"raw\" or \"qcow2\"", path) }
+                    disk.format = try DiskConfiguration.parseFormat(text)
                 case "readonly", "direct":
                     guard let flag = member.boolValue else { throw mismatch(name, member, "true or false", path) }
                     if key == "readonly" { disk.readOnly = flag } else { disk.directIO = flag }
                 default:
                     throw .invalidConfiguration(field: "config key", value: name,
-                                                expected: "one of path, readonly, id, direct (in \(path))")
+                                                expected: "one of path, readonly, id, direct, format (in \(path))")
                 }
             }
             guard hasPath else {
-                throw .invalidConfiguration(field: "config key", value: "disks[\(index)]", expected: "a \"path\" naming a raw image (in \(path))")
+                throw .invalidConfiguration(field: "config key", value: "disks[\(index)]", expected: "a \"path\" naming a raw or qcow2 image (in \(path))")
             }
             disks.append(disk)
         }

@@ -61,7 +61,7 @@ public enum VMMArguments {
         ("memory", "SIZE", "Guest RAM: 512M, 2G, or a plain number of MiB (default 128M)."),
         ("serial", "MODE", "COM1: stdio (interactive, Ctrl-A x quits), file:PATH, or none (default stdio)."),
         ("console", "DEVICE", "The guest's console device: serial (COM1, ttyS0) or virtio (virtio-console, hvc0; pass console=hvc0 in --cmdline). It uses what --serial names (default serial)."),
-        ("disk", "SPEC", "A virtio-blk disk, repeatable: path=PATH[,readonly=on|off][,id=ID][,direct=on|off]. PATH is a raw image (a multiple of 512 bytes); id (GET_ID, 1-20 of A-Z a-z 0-9 - _ .) defaults to disk0, disk1...; direct=on opens it O_DIRECT."),
+        ("disk", "SPEC", "A virtio-blk disk, repeatable: path=PATH[,readonly=on|off][,id=ID][,direct=on|off][,format=raw|qcow2]. PATH is a raw image (a multiple of 512 bytes) or a qcow2 image; id (GET_ID, 1-20 of A-Z a-z 0-9 - _ .) defaults to disk0, disk1...; direct=on opens it O_DIRECT (raw only); without format= the format is probed, so give it for any image the guest writes."),
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),

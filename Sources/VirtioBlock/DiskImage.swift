@@ -2,17 +2,31 @@ import CKVM
 import Glibc
 import GuestMemory
 import HostSystem
+import QCOW2
 import Synchronization
 import Virtio
 
-/// A raw disk image (or block device) the device reads and writes at byte
-/// offsets. Guest buffers are handed to preadv/pwritev directly; with O_DIRECT,
-/// requests whose buffers are not 512-byte aligned go through a bounce buffer.
+/// How an image file's bytes map to the guest's disk.
+public enum DiskFormat: String, Sendable, CaseIterable {
+    /// The file is the disk, byte for byte.
+    case raw
+    /// QEMU's copy-on-write format (docs/virtio-blk.md, "Disk formats").
+    case qcow2
+}
+
+/// A disk image (raw file, block device, or qcow2 file) the device reads and
+/// writes at byte offsets. Raw: guest buffers are handed to preadv/pwritev
+/// directly; with O_DIRECT, requests whose buffers are not 512-byte aligned go
+/// through a bounce buffer. qcow2: each buffer goes through the QCOW2 engine.
 public final class DiskImage: Sendable {
     public let path: String
-    /// Bytes; always a multiple of 512. Zero is a valid placeholder (a disk of
-    /// capacity 0 that `PATCH /drives` later points at a real image).
+    /// Bytes; always a multiple of 512 (a qcow2 image's virtual size, rounded
+    /// down). Zero is a valid placeholder (a disk of capacity 0 that
+    /// `PATCH /drives` later points at a real image).
     public let size: UInt64
+    public let format: DiskFormat
+    /// The qcow2 engine, for a qcow2 image.
+    let qcow2: QCOW2Image?
     public let readOnly: Bool
     public let directIO: Bool
     /// The host file system's block size (st_blksize), at least 512.
@@ -42,10 +56,14 @@ public final class DiskImage: Sendable {
     public var capacityInSectors: UInt64 { size / BlockLimits.sectorSize }
 
     /// Opens `path` (O_RDONLY for a read-only disk, else O_RDWR; O_CLOEXEC; O_DIRECT
-    /// if asked), checks that it holds a whole number of sectors and, unless
-    /// `lockNow` is false (the caller then calls `acquireLock`), locks it
-    /// against other processes.
-    public init(path: String, readOnly: Bool = false, directIO: Bool = false, lockNow: Bool = true) throws(VirtioBlockError) {
+    /// if asked), checks that it holds a whole number of sectors (raw) or a
+    /// valid qcow2 image and, unless `lockNow` is false (the caller then calls
+    /// `acquireLock`), locks it against other processes. A nil `format`
+    /// probes: qcow2 if the file starts with the qcow2 magic, else raw. Images
+    /// a guest writes must be given their format (a guest could write a
+    /// qcow2 header into a raw image and name a host file as its backing file).
+    public init(path: String, readOnly: Bool = false, directIO: Bool = false, format: DiskFormat? = nil,
+                lockNow: Bool = true) throws(VirtioBlockError) {
         // O_NONBLOCK so that a FIFO named by an API caller cannot hang open(2); cleared below.
         let flags = (readOnly ? O_RDONLY : O_RDWR) | (directIO ? Self.openDirectFlag : 0) | O_NONBLOCK
         let file: OwnedFileDescriptor
@@ -78,15 +96,36 @@ public final class DiskImage: Sendable {
         case S_IFSOCK: throw .notADiskImage(path: path, kind: "a socket")
         default: throw .notADiskImage(path: path, kind: "not a regular file")
         }
-        guard size % BlockLimits.sectorSize == 0 else { throw .invalidSize(path: path, size: size) }
         do {
             let status = try systemCall("fcntl F_GETFL") { fcntl(file.rawValue, F_GETFL) }
             _ = try systemCall("fcntl F_SETFL") { fcntl(file.rawValue, F_SETFL, status & ~O_NONBLOCK) }
         } catch {
             throw .inspect(path: path, cause: error)
         }
+        let isQCOW2 = switch format {
+        case .raw: false
+        case .qcow2: true
+        case nil: Self.startsWithQCOW2Magic(file, directIO: directIO)
+        }
+        if isQCOW2 {
+            // The engine's table and metadata I/O is not sector-aligned.
+            guard !directIO else { throw .directIOUnsupported(path: path, format: DiskFormat.qcow2.rawValue) }
+            let image: QCOW2Image
+            do {
+                image = try QCOW2Image(file: file, path: path, readOnly: readOnly)
+            } catch {
+                throw .qcow2(path: path, cause: error)
+            }
+            qcow2 = image
+            self.format = .qcow2
+            self.size = image.virtualSize / BlockLimits.sectorSize * BlockLimits.sectorSize
+        } else {
+            guard size % BlockLimits.sectorSize == 0 else { throw .invalidSize(path: path, size: size) }
+            qcow2 = nil
+            self.format = .raw
+            self.size = size
+        }
         self.path = path
-        self.size = size
         self.readOnly = readOnly
         self.directIO = directIO
         let blockSize = UInt64(max(status.st_blksize, 512))
@@ -123,6 +162,18 @@ public final class DiskImage: Sendable {
         lockHolder.withLock { $0 = file }
     }
 
+    /// The probe: the first four bytes are "QFI\xfb". Read through an
+    /// aligned page with O_DIRECT; an unreadable file probes as raw.
+    static func startsWithQCOW2Magic(_ file: OwnedFileDescriptor, directIO: Bool) -> Bool {
+        guard directIO else { return QCOW2Image.hasMagic(file) }
+        guard let page = try? MemoryMapping(anonymousSize: 4096) else { return false }
+        let count = (try? systemCall("pread") { pread(file.rawValue, page.address, 4096, 0) }) ?? 0
+        guard count >= 4 else { return false }
+        // SAFETY: the page holds at least 4 bytes just read.
+        let bytes = (0..<4).map { page.address.load(fromByteOffset: $0, as: UInt8.self) }
+        return bytes == [0x51, 0x46, 0x49, 0xfb]
+    }
+
     public struct FileIdentity: Hashable, Sendable {
         public let device: UInt64
         public let inode: UInt64
@@ -149,6 +200,10 @@ public final class DiskImage: Sendable {
 
     /// Fills `buffers` (in order) from the image starting at byte `offset`.
     func read(at offset: UInt64, into buffers: [GuestBuffer], memory: GuestMemory) throws(BlockRequestError) {
+        if let qcow2 {
+            try qcow2Transfer(qcow2, offset: offset, buffers: buffers, memory: memory, write: false)
+            return
+        }
         var vectors = try Self.hostVectors(for: buffers, memory: memory)
         if directIO && !Self.isDirectAligned(vectors) {
             try bounced(vectors, offset: offset, write: false)
@@ -159,11 +214,34 @@ public final class DiskImage: Sendable {
 
     /// Writes `buffers` (in order) to the image starting at byte `offset`.
     func write(at offset: UInt64, from buffers: [GuestBuffer], memory: GuestMemory) throws(BlockRequestError) {
+        if let qcow2 {
+            try qcow2Transfer(qcow2, offset: offset, buffers: buffers, memory: memory, write: true)
+            return
+        }
         var vectors = try Self.hostVectors(for: buffers, memory: memory)
         if directIO && !Self.isDirectAligned(vectors) {
             try bounced(vectors, offset: offset, write: true)
         } else {
             try transfer(&vectors, offset: offset, write: true)
+        }
+    }
+
+    /// A qcow2 request: each guest buffer in turn through the engine.
+    func qcow2Transfer(_ image: QCOW2Image, offset: UInt64, buffers: [GuestBuffer], memory: GuestMemory, write: Bool) throws(BlockRequestError) {
+        var position = offset
+        for vector in try Self.hostVectors(for: buffers, memory: memory) {
+            guard let base = vector.iov_base else { continue }
+            do {
+                // SAFETY: the vector is bounds-checked guest memory, mapped for the request.
+                if write {
+                    try image.write(at: position, from: UnsafeRawBufferPointer(start: base, count: vector.iov_len))
+                } else {
+                    try image.read(at: position, into: UnsafeMutableRawBufferPointer(start: base, count: vector.iov_len))
+                }
+            } catch {
+                throw .qcow2(error)
+            }
+            position += UInt64(vector.iov_len)
         }
     }
 
@@ -279,6 +357,10 @@ public final class DiskImage: Sendable {
     /// Makes every completed write durable (fdatasync: the image's size never
     /// changes, so its data is all a later read needs).
     func flush() throws(BlockRequestError) {
+        if let qcow2 {
+            do { try qcow2.flush() } catch { throw .qcow2(error) }
+            return
+        }
         do {
             _ = try systemCall("fdatasync") { fdatasync(file.rawValue) }
         } catch {
@@ -286,10 +368,27 @@ public final class DiskImage: Sendable {
         }
     }
 
+    /// Makes the file on its own hold every completed write: a qcow2 image's
+    /// cached L1/L2 updates are written (in their durable order). A snapshot
+    /// calls it, since its restore reopens the file, maybe after this process
+    /// was killed. Nothing to do for raw.
+    public func persistMetadata() throws(VirtioBlockError) {
+        guard let qcow2 else { return }
+        do {
+            try qcow2.flush()
+        } catch {
+            throw .qcow2(path: path, cause: error)
+        }
+    }
+
     /// Lets the host free `length` bytes at `offset`; they read back as zeroes
     /// where the file system can punch holes. A file system that cannot is no
     /// error: discard is a hint.
     func discard(at offset: UInt64, length: UInt64) throws(BlockRequestError) {
+        if let qcow2 {
+            do { try qcow2.discard(at: offset, length: length) } catch { throw .qcow2(error) }
+            return
+        }
         do {
             try fallocate(mode: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset: offset, length: length)
         } catch where Self.isUnsupported(error) {
@@ -303,6 +402,11 @@ public final class DiskImage: Sendable {
     /// allocated) or, with `unmap`, PUNCH_HOLE first; each falls back to the
     /// other, and both to writing zeroes.
     func writeZeroes(at offset: UInt64, length: UInt64, unmap: Bool) throws(BlockRequestError) {
+        if let qcow2 {
+            // The zero flag both zeroes and unmaps whole clusters.
+            do { try qcow2.writeZeroes(at: offset, length: length) } catch { throw .qcow2(error) }
+            return
+        }
         let modes = unmap
             ? [FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE]
             : [FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE]

@@ -1,6 +1,7 @@
 import Glibc
 import GuestMemory
 import HostSystem
+import QCOW2
 
 /// Why a disk cannot be attached. Raised before the guest starts, so each
 /// case names the image and what would be valid.
@@ -25,6 +26,10 @@ public enum VirtioBlockError: Error, Equatable, Sendable, CustomStringConvertibl
     /// A replacement image opened with other flags than the disk it replaces
     /// (read-only is a feature the driver negotiated and cannot change).
     case replacementMismatch(path: String, reason: String)
+    /// The qcow2 image could not be opened (corrupt, unsupported feature, backing file...).
+    case qcow2(path: String, cause: QCOW2Error)
+    /// O_DIRECT asked for a format whose engine does unaligned metadata I/O.
+    case directIOUnsupported(path: String, format: String)
 
     public var description: String {
         switch self {
@@ -61,6 +66,10 @@ public enum VirtioBlockError: Error, Equatable, Sendable, CustomStringConvertibl
             "cannot lock disk image '\(path)': \(cause)"
         case let .replacementMismatch(path, reason):
             "disk image '\(path)' cannot replace the current one: \(reason)"
+        case let .qcow2(path, cause):
+            "disk image '\(path)': \(cause)"
+        case let .directIOUnsupported(path, format):
+            "disk image '\(path)' is \(format): direct=on (O_DIRECT) is only supported for raw images"
         }
     }
 }
@@ -96,6 +105,8 @@ public enum BlockRequestError: Error, Equatable, Sendable, CustomStringConvertib
     case host(operation: String, cause: SystemCallError)
     /// A read ran into the end of a file that shrank after it was opened.
     case unexpectedEndOfFile(offset: UInt64)
+    /// The qcow2 engine failed the request (host I/O, or a corrupt table met at run time).
+    case qcow2(QCOW2Error)
 
     /// The status byte this failure completes the request with.
     public var status: UInt8 {
@@ -137,6 +148,8 @@ public enum BlockRequestError: Error, Equatable, Sendable, CustomStringConvertib
             "\(operation): \(cause)"
         case let .unexpectedEndOfFile(offset):
             "the image ends before offset \(offset) (was it truncated?)"
+        case let .qcow2(error):
+            "\(error)"
         }
     }
 }
