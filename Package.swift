@@ -117,7 +117,7 @@ let package = Package(
         .executableTarget(name: "swiftlet-uffd-handler", dependencies: ["UffdHandler"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
-            "AgentClient", "AgentProtocol",
+            "AgentClient", "AgentProtocol", "QCOW2",
             "SwiftletClient", "SwiftletVersion", "Cgroups",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "GRDB", package: "GRDB.swift"),

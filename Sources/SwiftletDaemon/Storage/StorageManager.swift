@@ -1,4 +1,5 @@
 import Foundation
+import QCOW2
 import Logging
 import Synchronization
 import SwiftletClient
@@ -308,15 +309,11 @@ enum StorageFormats {
     }
 
     static func createQCOW2(path: String, capacity: Int, backing: String?, backingFormat: String?) throws(DaemonError) {
-        #if canImport(QCOW2)
         do {
             try QCOW2Image.create(path: path, virtualSize: UInt64(capacity), backingFile: backing, backingFormat: backingFormat, mode: 0o600)
         } catch {
             throw .internal("cannot create the qcow2 image \(path): \(error)")
         }
-        #else
-        throw .unavailable("this swiftletd was built without qcow2 support")
-        #endif
     }
 }
 
