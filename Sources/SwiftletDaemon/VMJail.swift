@@ -96,7 +96,15 @@ struct VMJail {
         }
         for file in Set(backing) where file.hasPrefix("/") {
             let target = root + file
-            try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            // Folders on the way are traversable (not listable) by the jail user; the daemon's umask would make them 0700.
+            var folder = root
+            for component in (file as NSString).deletingLastPathComponent.split(separator: "/") {
+                folder += "/" + component
+                if mkdir(folder, 0o711) != 0 && errno != EEXIST {
+                    throw Failure(description: "creating \(folder) in the jail: \(String(cString: strerror(errno)))")
+                }
+                chmod(folder, 0o711)
+            }
             guard link(file, target) == 0 else {
                 let reason = errno == EXDEV ? "it is on another file system than the jails in \(configuration.chrootBase)" : String(cString: strerror(errno))
                 throw Failure(description: "cannot link backing image '\(file)' into the jail: \(reason)")
