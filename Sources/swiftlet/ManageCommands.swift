@@ -23,6 +23,11 @@ struct DaemonOptions: ParsableArguments {
     func printJSON(_ value: some Encodable) throws {
         print(String(decoding: try SwiftletJSON.encoder(pretty: true).encode(value), as: UTF8.self))
     }
+
+    /// `value` as JSON with --json, else the line `text`.
+    func report(_ value: some Encodable, _ text: @autoclosure () -> String) throws {
+        if json { try printJSON(value) } else { print(text()) }
+    }
 }
 
 /// Exit statuses of the daemon verbs (docs/swiftletd.md).

@@ -26,9 +26,7 @@ struct NetDefine: ParsableCommand {
         let body = try definitionJSON(fromFile: file)
         try withDaemon {
             let info = try daemon.client.defineNetwork(json: body)
-            if daemon.json { try daemon.printJSON(info) } else {
-                print("defined network \(info.definition.name) (\(info.definition.subnet), bridge \(info.bridge)); `swiftlet net-start \(info.definition.name)` starts it")
-            }
+            try daemon.report(info, "defined network \(info.definition.name) (\(info.definition.subnet), bridge \(info.bridge)); `swiftlet net-start \(info.definition.name)` starts it")
         }
     }
 }
@@ -52,7 +50,7 @@ struct NetStart: ParsableCommand {
     func run() throws {
         try withDaemon {
             let info = try daemon.client.startNetwork(name)
-            if daemon.json { try daemon.printJSON(info) } else { print("network \(name) started (bridge \(info.bridge), \(info.definition.subnet))") }
+            try daemon.report(info, "network \(name) started (bridge \(info.bridge), \(info.definition.subnet))")
         }
     }
 }
@@ -65,7 +63,7 @@ struct NetDestroy: ParsableCommand {
     func run() throws {
         try withDaemon {
             let info = try daemon.client.destroyNetwork(name)
-            if daemon.json { try daemon.printJSON(info) } else { print("network \(name) destroyed") }
+            try daemon.report(info, "network \(name) destroyed")
         }
     }
 }
@@ -116,7 +114,7 @@ struct NetAutostart: ParsableCommand {
     func run() throws {
         try withDaemon {
             let info = try daemon.client.setNetworkAutostart(name, !disable)
-            if daemon.json { try daemon.printJSON(info) } else { print("network \(name) autostart \(disable ? "off" : "on")") }
+            try daemon.report(info, "network \(name) autostart \(disable ? "off" : "on")")
         }
     }
 }

@@ -22,7 +22,7 @@ struct PoolDefine: ParsableCommand {
         let body = try definitionJSON(fromFile: file)
         try withDaemon {
             let info = try daemon.client.definePool(json: body)
-            if daemon.json { try daemon.printJSON(info) } else { print("defined pool \(info.definition.name) at \(info.definition.path ?? "-")") }
+            try daemon.report(info, "defined pool \(info.definition.name) at \(info.definition.path ?? "-")")
         }
     }
 }
@@ -34,7 +34,7 @@ struct PoolStart: ParsableCommand {
     func run() throws {
         try withDaemon {
             let info = try daemon.client.startPool(name)
-            if daemon.json { try daemon.printJSON(info) } else { print("pool \(name) started") }
+            try daemon.report(info, "pool \(name) started")
         }
     }
 }
@@ -46,7 +46,7 @@ struct PoolDestroy: ParsableCommand {
     func run() throws {
         try withDaemon {
             let info = try daemon.client.destroyPool(name)
-            if daemon.json { try daemon.printJSON(info) } else { print("pool \(name) destroyed") }
+            try daemon.report(info, "pool \(name) destroyed")
         }
     }
 }

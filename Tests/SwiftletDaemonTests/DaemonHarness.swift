@@ -20,6 +20,21 @@ enum TestEnvironment {
         let runner = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         return (runner as NSString).deletingLastPathComponent
     }
+    /// Runs a host tool (ip, qemu-img, nft); its status and combined output.
+    @discardableResult
+    static func run(_ tool: String, _ arguments: [String]) -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tool)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        guard (try? process.run()) != nil else { return (-1, "cannot run \(tool)") }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
     static func binary(_ name: String) -> String { binaryDirectory + "/" + name }
 
     struct Failure: Error, CustomStringConvertible { let description: String }

@@ -10,20 +10,8 @@ import Glibc
 /// inside network namespaces the test creates and deletes.
 @Suite("swiftletd's networks", .serialized)
 struct DaemonNetworkTests {
-    /// Runs `ip ARGS`; its status and combined output.
     @discardableResult
-    static func ip(_ arguments: [String]) -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        guard (try? process.run()) != nil else { return (-1, "cannot run ip") }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
+    static func ip(_ arguments: [String]) -> (status: Int32, output: String) { TestEnvironment.run("/usr/sbin/ip", arguments) }
 
     @Test("definitions: defaults are filled in, a bad field is named, an overlapping subnet or a taken bridge is refused; NICs name a tap or a network")
     func definitions() throws {
@@ -178,14 +166,7 @@ struct DaemonNetworkTests {
         for name in ["default", "iso"] { #expect(try daemon.cli(["net-destroy", name]).status == 0) }
         let links = Self.ip(["-n", namespace, "link"]).output
         #expect(!links.contains("swlbr") && !links.contains("swltap"), "\(links)")
-        let tables = Process()
-        tables.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        tables.arguments = ["netns", "exec", namespace, "nft", "list", "tables"]
-        let pipe = Pipe()
-        tables.standardOutput = pipe
-        try tables.run()
-        let listed = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        tables.waitUntilExit()
+        let listed = Self.ip(["netns", "exec", namespace, "nft", "list", "tables"]).output
         #expect(!listed.contains("swiftlet"), "\(listed)")
         #expect(kill(pid_t(dnsmasq), 0) != 0, "dnsmasq stopped")
     }

@@ -12,19 +12,6 @@ import Glibc
 struct DaemonStorageTests {
     static let qemuImg = ["/usr/bin/qemu-img", "/bin/qemu-img"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
-    static func run(_ tool: String, _ arguments: [String]) -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        guard (try? process.run()) != nil else { return (-1, "cannot run \(tool)") }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
     @Test("pools and volumes: defaults, refusals naming the value, sparse raw volumes, delete rules")
     func api() throws {
         let daemon = try DaemonHarness(label: "storage-api")
@@ -90,7 +77,7 @@ struct DaemonStorageTests {
         try pattern.write(to: URL(fileURLWithPath: base.path))
         let overlay = try daemon.client.createVolume(in: "vms", VolumeRequest(name: "overlay", capacityBytes: 1 << 20, backing: "vms/base"))
         #expect(overlay.format == "qcow2" && overlay.backing == base.path && overlay.backingFormat == "raw", "\(overlay)")
-        let fresh = Self.run(qemuImg, ["check", overlay.path])
+        let fresh = TestEnvironment.run(qemuImg, ["check", overlay.path])
         #expect(fresh.status == 0, "a new overlay passes qemu-img check: \(fresh.output)")
         let deleteBase = try daemon.cli(["vol-delete", "vms", "base"])
         #expect(deleteBase.status == 4 && deleteBase.stderr.contains("backs vms/overlay"), "\(deleteBase)")
@@ -114,11 +101,11 @@ struct DaemonStorageTests {
         #expect(inUse.status == 4 && inUse.stderr.contains("running VM 'holder'"), "\(inUse)")
         _ = try daemon.client.action("holder", "destroy")
 
-        let check = Self.run(qemuImg, ["check", overlay.path])
+        let check = TestEnvironment.run(qemuImg, ["check", overlay.path])
         #expect(check.status == 0 && check.output.contains("No errors"), "\(check.output)")
         // What the guest wrote, over the base's pattern elsewhere: qemu-img reads the overlay through its backing file.
         let flat = daemon.directory + "/flat.raw"
-        #expect(Self.run(qemuImg, ["convert", "-f", "qcow2", "-O", "raw", overlay.path, flat]).status == 0)
+        #expect(TestEnvironment.run(qemuImg, ["convert", "-f", "qcow2", "-O", "raw", overlay.path, flat]).status == 0)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: flat))
         try #require(bytes.count == 1 << 20)
         func word(_ index: Int) -> UInt64 { bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) } }
