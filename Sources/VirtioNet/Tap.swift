@@ -29,6 +29,8 @@ public final class Tap: TapBackend {
     public var descriptor: Int32 { file.rawValue }
 
     static let flags = Int16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+    /// IFF_MULTI_QUEUE (linux/if_tun.h), which Glibc does not export.
+    static let multiQueueFlag: Int16 = 0x0100
     /// IFNAMSIZ: interface names are at most 15 bytes and a NUL.
     static let interfaceNameSize = 16
 
@@ -44,6 +46,16 @@ public final class Tap: TapBackend {
         }
         do {
             _ = try systemCall("ioctl TUNSETIFF \(name)") { ckvm_tun_set_interface(file.rawValue, name, Self.flags) }
+        } catch where error.errno.rawValue == EINVAL {
+            // A persistent tap made multi-queue (as swiftletd makes them) takes only
+            // multi-queue attachments: attach as its first queue.
+            do {
+                _ = try systemCall("ioctl TUNSETIFF \(name) IFF_MULTI_QUEUE") {
+                    ckvm_tun_set_interface(file.rawValue, name, Self.flags | Self.multiQueueFlag)
+                }
+            } catch {
+                throw .openTap(tap: name, step: "TUNSETIFF", cause: error)
+            }
         } catch {
             throw .openTap(tap: name, step: "TUNSETIFF", cause: error)
         }

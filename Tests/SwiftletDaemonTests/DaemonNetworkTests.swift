@@ -136,6 +136,12 @@ struct DaemonNetworkTests {
         }
         try #require(addresses.count == 3, "leases: \(addresses); daemon log: \(daemon.log().suffix(2000))")
         #expect(addresses["a"]?.hasPrefix("192.168.122.") == true && addresses["c"]?.hasPrefix("10.77.0.") == true, "\(addresses)")
+        if let tap = try daemon.client.interfaces(of: "a").first?.tap {
+            let details = Self.ip(["-n", namespace, "-d", "link", "show", tap]).output
+            #expect(details.contains("multi_queue") && details.contains("master swlbr0"), "\(details)")
+        } else {
+            Issue.record("no tap reported for a running VM")
+        }
         let text = try daemon.cli(["domifaddr", "a"]).stdout
         #expect(text.contains("default") && text.contains("swltap") && text.contains(addresses["a"] ?? "?"), "\(text)")
 

@@ -336,13 +336,14 @@ public final class NetworkManager: Sendable {
         }
     }
 
-    /// The lowest free `swltapN`, persistent, owned by the VMM's user, up on `bridge`.
+    /// The lowest free `swltapN`, persistent, multi-queue, owned by the VMM's user, up on `bridge`.
     func createTap(bridge: String) throws(DaemonError) -> String {
         guard let name = (0..<4096).lazy.map({ "swltap\($0)" }).first(where: { !HostNetwork.interfaceExists($0) }) else {
             throw .unavailable("no free tap name (swltap0 to swltap4095 all exist)")
         }
         do {
-            var add = ["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"]
+            // Multi-queue, so that a VMM may attach a queue pair per vCPU.
+            var add = ["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr", "multi_queue"]
             if let owner = tapOwner { add += ["user", String(owner.uid), "group", String(owner.gid)] }
             try HostNetwork.run("ip", add)
             try HostNetwork.run("ip", ["link", "set", "dev", name, "master", bridge])
