@@ -153,7 +153,7 @@ let package = Package(
         .testTarget(name: "MMDSTests", dependencies: ["MMDS", "LeanJSON", "VirtioNet", "Virtio", "VirtioTestSupport", "GuestMemory", "HostSystem"]),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "KVM", "GuestMemory", "SnapshotFormat", "LeanJSON", "HostSystem", "RateLimiter"]),
         // Boots guest-kit programs on /dev/kvm.
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups", "SnapshotFormat"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups", "SnapshotFormat", "QCOW2"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
         .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", "AgentClient", "AgentProtocol", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),

@@ -211,6 +211,14 @@ struct Engine {
         var position = offset
         let end = offset + length
         while position < end {
+            // A whole unmapped L2 span without a backing file already reads as zeroes:
+            // skip it, so that discarding a mostly empty disk is not a walk over every cluster.
+            let index = l1Index(position)
+            if backing == nil, index < l1.count, l1[index] & Self.offsetMask == 0 {
+                let spanEnd = (UInt64(index) + 1) << (clusterBits + l2Bits)
+                position = min(end, spanEnd)
+                continue
+            }
             let inCluster = position & (clusterSize - 1)
             let count = min(clusterSize - inCluster, end - position)
             if count == clusterSize {

@@ -3,6 +3,7 @@ import KVM
 import MMDS
 import RateLimiter
 import SnapshotFormat
+import VirtioBlock
 import VirtioNet
 
 /// The sections of a snapshot state file the VMM writes, beside the
@@ -265,6 +266,11 @@ extension VMConfiguration {
             encoder.encode(attachment.service.version == .v2 ? UInt8(2) : UInt8(1))
             encoder.encode(attachment.service.imdsCompatible)
         }
+        // Each disk's format (0 probed, 1 raw, 2 qcow2), last: a state file
+        // written before formats were saved ends before it, and probes.
+        encoder.encode(array: disks) { encoder, disk in
+            encoder.encode(UInt8(disk.format == .raw ? 1 : disk.format == .qcow2 ? 2 : 0))
+        }
     }
 
     /// Reads what `encode` wrote. The MMDS attachment comes back with a
@@ -339,6 +345,14 @@ extension VMConfiguration {
                 service.configure(version: version, imdsCompatible: try decoder.decodeBool())
             }
             return MetadataServiceAttachment(service: service, address: address, interfaceIDs: ids)
+        }
+        if !decoder.isAtEnd {
+            let start = decoder.offset
+            let formats = try decoder.decodeArray(maximumCount: SnapshotLimits.devices) { (decoder) throws(StateDecodingError) -> DiskFormat? in
+                try decoder.decodeEnum("disk format", [0: nil, 1: .raw, 2: .qcow2])
+            }
+            guard formats.count == configuration.disks.count else { throw .invalidValue(offset: start, what: "disk format count") }
+            for (index, format) in formats.enumerated() { configuration.disks[index].format = format }
         }
         return (configuration, sizes)
     }

@@ -37,6 +37,8 @@ extension VirtualMachine {
         for (index, disk) in saved.disks.enumerated() {
             guard let image = blockDevice(id: disk.id)?.disk else { continue }
             saved.disks[index].path = image.path
+            // An explicit format follows the image (a PATCH may have swapped it); a probed one is probed again.
+            saved.disks[index].format = disk.format == nil ? nil : image.format
             diskSizes[disk.id] = image.size
             // A qcow2 image's cached table updates: the restore reopens the file.
             do {
@@ -141,7 +143,7 @@ extension VirtualMachine {
         for disk in saved.configuration.disks {
             let current: UInt64
             do {
-                current = try DiskImage(path: disk.path, readOnly: true, lockNow: false).size
+                current = try DiskImage(path: disk.path, readOnly: true, format: disk.format, lockNow: false).size
             } catch {
                 throw .disk(error)
             }

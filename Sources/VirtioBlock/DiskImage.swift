@@ -25,6 +25,11 @@ public final class DiskImage: Sendable {
     /// `PATCH /drives` later points at a real image).
     public let size: UInt64
     public let format: DiskFormat
+    /// Raw because the probe found no qcow2 magic, not because the caller said
+    /// so: writes that would put the magic into sector 0 are refused, as QEMU
+    /// does, so that a guest cannot turn its disk into a qcow2 image that
+    /// names a host file as its backing file at the next probe.
+    let probedRaw: Bool
     /// The qcow2 engine, for a qcow2 image.
     let qcow2: QCOW2Image?
     public let readOnly: Bool
@@ -117,6 +122,7 @@ public final class DiskImage: Sendable {
                 throw .qcow2(path: path, cause: error)
             }
             qcow2 = image
+            probedRaw = false
             self.format = .qcow2
             self.size = image.virtualSize / BlockLimits.sectorSize * BlockLimits.sectorSize
         } else {
@@ -124,6 +130,7 @@ public final class DiskImage: Sendable {
             qcow2 = nil
             self.format = .raw
             self.size = size
+            probedRaw = format == nil
         }
         self.path = path
         self.readOnly = readOnly
@@ -219,6 +226,7 @@ public final class DiskImage: Sendable {
             return
         }
         var vectors = try Self.hostVectors(for: buffers, memory: memory)
+        if probedRaw && offset == 0 && Self.startsWithQCOW2Magic(vectors) { throw .probedFormatChange(path: path) }
         if directIO && !Self.isDirectAligned(vectors) {
             try bounced(vectors, offset: offset, write: true)
         } else {
@@ -263,6 +271,18 @@ public final class DiskImage: Sendable {
             }
         }
         return vectors
+    }
+
+    /// Whether data about to be written at offset 0 starts with the qcow2 magic.
+    static func startsWithQCOW2Magic(_ vectors: [iovec]) -> Bool {
+        var head = [UInt8](repeating: 0, count: 4)
+        var cursor = VectorCursor(vectors: vectors)
+        guard cursor.remaining >= head.count else { return false }
+        // SAFETY: the copy writes head.count bytes into `head`'s storage.
+        head.withUnsafeMutableBytes { raw in
+            if let base = raw.baseAddress { cursor.copy(count: raw.count, toOrFrom: base, intoVectors: false) }
+        }
+        return head == [0x51, 0x46, 0x49, 0xfb]
     }
 
     static func isDirectAligned(_ vectors: [iovec]) -> Bool {

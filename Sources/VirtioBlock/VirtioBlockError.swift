@@ -107,6 +107,8 @@ public enum BlockRequestError: Error, Equatable, Sendable, CustomStringConvertib
     case unexpectedEndOfFile(offset: UInt64)
     /// The qcow2 engine failed the request (host I/O, or a corrupt table met at run time).
     case qcow2(QCOW2Error)
+    /// A write of the qcow2 magic to sector 0 of an image probed as raw.
+    case probedFormatChange(path: String)
 
     /// The status byte this failure completes the request with.
     public var status: UInt8 {
@@ -150,6 +152,8 @@ public enum BlockRequestError: Error, Equatable, Sendable, CustomStringConvertib
             "the image ends before offset \(offset) (was it truncated?)"
         case let .qcow2(error):
             "\(error)"
+        case let .probedFormatChange(path):
+            "refused a write of a qcow2 header to sector 0 of '\(path)', whose format was probed as raw (attach it with format=raw to allow it)"
         }
     }
 }

@@ -20,7 +20,8 @@ struct SnapshotStateTests {
         interface.receiveRateLimiter = RateLimiterConfiguration(bandwidth: TokenBucketConfiguration(size: 1000, oneTimeBurst: 5, refillTimeMilliseconds: 100))
         configuration.networkInterfaces = [interface, NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap1"))]
         configuration.disks = [DiskConfiguration(path: "/d/root.img", id: "rootfs", readOnly: true, directIO: true, serialFromImage: true,
-                                                 rateLimiter: RateLimiterConfiguration(operations: TokenBucketConfiguration(size: 10, refillTimeMilliseconds: 1000)))]
+                                                 rateLimiter: RateLimiterConfiguration(operations: TokenBucketConfiguration(size: 10, refillTimeMilliseconds: 1000))),
+                               DiskConfiguration(path: "/d/data.qcow2", id: "data", format: .qcow2)]
         configuration.entropyDevice = true
         configuration.bootTimer = true
         configuration.transparentHugePages = true
@@ -36,7 +37,7 @@ struct SnapshotStateTests {
         let vm = VMState(picMaster: [1], picSlave: [2], ioAPIC: [3], pit: [4], clock: [5])
         let layout = GuestMemoryFileLayout(regions: [.init(start: GuestAddress(0), size: 256 << 20, fileOffset: 0)])
         let device = SnapshotSection(tag: SectionTag("VBLK")) { $0.encode(UInt32(42)) }
-        return SavedMachine(configuration: configuration, diskSizes: ["rootfs": 1 << 20], kvmState: MachineKVMState(vcpus: vcpus, vm: vm),
+        return SavedMachine(configuration: configuration, diskSizes: ["rootfs": 1 << 20, "data": 0], kvmState: MachineKVMState(vcpus: vcpus, vm: vm),
                             memoryLayout: layout, deviceSections: [device])
     }
 
@@ -55,7 +56,7 @@ struct SnapshotStateTests {
         #expect(again.configuration.metadataService?.interfaceIDs == ["eth0"])
         #expect(again.configuration.metadataService?.service.version == .v2)
         #expect(again.configuration.metadataService?.service.imdsCompatible == true)
-        #expect(again.diskSizes == ["rootfs": 1 << 20])
+        #expect(again.diskSizes == ["rootfs": 1 << 20, "data": 0])
         #expect(again.kvmState == saved.kvmState)
         #expect(again.memoryLayout == saved.memoryLayout)
         #expect(again.deviceSections.map(\.tag) == [SectionTag("VBLK")])
@@ -73,6 +74,28 @@ struct SnapshotStateTests {
         #expect(NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap-of-the-clone")).effectiveMAC != guestMAC)
     }
 
+    /// The bytes of the disk formats that end VCFG.
+    static func formatsLength(_ saved: SavedMachine) -> Int {
+        var encoder = StateEncoder()
+        encoder.encode(array: saved.configuration.disks) { encoder, _ in encoder.encode(UInt8(0)) }
+        return encoder.bytes.count
+    }
+
+    @Test("disk formats come back; a VCFG written before formats were saved probes every disk")
+    func diskFormats() throws {
+        let saved = try Self.machine()
+        let sections = saved.sections()
+        #expect(try SavedMachine(SnapshotFile(sections: sections), path: "state").configuration.disks.map(\.format) == [nil, .qcow2])
+        var older = sections
+        older[0] = SnapshotSection(tag: older[0].tag, body: older[0].body.dropLast(Self.formatsLength(saved)))
+        #expect(try SavedMachine(SnapshotFile(sections: older), path: "state").configuration.disks.map(\.format) == [nil, nil])
+        var bad = sections
+        var body = Array(sections[0].body)
+        body[body.count - 1] = 9
+        bad[0] = SnapshotSection(tag: sections[0].tag, body: body[...])
+        #expect(throws: VMMError.self) { try SavedMachine(SnapshotFile(sections: bad), path: "state") }
+    }
+
     @Test("MMDS as Firecracker saves it: version and IMDS flag come back, the data store does not; a VCFG without them reads as V1")
     func mmdsConfiguration() throws {
         let saved = try Self.machine()
@@ -84,15 +107,16 @@ struct SnapshotStateTests {
         #expect(loaded?.service !== saved.configuration.metadataService?.service)
         #expect(loaded != nil && loaded?.service.contents == nil, "the data store is not saved")
 
-        // A state file written before the version was saved: its VCFG ends after the interface ids.
+        // A state file written before the version was saved: its VCFG ends after the interface ids
+        // (and so has no disk formats, which come after).
         var older = sections
-        older[0] = SnapshotSection(tag: older[0].tag, body: older[0].body.dropLast(2))
+        older[0] = SnapshotSection(tag: older[0].tag, body: older[0].body.dropLast(2 + Self.formatsLength(saved)))
         let old = try SavedMachine(SnapshotFile(sections: older), path: "state").configuration.metadataService
         #expect(old?.service.version == .v1 && old?.service.imdsCompatible == false && old?.interfaceIDs == ["eth0"])
         // A version other than 1 or 2 is refused.
         var badVersion = sections
         var body = Array(sections[0].body)
-        body[body.count - 2] = 3
+        body[body.count - 2 - Self.formatsLength(saved)] = 3
         badVersion[0] = SnapshotSection(tag: sections[0].tag, body: body[...])
         #expect(throws: VMMError.self) { try SavedMachine(SnapshotFile(sections: badVersion), path: "state") }
     }

@@ -133,6 +133,21 @@ struct QCOW2ReadTests {
         #expect(try readAll(opened) == rawBytes(raw))
     }
 
+    @Test("an image with an internal snapshot reads its current state; writing it is refused")
+    func internalSnapshot() throws {
+        guard QEMU.require() else { return }
+        let scratch = Scratch()
+        let (image, _) = try makeQEMUImage(scratch, name: "s", size: 2 << 20, options: [])
+        try QEMU.mustRun(["snapshot", "-c", "first", image])
+        try QEMU.mustRun(["-f", "qcow2", "-c", "write -P 0x77 0 100000", image], tool: QEMU.ioTool)
+        let raw = scratch.file("s-now.raw")
+        try QEMU.mustRun(["convert", "-O", "raw", image, raw])
+        #expect(try readAll(try QCOW2Image(path: image, readOnly: true)) == rawBytes(raw))
+        #expect(throws: QCOW2Error.unsupportedFeature(path: image, feature: "internal snapshots, for writing")) {
+            try QCOW2Image(path: image, readOnly: false)
+        }
+    }
+
     @Test("a version 2 image names its raw backing file's format in a header extension")
     func version2Backing() throws {
         guard QEMU.require() else { return }

@@ -54,4 +54,25 @@ struct BlockQCOW2Tests {
         }
         #expect(try DiskImage(path: plain.path).format == .raw)
     }
+
+    @Test("On an image probed as raw, a write of the qcow2 magic to sector 0 fails; with format=raw it goes through")
+    func probedRawGuard() throws {
+        var header = [UInt8](repeating: 0, count: 512)
+        header[0...3] = [0x51, 0x46, 0x49, 0xfb]
+        let probed = try BlockRig()
+        // Split after two bytes: the check sees the whole magic across buffers.
+        let refused = try probed.submit(type: BlockRequestType.write, sector: 0, data: [Array(header[..<2]), Array(header[2...])])
+        #expect(refused.status == BlockStatus.ioError)
+        #expect(refused.outcome.error == .probedFormatChange(path: probed.image.path))
+        #expect(try probed.image.contents()[0..<4] != header[0..<4])
+        #expect(try probed.submit(type: BlockRequestType.write, sector: 1, data: [header]).status == BlockStatus.ok)
+
+        let image = try TemporaryImage()
+        let explicit = try BlockRequestProcessor(disk: DiskImage(path: image.path, format: .raw), memory: probed.memory, features: 0,
+                                                 identifier: [UInt8](repeating: 0, count: 20), counters: probed.counters)
+        let address = probed.driver.allocate(512)
+        try probed.memory.write(bytes: header, at: address)
+        try explicit.disk.write(at: 0, from: [GuestBuffer(address: address, length: 512)], memory: probed.memory)
+        #expect(try image.contents()[0..<4] == header[0..<4])
+    }
 }
