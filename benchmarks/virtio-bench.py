@@ -11,7 +11,8 @@ P4  virtio-blk: guest-kit blk-bench.elf on a raw image file (the same file
 Q4  qcow2: blk-bench (plus 4 KiB random writes) on a fresh qcow2 overlay
     (qemu-img create -b the P4 raw image, so reads of unwritten clusters go
     to the backing file) made anew for every run, on Swiftlet's qcow2 engine
-    and QEMU's qcow2 driver; "Swiftlet raw" runs the same on the raw image.
+    and QEMU's qcow2 driver; "Swiftlet raw" runs the same on the raw image
+    itself (its random writes land in that file, already allocated).
 P5  virtio-net: guest-kit net-bench.elf with a tap inside a network
     namespace this script creates (and deletes); benchmarks/kit-net-peer.py
     is the host end. TX = guest -> host frames, RX = host -> guest frames,
@@ -233,8 +234,6 @@ def q4(args, vmms: list[VMM], results: dict, commands: dict, notes: list[str]) -
             if fmt == "qcow2":
                 overlay.unlink(missing_ok=True)
                 subprocess.run(create, check=True)
-            else:
-                make_image(base, args.image_mib)  # randwrite changed it: the next raw run starts from the same bytes
             rc, out, err = run(v.argv(elf, cmd, disk=disk, disk_format=fmt), args.timeout)
             if rc != 0 or "KIT blk-bench PASS" not in out:
                 log(f"  Q4 round {rnd} {key}: FAILED {why(rc, out, err)}")
