@@ -34,7 +34,7 @@ struct NetDefine: ParsableCommand {
 struct NetUndefine: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "net-undefine", abstract: "Remove a network's definition (it must be inactive).")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var name: String
+    @Argument(help: "The network's name.") var name: String
     func run() throws {
         try withDaemon {
             try daemon.client.undefineNetwork(name)
@@ -46,7 +46,7 @@ struct NetUndefine: ParsableCommand {
 struct NetStart: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "net-start", abstract: "Start a network: its bridge, firewall rules and dnsmasq.")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var name: String
+    @Argument(help: "The network's name.") var name: String
     func run() throws {
         try withDaemon {
             let info = try daemon.client.startNetwork(name)
@@ -59,7 +59,7 @@ struct NetDestroy: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "net-destroy",
                                                     abstract: "Stop a network: remove its bridge, firewall rules and dnsmasq (refused while VMs use it).")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var name: String
+    @Argument(help: "The network's name.") var name: String
     func run() throws {
         try withDaemon {
             let info = try daemon.client.destroyNetwork(name)
@@ -87,7 +87,7 @@ struct NetList: ParsableCommand {
 struct NetInfo: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "net-info", abstract: "Show a network's definition, state and DHCP leases.")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var name: String
+    @Argument(help: "The network's name.") var name: String
     func run() throws {
         try withDaemon {
             let info = try daemon.client.network(name)
@@ -110,7 +110,7 @@ struct NetAutostart: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "net-autostart", abstract: "Start a network whenever swiftletd starts (--disable: don't).")
     @OptionGroup var daemon: DaemonOptions
     @Flag(help: "Turn autostart off.") var disable = false
-    @Argument var name: String
+    @Argument(help: "The network's name.") var name: String
     func run() throws {
         try withDaemon {
             let info = try daemon.client.setNetworkAutostart(name, !disable)
@@ -123,7 +123,7 @@ struct DomIfAddr: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "domifaddr",
                                                     abstract: "Show a VM's interfaces and the addresses its networks' DHCP gave them.")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var name: String
+    @Argument(help: "The VM's name.") var name: String
     func run() throws {
         try withDaemon {
             let interfaces = try daemon.client.interfaces(of: name)

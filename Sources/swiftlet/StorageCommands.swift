@@ -30,7 +30,7 @@ struct PoolDefine: ParsableCommand {
 struct PoolStart: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pool-start", abstract: "Start a pool (its folder is created if missing).")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var name: String
+    @Argument(help: "The pool's name.") var name: String
     func run() throws {
         try withDaemon {
             let info = try daemon.client.startPool(name)
@@ -42,7 +42,7 @@ struct PoolStart: ParsableCommand {
 struct PoolDestroy: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pool-destroy", abstract: "Stop a pool (its files stay).")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var name: String
+    @Argument(help: "The pool's name.") var name: String
     func run() throws {
         try withDaemon {
             let info = try daemon.client.destroyPool(name)
@@ -54,7 +54,7 @@ struct PoolDestroy: ParsableCommand {
 struct PoolUndefine: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pool-undefine", abstract: "Remove an inactive pool without volumes.")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var name: String
+    @Argument(help: "The pool's name.") var name: String
     func run() throws {
         try withDaemon {
             try daemon.client.undefinePool(name)
@@ -100,8 +100,8 @@ struct VolCreate: ParsableCommand {
         commandName: "vol-create", abstract: "Create a volume: a qcow2 image (default, optionally an overlay on --backing) or a raw one.",
         discussion: "A VM uses it as a disk with `disks: [{volume: POOL/NAME}]`.")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var pool: String
-    @Argument var name: String
+    @Argument(help: "The pool's name (`swiftlet pool-list`).") var pool: String
+    @Argument(help: "The volume's name (A-Z a-z 0-9 . _ -; also its file name).") var name: String
     @Argument(help: "The virtual size: bytes, or with K, M, G or T (10G).") var size: String
     @Option(help: "qcow2 or raw.") var format = "qcow2"
     @Option(help: "A backing image: POOL/NAME of a volume, or an absolute path in an image folder (a qcow2 overlay).") var backing: String?
@@ -119,7 +119,7 @@ struct VolCreate: ParsableCommand {
 struct VolList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "vol-list", abstract: "List a pool's volumes.")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var pool: String
+    @Argument(help: "The pool's name (`swiftlet pool-list`).") var pool: String
     func run() throws {
         try withDaemon {
             let volumes = try daemon.client.volumes(in: pool)
@@ -134,8 +134,8 @@ struct VolList: ParsableCommand {
 struct VolInfo: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "vol-info", abstract: "Show a volume's format, sizes and backing image.")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var pool: String
-    @Argument var name: String
+    @Argument(help: "The pool's name (`swiftlet pool-list`).") var pool: String
+    @Argument(help: "The volume's name.") var name: String
     func run() throws {
         try withDaemon {
             let info = try daemon.client.volume(pool, name)
@@ -151,8 +151,8 @@ struct VolInfo: ParsableCommand {
 struct VolDelete: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "vol-delete", abstract: "Delete a volume and its file (refused while a running VM uses it or an overlay backs on it).")
     @OptionGroup var daemon: DaemonOptions
-    @Argument var pool: String
-    @Argument var name: String
+    @Argument(help: "The pool's name (`swiftlet pool-list`).") var pool: String
+    @Argument(help: "The volume's name.") var name: String
     func run() throws {
         try withDaemon {
             try daemon.client.deleteVolume(in: pool, name)
