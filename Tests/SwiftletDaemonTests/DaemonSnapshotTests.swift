@@ -283,7 +283,8 @@ struct DaemonSnapshotTests {
         #expect(clone.definition.uuid != original.uuid)
         let mac = try #require(clone.definition.nics.first?.mac)
         #expect(mac != "52:54:00:12:34:56" && mac.hasPrefix("52:54:00:"))
-        #expect(clone.definition.disks == original.disks)
+        // The same disk, with the format it ran with made explicit (a path disk is raw unless it says otherwise).
+        #expect(clone.definition.disks.map(\.path) == original.disks.map(\.path) && clone.definition.disks.allSatisfy { $0.readonly && $0.format == "raw" })
         #expect(clone.definition.nics.first?.tap == "tap-web")
         let load = try #require(setup.apiCalls("/snapshot/load").last?["body"] as? [String: Any])
         #expect(load["snapshot_path"] as? String == setup.snapshots + "/web/s1/state")
