@@ -133,6 +133,14 @@ struct AnyKey: CodingKey {
     init?(intValue: Int) { return nil }
 }
 
+extension KeyedDecodingContainer {
+    /// Like decodeIfPresent, but an explicit `null` is a type error (the
+    /// documents give these fields a type, never null).
+    func decodeNonNullIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        contains(key) ? try decode(type, forKey: key) : nil
+    }
+}
+
 func rejectUnknownKeys(_ decoder: any Decoder, known: [String], in context: String) throws {
     let container = try decoder.container(keyedBy: AnyKey.self)
     for key in container.allKeys where !known.contains(key.stringValue) {
@@ -362,15 +370,15 @@ public struct NetworkDefinition: Codable, Sendable, Equatable {
         try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "network definition")
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
-        uuid = try c.decodeIfPresent(String.self, forKey: .uuid)
-        mode = try c.decodeIfPresent(String.self, forKey: .mode) ?? "nat"
-        bridge = try c.decodeIfPresent(String.self, forKey: .bridge)
+        uuid = try c.decodeNonNullIfPresent(String.self, forKey: .uuid)
+        mode = try c.decodeNonNullIfPresent(String.self, forKey: .mode) ?? "nat"
+        bridge = try c.decodeNonNullIfPresent(String.self, forKey: .bridge)
         subnet = try c.decode(String.self, forKey: .subnet)
-        gateway = try c.decodeIfPresent(String.self, forKey: .gateway)
-        dhcpStart = try c.decodeIfPresent(String.self, forKey: .dhcpStart)
-        dhcpEnd = try c.decodeIfPresent(String.self, forKey: .dhcpEnd)
-        subnet6 = try c.decodeIfPresent(String.self, forKey: .subnet6)
-        autostart = try c.decodeIfPresent(Bool.self, forKey: .autostart) ?? false
+        gateway = try c.decodeNonNullIfPresent(String.self, forKey: .gateway)
+        dhcpStart = try c.decodeNonNullIfPresent(String.self, forKey: .dhcpStart)
+        dhcpEnd = try c.decodeNonNullIfPresent(String.self, forKey: .dhcpEnd)
+        subnet6 = try c.decodeNonNullIfPresent(String.self, forKey: .subnet6)
+        autostart = try c.decodeNonNullIfPresent(Bool.self, forKey: .autostart) ?? false
     }
 }
 
@@ -432,9 +440,9 @@ public struct PoolDefinition: Codable, Sendable, Equatable {
         try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "pool definition")
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
-        uuid = try c.decodeIfPresent(String.self, forKey: .uuid)
-        path = try c.decodeIfPresent(String.self, forKey: .path)
-        autostart = try c.decodeIfPresent(Bool.self, forKey: .autostart) ?? false
+        uuid = try c.decodeNonNullIfPresent(String.self, forKey: .uuid)
+        path = try c.decodeNonNullIfPresent(String.self, forKey: .path)
+        autostart = try c.decodeNonNullIfPresent(Bool.self, forKey: .autostart) ?? false
     }
 }
 
@@ -471,9 +479,9 @@ public struct VolumeRequest: Codable, Sendable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
         capacityBytes = try c.decode(Int.self, forKey: .capacityBytes)
-        format = try c.decodeIfPresent(String.self, forKey: .format) ?? "qcow2"
-        backing = try c.decodeIfPresent(String.self, forKey: .backing)
-        backingFormat = try c.decodeIfPresent(String.self, forKey: .backingFormat)
+        format = try c.decodeNonNullIfPresent(String.self, forKey: .format) ?? "qcow2"
+        backing = try c.decodeNonNullIfPresent(String.self, forKey: .backing)
+        backingFormat = try c.decodeNonNullIfPresent(String.self, forKey: .backingFormat)
     }
 }
 

@@ -22,6 +22,14 @@ struct DaemonStorageTests {
         #expect(outside.status == 400 && outside.text.contains("outside the image directories"), "\(outside.text)")
         let dots = try daemon.http.request("POST", "/v1/pools", body: Data(#"{"name": "up", "path": "\#(daemon.imagesDirectory)/../x"}"#.utf8))
         #expect(dots.status == 400, "\(dots.text)")
+        let null = try daemon.http.request("POST", "/v1/pools", body: Data(#"{"name": "n", "path": null}"#.utf8))
+        #expect(null.status == 400 && null.text.contains("path"), "an explicit null is not an absent field: \(null.text)")
+        // A file where the pool's folder would be: a 409 naming it, not a server error.
+        try FileManager.default.createDirectory(atPath: daemon.imagesDirectory + "/pools", withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: daemon.imagesDirectory + "/pools/blocked", contents: Data())
+        _ = try daemon.client.definePool(PoolDefinition(name: "blocked"))
+        let blocked = try daemon.cli(["pool-start", "blocked"])
+        #expect(blocked.status == 4 && blocked.stderr.contains("is not a folder"), "\(blocked)")
 
         let inactive = try daemon.cli(["vol-create", "vms", "a", "1M", "--format", "raw"])
         #expect(inactive.status == 4 && inactive.stderr.contains("pool-start vms"), "\(inactive)")

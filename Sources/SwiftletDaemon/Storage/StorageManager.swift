@@ -108,7 +108,16 @@ public final class StorageManager: Sendable {
             var row = try poolRow(name)
             if row.active { throw .conflict("pool '\(name)' is already active") }
             let path = row.definition.path ?? ""
+            var isFolder: ObjCBool = false
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), !isFolder.boolValue {
+                throw .conflict("pool '\(name)': its path \(path) exists and is not a folder; move it away or define the pool elsewhere")
+            }
             do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+                var ancestor = (path as NSString).deletingLastPathComponent
+                while !FileManager.default.fileExists(atPath: ancestor, isDirectory: &isFolder) { ancestor = (ancestor as NSString).deletingLastPathComponent }
+                if !isFolder.boolValue {
+                    throw .conflict("pool '\(name)': its path \(path) cannot be created: \(ancestor) is a file, not a folder")
+                }
                 throw .internal("cannot create pool folder \(path): \(error.localizedDescription)")
             }
             try database { try store.setPoolActive(name, true) }
