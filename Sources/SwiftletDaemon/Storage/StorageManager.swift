@@ -327,23 +327,17 @@ enum StorageFormats {
 }
 
 extension StorageFormats {
-    /// The backing files a qcow2 image reads through, nearest first, as
-    /// absolute paths (relative names resolve against the image's folder).
-    /// Reads only the header's backing-name field; at most 16 deep.
+    /// The backing files a qcow2 image reads through, nearest first, as the
+    /// QCOW2 engine resolves them. A backing file is followed further only
+    /// when its overlay's header says it is qcow2: a raw backing file's bytes
+    /// (which a guest may have written) never name files to put in a jail.
     static func backingChain(of path: String) -> [String] {
         var chain: [String] = []
         var current = path
-        while chain.count < 16, let handle = FileHandle(forReadingAtPath: current) {
-            defer { try? handle.close() }
-            guard let header = try? handle.read(upToCount: 20), header.count == 20,
-                  header.prefix(4) == Data([0x51, 0x46, 0x49, 0xfb]) else { break }
-            let offset = header[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-            let length = header[16..<20].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-            guard offset > 0, (1...1023).contains(length), (try? handle.seek(toOffset: offset)) != nil,
-                  let name = try? handle.read(upToCount: Int(length)), name.count == Int(length) else { break }
-            let text = String(decoding: name, as: UTF8.self)
-            let next = text.hasPrefix("/") ? text : (current as NSString).deletingLastPathComponent + "/" + text
+        while chain.count < QCOW2Image.maximumChainDepth,
+              let image = try? QCOW2Image(path: current, readOnly: true), let next = image.backingPath {
             chain.append(next)
+            guard image.header.backingFormat == "qcow2" else { break }
             current = next
         }
         return chain
