@@ -44,11 +44,14 @@ enum HostNetwork {
         try? stdin.fileHandleForWriting.close()
         // Both pipes drained before the wait, so a chatty tool cannot fill one and stall.
         let errorData = Mutex<Data>(Data())
-        let reader = Thread { errorData.withLock { $0 = errors.fileHandleForReading.readDataToEndOfFile() } }
-        reader.start()
+        let errorsRead = DispatchSemaphore(value: 0)
+        Thread {
+            errorData.withLock { $0 = errors.fileHandleForReading.readDataToEndOfFile() }
+            errorsRead.signal()
+        }.start()
         let outputData = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        while !reader.isFinished { usleep(1_000) }
+        errorsRead.wait()
         let text = String(decoding: outputData, as: UTF8.self)
         guard process.terminationStatus == 0 else {
             let message = (String(decoding: errorData.withLock { $0 }, as: UTF8.self) + text).trimmingCharacters(in: .whitespacesAndNewlines)
