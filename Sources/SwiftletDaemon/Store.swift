@@ -155,29 +155,41 @@ public final class DefinitionStore: Sendable {
         try database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM vm") ?? 0 }
     }
 
-    // MARK: networks
+    // MARK: networks and pools: a JSON definition and an `active` flag per name
 
-    public struct NetworkRow: Sendable {
-        public var definition: NetworkDefinition
+    /// A network or pool row.
+    public struct ActiveRow<Definition: Codable & Sendable>: Sendable {
+        public var definition: Definition
         public var active: Bool
     }
+    public typealias NetworkRow = ActiveRow<NetworkDefinition>
+    public typealias PoolRow = ActiveRow<PoolDefinition>
 
-    public func networks() throws -> [NetworkRow] {
+    /// Every row of `table` ("network" or "pool", never caller input), or the one named `name`.
+    func activeRows<Definition>(_ table: String, named name: String? = nil) throws -> [ActiveRow<Definition>] {
         try database.read { db in
-            try GRDB.Row.fetchAll(db, sql: "SELECT definition, active FROM network ORDER BY name").map(Self.decodeNetwork)
+            let rows = if let name {
+                try GRDB.Row.fetchAll(db, sql: "SELECT definition, active FROM \(table) WHERE name = ?", arguments: [name])
+            } else {
+                try GRDB.Row.fetchAll(db, sql: "SELECT definition, active FROM \(table) ORDER BY name")
+            }
+            return try rows.map { row in
+                let json: String = row["definition"]
+                return ActiveRow(definition: try SwiftletJSON.decoder.decode(Definition.self, from: Data(json.utf8)), active: row["active"])
+            }
         }
     }
 
-    public func network(_ name: String) throws -> NetworkRow? {
-        try database.read { db in
-            try GRDB.Row.fetchOne(db, sql: "SELECT definition, active FROM network WHERE name = ?", arguments: [name]).map(Self.decodeNetwork)
-        }
+    func setActive(_ table: String, _ name: String, _ active: Bool) throws {
+        try database.write { db in try db.execute(sql: "UPDATE \(table) SET active = ? WHERE name = ?", arguments: [active, name]) }
     }
 
-    static func decodeNetwork(_ row: GRDB.Row) throws -> NetworkRow {
-        let json: String = row["definition"]
-        return NetworkRow(definition: try SwiftletJSON.decoder.decode(NetworkDefinition.self, from: Data(json.utf8)), active: row["active"])
-    }
+    public func networks() throws -> [NetworkRow] { try activeRows("network") }
+    public func network(_ name: String) throws -> NetworkRow? { try (activeRows("network", named: name) as [NetworkRow]).first }
+    public func setNetworkActive(_ name: String, _ active: Bool) throws { try setActive("network", name, active) }
+    public func pools() throws -> [PoolRow] { try activeRows("pool") }
+    public func pool(_ name: String) throws -> PoolRow? { try (activeRows("pool", named: name) as [PoolRow]).first }
+    public func setPoolActive(_ name: String, _ active: Bool) throws { try setActive("pool", name, active) }
 
     public func insertNetwork(_ definition: NetworkDefinition) throws {
         let json = String(decoding: try SwiftletJSON.encoder().encode(definition), as: UTF8.self)
@@ -197,12 +209,6 @@ public final class DefinitionStore: Sendable {
         try database.write { db in
             try db.execute(sql: "UPDATE network SET definition = ?, updatedAt = ? WHERE name = ?",
                            arguments: [json, Date().timeIntervalSince1970, definition.name])
-        }
-    }
-
-    public func setNetworkActive(_ name: String, _ active: Bool) throws {
-        try database.write { db in
-            try db.execute(sql: "UPDATE network SET active = ? WHERE name = ?", arguments: [active, name])
         }
     }
 
@@ -226,11 +232,6 @@ public final class DefinitionStore: Sendable {
 
     // MARK: pools and volumes
 
-    public struct PoolRow: Sendable {
-        public var definition: PoolDefinition
-        public var active: Bool
-    }
-
     public struct VolumeRow: Sendable, Equatable {
         public var pool: String
         public var name: String
@@ -238,23 +239,6 @@ public final class DefinitionStore: Sendable {
         public var capacity: Int
         public var backing: String?
         public var backingFormat: String?
-    }
-
-    public func pools() throws -> [PoolRow] {
-        try database.read { db in
-            try GRDB.Row.fetchAll(db, sql: "SELECT definition, active FROM pool ORDER BY name").map(Self.decodePool)
-        }
-    }
-
-    public func pool(_ name: String) throws -> PoolRow? {
-        try database.read { db in
-            try GRDB.Row.fetchOne(db, sql: "SELECT definition, active FROM pool WHERE name = ?", arguments: [name]).map(Self.decodePool)
-        }
-    }
-
-    static func decodePool(_ row: GRDB.Row) throws -> PoolRow {
-        let json: String = row["definition"]
-        return PoolRow(definition: try SwiftletJSON.decoder.decode(PoolDefinition.self, from: Data(json.utf8)), active: row["active"])
     }
 
     public func insertPool(_ definition: PoolDefinition) throws {
@@ -266,10 +250,6 @@ public final class DefinitionStore: Sendable {
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
             throw Failure.duplicate(definition.name)
         }
-    }
-
-    public func setPoolActive(_ name: String, _ active: Bool) throws {
-        try database.write { db in try db.execute(sql: "UPDATE pool SET active = ? WHERE name = ?", arguments: [active, name]) }
     }
 
     public func deletePool(_ name: String) throws {

@@ -211,7 +211,6 @@ public final class NetworkManager: Sendable {
         do {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             try HostNetwork.dnsmasqConfiguration(network, directory: folder).write(toFile: configuration, atomically: true, encoding: .utf8)
-            if access(folder + "/leases", F_OK) != 0 { FileManager.default.createFile(atPath: folder + "/leases", contents: nil) }
         } catch {
             throw .internal("cannot write \(configuration): \(error)")
         }
