@@ -197,17 +197,10 @@ struct BlockLinuxGuestTests {
 enum QCOW2Oracle {
     static let qemuImg = ["/usr/bin/qemu-img", "/bin/qemu-img"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
+    /// qemu-img's status and its stdout and stderr together.
     static func run(_ tool: String, _ arguments: [String]) -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        guard (try? process.run()) != nil else { return (-1, "cannot run \(tool)") }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        guard let result = try? HostCommand.run(tool, arguments, timeout: 120) else { return (-1, "cannot run \(tool)") }
+        return (result.status, result.output + result.errors)
     }
 }
 
