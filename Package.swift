@@ -15,7 +15,7 @@ let package = Package(
         .executable(name: "swiftlet-uffd-handler", targets: ["swiftlet-uffd-handler"]),
         .executable(name: "swiftlet-agent", targets: ["swiftlet-agent"]),
         // The parsers the fuzz targets in Fuzz/ exercise.
-        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "SnapshotFormat", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "QCOW2", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "VirtioRNG", "VMM", "MMDS", "RateLimiter", "SwiftletClient", "UffdHandler", "AgentProtocol"]),
+        .library(name: "SwiftletFuzzable", targets: ["HostSystem", "SnapshotFormat", "Boot", "GuestMemory", "Devices", "VMMCommand", "LeanJSON", "ControlAPI", "Virtio", "PCI", "VirtioPCI", "VirtioMMIO", "QCOW2", "VirtioBlock", "VirtioNet", "VirtioVsock", "VirtioConsole", "VirtioRNG", "VMM", "MMDS", "RateLimiter", "SwiftletClient", "UffdHandler", "AgentProtocol", "QMP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -115,6 +115,9 @@ let package = Package(
         // from a snapshot memory file.
         .target(name: "UffdHandler", dependencies: ["HostSystem", "GuestMemory", "LeanJSON"]),
         .executableTarget(name: "swiftlet-uffd-handler", dependencies: ["UffdHandler"]),
+        // A blocking client for QEMU's Machine Protocol (QMP) on a Unix socket:
+        // swiftletd controls qemu-system-x86_64 VMs with it.
+        .target(name: "QMP", dependencies: ["HostSystem"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
             "AgentClient", "AgentProtocol", "QCOW2",
@@ -158,6 +161,8 @@ let package = Package(
         .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", "AgentClient", "AgentProtocol", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "Cgroups"]),
+        // The QMP client against a fake server and a real qemu-system-x86_64.
+        .testTarget(name: "QMPTests", dependencies: ["QMP", "HostSystem"]),
         .testTarget(name: "UffdHandlerTests", dependencies: ["UffdHandler", "GuestMemory", "HostSystem", "LeanJSON"]),
     ],
     swiftLanguageModes: [.v6]
