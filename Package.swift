@@ -120,7 +120,7 @@ let package = Package(
         .target(name: "QMP", dependencies: ["HostSystem"]),
         // swiftletd: definitions store (GRDB), VMM supervisor, REST API (Hummingbird).
         .target(name: "SwiftletDaemon", dependencies: [
-            "AgentClient", "AgentProtocol", "QCOW2",
+            "AgentClient", "AgentProtocol", "QCOW2", "QMP",
             "SwiftletClient", "SwiftletVersion", "Cgroups",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "GRDB", package: "GRDB.swift"),
@@ -158,7 +158,7 @@ let package = Package(
         // Boots guest-kit programs on /dev/kvm.
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "RateLimiter", "Cgroups", "SnapshotFormat", "QCOW2"]),
         // swiftletd: store and validation unit tests, and a real daemon booting guests.
-        .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", "AgentClient", "AgentProtocol", .product(name: "Yams", package: "Yams")]),
+        .testTarget(name: "SwiftletDaemonTests", dependencies: ["SwiftletDaemon", "SwiftletClient", "AgentClient", "AgentProtocol", "QMP", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CgroupsTests", dependencies: ["Cgroups"]),
         .testTarget(name: "JailerTests", dependencies: ["Jailer", "Cgroups"]),
         // The QMP client against a fake server and a real qemu-system-x86_64.

@@ -7,9 +7,17 @@ public struct VMDefinition: Codable, Sendable, Equatable {
     public var name: String
     /// Assigned by the daemon on define when absent.
     public var uuid: String?
+    /// Which driver runs the VM: `swiftlet` (swiftlet-vmm, the default) or
+    /// `qemu` (qemu-system-x86_64); docs/drivers.md.
+    public var hypervisor: String
     public var cpus: Int
     public var memoryMiB: Int
-    public var kernel: String
+    /// A direct-boot kernel; a QEMU VM may boot firmware from its first disk instead.
+    public var kernel: String?
+    /// `uefi` (OVMF) or `bios` (SeaBIOS), booting disks[0]: QEMU VMs only, instead of a kernel.
+    public var firmware: String?
+    /// QEMU-only settings (machine type, CPU model, extra devices).
+    public var qemu: QEMUOptions?
     public var initrd: String?
     public var cmdline: String?
     public var disks: [Disk]
@@ -84,16 +92,39 @@ public struct VMDefinition: Codable, Sendable, Equatable {
         }
     }
 
-    public init(name: String, uuid: String? = nil, cpus: Int = 1, memoryMiB: Int = 128, kernel: String,
+    /// The `qemu:` section of a definition with `hypervisor: qemu`.
+    public struct QEMUOptions: Codable, Sendable, Equatable {
+        /// `-machine` (default: `microvm,acpi=on,pcie=on` for a kernel, `q35` for firmware).
+        public var machine: String?
+        /// `-cpu` (default: the host CPU as swiftlet-vmm offers it).
+        public var cpu: String?
+        /// Extra `-device` values, e.g. `virtio-rng-pci` (drivers from an allow-list; no host files).
+        public var devices: [String]
+        public init(machine: String? = nil, cpu: String? = nil, devices: [String] = []) {
+            self.machine = machine; self.cpu = cpu; self.devices = devices
+        }
+        enum CodingKeys: String, CodingKey, CaseIterable { case machine, cpu, devices }
+        public init(from decoder: any Decoder) throws {
+            try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "qemu")
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            machine = try c.decodeNonNullIfPresent(String.self, forKey: .machine)
+            cpu = try c.decodeNonNullIfPresent(String.self, forKey: .cpu)
+            devices = try c.decodeNonNullIfPresent([String].self, forKey: .devices) ?? []
+        }
+    }
+
+    public init(name: String, uuid: String? = nil, hypervisor: String = "swiftlet", cpus: Int = 1, memoryMiB: Int = 128, kernel: String?,
+                firmware: String? = nil, qemu: QEMUOptions? = nil,
                 initrd: String? = nil, cmdline: String? = nil, disks: [Disk] = [], nics: [NIC] = [],
                 console: String = "log", onReboot: String = "restart", autostart: Bool = false, limits: Limits? = nil) {
-        self.name = name; self.uuid = uuid; self.cpus = cpus; self.memoryMiB = memoryMiB; self.kernel = kernel
+        self.name = name; self.uuid = uuid; self.hypervisor = hypervisor; self.cpus = cpus; self.memoryMiB = memoryMiB; self.kernel = kernel
+        self.firmware = firmware; self.qemu = qemu
         self.initrd = initrd; self.cmdline = cmdline; self.disks = disks; self.nics = nics; self.console = console
         self.onReboot = onReboot; self.autostart = autostart; self.limits = limits
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, uuid, cpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, disks, nics, console
+        case name, uuid, hypervisor, cpus, memoryMiB = "memory_mib", kernel, firmware, qemu, initrd, cmdline, disks, nics, console
         case onReboot = "on_reboot", autostart, limits
     }
 
@@ -102,9 +133,13 @@ public struct VMDefinition: Codable, Sendable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
         uuid = try c.decodeIfPresent(String.self, forKey: .uuid)
+        // Definitions stored before drivers existed are Swiftlet VMs.
+        hypervisor = try c.decodeNonNullIfPresent(String.self, forKey: .hypervisor) ?? "swiftlet"
         cpus = try c.decodeIfPresent(Int.self, forKey: .cpus) ?? 1
         memoryMiB = try c.decodeIfPresent(Int.self, forKey: .memoryMiB) ?? 128
-        kernel = try c.decode(String.self, forKey: .kernel)
+        kernel = try c.decodeIfPresent(String.self, forKey: .kernel)
+        firmware = try c.decodeIfPresent(String.self, forKey: .firmware)
+        qemu = try c.decodeIfPresent(QEMUOptions.self, forKey: .qemu)
         initrd = try c.decodeIfPresent(String.self, forKey: .initrd)
         cmdline = try c.decodeIfPresent(String.self, forKey: .cmdline)
         disks = try c.decodeIfPresent([Disk].self, forKey: .disks) ?? []
@@ -233,10 +268,38 @@ public struct DaemonInfo: Codable, Sendable {
     public var vmmBinary: String
     public var controlAPI: Bool
     public var cgroups: String
-    public init(name: String, version: String, vmmBinary: String, controlAPI: Bool, cgroups: String) {
+    /// The hypervisor drivers this daemon has, found or not.
+    public var drivers: [DriverInfo]
+    public init(name: String, version: String, vmmBinary: String, controlAPI: Bool, cgroups: String, drivers: [DriverInfo] = []) {
         self.name = name; self.version = version; self.vmmBinary = vmmBinary; self.controlAPI = controlAPI; self.cgroups = cgroups
+        self.drivers = drivers
     }
-    enum CodingKeys: String, CodingKey { case name, version, vmmBinary = "vmm_binary", controlAPI = "control_api", cgroups }
+    enum CodingKeys: String, CodingKey { case name, version, vmmBinary = "vmm_binary", controlAPI = "control_api", cgroups, drivers }
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        version = try c.decode(String.self, forKey: .version)
+        vmmBinary = try c.decode(String.self, forKey: .vmmBinary)
+        controlAPI = try c.decode(Bool.self, forKey: .controlAPI)
+        cgroups = try c.decode(String.self, forKey: .cgroups)
+        // An older daemon does not list drivers.
+        drivers = try c.decodeIfPresent([DriverInfo].self, forKey: .drivers) ?? []
+    }
+}
+
+/// One hypervisor driver in `GET /v1/version`.
+public struct DriverInfo: Codable, Sendable, Equatable {
+    /// `swiftlet` or `qemu`: a definition's `hypervisor`.
+    public var name: String
+    public var binary: String
+    /// The binary's version, when it is there and answers.
+    public var version: String?
+    public var available: Bool
+    /// Why the driver cannot start VMs (its binary is missing).
+    public var reason: String?
+    public init(name: String, binary: String, version: String?, available: Bool, reason: String?) {
+        self.name = name; self.binary = binary; self.version = version; self.available = available; self.reason = reason
+    }
 }
 
 public enum SwiftletJSON {

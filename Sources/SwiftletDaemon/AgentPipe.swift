@@ -193,7 +193,11 @@ extension Supervisor {
     /// The host path of a running VM's vsock socket, or why the agent
     /// cannot be reached.
     func agentSocket(_ name: String) throws(DaemonError) -> String {
-        let state = runtime(name).state
+        let runtime = runtime(name)
+        let state = runtime.state
+        if runtime.pid != nil, let driver = drivers.driver(named: runtime.hypervisor), !driver.supportsAgent {
+            throw .conflict("VM '\(name)' runs under the \(driver.name) driver, which has no vsock device for the guest agent (docs/drivers.md)")
+        }
         guard state == .running else {
             throw .conflict("VM '\(name)' is \(state.rawValue): its guest agent answers only while it runs")
         }

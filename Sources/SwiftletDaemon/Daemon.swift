@@ -13,6 +13,9 @@ public struct Daemon {
     public var socketPath: String
     public var vmmBinary: String
     public var cgroupRoot: String = "/sys/fs/cgroup"
+    /// The QEMU driver's binary and OVMF folder (docs/drivers.md).
+    public var qemuBinary = "/usr/bin/qemu-system-x86_64"
+    public var firmwareDirectory = "/usr/share/OVMF"
     public var consoleLogLimit: Int = 1 << 20
     /// Folders besides `<state>/images` that kernels, initrds and disks may come from.
     public var imageDirectories: [String] = []
@@ -69,6 +72,8 @@ public struct Daemon {
         var configuration = SupervisorConfiguration(stateDirectory: stateDirectory, vmmBinary: vmmBinary, images: images)
         configuration.consoleLogLimit = consoleLogLimit
         configuration.jail = jail
+        configuration.qemuBinary = qemuBinary
+        configuration.firmwareDirectory = firmwareDirectory
         let networks = NetworkManager(store: store, stateDirectory: stateDirectory, tapOwner: jail.map { ($0.uid, $0.gid) }, logger: logger)
         let storage = StorageManager(store: store, images: images, stateDirectory: stateDirectory, logger: logger)
         let supervisor = Supervisor(configuration: configuration, store: store, cgroups: cgroups, networks: networks, storage: storage, logger: logger)

@@ -91,7 +91,7 @@ enum HostProcess {
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
             guard let pid = pid_t(entry), pid != getpid(),
                   let executable = readLink("/proc/\(pid)/exe"),
-                  (executable as NSString).lastPathComponent.hasPrefix("swiftlet-vmm"),
+                  isHypervisor((executable as NSString).lastPathComponent),
                   var console = readLink("/proc/\(pid)/fd/1") else { continue }
             // An undefined VM's folder is gone: the link then ends in " (deleted)".
             if console.hasSuffix(" (deleted)") { console.removeLast(" (deleted)".count) }
@@ -101,6 +101,16 @@ enum HostProcess {
             found[pid] = name
         }
         return found
+    }
+
+    /// The programs swiftletd runs VMs with (swiftlet-vmm, QEMU), by base name.
+    static func isHypervisor(_ baseName: String) -> Bool {
+        baseName.hasPrefix("swiftlet-vmm") || baseName.hasPrefix("qemu-system")
+    }
+
+    /// The base name of a process's executable.
+    static func executableName(_ pid: pid_t) -> String? {
+        readLink("/proc/\(pid)/exe").map { ($0 as NSString).lastPathComponent }
     }
 
     static func isAlive(_ pid: pid_t) -> Bool {
@@ -118,8 +128,7 @@ enum HostProcess {
     /// re-adoption against a recycled pid.
     static func isVMM(_ pid: pid_t, consoleLog: String) -> Bool {
         guard let executable = readLink("/proc/\(pid)/exe") else { return false }
-        let base = (executable as NSString).lastPathComponent
-        guard base.hasPrefix("swiftlet-vmm") else { return false }
+        guard isHypervisor((executable as NSString).lastPathComponent) else { return false }
         return readLink("/proc/\(pid)/fd/1") == consoleLog
     }
 

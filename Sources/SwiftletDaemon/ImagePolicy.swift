@@ -84,7 +84,7 @@ public struct ImagePolicy: Sendable {
     /// Checks every image of `definition`; with `mustExist`, returns it with resolved paths (what the VMM is given).
     public func check(_ definition: VMDefinition, mustExist: Bool) throws(DaemonError) -> VMDefinition {
         var checked = definition
-        checked.kernel = try resolve(definition.kernel, field: "kernel", mustExist: mustExist)
+        if let kernel = definition.kernel { checked.kernel = try resolve(kernel, field: "kernel", mustExist: mustExist) }
         if let initrd = definition.initrd { checked.initrd = try resolve(initrd, field: "initrd", mustExist: mustExist) }
         // Volumes are checked when they are created (their pool is inside an image folder) and resolved at start.
         for index in definition.disks.indices {

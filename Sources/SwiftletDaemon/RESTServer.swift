@@ -226,7 +226,7 @@ public struct DaemonAPI: Sendable {
 
     func versionInfo() -> DaemonInfo {
         DaemonInfo(name: "swiftletd", version: Self.version, vmmBinary: supervisor.configuration.vmmBinary,
-                   controlAPI: supervisor.vmmHasControlAPI, cgroups: supervisor.cgroups.summary)
+                   controlAPI: supervisor.vmmHasControlAPI, cgroups: supervisor.cgroups.summary, drivers: supervisor.driverInfo())
     }
 
     func row(_ name: String) throws(DaemonError) -> DefinitionStore.Row {

@@ -48,6 +48,9 @@ extension Supervisor {
                 let state = table[vm]?.state ?? .shutOff
                 return .failure(.conflict("VM '\(vm)' is \(state.rawValue); snapshots are taken of a running or paused VM (`swiftlet start \(vm)` starts it)"))
             }
+            guard runtime.hypervisor == "swiftlet" else {
+                return .failure(.conflict("VM '\(vm)' runs under the \(runtime.hypervisor) driver, which takes no snapshots (docs/drivers.md)"))
+            }
             guard runtime.controlAPI else {
                 return .failure(.conflict("VM '\(vm)' runs on a VMM without the control API; it cannot be snapshotted"))
             }

@@ -31,6 +31,9 @@ public struct SupervisorConfiguration: Sendable {
     public var images: ImagePolicy
     /// Run each VMM through swiftlet-jailer (nil: `--no-jail`).
     public var jail: JailConfiguration?
+    /// The QEMU driver's binary and UEFI firmware folder (docs/drivers.md).
+    public var qemuBinary = QEMUDriver.defaultBinary
+    public var firmwareDirectory = QEMUDriver.defaultFirmwareDirectory
     public init(stateDirectory: String, vmmBinary: String, images: ImagePolicy) {
         self.stateDirectory = stateDirectory
         self.vmmBinary = vmmBinary
@@ -38,8 +41,9 @@ public struct SupervisorConfiguration: Sendable {
     }
 }
 
-/// Runs one swiftlet-vmm per running VM and keeps each VM's state in step
-/// with its process: a waiter thread per child (or a /proc watcher for VMMs
+/// Runs one hypervisor process per running VM (swiftlet-vmm or QEMU, by
+/// the definition's driver) and keeps each VM's state in step with its
+/// process: a waiter thread per child (or a /proc watcher for VMs
 /// re-adopted after a daemon restart) turns the exit into shut off or
 /// crashed with the reason.
 public final class Supervisor: Sendable {
@@ -54,6 +58,10 @@ public final class Supervisor: Sendable {
         var adopted = false
         var cgroup: String?
         var controlAPI = false
+        /// The driver running the VM (`hypervisor:`).
+        var hypervisor = "swiftlet"
+        /// Why the VM is about to stop, as its driver heard it (QMP events).
+        var exitNote: ExitNote?
         /// An undefine is deleting the definition: no start may begin.
         var undefining = false
         /// A snapshot is being taken: no second one, no pause or resume meanwhile.
@@ -68,10 +76,13 @@ public final class Supervisor: Sendable {
     /// Networks and the taps of VMs on them (nil: NICs must name their own taps).
     public let networks: NetworkManager?
     let logger: Logger
+    /// The Swiftlet driver (swiftlet-vmm) and the QEMU driver.
+    let drivers: DriverRegistry
+    let swiftletDriver: SwiftletDriver
     /// Whether this swiftlet-vmm serves the control API (`--api-sock`).
-    public let vmmHasControlAPI: Bool
+    public var vmmHasControlAPI: Bool { swiftletDriver.hasControl }
     /// Whether its `--disk` takes `format=raw|qcow2` (else disks are raw and unnamed formats are probed by nobody).
-    public let vmmHasDiskFormats: Bool
+    public var vmmHasDiskFormats: Bool { swiftletDriver.hasDiskFormats }
     /// Storage pools and volumes (nil: disks name paths only).
     public let storage: StorageManager?
     let runtimes = Mutex<[String: Runtime]>([:])
@@ -86,26 +97,19 @@ public final class Supervisor: Sendable {
         self.networks = networks
         self.storage = storage
         self.logger = logger
-        let help = Self.helpText(configuration.vmmBinary)
-        vmmHasControlAPI = help.contains("--api-sock")
-        vmmHasDiskFormats = help.contains("format=raw")
-        if !vmmHasControlAPI {
+        swiftletDriver = SwiftletDriver(binary: configuration.vmmBinary)
+        drivers = DriverRegistry(drivers: [swiftletDriver, QEMUDriver(binary: configuration.qemuBinary, firmwareDirectory: configuration.firmwareDirectory)])
+        if !swiftletDriver.hasControl {
             logger.warning("swiftlet-vmm has no control API (--api-sock): pause/resume use SIGSTOP/SIGCONT, shutdown stops the VM with SIGTERM, no VMM counters", metadata: ["vmm": "\(configuration.vmmBinary)"])
         }
     }
 
-    /// `swiftlet-vmm --help`, to learn what this VMM binary supports.
-    static func helpText(_ binary: String) -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--help"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        guard (try? process.run()) != nil else { return "" }
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: output, as: UTF8.self)
+    /// The drivers found and their versions (`GET /v1/version`).
+    public func driverInfo() -> [DriverInfo] { drivers.info() }
+
+    /// The driver running (or last started for) the VM.
+    func driver(ofRunning name: String) -> any HypervisorDriver {
+        drivers.driver(named: runtime(name).hypervisor) ?? swiftletDriver
     }
 
     public func runDirectory(_ name: String) -> RunDirectory {
@@ -238,8 +242,11 @@ public final class Supervisor: Sendable {
 
     func launch(_ stored: VMDefinition, restoring snapshot: SnapshotFiles?) throws(DaemonError) {
         let name = stored.name
-        if snapshot != nil && !vmmHasControlAPI {
-            throw .conflict("cannot restore '\(name)': swiftlet-vmm at \(configuration.vmmBinary) has no control API (--api-sock) to load a snapshot with")
+        let driver = try drivers.driver(for: stored)
+        // A missing binary is one clear error at start, never at define.
+        if let why = driver.unavailableReason() { throw .unavailable("cannot start '\(name)': \(why)") }
+        if snapshot != nil && !driver.supportsSnapshots {
+            throw .conflict("cannot restore '\(name)': the \(driver.name) driver at \(driver.binary) cannot load a snapshot")
         }
         // Checked again now (a link may have changed since define); the VMM gets the resolved paths.
         // Volumes become their paths and recorded formats; other disks default to raw.
@@ -249,23 +256,18 @@ public final class Supervisor: Sendable {
         } else if stored.disks.contains(where: { $0.volume != nil }) {
             throw .unavailable("cannot start '\(name)': this swiftletd has no storage pools")
         }
-        if !vmmHasDiskFormats, let index = withDisks.disks.firstIndex(where: { $0.format == "qcow2" }) {
-            throw .badRequest("cannot start '\(name)': disks[\(index)] is qcow2 and swiftlet-vmm at \(configuration.vmmBinary) reads raw images only")
-        }
         let checked: VMDefinition
         do { checked = try configuration.images.check(withDisks, mustExist: true) } catch {
             throw .badRequest("cannot start '\(name)': \(error.description)")
         }
-        var files = [("kernel", checked.kernel)]
+        var files: [(String, String)] = []
+        if let kernel = checked.kernel { files.append(("kernel", kernel)) }
         if let initrd = checked.initrd { files.append(("initrd", initrd)) }
         files += checked.disks.enumerated().map { ("disks[\($0.offset)].path", $0.element.path ?? "") }
         if let snapshot { files += [("snapshot state file", snapshot.state), ("snapshot memory file", snapshot.memory)] }
         for (field, path) in files where access(path, R_OK) != 0 {
             let why = errno == ENOENT ? "does not exist" : String(cString: strerror(errno))
             throw .badRequest("cannot start '\(name)': its \(field) '\(path)' \(why); fix the path with `swiftlet edit \(name)`")
-        }
-        guard access(configuration.vmmBinary, X_OK) == 0 else {
-            throw .unavailable("cannot start '\(name)': swiftlet-vmm at \(configuration.vmmBinary) is not executable; restart swiftletd with --vmm PATH")
         }
         let directory = runDirectory(name)
         do {
@@ -277,13 +279,12 @@ public final class Supervisor: Sendable {
         let definition: VMDefinition
         if checked.nics.contains(where: { $0.network != nil }) {
             guard let networks else { throw .unavailable("cannot start '\(name)': this swiftletd runs no networks; name a tap instead") }
-            definition = try networks.attach(checked, tapsFile: directory.tapsFile)
+            definition = try networks.attach(checked, tapsFile: directory.tapsFile, multiQueue: driver.multiQueueTaps)
         } else {
             definition = checked
         }
         do {
-            unlink(directory.apiSocket)
-            unlink(directory.vsockSocket)
+            driver.removeRunFiles(directory)
             if access(directory.consoleInput, F_OK) != 0 && mkfifo(directory.consoleInput, 0o600) != 0 {
                 throw HostProcess.SpawnFailure(step: "creating \(directory.consoleInput)", code: errno)
             }
@@ -292,12 +293,14 @@ public final class Supervisor: Sendable {
             throw .internal("cannot prepare \(directory.path): \(error)")
         }
 
-        // Jailed, the VMM sees its files at the paths the jail gives them.
-        let jail = configuration.jail.map { VMJail(configuration: $0, name: name, vmmBinary: configuration.vmmBinary) }
+        // Jailed, swiftlet-vmm sees its files at the paths the jail gives them;
+        // QEMU jails itself in an empty folder after opening them.
+        let jail = configuration.jail.flatMap { driver.usesJailer ? VMJail(configuration: $0, name: name, vmmBinary: driver.binary) : nil }
+        var chrootDirectory: String?
         var inJail: [String: String] = [:]
         if let jail {
             do {
-                inJail = try jail.prepare(kernel: definition.kernel, initrd: definition.initrd, disks: definition.disks.map { $0.path ?? "" },
+                inJail = try jail.prepare(kernel: definition.kernel ?? "", initrd: definition.initrd, disks: definition.disks.map { $0.path ?? "" },
                                           backing: definition.disks.filter { $0.format == "qcow2" }.flatMap { StorageFormats.backingChain(of: $0.path ?? "") },
                                           snapshot: snapshot.map { ($0.state, $0.memory) })
                 // The daemon reaches the API socket the VMM creates in its jail through the usual path.
@@ -307,40 +310,22 @@ public final class Supervisor: Sendable {
                 jail.removeJail()
                 throw .badRequest("cannot start '\(name)' jailed: \(error)")
             }
+        } else if let settings = configuration.jail {
+            let root = Self.selfJailRoot(settings, driver: driver.name, vm: name)
+            do { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
+                throw .internal("cannot prepare the jail folder \(root): \(error)")
+            }
+            chrootDirectory = root
         }
+        let frozenJail = inJail
+        let arguments = try driver.arguments(LaunchContext(definition: definition, directory: directory, jail: configuration.jail,
+                                                           chrootDirectory: chrootDirectory, restoring: snapshot != nil,
+                                                           path: { frozenJail[$0] ?? $0 }))
         func path(_ host: String) -> String { inJail[host] ?? host }
-        // A restore configures nothing on the command line: the VMM waits on
-        // its API for `PUT /snapshot/load`, whose state file holds the machine.
-        var arguments = ["--serial", definition.console == "log" ? "stdio" : "none",
-                         "--on-reboot", definition.onReboot == "restart" ? "restart" : "exit"]
-        if snapshot == nil {
-            arguments += ["--kernel", path(definition.kernel), "--cpus", String(definition.cpus), "--memory", "\(definition.memoryMiB)M"]
-            if let initrd = definition.initrd { arguments += ["--initrd", path(initrd)] }
-            if let cmdline = definition.cmdline { arguments += ["--cmdline", cmdline] }
-            for disk in definition.disks {
-                var value = "path=\(path(disk.path ?? ""))"
-                if vmmHasDiskFormats, let format = disk.format { value += ",format=\(format)" }
-                if disk.readonly { value += ",readonly=on" }
-                if let id = disk.id { value += ",id=\(id)" }
-                arguments += ["--disk", value]
-            }
-            // Every VM gets a vsock device for its guest agent (CID 3: each VM is its own VMM).
-            arguments += ["--vsock", "cid=3,uds=" + (jail == nil ? directory.vsockSocket : "/vsock.sock")]
-            for nic in definition.nics {
-                var value = "tap=\(nic.tap ?? "")"
-                if let mac = nic.mac { value += ",mac=\(mac)" }
-                if let id = nic.id { value += ",id=\(id)" }
-                arguments += ["--net", value]
-            }
-        }
-        if vmmHasControlAPI {
-            // The jailer passes its own --id (the jail id) to the VMM.
-            arguments += jail == nil ? ["--api-sock", directory.apiSocket, "--id", name] : ["--api-sock", "/api.sock"]
-        }
 
         let pid: pid_t
         do {
-            let binary = jail?.configuration.jailerBinary ?? configuration.vmmBinary
+            let binary = jail?.configuration.jailerBinary ?? driver.binary
             pid = try HostProcess.spawn(binary: binary, arguments: jail?.jailerArguments(vmmArguments: arguments) ?? arguments,
                                         stdinPath: directory.consoleInput,
                                         stdoutPath: directory.consoleLog, stderrPath: directory.vmmLog)
@@ -371,7 +356,9 @@ public final class Supervisor: Sendable {
             table[name]?.pid = pid
             table[name]?.startedAt = startedAt
             table[name]?.cgroup = cgroup
-            table[name]?.controlAPI = vmmHasControlAPI
+            table[name]?.controlAPI = driver.hasControl
+            table[name]?.hypervisor = driver.name
+            table[name]?.exitNote = nil
             table[name]?.adopted = false
             table[name]?.definition = definition
             return true
@@ -389,18 +376,18 @@ public final class Supervisor: Sendable {
         }
         waiter.stackSize = 64 * 1024
         waiter.start()
+        driver.watch(name: name, pid: pid, directory: directory, note: noteRecorder(name: name, pid: pid))
 
         if let snapshot {
             try load(into: name, pid: pid, paths: (path(snapshot.state), path(snapshot.memory)), definition: definition)
         }
-        // Running once the control API reports it (or, without one, once the
-        // process has survived its argument checks for a moment).
-        let deadline = Date().addingTimeInterval(vmmHasControlAPI ? 10 : 0.05)
+        // Running once the control channel reports it (or, without one, once
+        // the process has survived its argument checks for a moment).
+        let deadline = Date().addingTimeInterval(driver.hasControl ? 10 : 0.05)
         while Date() < deadline {
             if runtime(name).pid != pid { break }
-            // The API answers before the vCPUs run ("Not started"); running is "Running".
-            if vmmHasControlAPI, let state = try? VMMControl(socketPath: directory.apiSocket, timeout: 1).state(), state != "Not started" { break }
-            usleep(vmmHasControlAPI ? 2_000 : 10_000)
+            if driver.hasControl, let state = try? driver.control(directory, timeout: 1).state(), state != .notStarted { break }
+            usleep(driver.hasControl ? 2_000 : 10_000)
         }
         let became = runtimes.withLock { table -> Bool in
             guard table[name]?.pid == pid, table[name]?.state == .starting else { return false }
@@ -420,66 +407,58 @@ public final class Supervisor: Sendable {
         }
     }
 
+    /// Where a driver that jails itself (QEMU's `-chroot`) is confined: an empty folder.
+    static func selfJailRoot(_ jail: JailConfiguration, driver: String, vm: String) -> String {
+        jail.chrootBase + "/" + driver + "/" + vm
+    }
+
+    /// Records a driver's word on why a run is ending, for `exited`.
+    func noteRecorder(name: String, pid: pid_t) -> @Sendable (ExitNote) -> Void {
+        { [weak self] note in
+            self?.runtimes.withLock { table in
+                guard table[name]?.pid == pid else { return }
+                // The first crash note stands; a later SHUTDOWN (the quit that follows it) does not replace it.
+                if table[name]?.exitNote?.crashed != true { table[name]?.exitNote = note }
+            }
+        }
+    }
+
     /// The child ended (status from waitpid), or an adopted VMM disappeared (status nil).
     func exited(name: String, pid: pid_t, status: Int32?) {
         let directory = runDirectory(name)
         let stderrTail = Self.lastLines(of: directory.vmmLog, count: 3)
-        let request = runtimes.withLock { $0[name]?.pid == pid ? $0[name]?.stopRequest : nil }
-        let (state, reason) = Self.outcome(status: status, request: request, stderrTail: stderrTail)
+        let (request, note) = runtimes.withLock { $0[name]?.pid == pid ? ($0[name]?.stopRequest, $0[name]?.exitNote) : (nil, nil) }
+        let driver = driver(ofRunning: name)
+        let (state, reason) = driver.outcome(status: status, request: request, stderrTail: stderrTail, note: note)
         let current = runtimes.withLock { table -> Bool in
             guard table[name]?.pid == pid else { return false }
             table[name]?.pid = nil
             table[name]?.state = state
             table[name]?.reason = reason
             table[name]?.stopRequest = nil
+            table[name]?.exitNote = nil
             table[name]?.adopted = false
             return true
         }
         guard current else { return }
         if state == .crashed { count("crashes") }
         unlink(directory.pidFile)
-        unlink(directory.apiSocket)
-        unlink(directory.vsockSocket)
+        driver.removeRunFiles(directory)
         networks?.detach(name, tapsFile: directory.tapsFile)
         cgroups.remove(name: name)
-        if let jail = configuration.jail { VMJail(configuration: jail, name: name, vmmBinary: configuration.vmmBinary).removeJail() }
+        if let jail = configuration.jail {
+            if driver.usesJailer {
+                VMJail(configuration: jail, name: name, vmmBinary: driver.binary).removeJail()
+            } else {
+                rmdir(Self.selfJailRoot(jail, driver: driver.name, vm: name))
+            }
+        }
         try? store.recordOutcome(name, state: state, reason: reason)
         publish(name, state, reason)
         if request == .reboot, let row = try? store.get(name) {
             do { try start(row.definition) } catch {
                 logger.error("restart after reboot failed", metadata: ["vm": "\(name)", "error": "\(error)"])
             }
-        }
-    }
-
-    /// Maps swiftlet-vmm's exit status (docs/running-vms.md) to a state and reason.
-    static func outcome(status: Int32?, request: StopRequest?, stderrTail: String) -> (VMState, String) {
-        let detail = stderrTail.isEmpty ? "" : ": " + stderrTail
-        guard let status else {
-            if stderrTail.contains("crash") || stderrTail.contains("triple fault") || stderrTail.contains("emulation") {
-                return (.crashed, "swiftlet-vmm ended while swiftletd was not its parent\(detail)")
-            }
-            return (.shutOff, request != nil ? "stopped" : "swiftlet-vmm ended while swiftletd was not its parent (exit status unknown)\(detail)")
-        }
-        let terminatingSignal = status & 0x7f
-        if terminatingSignal != 0 {
-            let name = HostProcess.signalName(terminatingSignal)
-            if request == .destroy || request == .reboot { return (.shutOff, "destroyed (\(name) after the grace period)") }
-            return (.crashed, "swiftlet-vmm was killed by \(name)")
-        }
-        let code = (status >> 8) & 0xff
-        switch code {
-        case 0: return (.shutOff, request == .shutdown ? "shut down" : "the guest powered off")
-        case 2: return (.shutOff, "the guest rebooted (on_reboot: shutdown)")
-        case 3: return (.crashed, "the guest crashed\(detail)")
-        case 4:
-            switch request {
-            case .destroy?, .reboot?: return (.shutOff, "destroyed")
-            case .shutdown?: return (.shutOff, "shut down (SIGTERM: this VMM has no graceful shutdown)")
-            case nil: return (.shutOff, "stopped by a signal from outside swiftletd (SIGTERM, SIGINT or SIGHUP)")
-            }
-        case 1: return (.crashed, "swiftlet-vmm failed (status 1)\(detail)")
-        default: return (.crashed, "swiftlet-vmm exited with status \(code)\(detail)")
         }
     }
 
@@ -561,7 +540,7 @@ public final class Supervisor: Sendable {
             table[name]?.state = .shuttingDown
         }
         publish(name, .shuttingDown, nil)
-        do { try VMMControl(socketPath: runDirectory(name).apiSocket).action("Shutdown") } catch {
+        do { try control(name).powerButton() } catch {
             runtimes.withLock { if $0[name]?.pid == pid { $0[name]?.state = runtime.state } }
             throw controlFailure(name, pid: pid, doing: "shut down", error)
         }
@@ -579,16 +558,21 @@ public final class Supervisor: Sendable {
             let now = runtime(name)
             return .conflict("VM '\(name)' ended while it was being \(verb); it is \(now.state.rawValue)\(now.reason.map { " (\($0))" } ?? "")")
         }
-        if let failure = error as? VMMControl.Failure, let status = failure.status, (400..<500).contains(status) {
-            return .conflict("VM '\(name)' cannot be \(verb) now: \(failure.description)")
+        if let refusal = error as? any ControlRefusal, refusal.isRefusal {
+            return .conflict("VM '\(name)' cannot be \(verb) now: \(error)")
         }
         return .internal("VM '\(name)' could not be \(verb): the VMM API failed: \(error)")
+    }
+
+    /// The running VM's control channel, through its driver.
+    func control(_ name: String, timeout: Double = 5) -> any VMControl {
+        driver(ofRunning: name).control(runDirectory(name), timeout: timeout)
     }
 
     public func reboot(_ name: String) throws(DaemonError) {
         let (pid, runtime) = try activePid(name)
         if runtime.controlAPI {
-            do { try VMMControl(socketPath: runDirectory(name).apiSocket).action("Reboot") } catch {
+            do { try control(name).reset() } catch {
                 throw controlFailure(name, pid: pid, doing: "rebooted", error)
             }
             return
@@ -602,7 +586,7 @@ public final class Supervisor: Sendable {
         if runtime.snapshotting { throw .conflict("VM '\(name)' is being snapshotted; pause it once that is done") }
         guard runtime.state == .running else { throw .conflict("VM '\(name)' is \(runtime.state.rawValue), not running") }
         if runtime.controlAPI {
-            do { try VMMControl(socketPath: runDirectory(name).apiSocket).pause() } catch { throw controlFailure(name, pid: pid, doing: "paused", error) }
+            do { try control(name).pause() } catch { throw controlFailure(name, pid: pid, doing: "paused", error) }
         } else {
             kill(pid, SIGSTOP)
         }
@@ -615,7 +599,7 @@ public final class Supervisor: Sendable {
         if runtime.snapshotting { throw .conflict("VM '\(name)' is being snapshotted; resume it once that is done") }
         guard runtime.state == .paused else { throw .conflict("VM '\(name)' is \(runtime.state.rawValue), not paused") }
         if runtime.controlAPI {
-            do { try VMMControl(socketPath: runDirectory(name).apiSocket).resume() } catch { throw controlFailure(name, pid: pid, doing: "resumed", error) }
+            do { try control(name).resume() } catch { throw controlFailure(name, pid: pid, doing: "resumed", error) }
         } else {
             kill(pid, SIGCONT)
         }
@@ -632,7 +616,7 @@ public final class Supervisor: Sendable {
             stats.threads = usage.threads
             stats.uptimeSeconds = runtime.startedAt.map { Date().timeIntervalSince1970 - $0 }
             if runtime.controlAPI {
-                stats.vmmMetrics = try? VMMControl(socketPath: runDirectory(name).apiSocket, timeout: 2).metrics()
+                stats.vmmMetrics = try? control(name, timeout: 2).metrics()
             }
         }
         return stats
@@ -680,18 +664,24 @@ public final class Supervisor: Sendable {
                 unlink(directory.pidFile)
                 continue
             }
-            let hasAPI = access(directory.apiSocket, F_OK) == 0
+            // The process says which driver runs it (the definition may have been edited since).
+            let executable = HostProcess.executableName(pid) ?? ""
+            let driver = drivers.drivers.first { $0.isOwnExecutable(executable) } ?? swiftletDriver
+            // swiftlet-vmm without a control API has no socket; QEMU always has QMP.
+            let hasAPI = driver.hasControl && (driver.name != swiftletDriver.name || access(directory.apiSocket, F_OK) == 0)
             var state = VMState.running
-            if hasAPI, let reported = try? VMMControl(socketPath: directory.apiSocket, timeout: 2).state() {
-                if reported == "Paused" { state = .paused }
+            if hasAPI, let reported = try? driver.control(directory, timeout: 2).state() {
+                if reported == .paused { state = .paused }
             } else if HostProcess.usage(pid)?.state == "T" {
                 state = .paused
             }
             let startedAt = (try? FileManager.default.attributesOfItem(atPath: directory.pidFile)[.modificationDate] as? Date)?.timeIntervalSince1970
             runtimes.withLock { table in
                 table[name] = Runtime(state: state, reason: "re-adopted after a swiftletd restart", pid: pid, startedAt: startedAt,
-                                      adopted: true, cgroup: cgroups.groupDescription(name: name), controlAPI: hasAPI)
+                                      adopted: true, cgroup: cgroups.groupDescription(name: name), controlAPI: hasAPI, hypervisor: driver.name)
             }
+            // QMP's events again (why a re-adopted QEMU ends).
+            driver.watch(name: name, pid: pid, directory: directory, note: noteRecorder(name: name, pid: pid))
             logger.info("re-adopted running VM", metadata: ["vm": "\(name)", "pid": "\(pid)", "state": "\(state.rawValue)"])
             let consoleLog = directory.consoleLog
             let watcher = Thread { [self] in

@@ -40,7 +40,8 @@ public enum DefinitionValidator {
         guard (16...1_048_576).contains(definition.memoryMiB) else {
             throw .badRequest("invalid memory_mib \(definition.memoryMiB): expected 16 to 1048576 (MiB)")
         }
-        try validatePath(definition.kernel, field: "kernel")
+        try DriverRegistry.validate(definition)
+        if let kernel = definition.kernel { try validatePath(kernel, field: "kernel") }
         if let initrd = definition.initrd { try validatePath(initrd, field: "initrd") }
         if let cmdline = definition.cmdline {
             guard cmdline.utf8.count <= maximumCommandLine else { throw .badRequest("cmdline is \(cmdline.utf8.count) bytes; at most \(maximumCommandLine)") }

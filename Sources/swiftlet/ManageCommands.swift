@@ -122,8 +122,8 @@ struct List: ParsableCommand {
         try withDaemon {
             let vms = try daemon.client.list().filter { all || $0.pid != nil }
             if daemon.json { try daemon.printJSON(vms); return }
-            print(Format.table(["NAME", "STATE", "CPUS", "MEMORY", "PID", "REASON"], vms.map {
-                [$0.definition.name, Format.state($0), String($0.definition.cpus), Format.memory($0.definition.memoryMiB),
+            print(Format.table(["NAME", "HYPERVISOR", "STATE", "CPUS", "MEMORY", "PID", "REASON"], vms.map {
+                [$0.definition.name, $0.definition.hypervisor, Format.state($0), String($0.definition.cpus), Format.memory($0.definition.memoryMiB),
                  $0.pid.map(String.init) ?? "-", $0.reason ?? ""]
             }))
         }
@@ -217,9 +217,9 @@ struct Info: ParsableCommand {
             if daemon.json { try daemon.printJSON(info); return }
             let d = info.definition
             var rows: [(String, String)] = [
-                ("Name", d.name), ("UUID", d.uuid ?? "-"), ("State", Format.state(info)), ("Reason", info.reason ?? "-"),
+                ("Name", d.name), ("UUID", d.uuid ?? "-"), ("Hypervisor", d.hypervisor), ("State", Format.state(info)), ("Reason", info.reason ?? "-"),
                 ("PID", info.pid.map(String.init) ?? "-"), ("vCPUs", String(d.cpus)), ("Memory", Format.memory(d.memoryMiB)),
-                ("Kernel", d.kernel), ("Initrd", d.initrd ?? "-"), ("Command line", d.cmdline ?? "-"),
+                ("Kernel", d.kernel ?? "-"), ("Firmware", d.firmware ?? "-"), ("Initrd", d.initrd ?? "-"), ("Command line", d.cmdline ?? "-"),
                 ("Console", d.console), ("On reboot", d.onReboot), ("Autostart", d.autostart ? "yes" : "no"),
                 ("Console log", info.consoleLog), ("Control API", info.controlAPI ? "yes" : "no"),
             ]
@@ -229,6 +229,10 @@ struct Info: ParsableCommand {
                 rows.append(("Limits", "cpu \(limits.cpuPercent.map { "\($0)%" } ?? "-"), memory \(limits.memoryMiB.map { Format.memory($0) } ?? "-")"))
             }
             if let cgroup = info.cgroup { rows.append(("Cgroup", cgroup)) }
+            if let qemu = d.qemu {
+                rows.append(("QEMU", ["machine \(qemu.machine ?? "default")", "cpu \(qemu.cpu ?? "default")"].joined(separator: ", ")
+                    + (qemu.devices.isEmpty ? "" : ", devices " + qemu.devices.joined(separator: " "))))
+            }
             for (key, value) in rows { print((key + ":").padding(toLength: 14, withPad: " ", startingAt: 0) + value) }
         }
     }

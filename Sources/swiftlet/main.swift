@@ -29,7 +29,7 @@ struct Swiftlet: ParsableCommand {
                       NetDefine.self, NetUndefine.self, NetStart.self, NetDestroy.self, NetList.self, NetInfo.self,
                       NetAutostart.self, DomIfAddr.self,
                       PoolDefine.self, PoolStart.self, PoolDestroy.self, PoolUndefine.self, PoolList.self,
-                      VolCreate.self, VolList.self, VolInfo.self, VolDelete.self])
+                      VolCreate.self, VolList.self, VolInfo.self, VolDelete.self, Drivers.self])
 }
 
 /// Finds swiftlet-vmm (beside this binary, else on PATH) and replaces this process with it.

@@ -8,7 +8,7 @@ import SwiftletDaemon
 struct SwiftletDaemonCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftletd",
-        abstract: "Keep VM definitions and run one swiftlet-vmm per running VM, behind a REST API on a Unix socket.",
+        abstract: "Keep VM definitions and run one swiftlet-vmm (or QEMU) per running VM, behind a REST API on a Unix socket.",
         discussion: "Running VMs outlive swiftletd; a restarted swiftletd re-adopts them. See docs/swiftletd.md.")
 
     @Option(help: "Folder for the database, VM run files and console logs.")
@@ -19,6 +19,12 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
 
     @Option(help: "The swiftlet-vmm binary (default: beside swiftletd, else on PATH).")
     var vmm: String?
+
+    @Option(help: "The QEMU binary for VMs with hypervisor: qemu (docs/drivers.md).")
+    var qemu = "/usr/bin/qemu-system-x86_64"
+
+    @Option(help: "Where OVMF's UEFI firmware is (OVMF_CODE_4M.fd, OVMF_VARS_4M.fd), for QEMU VMs with firmware: uefi.")
+    var firmwareDir = "/usr/share/OVMF"
 
     @Option(help: "Where the cgroup v1 and/or v2 hierarchies are mounted, for per-VM limits.")
     var cgroupRoot = "/sys/fs/cgroup"
@@ -66,6 +72,8 @@ struct SwiftletDaemonCommand: AsyncParsableCommand {
         }
         var daemon = Daemon(stateDirectory: stateDir, socketPath: socket, vmmBinary: binary, logger: logger)
         daemon.cgroupRoot = cgroupRoot
+        daemon.qemuBinary = qemu
+        daemon.firmwareDirectory = firmwareDir
         daemon.consoleLogLimit = consoleLogLimit
         daemon.imageDirectories = imageDirectories
         daemon.allowDeviceNodes = allowDeviceNodes

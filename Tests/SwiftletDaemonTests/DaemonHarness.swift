@@ -160,10 +160,11 @@ final class DaemonHarness: @unchecked Sendable {
     }
 
     /// Stops the daemon and every VMM it left running (by the pids in their pid files), then removes the folder.
-    /// The process is a swiftlet-vmm or one of the tests' fake VMMs (a
+    /// The process is a swiftlet-vmm, a QEMU, or one of the tests' fake VMMs (a
     /// Python script, so its executable is python3: its command line names it).
     static func isVMM(_ pid: pid_t) -> Bool {
-        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"), exe.contains("swiftlet-vmm") { return true }
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"),
+           exe.contains("swiftlet-vmm") || exe.contains("qemu-system") { return true }
         // /proc files report size 0: read to the end rather than by size.
         guard let commandLine = FileHandle(forReadingAtPath: "/proc/\(pid)/cmdline")?.readDataToEndOfFile() else { return false }
         return String(decoding: commandLine, as: UTF8.self).contains("fake-vmm")

@@ -135,7 +135,7 @@ struct OutcomeTests {
         (SIGKILL, .destroy, .shutOff, "destroyed"),
     ] as [(Int32, Supervisor.StopRequest?, VMState, String)])
     func mapping(status: Int32, request: Supervisor.StopRequest?, state: VMState, reason: String) {
-        let (mapped, text) = Supervisor.outcome(status: status, request: request, stderrTail: "")
+        let (mapped, text) = SwiftletDriver.outcome(status: status, request: request, stderrTail: "")
         #expect(mapped == state)
         #expect(text.contains(reason), "\(text)")
     }

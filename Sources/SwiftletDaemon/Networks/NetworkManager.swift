@@ -302,7 +302,9 @@ public final class NetworkManager: Sendable {
     /// Creates a persistent tap per network NIC of `definition` on its
     /// network's bridge and records them in `tapsFile`; returns the
     /// definition with each such NIC's `tap` set. All or nothing.
-    func attach(_ definition: VMDefinition, tapsFile: String) throws(DaemonError) -> VMDefinition {
+    /// `multiQueue`: QEMU opens a single-queue tap without IFF_MULTI_QUEUE,
+    /// which a multi-queue tap refuses, so its taps are single-queue.
+    func attach(_ definition: VMDefinition, tapsFile: String, multiQueue: Bool = true) throws(DaemonError) -> VMDefinition {
         guard definition.nics.contains(where: { $0.network != nil }) else { return definition }
         return try operations.withLock { _ throws(DaemonError) in
             var resolved = definition
@@ -318,7 +320,7 @@ public final class NetworkManager: Sendable {
                     guard row.active else {
                         throw DaemonError.conflict("cannot start '\(definition.name)': its network '\(name)' is not active; `swiftlet net-start \(name)` starts it")
                     }
-                    let tap = try createTap(bridge: row.definition.bridge ?? "")
+                    let tap = try createTap(bridge: row.definition.bridge ?? "", multiQueue: multiQueue)
                     created.append((name, tap))
                     resolved.nics[index].tap = tap
                 }
@@ -336,13 +338,13 @@ public final class NetworkManager: Sendable {
     }
 
     /// The lowest free `swltapN`, persistent, multi-queue, owned by the VMM's user, up on `bridge`.
-    func createTap(bridge: String) throws(DaemonError) -> String {
+    func createTap(bridge: String, multiQueue: Bool = true) throws(DaemonError) -> String {
         guard let name = (0..<4096).lazy.map({ "swltap\($0)" }).first(where: { !HostNetwork.interfaceExists($0) }) else {
             throw .unavailable("no free tap name (swltap0 to swltap4095 all exist)")
         }
         do {
             // Multi-queue, so that a VMM may attach a queue pair per vCPU.
-            var add = ["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr", "multi_queue"]
+            var add = ["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"] + (multiQueue ? ["multi_queue"] : [])
             if let owner = tapOwner { add += ["user", String(owner.uid), "group", String(owner.gid)] }
             try HostNetwork.run("ip", add)
             try HostNetwork.run("ip", ["link", "set", "dev", name, "master", bridge])
