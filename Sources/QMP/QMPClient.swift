@@ -143,16 +143,13 @@ struct QMPSession {
     /// How far past `start` no line ending was found, so a long line is not rescanned per read.
     var scanned = 0
     var events: [QMPEvent] = []
-    var droppedEvents = 0
     var nextID = 1
     /// Set once the stream cannot go on (EOF, a line too long): every later call throws it.
     var failure: QMPError?
 
     mutating func enqueue(_ event: QMPEvent) {
-        if events.count >= Self.maximumQueuedEvents {
-            events.removeFirst()
-            droppedEvents += 1
-        }
+        // A watcher that stopped reading must not grow the queue without bound.
+        if events.count >= Self.maximumQueuedEvents { events.removeFirst() }
         events.append(event)
     }
 

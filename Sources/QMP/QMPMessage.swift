@@ -98,6 +98,7 @@ extension QMPValue {
         case let number as NSNumber:
             // Foundation returns true/false as a boolean NSNumber, whose type code is "c" (char);
             // a JSON integer never comes back as a char.
+            // SAFETY: objCType is a NUL-terminated constant string owned by Foundation.
             if String(cString: number.objCType) == "c" {
                 self = .bool(number.boolValue)
             } else {

@@ -35,6 +35,7 @@ struct FakeQMPConnection: Sendable {
         var byte: UInt8 = 0
         while true {
             var descriptor = pollfd(fd: socket.descriptor.rawValue, events: Int16(POLLIN), revents: 0)
+            // SAFETY: poll uses the one pollfd and read writes the one byte, both only during the calls.
             guard poll(&descriptor, 1, 10_000) == 1, read(socket.descriptor.rawValue, &byte, 1) == 1 else { return nil }
             if byte == UInt8(ascii: "\n") { break }
             line.append(byte)

@@ -19,25 +19,29 @@ final class QEMUProcess {
     }
 
     let folder: String
-    let socketPath: String
+    /// One QMP socket per monitor: QEMU serves a single client per socket at a time.
+    let socketPaths: [String]
+    var socketPath: String { socketPaths[0] }
     let process = Process()
 
-    init(executable: String) throws {
-        folder = NSTemporaryDirectory() + "swiftlet-qmp-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    init(executable: String, monitors: Int = 1) throws {
+        let folder = NSTemporaryDirectory() + "swiftlet-qmp-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        self.folder = folder
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        socketPath = folder + "/qmp.sock"
+        socketPaths = (0..<max(monitors, 1)).map { folder + "/qmp\($0).sock" }
         process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["-machine", "none", "-nodefaults", "-display", "none", "-qmp", "unix:\(socketPath),server=on,wait=off"]
+        process.arguments = ["-machine", "none", "-nodefaults", "-display", "none"]
+            + socketPaths.flatMap { ["-qmp", "unix:\($0),server=on,wait=off"] }
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         try process.run()
     }
 
     /// Connects once QEMU listens (it creates the socket shortly after starting).
-    func connect() throws -> QMPClient {
+    func connect(monitor: Int = 0, timeout: Double = 10) throws -> QMPClient {
         let deadline = Date().addingTimeInterval(10)
         while true {
-            let attempt = Result { () throws(QMPError) in try QMPClient(socketPath: socketPath, timeout: 10) }
+            let attempt = Result { () throws(QMPError) in try QMPClient(socketPath: socketPaths[monitor], timeout: timeout) }
             // Only a refused or missing socket is worth retrying; QEMU may still be starting.
             if case .failure(let error) = attempt, case .connect = error, Date() < deadline, process.isRunning {
                 usleep(20_000)
@@ -95,16 +99,36 @@ struct QEMUTests {
         guard case .closed? = closed else { Issue.record("got \(String(describing: closed))"); return }
     }
 
-    @Test("a second client gets its own answers while the first waits for events")
-    func twoClients() throws {
+    @Test("with a second QMP socket, a command client works while a watcher holds the first, and both see events")
+    func watcherAndCommandClient() throws {
+        guard QEMUProcess.available(), let executable = QEMUProcess.executable else { return }
+        let qemu = try QEMUProcess(executable: executable, monitors: 2)
+        let watcher = try qemu.connect(monitor: 0)
+        defer { watcher.close() }
+        do {
+            let commands = try qemu.connect(monitor: 1)
+            defer { commands.close() }
+            _ = try commands.execute("stop")
+            #expect(try commands.queryStatus().status == "paused")
+        }
+        #expect(try event("STOP", from: watcher) != nil, "events go to every monitor")
+        // A short-lived client per command: the socket is free again once the last one closed.
+        let again = try qemu.connect(monitor: 1)
+        defer { again.close() }
+        _ = try again.execute("cont")
+        #expect(try event("RESUME", from: watcher) != nil)
+    }
+
+    @Test("QEMU serves one client per QMP socket: a second one gets no greeting until the first closes")
+    func oneClientPerSocket() throws {
         guard QEMUProcess.available(), let executable = QEMUProcess.executable else { return }
         let qemu = try QEMUProcess(executable: executable)
-        let watcher = try qemu.connect()
-        defer { watcher.close() }
-        // QEMU serves one client per -qmp socket at a time: the second waits until the first closes.
-        // So the daemon's short-lived command clients go through their own socket; here the watcher issues the commands.
-        _ = try watcher.execute("stop")
-        #expect(try event("STOP", from: watcher)?.name == "STOP")
-        #expect(try watcher.execute("query-status", arguments: [:])["status"]?.string == "paused")
+        let first = try qemu.connect()
+        let error = #expect(throws: QMPError.self) { _ = try QMPClient(socketPath: qemu.socketPath, timeout: 0.5) }
+        #expect(error == .timeout(step: "greeting", seconds: 0.5))
+        first.close()
+        let second = try qemu.connect()
+        defer { second.close() }
+        #expect(try second.queryStatus().running)
     }
 }
