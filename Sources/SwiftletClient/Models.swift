@@ -94,7 +94,7 @@ public struct VMDefinition: Codable, Sendable, Equatable {
 
     /// The `qemu:` section of a definition with `hypervisor: qemu`.
     public struct QEMUOptions: Codable, Sendable, Equatable {
-        /// `-machine` (default: `microvm,acpi=on,pcie=on` for a kernel, `q35` for firmware).
+        /// `-machine` (default `q35`).
         public var machine: String?
         /// `-cpu` (default: the host CPU as swiftlet-vmm offers it).
         public var cpu: String?

@@ -25,9 +25,10 @@ struct QEMUDriver: HypervisorDriver {
 
     static let defaultBinary = "/usr/bin/qemu-system-x86_64"
     static let defaultFirmwareDirectory = "/usr/share/OVMF"
-    /// Kernel boot: a microvm with ACPI (the power button) and a PCIe host for virtio-pci, as swiftlet-vmm offers.
-    static let kernelMachine = "microvm,acpi=on,pcie=on"
-    static let firmwareMachine = "q35"
+    /// libvirt's choice too: q35 boots kernels (PVH or bzImage) and firmware,
+    /// and its PCI is found by any guest. `microvm,acpi=on,pcie=on` starts
+    /// faster but a guest must find PCI through ECAM alone.
+    static let defaultMachine = "q35"
     /// The host CPU as swiftlet-vmm offers it (no KVM PV features that use
     /// hypercalls), so a guest sees the same CPU under both drivers.
     static let defaultCPU = "host,-kvm-pv-ipi,-kvm-pv-sched-yield,-kvm-pv-unhalt"
@@ -119,7 +120,7 @@ struct QEMUDriver: HypervisorDriver {
         let definition = launch.definition
         let directory = launch.directory
         let options = definition.qemu ?? VMDefinition.QEMUOptions()
-        let machine = options.machine ?? (definition.firmware == nil ? Self.kernelMachine : Self.firmwareMachine)
+        let machine = options.machine ?? Self.defaultMachine
         var arguments = [
             "-name", "guest=\(definition.name),debug-threads=on",
             "-machine", machine, "-accel", "kvm", "-cpu", options.cpu ?? Self.defaultCPU,
@@ -155,7 +156,8 @@ struct QEMUDriver: HypervisorDriver {
         for (index, disk) in definition.disks.enumerated() {
             var drive = "file=\(disk.path ?? ""),format=\(disk.format ?? "raw"),if=none,id=disk\(index)"
             if disk.readonly { drive += ",readonly=on" }
-            var device = "virtio-blk-pci,drive=disk\(index)"
+            // Modern-only virtio, as swiftlet-vmm offers: the guest sees the same devices.
+            var device = "virtio-blk-pci,drive=disk\(index),disable-legacy=on"
             // swiftlet-vmm answers GET_ID with the disk's id; QEMU with its serial.
             if let id = disk.id { device += ",serial=\(id)" }
             if index == 0 && definition.firmware != nil { device += ",bootindex=0" }
@@ -163,16 +165,18 @@ struct QEMUDriver: HypervisorDriver {
         }
         for (index, nic) in definition.nics.enumerated() {
             arguments += ["-netdev", "tap,id=net\(index),ifname=\(nic.tap ?? ""),script=no,downscript=no"]
-            var device = "virtio-net-pci,netdev=net\(index)"
+            var device = "virtio-net-pci,netdev=net\(index),disable-legacy=on"
             if let mac = nic.mac { device += ",mac=\(mac)" }
             arguments += ["-device", device]
         }
         for device in options.devices { arguments += ["-device", device] }
         if let jail = launch.jail, let root = launch.chrootDirectory {
             // After opening its files QEMU drops to the jail's user, enters an
-            // empty root and filters its system calls.
+            // empty root and filters its system calls. The filter comes first
+            // and must let `-runas` call setuid, so elevateprivileges stays
+            // allowed: once QEMU runs as the jail user it has nothing to elevate to.
             arguments += ["-runas", "\(jail.uid):\(jail.gid)", "-chroot", root,
-                          "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+                          "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
         }
         return arguments
     }
