@@ -406,6 +406,9 @@ public struct DaemonAPI: Sendable {
                 lines.append("swiftlet_vm_state{name=\"\(row.definition.name)\",state=\"\(state.rawValue)\"} \(state == info.state ? 1 : 0)")
             }
         }
+        lines.append("# HELP swiftlet_vm_info The VM's hypervisor driver (docs/drivers.md).")
+        lines.append("# TYPE swiftlet_vm_info gauge")
+        for (name, info, _) in perVM { lines.append("swiftlet_vm_info{name=\"\(name)\",hypervisor=\"\(info.definition.hypervisor)\"} 1") }
         lines.append("# HELP swiftlet_vm_vcpus Defined vCPUs.")
         lines.append("# TYPE swiftlet_vm_vcpus gauge")
         for (name, info, _) in perVM { lines.append("swiftlet_vm_vcpus{name=\"\(name)\"} \(info.definition.cpus)") }

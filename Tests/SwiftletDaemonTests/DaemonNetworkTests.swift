@@ -52,7 +52,7 @@ struct DaemonNetworkTests {
         let macs = defined.definition.nics.compactMap(\.mac)
         #expect(macs.count == 2 && Set(macs).count == 2 && macs.allSatisfy { $0.hasPrefix("52:54:00:") }, "\(macs)")
         for nic in [#"{}"#, #"{"tap": "t0", "network": "lab"}"#] {
-            let json = #"{"name": "bad-nic", "kernel": "\#(definition.kernel)", "nics": [\#(nic)]}"#
+            let json = #"{"name": "bad-nic", "kernel": "\#(definition.kernel ?? "")", "nics": [\#(nic)]}"#
             let response = try daemon.http.request("POST", "/v1/vms", body: Data(json.utf8))
             #expect(response.status == 400 && response.text.contains("nics[0]"), "\(nic): \(response.text)")
         }
@@ -125,16 +125,25 @@ struct DaemonNetworkTests {
             let started = try daemon.cli(["start", name])
             #expect(started.status == 0, "\(started)")
         }
+        // A QEMU VM on the same network (docs/drivers.md): a single-queue tap on the same bridge.
+        let withQEMU = access("/usr/bin/qemu-system-x86_64", X_OK) == 0 || TestEnvironment.isCI
+        if withQEMU {
+            _ = try daemon.client.define(VMDefinition(name: "q", hypervisor: "qemu", memoryMiB: 128, kernel: guest + "/vmlinux", initrd: guest + "/initramfs.cpio",
+                                                      cmdline: commandLine + " swiftlet.dhcp", nics: [.init(network: "default")]))
+            let started = try daemon.cli(["start", "q"])
+            #expect(started.status == 0, "\(started)")
+        }
+        let names = withQEMU ? ["a", "b", "c", "q"] : ["a", "b", "c"]
         // Each guest's DHCP lease, as domifaddr reports it.
         var addresses: [String: String] = [:]
         let deadline = Date().addingTimeInterval(300)
-        while addresses.count < 3 && Date() < deadline {
-            for name in ["a", "b", "c"] where addresses[name] == nil {
+        while addresses.count < names.count && Date() < deadline {
+            for name in names where addresses[name] == nil {
                 if let address = try daemon.client.interfaces(of: name).first?.addresses.first { addresses[name] = address }
             }
             usleep(500_000)
         }
-        try #require(addresses.count == 3, "leases: \(addresses); daemon log: \(daemon.log().suffix(2000))")
+        try #require(addresses.count == names.count, "leases: \(addresses); daemon log: \(daemon.log().suffix(2000))")
         #expect(addresses["a"]?.hasPrefix("192.168.122.") == true && addresses["c"]?.hasPrefix("10.77.0.") == true, "\(addresses)")
         if let tap = try daemon.client.interfaces(of: "a").first?.tap {
             let details = Self.ip(["-n", namespace, "-d", "link", "show", tap]).output
@@ -156,9 +165,16 @@ struct DaemonNetworkTests {
         #expect(try ping(from: "a", "10.99.0.2") == 0, "NAT: a reaches beyond the host")
         #expect(try ping(from: "c", "10.77.0.1") == 0, "isolated: c reaches its gateway")
         #expect(try ping(from: "c", "10.99.0.2") != 0, "isolated: c does not reach beyond the host")
+        if withQEMU {
+            #expect(try ping(from: "a", String(addresses["q"]?.split(separator: "/").first ?? "")) == 0, "a Swiftlet VM reaches a QEMU VM")
+            let tap = try daemon.client.interfaces(of: "q").first?.tap ?? "-"
+            let details = Self.ip(["-n", namespace, "-d", "link", "show", tap]).output
+            #expect(!details.contains("multi_queue") && details.contains("master swlbr0"), "\(details)")
+        }
 
         let busy = try daemon.cli(["net-destroy", "default"])
         #expect(busy.status == 4 && busy.stderr.contains("a, b"), "\(busy)")
+        if withQEMU { #expect(try daemon.cli(["destroy", "q"]).status == 0) }
 
         // A crash: the restarted daemon re-adopts the network, its dnsmasq and the VMs' taps.
         daemon.stop(signal: SIGKILL)

@@ -190,7 +190,8 @@ struct DaemonQEMUTests {
 
         let stats = try daemon.client.stats("tick")
         #expect(stats.vmmMetrics?["vcpus.count"] == 2 && (stats.rssBytes ?? 0) > 0, "\(stats)")
-        #expect(try daemon.client.metrics().contains(#"swiftlet_vmm_counter{name="tick",counter="vcpus.count"} 2"#))
+        let metrics = try daemon.client.metrics()
+        #expect(metrics.contains(#"swiftlet_vmm_counter{name="tick",counter="vcpus.count"} 2"#) && metrics.contains(#"swiftlet_vm_info{name="tick",hypervisor="qemu"} 1"#))
         #expect(try Self.cli(daemon, "stats", "tick").contains("vcpus.count"))
         // QEMU VMs have no vsock device: no agent and no snapshots, said plainly.
         let snapshot = try daemon.cli(["snapshot", "tick", "s1"])
@@ -305,6 +306,55 @@ struct DaemonQEMUTests {
         let destroyed = try daemon.client.action("uefi", "destroy")
         #expect(destroyed.state == .shutOff && destroyed.reason == "destroyed", "\(destroyed)")
         #expect(!FileManager.default.fileExists(atPath: daemon.stateDirectory + "/jail/qemu/uefi"))
+    }
+
+    /// A stand-in for qemu-system-x86_64 whose event socket turns to garbage
+    /// after a moment: what a broken (or hostile) QMP stream looks like.
+    static let brokenQMP = #"""
+        #!/usr/bin/env python3
+        import json, os, socket, sys, threading, time
+        if "--version" in sys.argv:
+            print("QEMU emulator version 0.0.0 (fake)"); sys.exit(0)
+        paths = [a.split(",")[0][5:] for a in sys.argv if a.startswith("unix:")]
+        greeting = json.dumps({"QMP": {"version": {"qemu": {"major": 0, "minor": 0, "micro": 0}, "package": ""}, "capabilities": []}}) + "\r\n"
+        def serve(path, events):
+            server = socket.socket(socket.AF_UNIX); server.bind(path); server.listen(1)
+            while True:
+                connection, _ = server.accept(); reader = connection.makefile("r")
+                connection.sendall(greeting.encode())
+                for line in reader:
+                    request = json.loads(line)
+                    answer = {"status": "running", "running": True} if request.get("execute") == "query-status" else {}
+                    connection.sendall((json.dumps({"return": answer, "id": request.get("id")}) + "\r\n").encode())
+                    if events:
+                        time.sleep(0.5); connection.sendall(b"this is not QMP\r\n")
+                connection.close()
+        for index, path in enumerate(paths):
+            threading.Thread(target=serve, args=(path, path.endswith("qmp-events.sock")), daemon=True).start()
+        time.sleep(120)
+        """#
+
+    @Test("a QMP stream that breaks while QEMU runs is a crash with the reason, and that QEMU is stopped", .timeLimit(.minutes(1)))
+    func brokenQMPIsCrash() throws {
+        let directory = NSTemporaryDirectory() + "fake-qemu-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let fake = directory + "/qemu-system-x86_64"
+        try Self.brokenQMP.write(toFile: fake, atomically: true, encoding: .utf8)
+        #expect(chmod(fake, 0o755) == 0)
+        // Unjailed: the stand-in ignores -runas and friends, and runs as whoever starts it.
+        let daemon = try DaemonHarness(label: "qemu-broken", extraArguments: ["--qemu", fake, "--no-jail"])
+        defer { daemon.tearDown() }
+        try Self.define(daemon, """
+            name: broken
+            hypervisor: qemu
+            kernel: \(try TestEnvironment.kitProgram("halt"))
+            """)
+        let started = try daemon.client.action("broken", "start")
+        let pid = try #require(started.pid)
+        let info = try daemon.wait(for: "broken", state: .crashed, seconds: 20)
+        #expect(info.state == .crashed && info.reason?.hasPrefix("QMP failed") == true, "\(info)\n\(daemon.log().suffix(1500))")
+        #expect(kill(pid, 0) != 0, "the QEMU with the broken stream still runs")
     }
 
     @Test("a missing QEMU is one clear error at start, not at define, and `swiftlet drivers` says why", .timeLimit(.minutes(1)))
