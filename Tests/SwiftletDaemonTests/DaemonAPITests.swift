@@ -32,7 +32,7 @@ struct BadInputTests {
         try expectRefused(daemon, "POST", vms, body: Data("[1,2]".utf8), status: 400, mentions: "invalid definition")
         try expectRefused(daemon, "POST", vms, body: Data(), status: 400, mentions: "empty")
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"x","kernel":"/k","vcpus":2}"#.utf8), status: 400, mentions: "unknown field 'vcpus'")
-        try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"x"}"#.utf8), status: 400, mentions: "missing field 'kernel'")
+        try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"x"}"#.utf8), status: 400, mentions: "kernel is missing")
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"x","kernel":"/k","cpus":"two"}"#.utf8), status: 400, mentions: "cpus")
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"web","kernel":"\#(images)/other"}"#.utf8), status: 409, mentions: "already defined")
         try expectRefused(daemon, "POST", vms, body: Data(#"{"name":"../../etc/passwd","kernel":"/k"}"#.utf8), status: 400, mentions: "invalid VM name")
