@@ -101,6 +101,18 @@ protocol ControlRefusal: Error {
 /// The drivers a daemon has, by `hypervisor:` name.
 struct DriverRegistry: Sendable {
     let drivers: [any HypervisorDriver]
+    /// Each binary's version, asked once at daemon start: `GET /v1/version`
+    /// is served on the async executor and must not spawn processes.
+    let versions: [String: String]
+
+    init(drivers: [any HypervisorDriver]) {
+        self.drivers = drivers
+        var versions: [String: String] = [:]
+        for driver in drivers where driver.unavailableReason() == nil {
+            versions[driver.name] = driver.version()
+        }
+        self.versions = versions
+    }
 
     func driver(named name: String) -> (any HypervisorDriver)? { drivers.first { $0.name == name } }
 
@@ -127,10 +139,11 @@ struct DriverRegistry: Sendable {
         }
     }
 
+    /// Whether each binary is there now (a cheap access(2)), with the versions found at start.
     func info() -> [DriverInfo] {
         drivers.map { driver in
             let reason = driver.unavailableReason()
-            return DriverInfo(name: driver.name, binary: driver.binary, version: reason == nil ? driver.version() : nil,
+            return DriverInfo(name: driver.name, binary: driver.binary, version: reason == nil ? versions[driver.name] : nil,
                               available: reason == nil, reason: reason)
         }
     }
