@@ -1,7 +1,35 @@
 // Shim functions that need a C body.
+#define _GNU_SOURCE 1 // dl_iterate_phdr and struct dl_phdr_info in <link.h>
 #include "ckvm.h"
+#include <link.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
+
+struct ckvm_segments { uintptr_t *starts, *lengths; int *writable; int capacity, count; };
+
+static int ckvm_collect_segments(struct dl_phdr_info *info, size_t size, void *context) {
+    (void)size;
+    struct ckvm_segments *found = context;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int index = 0; index < info->dlpi_phnum && found->count < found->capacity; index++) {
+        const ElfW(Phdr) *segment = &info->dlpi_phdr[index];
+        if (segment->p_type != PT_LOAD || segment->p_memsz == 0) continue;
+        uintptr_t start = (info->dlpi_addr + segment->p_vaddr) & ~(page - 1);
+        uintptr_t end = (info->dlpi_addr + segment->p_vaddr + segment->p_memsz + page - 1) & ~(page - 1);
+        found->starts[found->count] = start;
+        found->lengths[found->count] = end - start;
+        found->writable[found->count] = (segment->p_flags & PF_W) != 0;
+        found->count++;
+    }
+    return 1; // the first object is the program itself
+}
+
+int ckvm_program_segments(uintptr_t *starts, uintptr_t *lengths, int *writable, int capacity) {
+    struct ckvm_segments found = { starts, lengths, writable, capacity, 0 };
+    dl_iterate_phdr(ckvm_collect_segments, &found);
+    return found.count;
+}
 
 static void ckvm_kick_handler(int signal_number) { (void)signal_number; }
 

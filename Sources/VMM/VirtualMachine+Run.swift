@@ -46,6 +46,9 @@ extension VirtualMachine {
         }
 
         vcpuThreads.withLock { $0 = threads }
+        // Start-up code is done: its pages leave this process's resident set
+        // (they stay in the page cache; BENCHMARKS.md P2).
+        ProgramImage.releaseReadOnlyPages()
         // --seccomp-filter: the main thread's `vmm` filter, now that the vCPU
         // threads (which must not inherit it) have started.
         SeccompFilters.installOnMainThreadOnce()

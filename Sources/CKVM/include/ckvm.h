@@ -203,4 +203,10 @@ static inline uint64_t ckvm_atomic_take_u64(uint64_t *word) {
     return __atomic_exchange_n(word, 0, __ATOMIC_RELAXED);
 }
 
+// The running program's loadable segments (PT_LOAD) as page-aligned
+// [start, start + length) ranges, at most `capacity` of them; returns how many
+// (dl_iterate_phdr is in <link.h>, which Swift's Glibc module does not cover).
+// `writable[i]` is 1 for a segment with PF_W.
+int ckvm_program_segments(uintptr_t *starts, uintptr_t *lengths, int *writable, int capacity);
+
 #endif
