@@ -30,6 +30,9 @@ public enum Layout {
     public static let commandLineMaxSize = 0x10000
     /// End of usable conventional memory: the EBDA and BIOS area follow.
     public static let ebdaStart = GuestAddress(0x9FC00)
+    /// The MP configuration table, after the floating pointer at the EBDA
+    /// (16 bytes) and in the reserved range below the RSDP (254 vCPUs need 5.2 KiB).
+    public static let mpTableStart = GuestAddress(0x9FC10)
     /// ACPI: RSDP where guests scan for it, tables after it, up to 1 MiB.
     public static let rsdpStart = GuestAddress(0xE0000)
     public static let acpiTablesStart = GuestAddress(0xE0100)

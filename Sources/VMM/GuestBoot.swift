@@ -56,6 +56,12 @@ enum GuestBoot {
             tablesLimit: Int(Layout.acpiTablesEnd.rawValue - Layout.acpiTablesStart.rawValue))
         try memory.write(bytes: tables.rsdp, at: Layout.rsdpStart)
         try memory.write(bytes: tables.tables, at: Layout.acpiTablesStart)
+        // The MP table: Linux finds it at the EBDA instead of scanning the BIOS area.
+        let mp = MPTable.build(cpuCount: configuration.cpuCount, ioAPICID: UInt8(clamping: configuration.cpuCount),
+                               ioAPICAddress: UInt32(Layout.ioAPICStart.rawValue), localAPICAddress: UInt32(Layout.localAPICStart.rawValue),
+                               tableAddress: UInt32(Layout.mpTableStart.rawValue))
+        try memory.write(bytes: mp.floatingPointer, at: Layout.ebdaStart)
+        try memory.write(bytes: mp.table, at: Layout.mpTableStart)
 
         let e820 = try E820Map.standard(memory: memory, ebdaStart: Layout.ebdaStart,
                                         highMemoryStart: Layout.highMemoryStart, mmioHoleStart: Layout.mmioHoleStart)

@@ -94,6 +94,8 @@ public struct VMConfiguration: Equatable, Sendable {
     /// (Firecracker's `track_dirty_pages`): KVM's dirty log on every memory
     /// slot plus a bitmap of the VMM's own writes.
     public var trackDirtyPages = false
+    /// `--trace-exits FILE`: write where the run's time went when it stops (docs/performance.md).
+    public var exitTracePath: String?
 
     public init(
         kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine,

@@ -26,7 +26,8 @@ extension VirtualMachine {
         if readsConsole { terminal.enable() }
         defer { terminal.restore() }
 
-        timing.withLock { $0.startedAt = RunTiming.now() }
+        let runStart = RunTiming.now()
+        timing.withLock { $0.startedAt = runStart }
         // Swiftlet's filters: the main thread's before any guest code runs
         // (its program allows what the vCPU threads, which inherit it, need).
         SeccompFilters.installOnMainThreadBeforeVCPUs()
@@ -63,10 +64,18 @@ extension VirtualMachine {
             thread.signal(Self.kickSignal)
         }
         for thread in threads { thread.join() }
+        let stoppedAt = RunTiming.now()
         // Devices last: no vCPU can touch them any more.
         shutdownDevices()
         vcpuThreads.withLock { $0 = [] }
+        traceWindow.withLock { $0 = (runStart, stoppedAt) }
         return exitReason.withLock { $0 } ?? .stoppedByUser
+    }
+
+    /// `--trace-exits`: the report of the last run (nil without the option or before a run ended).
+    public func exitTraceReport(reason: String) -> String? {
+        guard !exitTraces.isEmpty, let (runStart, stoppedAt) = traceWindow.withLock({ $0 }) else { return nil }
+        return ExitTrace.report(exitTraces, processStart: ProcessClock.start, runStart: runStart, stoppedAt: stoppedAt, reason: reason)
     }
 
     /// The main thread's event loop: console input and the stop event.
@@ -128,6 +137,7 @@ extension VirtualMachine {
     func runVCPU(_ vcpu: VCPUHandle) {
         HostThread.unblockSignal(Self.kickSignal)
         let counters = exitCounters[Int(vcpu.id)]
+        let trace = exitTraces.isEmpty ? nil : exitTraces[Int(vcpu.id)]
         // KVM finishes the instruction of an I/O exit only in the next
         // KVM_RUN, so after one the vCPU state is not yet consistent.
         var completionPending = false
@@ -142,12 +152,14 @@ extension VirtualMachine {
             }
             if stopping.load(ordering: .relaxed) { return }
             let exit: VCPUExit
+            trace?.entering()
             do {
                 exit = try vcpu.run()
             } catch {
                 requestStop(.crashed(report: "vCPU \(vcpu.id): \(error)"))
                 return
             }
+            trace?.returned(exit)
             completionPending = exit != .interrupted
             counters.count(exit.kind)
             switch exit {

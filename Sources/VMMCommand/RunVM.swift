@@ -11,11 +11,29 @@ public func runVM(_ configuration: VMConfiguration) -> VMMExitStatus {
     // kill the VMM: writes fail with EPIPE and the output is dropped.
     signal(SIGPIPE, SIG_IGN)
     guard configureDefaultSeccompFilters() else { return .failure }
+    // Opened now: the main thread's seccomp filter, installed once the guest
+    // runs, allows writing to an open file but not creating one.
+    var traceFile: Int32 = -1
+    if let path = configuration.exitTracePath {
+        do {
+            traceFile = try systemCall("open \(path)") { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        } catch {
+            printError("swiftlet-vmm: --trace-exits \(path): \(error)")
+            return .failure
+        }
+    }
+    defer { if traceFile >= 0 { close(traceFile) } }
     while true {
         let reason: VMExitReason
         do {
             let machine = try VirtualMachine(configuration: configuration)
             reason = try machine.run()
+            // A reboot in place starts the file again: it describes the last run.
+            if traceFile >= 0, let report = machine.exitTraceReport(reason: "\(reason)") {
+                _ = ftruncate(traceFile, 0)
+                _ = lseek(traceFile, 0, SEEK_SET)
+                writeAll(traceFile, report)
+            }
         } catch {
             printError("swiftlet: \(error)")
             return .failure
@@ -186,6 +204,8 @@ func writeAll(_ descriptor: Int32, _ text: String) {
 /// The `swiftlet-vmm` program: parse, run, exit with the status.
 public enum SwiftletVMMMain {
     public static func main(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
+        // The clock `--trace-exits` measures the start-up phase from.
+        _ = ProcessClock.start
         let action: VMMArguments.Action
         do {
             action = try VMMArguments.parse(arguments)

@@ -65,6 +65,7 @@ public enum VMMArguments {
         ("on-reboot", "ACTION", "When the guest reboots: restart it, or exit with status 2 (default exit)."),
         ("config", "FILE", "JSON file with the same settings: \(ConfigurationFile.knownKeys.joined(separator: ", ")). Flags given as well override it."),
         ("kvm-device", "PATH", "The KVM device node (default /dev/kvm)."),
+        ("trace-exits", "FILE", "When the VM stops, write where its time went to FILE: the run's phases and every exit kind by port or MMIO address with its count, time in KVM_RUN and time in the VMM (docs/performance.md)."),
         ("api-sock", "PATH", "Serve the control API (HTTP/1.1, Firecracker's resources) on this Unix socket, mode 0600. Without --kernel or --config this is Firecracker's mode: the API is served (on \(defaultSocketPath) unless given) and the VM waits for PUT /boot-source and InstanceStart."),
         ("id", "ID", "Instance id reported by GET / and in log lines (default \(defaultInstanceID))."),
         ("log-path", "PATH", "Log to this file or FIFO (opened read-write, non-blocking, as Firecracker does), in Firecracker's line format."),
@@ -395,6 +396,10 @@ public enum VMMArguments {
                 throw .invalidConfiguration(field: "on-reboot", value: text, expected: "restart or exit")
             }
             result.onReboot = action
+        }
+        if let path = values["trace-exits"] {
+            guard !path.isEmpty else { throw .invalidConfiguration(field: "trace-exits", value: path, expected: "a file path") }
+            result.exitTracePath = path
         }
         if let disks = repeated["disk"] {
             result.disks = []
