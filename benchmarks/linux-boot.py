@@ -9,6 +9,7 @@ the median time to `SWIFTLET-GUEST-READY` and to power-off (the guest runs
     python3 benchmarks/linux-boot.py [--runs 3] [--cpus 1] [--write]
 """
 import argparse
+import json
 import os
 import pathlib
 import shlex
@@ -72,6 +73,8 @@ def main() -> int:
     parser.add_argument("--swiftlet", default=str(ROOT / ".build/release/swiftlet-vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--write", action="store_true", help="replace the L1 section of BENCHMARKS.md")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write every run (seconds to the marker and to power-off) as JSON")
     args = parser.parse_args()
 
     guest = guest_dir()
@@ -109,6 +112,13 @@ def main() -> int:
         lines += ["", "Failures:", ""] + [f"- {failure}" for failure in failures]
     report = "\n".join(lines)
     print(report)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({
+            "bench": "L1", "guest": guest.name, "args": vars(args),
+            "commands": {name: shlex.join(argv) for name, argv in argvs.items()},
+            "runs": {name: [{"marker_s": m, "poweroff_s": t} for m, t in samples]
+                     for name, samples in results.items()},
+            "failures": failures}, indent=1))
     if args.write:
         path = ROOT / "BENCHMARKS.md"
         text = path.read_text()
