@@ -643,7 +643,7 @@ def main() -> int:
                     help="run nothing: report (and --write) the runs of an earlier --json")
     args = ap.parse_args()
     if args.from_json:
-        return from_json(args)
+        return from_json(args, ap)
 
     only = [b.strip().upper() for b in (args.only or ",".join(BENCHES)).split(",") if b.strip()]
     bad = [b for b in only if b not in BENCHES]
@@ -701,11 +701,12 @@ def main() -> int:
     return 1 if any_fail else 0
 
 
-def from_json(cli) -> int:
+def from_json(cli, ap: argparse.ArgumentParser) -> int:
     """The report of a saved --json again, with its own options (runs,
     warm-up, memory, ...); --write and --only from this command line."""
     saved = json.loads(Path(cli.from_json).read_text())
-    args = argparse.Namespace(**saved["args"])
+    args = ap.parse_args([])            # the defaults, for what the file lacks
+    vars(args).update(saved["args"])
     names = [v.strip().lower() for v in args.vmms.split(",") if v.strip()]
     binaries = {"swiftlet": args.swiftlet, "floor": args.floor, "qemu": args.qemu}
     skipped = saved.get("skipped", {})

@@ -73,7 +73,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--swiftlet", default=str(ROOT / ".build/release/swiftlet-vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
-    parser.add_argument("--write", action="store_true", help="replace the L1 section of BENCHMARKS.md")
+    parser.add_argument("--write", nargs="?", const=str(ROOT / "BENCHMARKS.md"), metavar="FILE",
+                        help="replace the L1 section of BENCHMARKS.md (or FILE)")
     parser.add_argument("--json", metavar="FILE",
                         help="also write every run (seconds to the marker and to power-off) as JSON")
     parser.add_argument("--from-json", metavar="FILE",
@@ -131,7 +132,7 @@ def main() -> int:
                      for name, samples in results.items()},
             "failures": failures}, indent=1))
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
+        path = pathlib.Path(args.write)
         text = path.read_text()
         begin, end = "<!-- L1:begin -->", "<!-- L1:end -->"
         section = f"{begin}\n{report}\n{end}"

@@ -498,7 +498,7 @@ def main() -> int:
     for name in args.vmms.split(","):
         for transport in transports if name.strip() == "swiftlet" else ["pci"]:
             v = VMM(name.strip(), binaries[name.strip()], args, transport)
-            if v.resolved():
+            if v.resolved() or args.from_json:
                 vmms.append(v)
             else:
                 log(f"virtio-bench: {v.label} binary {v.binary} not found: skipped")
