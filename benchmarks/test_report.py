@@ -62,7 +62,9 @@ def fabricated() -> dict:
           "commands": {"Swiftlet": "swiftlet-vmm", "QEMU microvm": "qemu"}, "failures": [],
           "runs": {"Swiftlet": [{"marker_s": 15.0, "poweroff_s": 16.0}, {"marker_s": 15.2, "poweroff_s": 16.0}],
                    "QEMU microvm": [{"marker_s": 13.0, "poweroff_s": 14.0}, {"marker_s": 14.0, "poweroff_s": 15.0}]}}
-    return {"bench": bench, "virtio": virtio, "l1": l1}
+    vsock = {"runs": {"V1": [{"tx": 2000.0, "rx": 1500.0, "rtt_us": 100.0, "rtt_min_us": 40.0},
+                             {"tx": 2400.0, "rx": 1500.0, "rtt_us": 110.0, "rtt_min_us": 40.0}]}}
+    return {"bench": bench, "virtio": virtio, "l1": l1, "vsock": vsock}
 
 
 class RenderTests(unittest.TestCase):
@@ -93,6 +95,11 @@ class RenderTests(unittest.TestCase):
         self.assertAlmostEqual(self.rows["L1"]["ratio"], 15.1 / 13.5)
         self.assertFalse(self.rows["L1"]["met"])
         self.assertNotIn("Q4-randread", self.rows)      # no Q4 results: no row
+        v1 = self.rows["V1-tx"]                          # Swiftlet only, no goal
+        self.assertEqual(v1["median"], {"swiftlet": 2200.0})
+        self.assertIsNone(v1["ratio"])
+        self.assertIsNone(v1["met"])
+        self.assertEqual(v1["goal_text"], "—")
 
     def test_summary_table(self):
         table = report.summary_table(list(self.rows.values()), HOST, "docs/benchmarks")
@@ -110,6 +117,8 @@ class RenderTests(unittest.TestCase):
         self.assertIn("20,000 exits/s | 25,000 exits/s", p3)
         self.assertIn("≥ 1.0× QEMU | **no** |", p3)
         self.assertEqual(sum(1 for line in lines if line.startswith("| P4:")), 3)
+        v1 = next(line for line in lines if line.startswith("| V1: virtio-vsock 1-byte"))
+        self.assertIn("| 105.0 µs | — | — | — | — | — |", v1)
 
     def test_replace_block(self):
         doc = "a\n<!-- report:summary:begin -->\nold\n<!-- report:summary:end -->\nb\n"
