@@ -52,10 +52,12 @@ def fabricated() -> dict:
     machine = {**{k: v for k, v in HOST.items() if k != "kvm_module"}, "kvm_modules": "kvm_intel"}
     bench = {"machine": machine, "args": {"exit_base": 0, "exit_iterations": 20000, "runs": 3}, "runs": runs}
     virtio = {"machine": machine, "commands": {}, "notes": {}, "results": {
-        "Swiftlet": {"randread_iops": [400000.0, 500000.0], "seqread_mb_s": [6000.0, 6000.0],
-                     "seqwrite_mb_s": [4000.0, 4000.0], "tx_mbit_s": [3000.0, 3400.0], "rx_mbit_s": [2600.0]},
-        "QEMU microvm": {"randread_iops": [100000.0, 150000.0], "seqread_mb_s": [5000.0, 5000.0],
-                         "seqwrite_mb_s": [3000.0, 3000.0], "tx_mbit_s": [3700.0, 3800.0], "rx_mbit_s": [2600.0]},
+        "Swiftlet": {"randread4k_iops": [400000.0, 500000.0], "seqread1m_mb_s": [6000.0, 6000.0],
+                     "seqwrite1m_mb_s": [4000.0, 4000.0], "tx_mbit_s": [3000.0, 3400.0], "rx_mbit_s": [2600.0]},
+        "QEMU microvm": {"randread4k_iops": [100000.0, 150000.0], "seqread1m_mb_s": [5000.0, 5000.0],
+                         "seqwrite1m_mb_s": [3000.0, 3000.0], "tx_mbit_s": [3700.0, 3800.0], "rx_mbit_s": [2600.0]},
+        "Swiftlet qcow2 overlay": {"randread4k_iops": [600000.0], "randwrite4k_iops": [300000.0]},
+        "QEMU microvm qcow2 overlay": {"randread4k_iops": [200000.0], "randwrite4k_iops": [400000.0]},
         "host fio": {"randread4k_iops": [600000.0, 600000.0], "seqread1m_mb_s": [6000.0], "seqwrite1m_mb_s": [3800.0]},
     }}
     l1 = {"bench": "L1", "guest": "g", "args": {"runs": 2, "cpus": 1, "memory": "256M"},
@@ -94,7 +96,9 @@ class RenderTests(unittest.TestCase):
         self.assertTrue(self.rows["P5-rx"]["met"])        # equal: >= 1.0x
         self.assertAlmostEqual(self.rows["L1"]["ratio"], 15.1 / 13.5)
         self.assertFalse(self.rows["L1"]["met"])
-        self.assertNotIn("Q4-randread", self.rows)      # no Q4 results: no row
+        self.assertTrue(self.rows["Q4-randread"]["met"])    # 3.0x
+        self.assertFalse(self.rows["Q4-randwrite"]["met"])  # 0.75x
+        self.assertNotIn("floor", self.rows["Q4-randread"]["median"])
         v1 = self.rows["V1-tx"]                          # Swiftlet only, no goal
         self.assertEqual(v1["median"], {"swiftlet": 2200.0})
         self.assertIsNone(v1["ratio"])
