@@ -111,6 +111,7 @@ class RenderTests(unittest.TestCase):
         self.assertIn("commit abc1234", lines[0])
         self.assertIn("kvm_intel", lines[0])
         self.assertIn("0.10 0.20 0.30 at the start", lines[0])
+        self.assertIn("Medians of 1-3 runs", lines[0])
         self.assertIn("| | Swiftlet | QEMU | floor | Swiftlet / QEMU | goal | met? |", lines)
         p1 = next(line for line in lines if line.startswith("| P1:"))
         self.assertIn("[plot](docs/benchmarks/P1.png)", p1)
