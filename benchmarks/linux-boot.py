@@ -6,9 +6,11 @@ Swiftlet and in QEMU (-M microvm), interleaved round by round, and reports
 the median time to `SWIFTLET-GUEST-READY` and to power-off (the guest runs
 `true` through swiftlet.cmd and powers off).
 
-    python3 benchmarks/linux-boot.py [--runs 3] [--cpus 1] [--write]
+    python3 benchmarks/linux-boot.py [--runs 3] [--cpus 1] [--json FILE] [--write]
+    python3 benchmarks/linux-boot.py --from-json FILE [--write]
 """
 import argparse
+import json
 import os
 import pathlib
 import shlex
@@ -71,29 +73,43 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--swiftlet", default=str(ROOT / ".build/release/swiftlet-vmm"))
     parser.add_argument("--qemu", default="qemu-system-x86_64")
-    parser.add_argument("--write", action="store_true", help="replace the L1 section of BENCHMARKS.md")
+    parser.add_argument("--write", nargs="?", const=str(ROOT / "BENCHMARKS.md"), metavar="FILE",
+                        help="replace the L1 section of BENCHMARKS.md (or FILE)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write every run (seconds to the marker and to power-off) as JSON")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="run nothing: report (and --write) the runs of an earlier --json")
     args = parser.parse_args()
 
-    guest = guest_dir()
-    argvs = commands(guest, args.cpus, args.memory, args.swiftlet, args.qemu)
-    results = {name: [] for name in argvs}
-    failures = []
-    names = list(argvs)
-    for round_number in range(args.runs):
-        order = names[round_number % len(names):] + names[:round_number % len(names)]
-        for name in order:
-            marker, total, error = run_once(argvs[name], args.timeout)
-            print(f"round {round_number + 1} {name}: " + (error or f"marker {marker:.2f} s, power-off {total:.2f} s"), file=sys.stderr)
-            if error:
-                failures.append(f"{name}: {error}")
-            else:
-                results[name].append((marker, total))
+    if args.from_json:
+        saved = json.loads(pathlib.Path(args.from_json).read_text())
+        for k in ("runs", "cpus", "memory"):
+            setattr(args, k, saved["args"][k])
+        guest_name, commands_shown, failures = saved["guest"], saved["commands"], saved["failures"]
+        results = {name: [(x["marker_s"], x["poweroff_s"]) for x in runs] for name, runs in saved["runs"].items()}
+    else:
+        guest = guest_dir()
+        guest_name = guest.name
+        argvs = commands(guest, args.cpus, args.memory, args.swiftlet, args.qemu)
+        commands_shown = {name: shlex.join(argv) for name, argv in argvs.items()}
+        results = {name: [] for name in argvs}
+        failures = []
+        names = list(argvs)
+        for round_number in range(args.runs):
+            order = names[round_number % len(names):] + names[:round_number % len(names)]
+            for name in order:
+                marker, total, error = run_once(argvs[name], args.timeout)
+                print(f"round {round_number + 1} {name}: " + (error or f"marker {marker:.2f} s, power-off {total:.2f} s"), file=sys.stderr)
+                if error:
+                    failures.append(f"{name}: {error}")
+                else:
+                    results[name].append((marker, total))
 
-    lines = [f"Default guest ({guest.name}), {args.cpus} vCPU, {args.memory}, {args.runs} interleaved rounds; "
+    lines = [f"Default guest ({guest_name}), {args.cpus} vCPU, {args.memory}, {args.runs} interleaved rounds; "
              f"time from process start.", "",
              "| VMM | runs ok | to SWIFTLET-GUEST-READY (median) | min | max | to power-off (median) | vs QEMU |",
              "|---|---|---|---|---|---|---|"]
-    qemu_median = statistics.median(m for m, _ in results["QEMU microvm"]) if results["QEMU microvm"] else None
+    qemu_median = statistics.median(m for m, _ in results["QEMU microvm"]) if results.get("QEMU microvm") else None
     for name, samples in results.items():
         if not samples:
             lines.append(f"| {name} | 0/{args.runs} | — | — | — | — | — |")
@@ -103,14 +119,20 @@ def main() -> int:
         ratio = f"{median / qemu_median:.2f}×" if qemu_median else "—"
         lines.append(f"| {name} | {len(samples)}/{args.runs} | {median:.1f} s | {min(markers):.1f} s | {max(markers):.1f} s | "
                      f"{statistics.median(t for _, t in samples):.1f} s | {ratio} |")
-    lines += ["", "Commands:", ""] + [f"- {name}: `{shlex.join(argv)}`" for name, argv in argvs.items()]
+    lines += ["", "Commands:", ""] + [f"- {name}: `{shown}`" for name, shown in commands_shown.items()]
     lines += ["", f"Produced by: `python3 benchmarks/linux-boot.py --runs {args.runs} --cpus {args.cpus}`"]
     if failures:
         lines += ["", "Failures:", ""] + [f"- {failure}" for failure in failures]
     report = "\n".join(lines)
     print(report)
+    if args.json and not args.from_json:
+        pathlib.Path(args.json).write_text(json.dumps({
+            "bench": "L1", "guest": guest_name, "args": vars(args), "commands": commands_shown,
+            "runs": {name: [{"marker_s": m, "poweroff_s": t} for m, t in samples]
+                     for name, samples in results.items()},
+            "failures": failures}, indent=1))
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
+        path = pathlib.Path(args.write)
         text = path.read_text()
         begin, end = "<!-- L1:begin -->", "<!-- L1:end -->"
         section = f"{begin}\n{report}\n{end}"

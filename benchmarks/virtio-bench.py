@@ -480,7 +480,7 @@ def main() -> int:
     ap.add_argument("--write", nargs="?", const=str(REPO / "BENCHMARKS.md"), metavar="FILE")
     ap.add_argument("--json", metavar="FILE", help="also write the parsed results as JSON")
     ap.add_argument("--from-json", metavar="FILE",
-                    help="no runs: report (and --write) the results of an earlier --json (same --runs/--seconds)")
+                    help="no runs: report (and --write) the results of an earlier --json (its --runs, --seconds, ... are in it; for older files, give the same ones)")
     args = ap.parse_args()
     args.only = [b.strip().upper() for b in args.only.split(",") if b.strip()]
     if args.tsc_hz is None:
@@ -498,7 +498,7 @@ def main() -> int:
     for name in args.vmms.split(","):
         for transport in transports if name.strip() == "swiftlet" else ["pci"]:
             v = VMM(name.strip(), binaries[name.strip()], args, transport)
-            if v.resolved():
+            if v.resolved() or args.from_json:
                 vmms.append(v)
             else:
                 log(f"virtio-bench: {v.label} binary {v.binary} not found: skipped")
@@ -509,6 +509,9 @@ def main() -> int:
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         machine, results, commands = saved["machine"], saved["results"], saved["commands"]
+        for k, val in saved.get("args", {}).items():   # the saved run's options, for the report's text
+            if k not in ("only", "write", "json", "from_json"):
+                setattr(args, k, val)
         notes = saved.get("notes", {"P4": [], "P5": [], "Q4": []})
     else:
         machine = core.machine_info(argparse.Namespace(qemu=args.qemu))
@@ -528,7 +531,7 @@ def main() -> int:
         log(f"virtio-bench: wrote {', '.join(sections)} to {args.write}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "results": results, "commands": commands,
-                                               "notes": notes}, indent=1))
+                                               "notes": notes, "args": vars(args)}, indent=1))
     failed = any(r.get("failures") for r in results.values())
     return 1 if failed or not vmms else 0
 

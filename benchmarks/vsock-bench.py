@@ -18,12 +18,13 @@ code is emulated (kvm_pvm) V2 measures mostly the emulated guest kernel.
 QEMU's vhost-vsock needs /dev/vhost-vsock (the vhost_vsock module); the
 script says so and skips it when it is absent.
 
-    python3 benchmarks/vsock-bench.py --runs 5 [--only V1,V2] [--bytes-mib 64]
+    python3 benchmarks/vsock-bench.py --runs 5 [--only V1,V2] [--bytes-mib 64] [--json FILE]
 
 Run it under `flock /work/helpers/linux-boot.lock` on a shared host (V2
 boots Linux). Prints a Markdown section for BENCHMARKS.md.
 """
 import argparse
+import json
 import os
 import re
 import shlex
@@ -241,7 +242,13 @@ def main():
     parser.add_argument("--linux-mib", type=int, default=8, help="V2 bytes per direction (MiB)")
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--linux-pings", type=int, default=200)
+    parser.add_argument("--swiftlet", default=None, help="swiftlet-vmm for V1 (default .build/release/swiftlet-vmm)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write every run's values here")
     args = parser.parse_args()
+    if args.swiftlet:
+        global VMM
+        VMM = os.path.abspath(args.swiftlet)
+    saved = {"args": vars(args), "loadavg_start": list(os.getloadavg()), "runs": {}, "commands": {}}
     only = set(args.only.split(","))
     rows, commands = [], []
     load = os.getloadavg()
@@ -252,6 +259,7 @@ def main():
             print(f"V1 run {i + 1}: {values}", file=sys.stderr)
             runs.append(values)
         rows.append(summarize("V1 Swiftlet, kit driver", runs))
+        saved["runs"]["V1"], saved["commands"]["V1"] = runs, command
         commands.append(f"    # V1 (host side: sink, source and echo listeners in vsock-bench.py)\n    {command}")
     if "V2" in only:
         runs = []
@@ -260,6 +268,7 @@ def main():
             print(f"V2 run {i + 1}: {values}", file=sys.stderr)
             runs.append(values)
         rows.append(summarize("V2 Swiftlet, Linux guest + swiftlet-vsock", runs))
+        saved["runs"]["V2"], saved["commands"]["V2"] = runs, command
         commands.append(f"    # V2\n    {command}")
     vhost = os.path.exists("/dev/vhost-vsock")
     print("| | guest→host Mbit/s | host→guest Mbit/s | round trip µs (median) | round trip µs (min) |")
@@ -274,6 +283,10 @@ def main():
     print("\n".join(commands))
     print(f"\nProduced by: `python3 benchmarks/vsock-bench.py --runs {args.runs} --only {args.only} "
           f"--bytes-mib {args.bytes_mib} --linux-mib {args.linux_mib}`")
+    if args.json:
+        saved["vhost_vsock"] = vhost
+        with open(args.json, "w") as f:
+            json.dump(saved, f, indent=1)
 
 
 if __name__ == "__main__":
