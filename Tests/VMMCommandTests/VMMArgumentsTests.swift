@@ -62,7 +62,7 @@ struct VMMArgumentsTests {
         (["--kernel", "k", "--memory", "lots"], "invalid memory 'lots': expected a size such as 512M, 2G or 1024 (MiB)"),
         (["--kernel", "k", "--serial", "tty"], "invalid serial 'tty': expected stdio, file:PATH or none"),
         (["--kernel", "k", "--on-reboot", "maybe"], "invalid on-reboot 'maybe': expected restart or exit"),
-        (["--kernel", "k", "--cpu", "2"], "invalid option '--cpu': expected one of --kernel, --initrd, --cmdline, --cpus, --memory, --serial, --console, --disk, --on-reboot, --config, --kvm-device, --api-sock, --id, --log-path, --level, --module, --metrics-path, --config-file, --seccomp-filter, --http-api-max-payload-size, --start-time-us, --start-time-cpu-us, --parent-cpu-time-us, --vsock, --net, --transport, --metadata, --mmds-size-limit, --rng, --no-api, --no-seccomp, --boot-timer, --show-level, --show-log-origin, --enable-pci"),
+        (["--kernel", "k", "--cpu", "2"], "invalid option '--cpu': expected one of --kernel, --initrd, --cmdline, --cpus, --memory, --serial, --console, --disk, --on-reboot, --config, --kvm-device, --trace-exits, --api-sock, --id, --log-path, --level, --module, --metrics-path, --config-file, --seccomp-filter, --http-api-max-payload-size, --start-time-us, --start-time-cpu-us, --parent-cpu-time-us, --vsock, --net, --transport, --metadata, --mmds-size-limit, --rng, --no-api, --no-seccomp, --boot-timer, --show-level, --show-log-origin, --enable-pci"),
         (["--kernel"], "invalid option '--kernel': expected a value after it"),
         (["--kernel", "a", "--kernel", "b"], "invalid option '--kernel': expected at most once"),
         (["vmlinux"], "invalid argument 'vmlinux': expected an option such as --kernel PATH (see --help)"),
