@@ -34,6 +34,37 @@ public final class Tap: TapBackend {
     /// IFNAMSIZ: interface names are at most 15 bytes and a NUL.
     static let interfaceNameSize = 16
 
+    /// Attaches `count` queues (1...16) to the tap `name`: one as `init(name:)`
+    /// does, several with IFF_MULTI_QUEUE (the tap must be multi-queue or
+    /// not exist yet).
+    public static func open(name: String, queues count: Int) throws(VirtioNetError) -> [Tap] {
+        guard count > 1 else { return [try Tap(name: name)] }
+        var queues: [Tap] = []
+        for index in 0..<count {
+            queues.append(try Tap(name: name, multiQueue: true, label: "\(name) queue \(index)"))
+        }
+        return queues
+    }
+
+    /// One queue of a multi-queue tap.
+    init(name: String, multiQueue: Bool, label: String) throws(VirtioNetError) {
+        try Self.validate(name: name)
+        self.label = label
+        do {
+            file = try OwnedFileDescriptor.open("/dev/net/tun", flags: O_RDWR | O_NONBLOCK)
+        } catch {
+            throw .openTap(tap: name, step: "open /dev/net/tun", cause: error)
+        }
+        do {
+            _ = try systemCall("ioctl TUNSETIFF \(name) IFF_MULTI_QUEUE") {
+                ckvm_tun_set_interface(file.rawValue, name, Self.flags | Self.multiQueueFlag)
+            }
+        } catch {
+            throw .openTap(tap: name, step: "TUNSETIFF IFF_MULTI_QUEUE (\(label))", cause: error)
+        }
+        try setHeaderSize()
+    }
+
     /// Attaches to the tap `name`, creating it if it does not exist (which
     /// needs CAP_NET_ADMIN; an existing tap made for this user does not).
     public init(name: String) throws(VirtioNetError) {
