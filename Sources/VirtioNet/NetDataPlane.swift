@@ -164,7 +164,17 @@ struct NetDataPlane {
     mutating func handle(_ ready: [Int]) {
         netCounters.wakeups.add(1, ordering: .relaxed)
         guard !broken else { return }
-        if suspended || !isActive {
+        let active = isActive
+        if pairs != nil, !suspended {
+            // An inactive pair's tap queue is detached: the host steers its
+            // flows to the enabled queues rather than to one nobody reads.
+            do {
+                try tap.setQueueAttached(active)
+            } catch {
+                netCounters.receiveErrors.add(1, ordering: .relaxed)
+            }
+        }
+        if suspended || !active {
             // An inactive pair (beyond what the driver enabled) serves
             // nothing and leaves its tap queue unread until enabled again.
             if !suspended { setTapWatched(false) }

@@ -1,6 +1,7 @@
 import CKVM
 import Glibc
 import HostSystem
+import Synchronization
 
 /// What the device needs from its host side: a non-blocking descriptor that
 /// carries one Ethernet frame per read/write, each behind a 12-byte
@@ -19,6 +20,14 @@ public protocol TapBackend: AnyObject, Sendable {
     func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int
     /// writev of one frame (header first).
     func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int
+    /// Attaches or detaches this queue of a multi-queue tap, so the host
+    /// steers no frames to a queue pair the driver has not enabled.
+    /// Idempotent; a no-op for single-queue taps.
+    func setQueueAttached(_ attached: Bool) throws(VirtioNetError)
+}
+
+extension TapBackend {
+    public func setQueueAttached(_ attached: Bool) throws(VirtioNetError) {}
 }
 
 /// A Linux tap interface opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a
@@ -26,6 +35,10 @@ public protocol TapBackend: AnyObject, Sendable {
 public final class Tap: TapBackend {
     public let file: OwnedFileDescriptor
     public let label: String
+    /// Opened as one queue of several (`open(name:queues:)`).
+    let isQueue: Bool
+    /// Whether this queue is attached (TUNSETQUEUE), when `isQueue`.
+    let attached = Atomic<Bool>(true)
     public var descriptor: Int32 { file.rawValue }
 
     static let flags = Int16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
@@ -50,6 +63,7 @@ public final class Tap: TapBackend {
     init(name: String, multiQueue: Bool, label: String) throws(VirtioNetError) {
         try Self.validate(name: name)
         self.label = label
+        isQueue = multiQueue
         do {
             file = try OwnedFileDescriptor.open("/dev/net/tun", flags: O_RDWR | O_NONBLOCK)
         } catch {
@@ -70,6 +84,7 @@ public final class Tap: TapBackend {
     public init(name: String) throws(VirtioNetError) {
         try Self.validate(name: name)
         label = name
+        isQueue = false
         do {
             file = try OwnedFileDescriptor.open("/dev/net/tun", flags: O_RDWR | O_NONBLOCK)
         } catch {
@@ -99,6 +114,7 @@ public final class Tap: TapBackend {
     /// been attached with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR.
     public init(adopting descriptor: Int32) throws(VirtioNetError) {
         let label = "tap-fd=\(descriptor)"
+        isQueue = false
         let duplicate: Int32
         do {
             duplicate = try systemCall("fcntl F_DUPFD_CLOEXEC") { fcntl(descriptor, F_DUPFD_CLOEXEC, 3) }
@@ -157,6 +173,21 @@ public final class Tap: TapBackend {
         } catch {
             throw .configureTap(tap: label, step: "TUNSETOFFLOAD 0x\(String(flags, radix: 16))", cause: error)
         }
+    }
+
+    /// IFF_ATTACH_QUEUE and IFF_DETACH_QUEUE (linux/if_tun.h).
+    static let attachQueueFlag: Int16 = 0x0200, detachQueueFlag: Int16 = 0x0400
+
+    public func setQueueAttached(_ attached: Bool) throws(VirtioNetError) {
+        guard isQueue, self.attached.load(ordering: .relaxed) != attached else { return }
+        do {
+            _ = try systemCall("ioctl TUNSETQUEUE \(label)") {
+                ckvm_tun_set_queue(file.rawValue, attached ? Self.attachQueueFlag : Self.detachQueueFlag)
+            }
+        } catch {
+            throw .configureTap(tap: label, step: attached ? "TUNSETQUEUE IFF_ATTACH_QUEUE" : "TUNSETQUEUE IFF_DETACH_QUEUE", cause: error)
+        }
+        self.attached.store(attached, ordering: .relaxed)
     }
 
     public func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int {

@@ -149,6 +149,11 @@ public final class VirtioNetDevice: VirtioDevice {
                 started.append(worker)
             }
             active = started
+            // The other pairs' workers look at once, and detach their tap
+            // queues until the driver enables their pairs.
+            if pairs != nil {
+                for worker in started.dropFirst() { try? worker.updateEvent?.signal() }
+            }
             return nil
         }
         if let failure { throw failure }

@@ -1,16 +1,34 @@
 import Glibc
 import GuestMemory
 import HostSystem
+import Synchronization
 import Testing
 import Virtio
 import VirtioTestSupport
 @testable import VirtioNet
 
+/// A socket-pair tap that records TUNSETQUEUE attach/detach requests.
+final class QueueRecordingTap: TapBackend {
+    let inner: SocketPairTap
+    let attachments = Mutex<[Bool]>([])
+    init() throws { inner = try SocketPairTap() }
+    var descriptor: Int32 { inner.descriptor }
+    var label: String { inner.label }
+    func setOffloads(_ flags: UInt32) throws(VirtioNetError) { try inner.setOffloads(flags) }
+    func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int { try inner.receive(into: vectors) }
+    func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int { try inner.send(vectors) }
+    func setQueueAttached(_ attached: Bool) throws(VirtioNetError) {
+        attachments.withLock { if $0.last != attached { $0.append(attached) } }
+    }
+    func inject(_ frame: [UInt8]) throws { try inner.inject(frame) }
+    func nextSent(timeout: Int = 1000) -> [UInt8]? { inner.nextSent(timeout: timeout) }
+}
+
 /// A multiqueue device: `pairs` socket-pair taps, driver-side RX and TX
 /// queues per pair, and the control queue at index 2 × pairs.
 struct MultiqueueBench {
     let memory: GuestMemory
-    let taps: [SocketPairTap]
+    let taps: [QueueRecordingTap]
     let receive: [DriverQueue]
     let transmit: [DriverQueue]
     let control: DriverQueue
@@ -21,7 +39,7 @@ struct MultiqueueBench {
     init(pairs: Int, mtu: UInt16? = nil) throws {
         let memory = try GuestMemory(ranges: [(GuestAddress(0), 32 << 20)])
         self.memory = memory
-        taps = try (0..<pairs).map { _ in try SocketPairTap() }
+        taps = try (0..<pairs).map { _ in try QueueRecordingTap() }
         receive = (0..<pairs).map { DriverQueue(memory: memory, size: 16, base: GuestAddress(UInt64(2 * $0 + 1) << 20)) }
         transmit = (0..<pairs).map { DriverQueue(memory: memory, size: 16, base: GuestAddress(UInt64(2 * $0 + 2) << 20)) }
         control = DriverQueue(memory: memory, size: 16, base: GuestAddress(UInt64(2 * pairs + 1) << 20))
@@ -127,6 +145,9 @@ struct VirtioNetMultiqueueTests {
         let sent = bench.taps[1].nextSent()
         #expect(sent.map { $0 == VirtioNetHeader().bytes + frame } == true, "pair 1's frame leaves on tap queue 1")
         #expect(bench.interrupt.errors.isEmpty, "\(bench.interrupt.errors)")
+        // Pair 1's tap queue was detached until enabled, then attached; pair 0's stays.
+        #expect(bench.taps[1].attachments.withLock { $0 } == [false, true], "\(bench.taps[1].attachments.withLock { $0 })")
+        #expect(bench.taps[0].attachments.withLock { $0 }.allSatisfy { $0 }, "\(bench.taps[0].attachments.withLock { $0 })")
     }
 
     @Test("VQ_PAIRS_SET with 0 or more pairs than offered is answered VIRTIO_NET_ERR and changes nothing")
