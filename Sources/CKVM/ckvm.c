@@ -49,6 +49,13 @@ int ckvm_tun_set_interface(int fd, const char *name, short flags) {
     return ioctl(fd, TUNSETIFF, &request);
 }
 
+int ckvm_tun_set_queue(int fd, short flags) {
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    request.ifr_flags = flags;
+    return ioctl(fd, TUNSETQUEUE, &request);
+}
+
 int ckvm_tun_get_interface(int fd, char *name, short *flags) {
     struct ifreq request;
     memset(&request, 0, sizeof(request));

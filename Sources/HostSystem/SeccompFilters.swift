@@ -58,12 +58,14 @@ public enum SeccompFilters {
         /// Starts the device workers (see ThreadLauncher).
         case launcher
 
-        /// "api", "vcpu0", "blk-<drive>", "virtio-net", ..., "serial-out";
-        /// any other name is the main thread's kind.
+        /// "api", "vcpu0", "blk-<drive>", "virtio-net" (or "virtio-net-q<N>",
+        /// a multiqueue device's pair N), ..., "serial-out"; any other name is
+        /// the main thread's kind.
         public init(threadName name: String) {
             if name == "api" { self = .api }
             else if name.hasPrefix("vcpu") { self = .vcpu }
             else if name.hasPrefix("blk-") { self = .block }
+            else if name.hasPrefix("virtio-net-q") { self = .net }
             else if let kind = ThreadKind(rawValue: name), kind != .main { self = kind }
             else { self = .main }
         }

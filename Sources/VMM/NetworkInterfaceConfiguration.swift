@@ -29,21 +29,31 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     /// rx_rate_limiter and tx_rate_limiter).
     public var receiveRateLimiter = RateLimiterConfiguration.unlimited
     public var transmitRateLimiter = RateLimiterConfiguration.unlimited
+    /// Queue pairs (1...16): more than one offers VIRTIO_NET_F_MQ with one
+    /// tap queue (IFF_MULTI_QUEUE) and one worker thread per pair.
+    public var queues = 1
+    /// Offered to the guest with VIRTIO_NET_F_MTU (68...65535); nil offers none.
+    public var mtu: UInt16?
 
-    public init(id: String, tap: Tap, mac: MACAddress? = nil, offloads: Bool = true) {
+    /// The valid `queues=` values.
+    public static let queueRange = 1...VirtioNetDevice.maximumQueuePairs
+
+    public init(id: String, tap: Tap, mac: MACAddress? = nil, offloads: Bool = true, queues: Int = 1, mtu: UInt16? = nil) {
         self.id = id
         self.tap = tap
         self.mac = mac
         self.offloads = offloads
+        self.queues = queues
+        self.mtu = mtu
     }
 
     /// The MAC the guest sees.
     public var effectiveMAC: MACAddress { mac ?? .derived(from: "\(id)/\(tap)") }
 
     /// What `--net` takes, for help and error messages.
-    public static let syntax = "tap=NAME or tap-fd=N, then optionally ,mac=52:54:00:12:34:56 ,id=ID ,offloads=on|off"
+    public static let syntax = "tap=NAME or tap-fd=N, then optionally ,mac=52:54:00:12:34:56 ,id=ID ,offloads=on|off ,queues=1-16 (tap= only) ,mtu=68-65535"
 
-    /// Parses `tap=NAME[,mac=MAC][,id=ID][,offloads=on|off]` or
+    /// Parses `tap=NAME[,mac=MAC][,id=ID][,offloads=on|off][,queues=N][,mtu=N]` or
     /// `tap-fd=N[,...]`; `defaultID` names the interface when `id` is absent.
     public static func parse(_ text: String, defaultID: String) throws(VMMError) -> NetworkInterfaceConfiguration {
         var fields: [String: String] = [:]
@@ -52,8 +62,8 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
                 throw .invalidConfiguration(field: "net", value: text, expected: "key=value pairs: \(syntax)")
             }
             let key = String(part[..<equals]), value = String(part[part.index(after: equals)...])
-            guard ["tap", "tap-fd", "mac", "id", "offloads"].contains(key) else {
-                throw .invalidConfiguration(field: "net", value: key, expected: "one of tap, tap-fd, mac, id, offloads (\(syntax))")
+            guard ["tap", "tap-fd", "mac", "id", "offloads", "queues", "mtu"].contains(key) else {
+                throw .invalidConfiguration(field: "net", value: key, expected: "one of tap, tap-fd, mac, id, offloads, queues, mtu (\(syntax))")
             }
             guard fields[key] == nil else {
                 throw .invalidConfiguration(field: "net", value: text, expected: "'\(key)' at most once")
@@ -69,8 +79,31 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
             }
         }
         try validateCommandLine(id: fields["id"] ?? defaultID)
-        return try make(id: fields["id"] ?? defaultID, tapName: fields["tap"], tapDescriptor: fields["tap-fd"],
-                        mac: fields["mac"], offloads: offloads)
+        var queues = 1
+        if let value = fields["queues"] {
+            guard let count = Int(value), queueRange.contains(count) else {
+                throw .invalidConfiguration(field: "net queues", value: value,
+                                            expected: "a number of queue pairs from \(queueRange.lowerBound) to \(queueRange.upperBound)")
+            }
+            guard fields["tap-fd"] == nil || count == 1 else {
+                throw .invalidConfiguration(field: "net queues", value: value,
+                                            expected: "1 with tap-fd= (one descriptor is one tap queue; use tap=NAME for several)")
+            }
+            queues = count
+        }
+        var mtu: UInt16?
+        if let value = fields["mtu"] {
+            guard let number = Int(value), VirtioNetDevice.mtuRange.contains(number) else {
+                throw .invalidConfiguration(field: "net mtu", value: value,
+                                            expected: "an MTU from \(VirtioNetDevice.mtuRange.lowerBound) to \(VirtioNetDevice.mtuRange.upperBound)")
+            }
+            mtu = UInt16(clamping: number)
+        }
+        var interface = try make(id: fields["id"] ?? defaultID, tapName: fields["tap"], tapDescriptor: fields["tap-fd"],
+                                 mac: fields["mac"], offloads: offloads)
+        interface.queues = queues
+        interface.mtu = mtu
+        return interface
     }
 
     /// Builds one from its parts (the `--net` fields or a config-file object),
@@ -144,15 +177,23 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     /// so a tap that cannot be opened stops the VMM before the guest starts.
     /// With `metadata` listing this interface, MMDS sits in front of the tap.
     public func makeDevice(metadata: MetadataServiceAttachment? = nil) throws(VMMError) -> VirtioNetDevice {
-        let backend: VirtioNet.Tap
+        let backends: [VirtioNet.Tap]
         do {
-            backend = try OpenTaps.tap(tap)
+            backends = try OpenTaps.taps(tap, queues: queues)
         } catch {
             throw .network(id: id, cause: error)
         }
-        let tap = try metadata?.backend(for: id, tap: backend) ?? backend
+        guard let first = backends.first else {
+            throw .invalidConfiguration(field: "net queues", value: "\(queues)", expected: "at least one tap queue")
+        }
+        if backends.count > 1, metadata?.interfaceIDs.contains(id) == true {
+            // MMDS answers on one tap queue; frames on the others would pass it by.
+            throw .invalidConfiguration(field: "net queues", value: "\(queues)", expected: "1 on an interface MMDS uses (\(id))")
+        }
+        let tap = try metadata?.backend(for: id, tap: first) ?? first
         return VirtioNetDevice(tap: tap, mac: effectiveMAC, offloads: offloads,
-                               receiveRateLimiter: receiveRateLimiter, transmitRateLimiter: transmitRateLimiter)
+                               receiveRateLimiter: receiveRateLimiter, transmitRateLimiter: transmitRateLimiter,
+                               additionalQueues: Array(backends.dropFirst()), mtu: mtu)
     }
 }
 
@@ -161,18 +202,23 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
 /// IFF_MULTI_QUEUE takes one attachment, so reopening it while the previous
 /// VM's device still holds it would fail with EBUSY. The previous device was
 /// reset at shutdown, so it no longer touches the tap.
+///
+/// A multi-queue device keeps all its tap queues here; asked for another
+/// number of queues than are open, the open ones are closed and the tap
+/// attached afresh (their device was reset, so nothing uses them).
 enum OpenTaps {
-    static let taps = Mutex<[NetworkInterfaceConfiguration.Tap: VirtioNet.Tap]>([:])
+    static let open = Mutex<[NetworkInterfaceConfiguration.Tap: [VirtioNet.Tap]]>([:])
 
-    static func tap(_ tap: NetworkInterfaceConfiguration.Tap) throws(VirtioNetError) -> VirtioNet.Tap {
-        try taps.withLock { (taps) throws(VirtioNetError) -> VirtioNet.Tap in
-            if let open = taps[tap] { return open }
-            let opened: VirtioNet.Tap
+    static func taps(_ tap: NetworkInterfaceConfiguration.Tap, queues: Int) throws(VirtioNetError) -> [VirtioNet.Tap] {
+        try open.withLock { (open) throws(VirtioNetError) -> [VirtioNet.Tap] in
+            if let taps = open[tap], taps.count == queues { return taps }
+            open[tap] = nil
+            let opened: [VirtioNet.Tap]
             switch tap {
-            case let .name(name): opened = try VirtioNet.Tap(name: name)
-            case let .descriptor(descriptor): opened = try VirtioNet.Tap(adopting: descriptor)
+            case let .name(name): opened = try VirtioNet.Tap.open(name: name, queues: queues)
+            case let .descriptor(descriptor): opened = [try VirtioNet.Tap(adopting: descriptor)]
             }
-            taps[tap] = opened
+            open[tap] = opened
             return opened
         }
     }

@@ -13,6 +13,22 @@ enum NetToken {
     static let receiveTimer = 3
     static let transmitTimer = 4
     static let update = 5
+    /// The control queue's notification (pair 0's worker, multiqueue only).
+    static let control = 6
+}
+
+/// The queue pairs of one activation, shared by their workers: how many the
+/// driver enabled (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET; 1 until it says), and
+/// what wakes each pair's worker when that changes.
+final class NetPairs: Sendable {
+    let maximum: Int
+    let active = Atomic<Int>(1)
+    let wakers: [EventFD]
+
+    init(maximum: Int, wakers: [EventFD]) {
+        self.maximum = maximum
+        self.wakers = wakers
+    }
 }
 
 /// The device's queues and tap, served from one worker thread: TX chains are
@@ -29,8 +45,16 @@ enum NetToken {
 /// buffer) and the tap leaves the epoll set, so further frames wait in the
 /// kernel's tap queue until the timer fires.
 struct NetDataPlane {
-    static let receiveQueueIndex = 0
-    static let transmitQueueIndex = 1
+    /// Pair i receives on queue 2i and transmits on queue 2i+1 (5.1.2).
+    let pair: Int
+    let receiveQueueIndex: Int
+    let transmitQueueIndex: Int
+    /// Shared with the other pairs' workers; nil with a single pair.
+    let pairs: NetPairs?
+    /// The control queue (pair 0 of a multiqueue device only).
+    var controlQueue: Virtqueue?
+    let controlNotification: EventFD?
+    let controlQueueIndex: Int?
     /// Frames received per wake-up before TX gets a turn (the tap stays
     /// readable, so epoll brings the worker straight back).
     static let receiveBudget = 64
@@ -86,7 +110,15 @@ struct NetDataPlane {
 
     init(activation: VirtioActivation, tap: any TapBackend, counters: VirtioCounters, netCounters: VirtioNetCounters, link: LinkStatus,
          receiveLimiter: RateLimiter = RateLimiter(.unlimited, timer: nil), transmitLimiter: RateLimiter = RateLimiter(.unlimited, timer: nil),
-         settings: NetLimiterSettings? = nil) {
+         settings: NetLimiterSettings? = nil, pair: Int = 0, pairs: NetPairs? = nil, controlQueueIndex: Int? = nil) {
+        self.pair = pair
+        self.pairs = pairs
+        receiveQueueIndex = 2 * pair
+        transmitQueueIndex = 2 * pair + 1
+        let control = controlQueueIndex.flatMap { index in activation.queues.first { $0.index == index } }
+        self.controlQueueIndex = controlQueueIndex
+        controlQueue = control?.queue
+        controlNotification = control?.notification
         self.receiveLimiter = receiveLimiter
         self.transmitLimiter = transmitLimiter
         self.settings = settings
@@ -97,8 +129,8 @@ struct NetDataPlane {
         self.counters = counters
         self.netCounters = netCounters
         self.link = link
-        let receive = activation.queues.first { $0.index == Self.receiveQueueIndex }
-        let transmit = activation.queues.first { $0.index == Self.transmitQueueIndex }
+        let receive = activation.queues.first { $0.index == 2 * pair }
+        let transmit = activation.queues.first { $0.index == 2 * pair + 1 }
         receiveQueue = receive?.queue
         transmitQueue = transmit?.queue
         receiveNotification = receive?.notification
@@ -115,8 +147,16 @@ struct NetDataPlane {
     var pollDescriptors: [Int32] {
         let idle = placeholder?.descriptor.rawValue ?? -1
         func polled(_ descriptor: Int32) -> Int32 { descriptor >= 0 ? descriptor : idle }
-        return [receiveNotification?.descriptor.rawValue ?? idle, transmitNotification?.descriptor.rawValue ?? idle, tap.descriptor,
-                polled(receiveLimiter.descriptor), polled(transmitLimiter.descriptor), updateEvent?.descriptor.rawValue ?? idle]
+        var descriptors = [receiveNotification?.descriptor.rawValue ?? idle, transmitNotification?.descriptor.rawValue ?? idle, tap.descriptor,
+                           polled(receiveLimiter.descriptor), polled(transmitLimiter.descriptor), updateEvent?.descriptor.rawValue ?? idle]
+        if let controlNotification { descriptors.append(controlNotification.descriptor.rawValue) }
+        return descriptors
+    }
+
+    /// Whether the driver enabled this pair (pair 0 always is).
+    var isActive: Bool {
+        guard let pairs else { return true }
+        return pair < pairs.active.load(ordering: .acquiring)
     }
 
     // MARK: Events
@@ -124,7 +164,20 @@ struct NetDataPlane {
     mutating func handle(_ ready: [Int]) {
         netCounters.wakeups.add(1, ordering: .relaxed)
         guard !broken else { return }
-        if suspended {
+        let active = isActive
+        if pairs != nil, !suspended {
+            // An inactive pair's tap queue is detached: the host steers its
+            // flows to the enabled queues rather than to one nobody reads.
+            do {
+                try tap.setQueueAttached(active)
+            } catch {
+                netCounters.receiveErrors.add(1, ordering: .relaxed)
+            }
+        }
+        if suspended || !active {
+            // An inactive pair (beyond what the driver enabled) serves
+            // nothing and leaves its tap queue unread until enabled again.
+            if !suspended { setTapWatched(false) }
             // Take what woke us, or the level-triggered poll would spin; serve nothing.
             for token in ready {
                 switch token {
@@ -133,6 +186,7 @@ struct NetDataPlane {
                 case NetToken.receiveTimer: _ = receiveLimiter.timerFired()
                 case NetToken.transmitTimer: _ = transmitLimiter.timerFired()
                 case NetToken.update: _ = try? updateEvent?.consume()
+                case NetToken.control: consume(controlNotification)
                 default: break
                 }
             }
@@ -159,6 +213,9 @@ struct NetDataPlane {
                     applyUpdates()
                     try processTransmit()
                     receive = true
+                case NetToken.control:
+                    consume(controlNotification)
+                    try processControl()
                 default:
                     break
                 }
@@ -188,13 +245,18 @@ struct NetDataPlane {
 
     /// The driver broke a queue: report it once and stop serving until reset.
     mutating func markBroken(_ error: VirtqueueError) {
+        markBroken(reason: "\(error)")
+    }
+
+    mutating func markBroken(reason: String) {
         broken = true
-        interrupt.reportDeviceError("virtio-net (\(tap.label)): \(error)")
+        interrupt.reportDeviceError("virtio-net (\(tap.label)): \(reason)")
         deferredTransmit = nil
         if let worker {
             let descriptors = pollDescriptors
-            for index in [NetToken.receiveNotification, NetToken.transmitNotification, NetToken.receiveTimer, NetToken.transmitTimer, NetToken.update]
-            where descriptors[index] >= 0 {
+            for index in [NetToken.receiveNotification, NetToken.transmitNotification, NetToken.receiveTimer, NetToken.transmitTimer, NetToken.update,
+                          NetToken.control]
+            where index < descriptors.count && descriptors[index] >= 0 {
                 worker.setWatching(descriptors[index], index: index, false)
             }
             if tapWatched { worker.setWatching(tap.descriptor, index: NetToken.tap, false) }
@@ -233,7 +295,7 @@ struct NetDataPlane {
                 counters.requests.add(1, ordering: .relaxed)
             }
             // One interrupt decision per drained batch.
-            if try queue.shouldInterrupt() { signal(queue: Self.transmitQueueIndex) }
+            if try queue.shouldInterrupt() { signal(queue: transmitQueueIndex) }
             // Throttled: notifications stay off; the limiter's timer brings us back.
             if throttled { break }
             if try !queue.enableNotifications() { break }
@@ -329,7 +391,7 @@ struct NetDataPlane {
                 break receiving
             }
         }
-        if delivered > 0, try queue.shouldInterrupt() { signal(queue: Self.receiveQueueIndex) }
+        if delivered > 0, try queue.shouldInterrupt() { signal(queue: receiveQueueIndex) }
         switch outcome {
         case .outOfBuffers:
             if tapWatched { netCounters.receiveStalls.add(1, ordering: .relaxed) }

@@ -1,6 +1,7 @@
 import CKVM
 import Glibc
 import HostSystem
+import Synchronization
 
 /// What the device needs from its host side: a non-blocking descriptor that
 /// carries one Ethernet frame per read/write, each behind a 12-byte
@@ -19,6 +20,14 @@ public protocol TapBackend: AnyObject, Sendable {
     func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int
     /// writev of one frame (header first).
     func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int
+    /// Attaches or detaches this queue of a multi-queue tap, so the host
+    /// steers no frames to a queue pair the driver has not enabled.
+    /// Idempotent; a no-op for single-queue taps.
+    func setQueueAttached(_ attached: Bool) throws(VirtioNetError)
+}
+
+extension TapBackend {
+    public func setQueueAttached(_ attached: Bool) throws(VirtioNetError) {}
 }
 
 /// A Linux tap interface opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a
@@ -26,6 +35,10 @@ public protocol TapBackend: AnyObject, Sendable {
 public final class Tap: TapBackend {
     public let file: OwnedFileDescriptor
     public let label: String
+    /// Opened as one queue of several (`open(name:queues:)`).
+    let isQueue: Bool
+    /// Whether this queue is attached (TUNSETQUEUE), when `isQueue`.
+    let attached = Atomic<Bool>(true)
     public var descriptor: Int32 { file.rawValue }
 
     static let flags = Int16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
@@ -34,11 +47,44 @@ public final class Tap: TapBackend {
     /// IFNAMSIZ: interface names are at most 15 bytes and a NUL.
     static let interfaceNameSize = 16
 
+    /// Attaches `count` queues (1...16) to the tap `name`: one as `init(name:)`
+    /// does, several with IFF_MULTI_QUEUE (the tap must be multi-queue or
+    /// not exist yet).
+    public static func open(name: String, queues count: Int) throws(VirtioNetError) -> [Tap] {
+        guard count > 1 else { return [try Tap(name: name)] }
+        var queues: [Tap] = []
+        for index in 0..<count {
+            queues.append(try Tap(name: name, multiQueue: true, label: "\(name) queue \(index)"))
+        }
+        return queues
+    }
+
+    /// One queue of a multi-queue tap.
+    init(name: String, multiQueue: Bool, label: String) throws(VirtioNetError) {
+        try Self.validate(name: name)
+        self.label = label
+        isQueue = multiQueue
+        do {
+            file = try OwnedFileDescriptor.open("/dev/net/tun", flags: O_RDWR | O_NONBLOCK)
+        } catch {
+            throw .openTap(tap: name, step: "open /dev/net/tun", cause: error)
+        }
+        do {
+            _ = try systemCall("ioctl TUNSETIFF \(name) IFF_MULTI_QUEUE") {
+                ckvm_tun_set_interface(file.rawValue, name, Self.flags | Self.multiQueueFlag)
+            }
+        } catch {
+            throw .openTap(tap: name, step: "TUNSETIFF IFF_MULTI_QUEUE (\(label))", cause: error)
+        }
+        try setHeaderSize()
+    }
+
     /// Attaches to the tap `name`, creating it if it does not exist (which
     /// needs CAP_NET_ADMIN; an existing tap made for this user does not).
     public init(name: String) throws(VirtioNetError) {
         try Self.validate(name: name)
         label = name
+        isQueue = false
         do {
             file = try OwnedFileDescriptor.open("/dev/net/tun", flags: O_RDWR | O_NONBLOCK)
         } catch {
@@ -68,6 +114,7 @@ public final class Tap: TapBackend {
     /// been attached with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR.
     public init(adopting descriptor: Int32) throws(VirtioNetError) {
         let label = "tap-fd=\(descriptor)"
+        isQueue = false
         let duplicate: Int32
         do {
             duplicate = try systemCall("fcntl F_DUPFD_CLOEXEC") { fcntl(descriptor, F_DUPFD_CLOEXEC, 3) }
@@ -126,6 +173,21 @@ public final class Tap: TapBackend {
         } catch {
             throw .configureTap(tap: label, step: "TUNSETOFFLOAD 0x\(String(flags, radix: 16))", cause: error)
         }
+    }
+
+    /// IFF_ATTACH_QUEUE and IFF_DETACH_QUEUE (linux/if_tun.h).
+    static let attachQueueFlag: Int16 = 0x0200, detachQueueFlag: Int16 = 0x0400
+
+    public func setQueueAttached(_ attached: Bool) throws(VirtioNetError) {
+        guard isQueue, self.attached.load(ordering: .relaxed) != attached else { return }
+        do {
+            _ = try systemCall("ioctl TUNSETQUEUE \(label)") {
+                ckvm_tun_set_queue(file.rawValue, attached ? Self.attachQueueFlag : Self.detachQueueFlag)
+            }
+        } catch {
+            throw .configureTap(tap: label, step: attached ? "TUNSETQUEUE IFF_ATTACH_QUEUE" : "TUNSETQUEUE IFF_DETACH_QUEUE", cause: error)
+        }
+        self.attached.store(attached, ordering: .relaxed)
     }
 
     public func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int {

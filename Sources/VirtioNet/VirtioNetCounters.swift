@@ -25,6 +25,11 @@ public final class VirtioNetCounters: Sendable {
     /// Times the TX rate limiter held a chain back (or left a notification unserved).
     public let transmitThrottled = Atomic<UInt64>(0)
 
+    /// Control requests answered VIRTIO_NET_ERR (unknown class or command, pairs out of range).
+    public let controlRefused = Atomic<UInt64>(0)
+    /// Control chains without a header or room for the ack (the queue breaks).
+    public let controlMalformed = Atomic<UInt64>(0)
+
     public init() {}
 
     public var snapshot: [(name: String, value: UInt64)] {
@@ -38,6 +43,8 @@ public final class VirtioNetCounters: Sendable {
          ("receive_errors", receiveErrors.load(ordering: .relaxed)),
          ("wakeups", wakeups.load(ordering: .relaxed)),
          ("receive_throttled", receiveThrottled.load(ordering: .relaxed)),
-         ("transmit_throttled", transmitThrottled.load(ordering: .relaxed))]
+         ("transmit_throttled", transmitThrottled.load(ordering: .relaxed)),
+         ("control_refused", controlRefused.load(ordering: .relaxed)),
+         ("control_malformed", controlMalformed.load(ordering: .relaxed))]
     }
 }

@@ -18,11 +18,11 @@ extension NetDataPlane {
         var states: [Int: VirtqueueState] = [:]
         if var walk = receiveQueue?.walkState {
             walk.nextAvailable &-= UInt16(truncatingIfNeeded: spare.count)
-            states[Self.receiveQueueIndex] = walk
+            states[receiveQueueIndex] = walk
         }
         if var walk = transmitQueue?.walkState {
             if deferredTransmit != nil { walk.nextAvailable &-= 1 }
-            states[Self.transmitQueueIndex] = walk
+            states[transmitQueueIndex] = walk
         }
         return states
     }
@@ -58,18 +58,32 @@ public struct NetSnapshotState: Sendable, Equatable {
 }
 
 extension VirtioNetDevice {
+    /// A device with several queue pairs is refused (its pairs, the active
+    /// count and the control queue are not saved yet) rather than saved wrong.
     public func suspendForSnapshot() throws(VirtioDeviceError) -> VirtioDeviceSnapshot {
-        let queues = active.withLock { active in active?.plane.withLock { $0.suspend() } } ?? [:]
+        guard taps.count == 1 else {
+            throw .snapshotUnsupported(device: "virtio-net (\(tap.label)) with \(taps.count) queue pairs (queues=\(taps.count))")
+        }
+        guard mtu == nil else {
+            // The VM's saved configuration has no MTU yet: a restored device would not offer it.
+            throw .snapshotUnsupported(device: "virtio-net (\(tap.label)) with mtu=\(mtu ?? 0)")
+        }
+        let queues = active.withLock { active in active.first?.plane.withLock { $0.suspend() } } ?? [:]
         var encoder = StateEncoder()
         NetSnapshotState(mac: mac.octets).encode(into: &encoder)
         return VirtioDeviceSnapshot(queues: queues, device: encoder.bytes)
     }
 
     public func resumeAfterSnapshot() {
-        active.withLock { active in active?.plane.withLock { $0.unsuspend() } }
+        active.withLock { active in
+            for worker in active { worker.plane.withLock { $0.unsuspend() } }
+        }
     }
 
     public func restoreSnapshot(device state: [UInt8]) throws(VirtioDeviceError) {
+        guard taps.count == 1 else {
+            throw .snapshotUnsupported(device: "virtio-net (\(tap.label)) with \(taps.count) queue pairs (queues=\(taps.count))")
+        }
         var decoder = StateDecoder(state)
         let saved: NetSnapshotState
         do {

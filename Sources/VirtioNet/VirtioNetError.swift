@@ -41,6 +41,8 @@ public enum VirtioNetError: Error, Equatable, Sendable, CustomStringConvertible 
                 : "no such device (\(errno))"
         case EBUSY:
             "the tap is busy: another process has it open"
+        case EINVAL where step.contains("IFF_MULTI_QUEUE"):
+            "the tap exists without multi-queue support (recreate it with: ip tuntap add dev NAME mode tap multi_queue), or is not a tap"
         case EINVAL:
             "an interface with this name exists but is not a tap, or was made with other flags (it must be a tap with vnet headers allowed)"
         default:

@@ -23,6 +23,10 @@ public enum VirtioNetFeature {
     public static let mergeableReceiveBuffers: UInt64 = 1 << 15
     /// The configuration space holds the link status.
     public static let status: UInt64 = 1 << 16
+    /// VIRTIO_NET_F_CTRL_VQ: a control virtqueue after the data queues.
+    public static let controlQueue: UInt64 = 1 << 17
+    /// VIRTIO_NET_F_MQ: several queue pairs, chosen with VIRTIO_NET_CTRL_MQ.
+    public static let multiqueue: UInt64 = 1 << 22
 
     /// Any of these means the device may hand the driver frames of up to 64 KiB.
     public static let guestSegmentation = guestTSO4 | guestTSO6 | guestUFO

@@ -35,6 +35,8 @@ struct SeccompFiltersTests {
         #expect(filters[.vmm]?.count == 4 && filters[.api] == [FilterFile.allow] && filters[.vcpu] == [])
         #expect(SeccompFilters.Category(threadName: "vcpu3") == .vcpu && SeccompFilters.Category(threadName: "api") == .api)
         #expect(SeccompFilters.Category(threadName: "virtio-blk0") == .vmm)
+        // A multiqueue virtio-net device's workers are net threads, each pair's named apart.
+        #expect(SeccompFilters.ThreadKind(threadName: "virtio-net-q1") == .net && SeccompFilters.ThreadKind(threadName: "virtio-net") == .net)
     }
 
     @Test("malformed files are refused with what is wrong", arguments: [

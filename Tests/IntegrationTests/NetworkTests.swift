@@ -75,6 +75,27 @@ struct NetworkTests {
         #expect(upGuest != nil && Self.field(after: "UP-MD5 ", in: served) == upGuest, "guest sent \(upGuest ?? "-"); server: \(served)")
     }
 
+    @Test("With --cpus 2 and queues=2,mtu=1400 the default Linux guest has 2 RX and 2 TX queues and MTU 1400, and pings the host",
+          .enabled(if: LinuxGuest.isBuilt || KitGuest.isCI, LinuxGuest.skipReason), .timeLimit(.minutes(8)))
+    func linuxGuestMultiqueue() throws {
+        let namespace = try NetworkNamespace()
+        defer { namespace.delete() }
+        try namespace.addTap("tap0", address: "10.0.0.1/24", multiQueue: true)
+        let guestScript = [
+            "ip addr add 10.0.0.2/24 dev eth0", "ip link set eth0 up",
+            "echo QUEUES $(ls /sys/class/net/eth0/queues | tr '\\n' ' ')", "echo MTU $(cat /sys/class/net/eth0/mtu)",
+            "ping -c 3 -W 10 10.0.0.1",
+            "ping -c 3 -W 10 -s 1300 10.0.0.1",
+        ].joined(separator: " && ")
+        let guest = try namespace.run([ProcessTests.binary("swiftlet"), "run", "--cpus", "2", "--net", "tap=tap0,queues=2,mtu=1400", "--",
+                                       "sh", "-c", guestScript], timeout: 420)
+        let console = guest.output
+        #expect(guest.status == 0, "stderr: \(guest.errors)\nconsole: \(console.suffix(3000))")
+        #expect(console.contains("QUEUES rx-0 rx-1 tx-0 tx-1"), "console: \(console.suffix(3000))")
+        #expect(console.contains("MTU 1400"), "console: \(console.suffix(3000))")
+        #expect(console.components(separatedBy: "3 packets transmitted, 3 packets received").count == 3, "console: \(console.suffix(3000))")
+    }
+
     @Test("The kit's virtio-net program sends 4 frames to the tap and echoes 16 of the host's back",
           arguments: VirtioTransportKind.allCases)
     func kitEcho(transport: VirtioTransportKind) throws {
@@ -189,8 +210,8 @@ final class NetworkNamespace {
     }
 
     /// A tap inside the namespace, up, with `address` (CIDR) on the host side.
-    func addTap(_ tap: String, address: String) throws {
-        try ip(["-n", name, "tuntap", "add", "dev", tap, "mode", "tap"])
+    func addTap(_ tap: String, address: String, multiQueue: Bool = false) throws {
+        try ip(["-n", name, "tuntap", "add", "dev", tap, "mode", "tap"] + (multiQueue ? ["multi_queue"] : []))
         try ip(["-n", name, "addr", "add", address, "dev", tap])
         try ip(["-n", name, "link", "set", tap, "up"])
     }

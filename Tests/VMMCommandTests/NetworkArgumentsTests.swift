@@ -94,3 +94,49 @@ struct NetworkArgumentsTests {
         }
     }
 }
+
+@Suite("--net queues= and mtu=")
+struct NetworkQueueArgumentsTests {
+    func interfaces(_ arguments: [String]) throws -> [NetworkInterfaceConfiguration] {
+        guard case let .run(configuration) = try VMMArguments.parse(["--kernel", "k"] + arguments) else {
+            throw VMMError.invalidConfiguration(field: "test", value: "", expected: "a run action")
+        }
+        return configuration.networkInterfaces
+    }
+
+    func message(_ arguments: [String]) -> String? {
+        do {
+            _ = try VMMArguments.parse(["--kernel", "k"] + arguments)
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test("queues defaults to 1 and mtu to none; queues=1, queues=16, mtu=68 and mtu=65535 parse")
+    func parses() throws {
+        let plain = try interfaces(["--net", "tap=tap0"])
+        #expect(plain.first?.queues == 1 && plain.first?.mtu == nil, "\(plain)")
+        #expect(plain.first == NetworkInterfaceConfiguration(id: "net0", tap: .name("tap0")), "\(plain)")
+        let result = try interfaces(["--net", "tap=tap0,queues=4,mtu=9000", "--net", "tap=tap1,queues=16,mtu=68",
+                                     "--net", "tap=tap2,queues=1,mtu=65535", "--net", "tap-fd=5,queues=1"])
+        #expect(result.map(\.queues) == [4, 16, 1, 1], "\(result.map(\.queues))")
+        #expect(result.map(\.mtu) == [9000, 68, 65535, nil], "\(result.map(\.mtu))")
+    }
+
+    @Test("bad queues= and mtu= values are refused naming the value and the valid range", arguments: [
+        (["--net", "tap=tap0,queues=0"], "invalid net queues '0': expected a number of queue pairs from 1 to 16"),
+        (["--net", "tap=tap0,queues=17"], "invalid net queues '17': expected a number of queue pairs from 1 to 16"),
+        (["--net", "tap=tap0,queues=two"], "invalid net queues 'two': expected a number of queue pairs from 1 to 16"),
+        (["--net", "tap=tap0,queues="], "invalid net queues '': expected a number of queue pairs from 1 to 16"),
+        (["--net", "tap-fd=3,queues=2"], "invalid net queues '2': expected 1 with tap-fd="),
+        (["--net", "tap=tap0,mtu=67"], "invalid net mtu '67': expected an MTU from 68 to 65535"),
+        (["--net", "tap=tap0,mtu=65536"], "invalid net mtu '65536': expected an MTU from 68 to 65535"),
+        (["--net", "tap=tap0,mtu=-1500"], "invalid net mtu '-1500': expected an MTU from 68 to 65535"),
+        (["--net", "tap=tap0,queues=2,queues=2"], "invalid net 'tap=tap0,queues=2,queues=2': expected 'queues' at most once"),
+    ])
+    func refuses(arguments: [String], expected: String) {
+        let text = message(arguments)
+        #expect(text?.hasPrefix(expected) == true, "got: \(text ?? "accepted")")
+    }
+}

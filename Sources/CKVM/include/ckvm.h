@@ -95,12 +95,16 @@ static const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
 static const unsigned long CKVM_TUNSETOFFLOAD = TUNSETOFFLOAD;
 static const unsigned long CKVM_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
 static const unsigned long CKVM_TUNGETIFF = TUNGETIFF;
+static const unsigned long CKVM_TUNSETQUEUE = TUNSETQUEUE;
 
 // struct ifreq keeps its name and flags in anonymous unions Swift cannot
 // name; these fill and read it. Both return ioctl's result (-1 and errno).
 // ckvm_tun_set_interface attaches `fd` (an open /dev/net/tun) to the
 // interface `name` (at most IFNAMSIZ-1 bytes) with `flags` (IFF_TAP, ...).
 int ckvm_tun_set_interface(int fd, const char *name, short flags);
+// ckvm_tun_set_queue attaches (IFF_ATTACH_QUEUE) or detaches
+// (IFF_DETACH_QUEUE) one queue of a multi-queue tap: TUNSETQUEUE.
+int ckvm_tun_set_queue(int fd, short flags);
 // ckvm_tun_get_interface reports the interface an open tun/tap fd is
 // attached to: its name (into `name`, IFNAMSIZ bytes) and flags.
 int ckvm_tun_get_interface(int fd, char *name, short *flags);

@@ -133,7 +133,10 @@ public enum DefaultSeccompFilters {
                 Rule("fsync"), Rule("fdatasync"), Rule("fallocate"), Rule("lseek"), Rule("fstat"),
                 Rule.allow("ioctl", argument: 1, in: requests([CKVM_IRQ_LINE, CKVM_SIGNAL_MSI])),
             ]
-        case .net, .rng, .console:
+        case .net:
+            // TUNSETQUEUE: a multiqueue device detaches the tap queues of pairs the driver has not enabled.
+            return eventLoop + [Rule.allow("ioctl", argument: 1, in: requests([CKVM_IRQ_LINE, CKVM_SIGNAL_MSI, CKVM_TUNSETQUEUE]))]
+        case .rng, .console:
             return eventLoop + [Rule.allow("ioctl", argument: 1, in: requests([CKVM_IRQ_LINE, CKVM_SIGNAL_MSI]))]
         case .vsock:
             // Host side: connections to and from Unix sockets at uds_path.
