@@ -317,11 +317,10 @@ public final class Supervisor: Sendable {
             }
             chrootDirectory = root
         }
-        let frozenJail = inJail
+        let jailPaths = inJail
+        let path: @Sendable (String) -> String = { jailPaths[$0] ?? $0 }
         let arguments = try driver.arguments(LaunchContext(definition: definition, directory: directory, jail: configuration.jail,
-                                                           chrootDirectory: chrootDirectory, restoring: snapshot != nil,
-                                                           path: { frozenJail[$0] ?? $0 }))
-        func path(_ host: String) -> String { inJail[host] ?? host }
+                                                           chrootDirectory: chrootDirectory, restoring: snapshot != nil, path: path))
 
         let pid: pid_t
         do {

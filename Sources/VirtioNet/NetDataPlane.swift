@@ -47,8 +47,8 @@ final class NetPairs: Sendable {
 struct NetDataPlane {
     /// Pair i receives on queue 2i and transmits on queue 2i+1 (5.1.2).
     let pair: Int
-    let receiveQueueIndex: Int
-    let transmitQueueIndex: Int
+    var receiveQueueIndex: Int { 2 * pair }
+    var transmitQueueIndex: Int { 2 * pair + 1 }
     /// Shared with the other pairs' workers; nil with a single pair.
     let pairs: NetPairs?
     /// The control queue (pair 0 of a multiqueue device only).
@@ -113,8 +113,6 @@ struct NetDataPlane {
          settings: NetLimiterSettings? = nil, pair: Int = 0, pairs: NetPairs? = nil, controlQueueIndex: Int? = nil) {
         self.pair = pair
         self.pairs = pairs
-        receiveQueueIndex = 2 * pair
-        transmitQueueIndex = 2 * pair + 1
         let control = controlQueueIndex.flatMap { index in activation.queues.first { $0.index == index } }
         self.controlQueueIndex = controlQueueIndex
         controlQueue = control?.queue

@@ -149,18 +149,24 @@ struct DriverRegistry: Sendable {
     }
 }
 
-/// Runs `binary arguments` and returns its first output line (a version).
-func firstOutputLine(_ binary: String, _ arguments: [String]) -> String? {
+/// Runs `binary arguments` and returns its output (stdout, and stderr when
+/// `withErrors`), at most `limit` bytes: what a binary says about itself.
+func programOutput(_ binary: String, _ arguments: [String], withErrors: Bool = false, limit: Int = 1 << 20) -> String {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: binary)
     process.arguments = arguments
     let pipe = Pipe()
     process.standardOutput = pipe
-    process.standardError = FileHandle.nullDevice
-    guard (try? process.run()) != nil else { return nil }
-    // Version output is one short line; a binary that floods is cut off.
-    let output = (try? pipe.fileHandleForReading.read(upToCount: 4096)) ?? Data()
+    process.standardError = withErrors ? pipe : FileHandle.nullDevice
+    guard (try? process.run()) != nil else { return "" }
+    // A binary that floods is cut off rather than buffered.
+    let output = (try? pipe.fileHandleForReading.read(upToCount: limit)) ?? Data()
     try? pipe.fileHandleForReading.close()
     process.waitUntilExit()
-    return String(decoding: output, as: UTF8.self).split(whereSeparator: \.isNewline).first.map(String.init)
+    return String(decoding: output, as: UTF8.self)
+}
+
+/// The first line `binary arguments` prints (a version).
+func firstOutputLine(_ binary: String, _ arguments: [String]) -> String? {
+    programOutput(binary, arguments, limit: 4096).split(whereSeparator: \.isNewline).first.map(String.init)
 }

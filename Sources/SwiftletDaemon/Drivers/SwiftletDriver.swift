@@ -27,18 +27,7 @@ struct SwiftletDriver: HypervisorDriver {
     }
 
     /// `swiftlet-vmm --help`, to learn what this VMM binary supports.
-    static func helpText(_ binary: String) -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--help"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        guard (try? process.run()) != nil else { return "" }
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: output, as: UTF8.self)
-    }
+    static func helpText(_ binary: String) -> String { programOutput(binary, ["--help"], withErrors: true) }
 
     func unavailableReason() -> String? {
         access(binary, X_OK) == 0 ? nil : "swiftlet-vmm at \(binary) is not executable; restart swiftletd with --vmm PATH"
