@@ -430,7 +430,7 @@ def report(args, machine: dict, results: dict, commands: dict, notes: dict) -> d
         body = [table(results, m5, rows5, "QEMU microvm"), "",
                 f"Medians (min–max) of {args.runs} interleaved rounds, {args.seconds:g} s per direction, 1514-byte frames, "
                 "counted by the guest (TX: frames the device completed; RX: frames received, between the first "
-                "and the last). The host peer (Python, AF_PACKET) sends as fast as it can; frames the VMM does "
+                "and the last). The host peer (Python, AF_PACKET) sends as fast as it can, 64 frames per sendmmsg(2) so that the VMM, not the peer, bounds RX; frames the VMM does "
                 "not read in time are dropped by the tap and do not count. Goal: Swiftlet ≥ 1.0× QEMU.",
                 "", "Commands:", ""]
         body += [f"    # {k}\n    {c}" for k, c in commands.items() if k.startswith("P5")]

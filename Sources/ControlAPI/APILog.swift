@@ -139,7 +139,7 @@ public final class APILog: Sendable {
         do {
             try target.writeAll(Array("\(Self.timestamp()) [\(tag)] \(Self.oneLine(message()))\n".utf8))
         } catch {
-            missed.add(1, ordering: .relaxed)
+            missed.wrappingAdd(1, ordering: .relaxed)
         }
     }
 

@@ -51,12 +51,9 @@ extension GuestMemory {
     }
 
     /// Records a write of `length` bytes at `address` (already bounds-checked).
-    @inline(__always)
+    @usableFromInline
     func markWritten(_ address: GuestAddress, length: UInt64) {
-        guard let dirtyPages else { return }
-        for (index, region) in regions.enumerated() where region.contains(address, length: length) {
-            dirtyPages.mark(region: index, offset: address.rawValue - region.start.rawValue, length: length)
-            return
-        }
+        guard let dirtyPages, let index = span(containing: address, length: length) else { return }
+        dirtyPages.mark(region: index, offset: address.rawValue - spans[index].start, length: length)
     }
 }

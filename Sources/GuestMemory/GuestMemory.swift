@@ -75,11 +75,33 @@ public struct GuestMemoryRegion: Sendable {
     }
 }
 
+/// One region's guest range and host address, as plain integers.
+struct HostSpan: Sendable {
+    let start: UInt64
+    let size: UInt64
+    /// The mapping's host address (bit pattern; the region owns the mapping).
+    let base: UInt
+
+    @inline(__always)
+    func contains(_ address: UInt64, length: UInt64) -> Bool {
+        guard address >= start else { return false }
+        let offset = address - start
+        return offset <= size && length <= size - offset
+    }
+}
+
 /// Guest RAM: a set of non-overlapping regions. Every access is bounds-checked
 /// against one region and fails with `GuestMemoryError.outOfBounds` instead of
 /// touching host memory outside it.
 public final class GuestMemory: Sendable {
     public let regions: [GuestMemoryRegion]
+    /// The regions' bounds and host addresses as plain integers: the lookup
+    /// every guest access makes walks these without touching reference counts
+    /// (the data plane does several per frame).
+    let spans: [HostSpan]
+    /// The first span again, stored inline: most accesses hit it, and this
+    /// saves a dependent load through the array (base 0 when there is none).
+    let firstSpan: HostSpan
     /// The pages the VMM writes, when created `trackingDirtyPages` (diff snapshots).
     let dirtyPages: DirtyPageBitmap?
     /// The Uffd backend's userfaultfd and handler connection, kept open as
@@ -133,6 +155,8 @@ public final class GuestMemory: Sendable {
             previousEnd = range.start.rawValue + range.size
         }
         self.regions = regions
+        spans = regions.map { HostSpan(start: $0.start.rawValue, size: $0.size, base: UInt(bitPattern: $0.mapping.address)) }
+        firstSpan = spans.first ?? HostSpan(start: 0, size: 0, base: 0)
         self.pageFaultHandler = pageFaultHandler
         dirtyPages = trackingDirtyPages ? DirtyPageBitmap(regionSizes: regions.map(\.size)) : nil
     }
@@ -149,7 +173,7 @@ public final class GuestMemory: Sendable {
 
     /// True if all `length` bytes at `address` are RAM in one region.
     public func contains(_ address: GuestAddress, length: UInt64 = 1) -> Bool {
-        regions.contains { $0.contains(address, length: length) }
+        span(containing: address, length: length) != nil
     }
 
     /// Gives `body` the host bytes backing `length` guest bytes at `address`,
@@ -159,22 +183,28 @@ public final class GuestMemory: Sendable {
         at address: GuestAddress, length: UInt64,
         _ body: (UnsafeMutableRawBufferPointer) throws(Failure) -> Result
     ) throws(GuestMemoryErrorOr<Failure>) -> Result {
-        guard let region = regions.first(where: { $0.contains(address, length: length) }) else {
-            throw .memory(.outOfBounds(address: address, length: length))
+        let pointer: UnsafeMutableRawPointer
+        do {
+            pointer = try hostPointer(at: address, length: length)
+        } catch {
+            throw .memory(error)
         }
-        let offset = Int(address.rawValue - region.start.rawValue)
-        // SAFETY: contains() proved [offset, offset+length) lies inside the region's mapping.
-        let buffer = UnsafeMutableRawBufferPointer(start: region.mapping.address + offset, count: Int(length))
+        // SAFETY: hostPointer proved the length bytes lie inside one region's mapping.
+        let buffer = UnsafeMutableRawBufferPointer(start: pointer, count: Int(length))
         // Callers may write through it (device back ends do): count it as written.
         markWritten(address, length: length)
         do {
-            return try body(buffer)
+            // The mapping lives as long as self: keep self alive while body runs.
+            return try withExtendedLifetime(self) { () throws(Failure) -> Result in try body(buffer) }
         } catch {
             throw .body(error)
         }
     }
 
     /// Reads a plain value at `address` (unaligned access is fine).
+    // Inlinable (as is `write`) so each caller's T is specialized: generic, a
+    // 2- or 16-byte ring access would go through value witnesses and memmove.
+    @inlinable
     public func read<T: GuestMemoryValue>(_ type: T.Type = T.self, at address: GuestAddress) throws(GuestMemoryError) -> T {
         let pointer = try hostPointer(at: address, length: UInt64(MemoryLayout<T>.size))
         // SAFETY: hostPointer checked that size-of-T bytes are in bounds; T is plain data.
@@ -182,6 +212,7 @@ public final class GuestMemory: Sendable {
     }
 
     /// Writes a plain value at `address`.
+    @inlinable
     public func write<T: GuestMemoryValue>(_ value: T, at address: GuestAddress) throws(GuestMemoryError) {
         let pointer = try hostPointer(at: address, length: UInt64(MemoryLayout<T>.size))
         markWritten(address, length: UInt64(MemoryLayout<T>.size))
@@ -229,6 +260,25 @@ public final class GuestMemory: Sendable {
         }.get()
     }
 
+    /// Copies `destination.count` bytes at `address` into `destination`
+    /// (no allocation: the data plane's way to read a header).
+    public func read(into destination: UnsafeMutableRawBufferPointer, at address: GuestAddress) throws(GuestMemoryError) {
+        guard destination.count > 0, let target = destination.baseAddress else { return }
+        let pointer = try hostPointer(at: address, length: UInt64(destination.count))
+        // SAFETY: hostPointer checked the source range; destination is a valid buffer of that size.
+        withExtendedLifetime(self) { target.copyMemory(from: pointer, byteCount: destination.count) }
+    }
+
+    /// An iovec over `length` guest bytes at `address`, bounds-checked and
+    /// counted as written, for readv/writev straight to or from guest RAM.
+    /// The pointer is valid only while this GuestMemory lives: callers use
+    /// it inside `withExtendedLifetime(memory)` (see Virtio's `withIOVectors`).
+    public func ioVector(at address: GuestAddress, length: UInt64) throws(GuestMemoryError) -> iovec {
+        let pointer = try hostPointer(at: address, length: length)
+        markWritten(address, length: length)
+        return iovec(iov_base: pointer, iov_len: Int(length))
+    }
+
     /// Reads `count` bytes at `address`.
     public func readBytes(at address: GuestAddress, count: Int) throws(GuestMemoryError) -> [UInt8] {
         guard count > 0 else { return [] }
@@ -246,12 +296,26 @@ public final class GuestMemory: Sendable {
         pointer.initializeMemory(as: UInt8.self, repeating: 0, count: Int(count))
     }
 
-    private func hostPointer(at address: GuestAddress, length: UInt64) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+    /// The index of the span holding all `length` bytes at `address`.
+    @inline(__always)
+    func span(containing address: GuestAddress, length: UInt64) -> Int? {
         // Most guests have one or two regions; a linear scan beats anything cleverer.
-        for region in regions where region.contains(address, length: length) {
-            return region.mapping.address + Int(address.rawValue - region.start.rawValue)
+        for index in spans.indices where spans[index].contains(address.rawValue, length: length) {
+            return index
         }
-        throw .outOfBounds(address: address, length: length)
+        return nil
+    }
+
+    @usableFromInline
+    func hostPointer(at address: GuestAddress, length: UInt64) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+        if firstSpan.contains(address.rawValue, length: length), let base = UnsafeMutableRawPointer(bitPattern: firstSpan.base) {
+            return base + Int(address.rawValue - firstSpan.start)
+        }
+        guard let index = span(containing: address, length: length),
+              let base = UnsafeMutableRawPointer(bitPattern: spans[index].base) else {
+            throw .outOfBounds(address: address, length: length)
+        }
+        return base + Int(address.rawValue - spans[index].start)
     }
 }
 

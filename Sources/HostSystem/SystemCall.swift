@@ -38,6 +38,7 @@ public struct SystemCallError: Error, Equatable, Sendable, CustomStringConvertib
 /// -1 into a typed error. Every syscall in Swiftlet goes through here; errno is
 /// read immediately after the call, before anything else can overwrite it.
 @inline(__always)
+@inlinable  // specialized per call site: generic, each call would go through witness tables
 public func systemCall<Result: FixedWidthInteger>(
     _ name: @autoclosure () -> String,
     retryOnInterrupt: Bool = true,

@@ -65,32 +65,32 @@ public struct MMDSNetworkStack: Sendable {
     /// and dropped. `checksumOffloaded`: the guest set NEEDS_CSUM, so the TCP
     /// checksum is not filled in yet and is not checked.
     public mutating func receive(frame: [UInt8], checksumOffloaded: Bool, now: UInt64) {
-        counters.framesIntercepted.add(1, ordering: .relaxed)
+        counters.framesIntercepted.wrappingAdd(1, ordering: .relaxed)
         expireTimers(now: now)
         guard frame.count >= Wire.ethernetHeaderLength else {
-            counters.badEthernet.add(1, ordering: .relaxed)
+            counters.badEthernet.wrappingAdd(1, ordering: .relaxed)
             return
         }
         switch Wire.u16(frame, 12) {
         case Wire.etherTypeARP: receiveARP(frame)
         case Wire.etherTypeIPv4: receiveIPv4(frame, checksumOffloaded: checksumOffloaded, now: now)
-        default: counters.badEthernet.add(1, ordering: .relaxed)
+        default: counters.badEthernet.wrappingAdd(1, ordering: .relaxed)
         }
     }
 
     mutating func receiveARP(_ frame: [UInt8]) {
         let arp = Wire.ethernetHeaderLength
         guard frame.count >= arp + Wire.arpLength else {
-            counters.badEthernet.add(1, ordering: .relaxed)
+            counters.badEthernet.wrappingAdd(1, ordering: .relaxed)
             return
         }
         // An ARP request for IPv4 over Ethernet; replies, gratuitous ARP and the rest are dropped.
         guard Wire.u16(frame, arp) == 1, Wire.u16(frame, arp + 2) == Wire.etherTypeIPv4, frame[arp + 4] == 6, frame[arp + 5] == 4,
               Wire.u16(frame, arp + 6) == 1, Wire.u32(frame, arp + 24) == address.value else {
-            counters.interceptedErrors.add(1, ordering: .relaxed)
+            counters.interceptedErrors.wrappingAdd(1, ordering: .relaxed)
             return
         }
-        counters.receivedSegments.add(1, ordering: .relaxed)
+        counters.receivedSegments.wrappingAdd(1, ordering: .relaxed)
         // Only the latest request is answered (one reply is enough).
         pendingARPReply = (Array(frame[(arp + 8)..<(arp + 14)]), IPv4Address(Wire.u32(frame, arp + 14)))
     }
@@ -100,21 +100,21 @@ public struct MMDSNetworkStack: Sendable {
         switch PacketReader.tcpSegment(frame: frame, verifyTCPChecksum: !checksumOffloaded) {
         case let .success((parsed, destination)):
             guard destination == address else {
-                counters.interceptedErrors.add(1, ordering: .relaxed)
+                counters.interceptedErrors.wrappingAdd(1, ordering: .relaxed)
                 return
             }
             segment = parsed
         case .failure(.unsupported):
-            counters.unusual.add(1, ordering: .relaxed)
+            counters.unusual.wrappingAdd(1, ordering: .relaxed)
             return
         case .failure:
-            counters.interceptedErrors.add(1, ordering: .relaxed)
+            counters.interceptedErrors.wrappingAdd(1, ordering: .relaxed)
             return
         }
-        counters.receivedSegments.add(1, ordering: .relaxed)
+        counters.receivedSegments.wrappingAdd(1, ordering: .relaxed)
         guard segment.destinationPort == Self.port else {
             // Nothing listens there: refuse, so the guest fails fast.
-            counters.unusual.add(1, ordering: .relaxed)
+            counters.unusual.wrappingAdd(1, ordering: .relaxed)
             queueReset(answering: segment)
             return
         }
@@ -133,7 +133,7 @@ public struct MMDSNetworkStack: Sendable {
         }
         guard flags.contains(.syn), !flags.contains(.ack), !flags.contains(.rst), !flags.contains(.fin) else {
             // Not part of any connection.
-            counters.unusual.add(1, ordering: .relaxed)
+            counters.unusual.wrappingAdd(1, ordering: .relaxed)
             if !flags.contains(.rst) { queueReset(answering: segment) }
             return
         }
@@ -142,13 +142,13 @@ public struct MMDSNetworkStack: Sendable {
             guard let victim = connections.indices.filter({ connections[$0].isEvictable(now: now) })
                 .min(by: { connections[$0].lastReceived < connections[$1].lastReceived }) else {
                 // All busy: drop the SYN; the guest will try again.
-                counters.unusual.add(1, ordering: .relaxed)
+                counters.unusual.wrappingAdd(1, ordering: .relaxed)
                 return
             }
             removeConnection(at: victim)
         }
         connections.append(TCPConnection(syn: segment, initialSequence: initialSequence(), now: now))
-        counters.connectionsCreated.add(1, ordering: .relaxed)
+        counters.connectionsCreated.wrappingAdd(1, ordering: .relaxed)
     }
 
     /// RFC 9293's reset for a segment that belongs to no connection.
@@ -167,7 +167,7 @@ public struct MMDSNetworkStack: Sendable {
 
     mutating func removeConnection(at index: Int) {
         connections.remove(at: index)
-        counters.connectionsDestroyed.add(1, ordering: .relaxed)
+        counters.connectionsDestroyed.wrappingAdd(1, ordering: .relaxed)
         if nextConnection > index { nextConnection -= 1 }
     }
 
@@ -207,8 +207,8 @@ public struct MMDSNetworkStack: Sendable {
         } else {
             return nil
         }
-        counters.framesSent.add(1, ordering: .relaxed)
-        counters.bytesSent.add(UInt64(frame.count), ordering: .relaxed)
+        counters.framesSent.wrappingAdd(1, ordering: .relaxed)
+        counters.bytesSent.wrappingAdd(UInt64(frame.count), ordering: .relaxed)
         return frame
     }
 

@@ -76,17 +76,17 @@ public final class MetadataService: Sendable {
 
     /// Answers one request from the guest.
     public func respond(to request: MetadataRequest) -> MetadataResponse {
-        counters.requests.add(1, ordering: .relaxed)
+        counters.requests.wrappingAdd(1, ordering: .relaxed)
         var response = answer(request)
-        if response.status >= 400 { counters.errors.add(1, ordering: .relaxed) }
+        if response.status >= 400 { counters.errors.wrappingAdd(1, ordering: .relaxed) }
         if request.closesConnection { response.closesConnection = true }
         return response
     }
 
     /// Counts a request the parser refused (it never reaches `respond`).
     func countRefused() {
-        counters.requests.add(1, ordering: .relaxed)
-        counters.errors.add(1, ordering: .relaxed)
+        counters.requests.wrappingAdd(1, ordering: .relaxed)
+        counters.errors.wrappingAdd(1, ordering: .relaxed)
     }
 
     func answer(_ request: MetadataRequest) -> MetadataResponse {
@@ -104,11 +104,11 @@ public final class MetadataService: Sendable {
         let (version, imdsCompatible) = state.withLock { ($0.version, $0.imdsCompatible) }
         if let token = request.header("x-metadata-token", "x-aws-ec2-metadata-token") {
             if !tokens.isValid(token.value, now: clock()) {
-                counters.invalidToken.add(1, ordering: .relaxed)
+                counters.invalidToken.wrappingAdd(1, ordering: .relaxed)
                 if version == .v2 { return MetadataResponse(status: 401, body: "MMDS token not valid.") }
             }
         } else {
-            counters.noToken.add(1, ordering: .relaxed)
+            counters.noToken.wrappingAdd(1, ordering: .relaxed)
             if version == .v2 {
                 return MetadataResponse(status: 401, body: "No MMDS token provided. Use `X-metadata-token` or `X-aws-ec2-metadata-token` header to specify the session token.")
             }

@@ -73,7 +73,7 @@ final class BufferedSerialOutput: SerialOutput {
         guard !bytes.isEmpty else { return }
         let signal = state.withLock { state -> Bool in
             let accepted = state.stopping ? 0 : min(capacity - state.pending.count, bytes.count)
-            if accepted < bytes.count { droppedBytes.add(UInt64(bytes.count - accepted), ordering: .relaxed) }
+            if accepted < bytes.count { droppedBytes.wrappingAdd(UInt64(bytes.count - accepted), ordering: .relaxed) }
             guard accepted > 0 else { return false }
             state.pending.append(contentsOf: bytes.prefix(accepted))
             guard !state.wakePending else { return false }
@@ -132,7 +132,7 @@ final class BufferedSerialOutput: SerialOutput {
                 guard let written, written > 0 else { break }
                 offset += written
             }
-            if offset < buffer.count { droppedBytes.add(UInt64(buffer.count - offset), ordering: .relaxed) }
+            if offset < buffer.count { droppedBytes.wrappingAdd(UInt64(buffer.count - offset), ordering: .relaxed) }
             buffer.removeAll(keepingCapacity: true)
         }
     }
@@ -140,7 +140,7 @@ final class BufferedSerialOutput: SerialOutput {
     /// Blocks until `write` or `stop` signals the wake eventfd.
     private func waitForWake(outputGone: inout Bool) {
         let events = (try? epoll.wait(maxEvents: 2, timeout: -1)) ?? []
-        idleWakeups.add(1, ordering: .relaxed)
+        idleWakeups.wrappingAdd(1, ordering: .relaxed)
         if events.contains(where: { $0.token == Self.outputToken }) { stopWatching(outputGone: &outputGone) }
         _ = try? wake.consume()
     }

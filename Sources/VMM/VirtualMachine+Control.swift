@@ -116,7 +116,7 @@ final class CountingSerialOutput: SerialOutput {
     init(_ next: any SerialOutput) { self.next = next }
 
     func write(_ bytes: [UInt8]) {
-        self.bytes.add(UInt64(bytes.count), ordering: .relaxed)
+        self.bytes.wrappingAdd(UInt64(bytes.count), ordering: .relaxed)
         next.write(bytes)
     }
 }

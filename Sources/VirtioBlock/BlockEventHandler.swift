@@ -66,14 +66,14 @@ final class BlockEventHandler: Sendable {
 
     /// Descriptors `ready` (by `Token`) are readable.
     func handle(_ ready: [Int]) {
-        wakeups.add(1, ordering: .relaxed)
+        wakeups.wrappingAdd(1, ordering: .relaxed)
         var updated = false, timer = false
         for token in ready {
             switch token {
             case Token.notification:
                 // Consume before draining: a notify that lands while we drain wakes us again.
                 if let count = try? notification.consume() {
-                    counters.notifications.add(count, ordering: .relaxed)
+                    counters.notifications.wrappingAdd(count, ordering: .relaxed)
                 }
             case Token.update:
                 _ = try? updateEvent?.consume()

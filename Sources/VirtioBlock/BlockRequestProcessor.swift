@@ -47,8 +47,8 @@ public struct BlockRequestProcessor: Sendable {
     @inline(__always)
     func serve(_ chain: DescriptorChain, admit: (BlockRequest) -> Bool) -> BlockRequestOutcome? {
         guard let statusAddress = BlockRequest.statusAddress(of: chain) else {
-            counters.requests.add(1, ordering: .relaxed)
-            counters.errors.add(1, ordering: .relaxed)
+            counters.requests.wrappingAdd(1, ordering: .relaxed)
+            counters.errors.wrappingAdd(1, ordering: .relaxed)
             return BlockRequestOutcome(status: nil, writtenLength: 0, error: nil)
         }
         let status: UInt8
@@ -57,13 +57,13 @@ public struct BlockRequestProcessor: Sendable {
         do {
             let request = try BlockRequest.parse(chain, memory: memory, limits: limits)
             guard admit(request) else { return nil }
-            counters.requests.add(1, ordering: .relaxed)
+            counters.requests.wrappingAdd(1, ordering: .relaxed)
             dataWritten = try execute(request)
             status = BlockStatus.ok
             failure = nil
         } catch {
-            counters.requests.add(1, ordering: .relaxed)
-            counters.errors.add(1, ordering: .relaxed)
+            counters.requests.wrappingAdd(1, ordering: .relaxed)
+            counters.errors.wrappingAdd(1, ordering: .relaxed)
             status = error.status
             dataWritten = 0
             failure = error
@@ -83,11 +83,11 @@ public struct BlockRequestProcessor: Sendable {
         case let .read(sector, buffers, length):
             // sector + length/512 ≤ capacity was checked, so these products fit.
             try disk.read(at: sector * sectorSize, into: buffers, memory: memory)
-            counters.bytesToGuest.add(length, ordering: .relaxed)
+            counters.bytesToGuest.wrappingAdd(length, ordering: .relaxed)
             return length
         case let .write(sector, buffers, length):
             try disk.write(at: sector * sectorSize, from: buffers, memory: memory)
-            counters.bytesFromGuest.add(length, ordering: .relaxed)
+            counters.bytesFromGuest.wrappingAdd(length, ordering: .relaxed)
             return 0
         case .flush:
             try disk.flush()

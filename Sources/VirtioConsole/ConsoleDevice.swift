@@ -88,7 +88,7 @@ public final class ConsoleDevice: VirtioDevice {
                 box.state.withLock { queues in
                     for index in ready where index < activation.queues.count {
                         _ = try? activation.queues[index].notification.consume()
-                        counters.notifications.add(1, ordering: .relaxed)
+                        counters.notifications.wrappingAdd(1, ordering: .relaxed)
                     }
                     if ready.contains(inputIndex) { _ = try? inputEvent.consume() }
                     serve(&queues, activation: activation)
@@ -137,7 +137,7 @@ public final class ConsoleDevice: VirtioDevice {
             }
         } catch {
             queues.broken = true
-            counters.errors.add(1, ordering: .relaxed)
+            counters.errors.wrappingAdd(1, ordering: .relaxed)
             activation.interrupt.reportDeviceError("virtio-console: \(error)")
         }
     }
@@ -159,8 +159,8 @@ public final class ConsoleDevice: VirtioDevice {
                     transmitted += UInt64(buffer.length)
                 }
                 try entry.queue.addUsed(head: chain.head, writtenLength: 0)
-                counters.requests.add(1, ordering: .relaxed)
-                counters.bytesFromGuest.add(transmitted, ordering: .relaxed)
+                counters.requests.wrappingAdd(1, ordering: .relaxed)
+                counters.bytesFromGuest.wrappingAdd(transmitted, ordering: .relaxed)
             }
             if try entry.queue.shouldInterrupt() {
                 interrupt.signalUsedBuffers(queue: entry.index)
@@ -176,8 +176,8 @@ public final class ConsoleDevice: VirtioDevice {
             let written = try VirtqueueError.guarding { () throws(GuestMemoryError) in try writer.write(bytes: chunk) }
             pendingInput.withLock { $0.removeFirst(min(written, $0.count)) }
             try entry.queue.addUsed(head: chain.head, writtenLength: writer.written)
-            counters.requests.add(1, ordering: .relaxed)
-            counters.bytesToGuest.add(UInt64(written), ordering: .relaxed)
+            counters.requests.wrappingAdd(1, ordering: .relaxed)
+            counters.bytesToGuest.wrappingAdd(UInt64(written), ordering: .relaxed)
         }
         if try entry.queue.shouldInterrupt() {
             interrupt.signalUsedBuffers(queue: entry.index)

@@ -243,7 +243,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
     }
 
     public func signalConfigurationChange() {
-        configurationGeneration.add(1, ordering: .releasing)
+        configurationGeneration.wrappingAdd(1, ordering: .releasing)
         raise(VirtioMMIOLayout.interruptConfigurationChange)
     }
 
@@ -264,7 +264,7 @@ public final class VirtioMMIOTransport: BusDevice, VirtioInterrupt {
     private func raise(_ cause: UInt32) {
         interruptStatus.bitwiseOr(cause, ordering: .acquiringAndReleasing)
         interruptLine.trigger()
-        device.counters.interrupts.add(1, ordering: .relaxed)
+        device.counters.interrupts.wrappingAdd(1, ordering: .relaxed)
     }
 
     // MARK: Inspection (tests, reports)

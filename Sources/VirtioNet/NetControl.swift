@@ -27,7 +27,7 @@ extension NetDataPlane {
         while true {
             while let chain = try queue.popChain() {
                 guard let ack = try control(chain) else {
-                    netCounters.controlMalformed.add(1, ordering: .relaxed)
+                    netCounters.controlMalformed.wrappingAdd(1, ordering: .relaxed)
                     controlQueue = queue
                     markBroken(reason: "malformed control request (head \(chain.head)): it needs a 2-byte device-readable header and a device-writable ack byte")
                     return
@@ -39,7 +39,7 @@ extension NetDataPlane {
                     throw .memory(error)
                 }
                 try queue.addUsed(head: chain.head, writtenLength: 1)
-                counters.requests.add(1, ordering: .relaxed)
+                counters.requests.wrappingAdd(1, ordering: .relaxed)
                 served += 1
             }
             if try !queue.enableNotifications() { break }
@@ -63,12 +63,12 @@ extension NetDataPlane {
         }
         guard header[0] == VirtioNetControl.classMultiqueue, header[1] == VirtioNetControl.commandPairsSet,
               let pairs, data.count >= 2 else {
-            netCounters.controlRefused.add(1, ordering: .relaxed)
+            netCounters.controlRefused.wrappingAdd(1, ordering: .relaxed)
             return VirtioNetControl.error
         }
         let requested = Int(data[0]) | Int(data[1]) << 8
         guard (1...pairs.maximum).contains(requested) else {
-            netCounters.controlRefused.add(1, ordering: .relaxed)
+            netCounters.controlRefused.wrappingAdd(1, ordering: .relaxed)
             return VirtioNetControl.error
         }
         pairs.active.store(requested, ordering: .releasing)

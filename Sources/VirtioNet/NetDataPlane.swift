@@ -17,6 +17,23 @@ enum NetToken {
     static let control = 6
 }
 
+/// What one batch moved, added to the shared atomic counters once per batch
+/// rather than per frame (three locked adds per frame were a measurable share
+/// of the worker's time).
+struct NetTally {
+    var frames: UInt64 = 0
+    var chains: UInt64 = 0
+    var bytes: UInt64 = 0
+
+    mutating func flush(frames frameCounter: borrowing Atomic<UInt64>, chains chainCounter: borrowing Atomic<UInt64>,
+                        bytes byteCounter: borrowing Atomic<UInt64>) {
+        if frames > 0 { frameCounter.wrappingAdd(frames, ordering: .relaxed) }
+        if chains > 0 { chainCounter.wrappingAdd(chains, ordering: .relaxed) }
+        if bytes > 0 { byteCounter.wrappingAdd(bytes, ordering: .relaxed) }
+        self = NetTally()
+    }
+}
+
 /// The queue pairs of one activation, shared by their workers: how many the
 /// driver enabled (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET; 1 until it says), and
 /// what wakes each pair's worker when that changes.
@@ -89,6 +106,10 @@ struct NetDataPlane {
     let directThreshold: UInt64
     /// RX chains taken from the ring and not used yet, in ring order.
     var spare: [DescriptorChain] = []
+    /// Chains whose frames were delivered, kept so the next ones reuse
+    /// their buffer arrays (no allocation per frame).
+    var recycledChains: [DescriptorChain] = []
+    static let recycledChainLimit = 16
     var spareRoom: UInt64 = 0
     /// Frames that did not fit the chains in hand are read here, then copied.
     var bounce: [UInt8]
@@ -104,6 +125,10 @@ struct NetDataPlane {
     var transmitLimiter: RateLimiter
     /// A TX chain the limiter refused, sent before any other.
     var deferredTransmit: DescriptorChain?
+    /// The TX chain being sent, refilled in place for each frame.
+    var transmitChain = DescriptorChain()
+    /// Frames delivered since processReceive began (flushed when it ends).
+    var receiveTally = NetTally()
     /// Where runtime limiter updates come from, and what wakes the worker for them.
     let settings: NetLimiterSettings?
     var updateEvent: EventFD?
@@ -152,7 +177,11 @@ struct NetDataPlane {
     }
 
     /// Whether the driver enabled this pair (pair 0 always is).
-    var isActive: Bool {
+    var isActive: Bool { Self.isActive(pair: pair, of: pairs) }
+
+    // Static, as is `consume`: a non-mutating method called from a mutating
+    // one made the optimizer copy the whole plane (dozens of retains) per wake-up.
+    static func isActive(pair: Int, of pairs: NetPairs?) -> Bool {
         guard let pairs else { return true }
         return pair < pairs.active.load(ordering: .acquiring)
     }
@@ -160,16 +189,16 @@ struct NetDataPlane {
     // MARK: Events
 
     mutating func handle(_ ready: [Int]) {
-        netCounters.wakeups.add(1, ordering: .relaxed)
+        netCounters.wakeups.wrappingAdd(1, ordering: .relaxed)
         guard !broken else { return }
-        let active = isActive
+        let active = Self.isActive(pair: pair, of: pairs)
         if pairs != nil, !suspended {
             // An inactive pair's tap queue is detached: the host steers its
             // flows to the enabled queues rather than to one nobody reads.
             do {
                 try tap.setQueueAttached(active)
             } catch {
-                netCounters.receiveErrors.add(1, ordering: .relaxed)
+                netCounters.receiveErrors.wrappingAdd(1, ordering: .relaxed)
             }
         }
         if suspended || !active {
@@ -179,12 +208,12 @@ struct NetDataPlane {
             // Take what woke us, or the level-triggered poll would spin; serve nothing.
             for token in ready {
                 switch token {
-                case NetToken.receiveNotification: consume(receiveNotification)
-                case NetToken.transmitNotification: consume(transmitNotification)
+                case NetToken.receiveNotification: Self.consume(receiveNotification, counters: counters)
+                case NetToken.transmitNotification: Self.consume(transmitNotification, counters: counters)
                 case NetToken.receiveTimer: _ = receiveLimiter.timerFired()
                 case NetToken.transmitTimer: _ = transmitLimiter.timerFired()
                 case NetToken.update: _ = try? updateEvent?.consume()
-                case NetToken.control: consume(controlNotification)
+                case NetToken.control: Self.consume(controlNotification, counters: counters)
                 default: break
                 }
             }
@@ -195,10 +224,10 @@ struct NetDataPlane {
             for token in ready {
                 switch token {
                 case NetToken.receiveNotification:
-                    consume(receiveNotification)
+                    Self.consume(receiveNotification, counters: counters)
                     receive = true
                 case NetToken.transmitNotification:
-                    consume(transmitNotification)
+                    Self.consume(transmitNotification, counters: counters)
                     try processTransmit()
                 case NetToken.tap:
                     receive = true
@@ -212,7 +241,7 @@ struct NetDataPlane {
                     try processTransmit()
                     receive = true
                 case NetToken.control:
-                    consume(controlNotification)
+                    Self.consume(controlNotification, counters: counters)
                     try processControl()
                 default:
                     break
@@ -232,8 +261,12 @@ struct NetDataPlane {
     }
 
     func consume(_ notification: EventFD?) {
+        Self.consume(notification, counters: counters)
+    }
+
+    static func consume(_ notification: EventFD?, counters: VirtioCounters) {
         if let count = try? notification?.consume() {
-            counters.notifications.add(count, ordering: .relaxed)
+            counters.notifications.wrappingAdd(count, ordering: .relaxed)
         }
     }
 
@@ -273,24 +306,31 @@ struct NetDataPlane {
     mutating func processTransmit() throws(VirtqueueError) {
         guard var queue = transmitQueue, !broken else { return }
         guard !transmitLimiter.isBlocked else {
-            netCounters.transmitThrottled.add(1, ordering: .relaxed)
+            netCounters.transmitThrottled.wrappingAdd(1, ordering: .relaxed)
             return
         }
-        defer { transmitQueue = queue }
+        var tally = NetTally()
+        defer {
+            transmitQueue = queue
+            tally.flush(frames: netCounters.framesTransmitted, chains: counters.requests, bytes: counters.bytesFromGuest)
+        }
         try queue.disableNotifications()
         while true {
             var throttled = false
-            while let chain = try nextTransmit(&queue) {
+            while try nextTransmit(&queue) {
                 // Charged whole chains, vnet header included, as Firecracker does.
-                if !transmitLimiter.isUnlimited, !transmitLimiter.consume(operationOf: chain.readableLength) {
-                    deferredTransmit = chain
+                if !transmitLimiter.isUnlimited, !transmitLimiter.consume(operationOf: transmitChain.readableLength) {
+                    deferredTransmit = transmitChain
                     throttled = true
-                    netCounters.transmitThrottled.add(1, ordering: .relaxed)
+                    netCounters.transmitThrottled.wrappingAdd(1, ordering: .relaxed)
                     break
                 }
-                transmit(chain)
-                try queue.addUsed(head: chain.head, writtenLength: 0)
-                counters.requests.add(1, ordering: .relaxed)
+                if transmit(transmitChain) {
+                    tally.frames += 1
+                    tally.bytes += transmitChain.readableLength
+                }
+                try queue.addUsed(head: transmitChain.head, writtenLength: 0)
+                tally.chains += 1
             }
             // One interrupt decision per drained batch.
             if try queue.shouldInterrupt() { signal(queue: transmitQueueIndex) }
@@ -300,44 +340,48 @@ struct NetDataPlane {
         }
     }
 
-    /// The deferred TX chain, else the next available one.
-    mutating func nextTransmit(_ queue: inout Virtqueue) throws(VirtqueueError) -> DescriptorChain? {
+    /// Puts the deferred TX chain, else the next available one, in
+    /// `transmitChain`; false when there is neither.
+    mutating func nextTransmit(_ queue: inout Virtqueue) throws(VirtqueueError) -> Bool {
         if let chain = deferredTransmit {
             deferredTransmit = nil
-            return chain
+            transmitChain = chain
+            return true
         }
-        return try queue.popChain()
+        return try queue.popChain(into: &transmitChain)
     }
 
-    /// Writes one TX chain to the tap, or counts it as malformed and drops it.
-    func transmit(_ chain: DescriptorChain) {
-        let header: VirtioNetHeader, data: [GuestBuffer]
+    /// Writes one TX chain to the tap (true), or counts it as malformed or
+    /// failed and drops it.
+    func transmit(_ chain: DescriptorChain) -> Bool {
+        let header: VirtioNetHeader
         switch VirtioNetFrame.parseTransmit(chain: chain, memory: memory, features: features) {
-        case let .success(parsed): (header, data) = parsed
+        case let .success(parsed): header = parsed
         case .failure:
-            netCounters.transmitMalformed.add(1, ordering: .relaxed)
-            return
+            netCounters.transmitMalformed.wrappingAdd(1, ordering: .relaxed)
+            return false
         }
         var wire = header.wire
         // SAFETY: the 12 header bytes are used only inside this call, by writev.
         let outcome = withUnsafeMutableBytes(of: &wire) { raw in
             Result { () throws(GuestMemoryError) in
-                try withIOVectors(memory: memory, prefix: raw, buffers: data[...]) { vectors in
+                // The cleaned header replaces the driver's; the frame follows it in the chain.
+                try withIOVectors(memory: memory, prefix: raw, buffers: chain.readable, skipping: UInt64(VirtioNetHeader.size)) { vectors in
                     Result { () throws(SystemCallError) in try tap.send(vectors) }
                 }
             }
         }
         switch outcome {
         case .success(.success):
-            netCounters.framesTransmitted.add(1, ordering: .relaxed)
-            counters.bytesFromGuest.add(chain.readableLength, ordering: .relaxed)
+            return true
         case .success(.failure):
-            netCounters.transmitErrors.add(1, ordering: .relaxed)
-            counters.errors.add(1, ordering: .relaxed)
+            netCounters.transmitErrors.wrappingAdd(1, ordering: .relaxed)
+            counters.errors.wrappingAdd(1, ordering: .relaxed)
         case .failure:
             // The chain was validated against guest RAM, so this is not expected.
-            netCounters.transmitMalformed.add(1, ordering: .relaxed)
+            netCounters.transmitMalformed.wrappingAdd(1, ordering: .relaxed)
         }
+        return false
     }
 
     // MARK: Receive
@@ -353,11 +397,14 @@ struct NetDataPlane {
         }
         guard !receiveLimiter.isBlocked else {
             // Frames wait in the tap (the kernel queues them) until the timer fires.
-            netCounters.receiveThrottled.add(1, ordering: .relaxed)
+            netCounters.receiveThrottled.wrappingAdd(1, ordering: .relaxed)
             setTapWatched(false)
             return
         }
-        defer { receiveQueue = queue }
+        defer {
+            receiveQueue = queue
+            receiveTally.flush(frames: netCounters.framesReceived, chains: counters.requests, bytes: counters.bytesToGuest)
+        }
         var delivered = 0
         var outcome = ReceiveOutcome.budgetSpent
         receiving: for _ in 0..<Self.receiveBudget {
@@ -392,7 +439,7 @@ struct NetDataPlane {
         if delivered > 0, try queue.shouldInterrupt() { signal(queue: receiveQueueIndex) }
         switch outcome {
         case .outOfBuffers:
-            if tapWatched { netCounters.receiveStalls.add(1, ordering: .relaxed) }
+            if tapWatched { netCounters.receiveStalls.wrappingAdd(1, ordering: .relaxed) }
             setTapWatched(false)
         case .tapEmpty, .budgetSpent:
             if !tapWatched {
@@ -400,7 +447,7 @@ struct NetDataPlane {
                 try queue.disableNotifications()
             }
         case .throttled:
-            netCounters.receiveThrottled.add(1, ordering: .relaxed)
+            netCounters.receiveThrottled.wrappingAdd(1, ordering: .relaxed)
             setTapWatched(false)
         case .tapFailed:
             break
@@ -429,21 +476,21 @@ struct NetDataPlane {
             let buffers = chainCount == 1 ? spare[0].writable : spare[..<chainCount].flatMap(\.writable)
             let room = spare[..<chainCount].reduce(0) { $0 + $1.writableLength }
             let result = Result { () throws(GuestMemoryError) in
-                try withIOVectors(memory: memory, buffers: buffers[...]) { vectors in
+                try withIOVectors(memory: memory, buffers: buffers) { vectors in
                     Result { () throws(SystemCallError) in try tap.receive(into: vectors) }
                 }
             }
             switch result {
             case .failure:
                 // The chains were validated against guest RAM, so this is not expected.
-                netCounters.receiveErrors.add(1, ordering: .relaxed)
+                netCounters.receiveErrors.wrappingAdd(1, ordering: .relaxed)
                 return .tapEmpty
             case let .success(.failure(error)):
                 return tapReadFailed(error)
             case let .success(.success(length)):
                 if length == 0 { return tapReadFailed(nil) }
                 guard length >= VirtioNetHeader.size + VirtioNetFrame.minimumLength, UInt64(length) <= room else {
-                    netCounters.receiveDropped.add(1, ordering: .relaxed)
+                    netCounters.receiveDropped.wrappingAdd(1, ordering: .relaxed)
                     return .dropped
                 }
                 guard payForReceive(length) else {
@@ -471,7 +518,7 @@ struct NetDataPlane {
             if length == 0 { return tapReadFailed(nil) }
             guard length >= VirtioNetHeader.size + VirtioNetFrame.minimumLength,
                   length <= VirtioNetHeader.size + VirtioNetFrame.maximumLength else {
-                netCounters.receiveDropped.add(1, ordering: .relaxed)
+                netCounters.receiveDropped.wrappingAdd(1, ordering: .relaxed)
                 return .dropped
             }
             pendingLength = length
@@ -484,7 +531,7 @@ struct NetDataPlane {
     /// tap is gone: stop polling it and report the link down.
     mutating func tapReadFailed(_ error: SystemCallError?) -> FrameOutcome {
         if let error, error.errno == .wouldBlock { return .tapEmpty }
-        netCounters.receiveErrors.add(1, ordering: .relaxed)
+        netCounters.receiveErrors.wrappingAdd(1, ordering: .relaxed)
         setTapWatched(false)
         if link.up.exchange(false, ordering: .relaxed) {
             interrupt.signalConfigurationChange()
@@ -512,15 +559,36 @@ struct NetDataPlane {
     /// or the ring is empty. Chains with no room for a header (or with
     /// readable buffers) go straight back, empty.
     mutating func refillSpare(_ queue: inout Virtqueue, target: UInt64) throws(VirtqueueError) {
-        while spareRoom < target, let chain = try queue.popChain() {
+        var chain = recycledChains.popLast() ?? DescriptorChain()
+        while spareRoom < target, try queue.popChain(into: &chain) {
             guard chain.readable.isEmpty, chain.writableLength >= UInt64(VirtioNetHeader.size) else {
-                netCounters.receiveChainsRefused.add(1, ordering: .relaxed)
+                netCounters.receiveChainsRefused.wrappingAdd(1, ordering: .relaxed)
                 try queue.addUsed(head: chain.head, writtenLength: 0)
                 continue
             }
-            spare.append(chain)
             spareRoom += chain.writableLength
+            spare.append(chain)
+            chain = recycledChains.popLast() ?? DescriptorChain()
         }
+        recycle(chain)
+    }
+
+    /// Sets num_buffers in a chain whose header spans buffers.
+    func writeBufferCount(_ count: UInt16, chain: DescriptorChain) throws(VirtqueueError) {
+        var writer = ChainWriter(memory: memory, buffers: chain.writable)
+        writer.advance(by: UInt64(VirtioNetHeader.bufferCountOffset))
+        var value = count.littleEndian
+        do {
+            // SAFETY: the two bytes of `value` are read only within this call.
+            try withUnsafeBytes(of: &value) { raw throws(GuestMemoryError) in _ = try writer.write(raw) }
+        } catch {
+            throw .memory(error)
+        }
+    }
+
+    /// Keeps a used chain's storage for the next one (up to a few chains).
+    mutating func recycle(_ chain: consuming DescriptorChain) {
+        if recycledChains.count < Self.recycledChainLimit { recycledChains.append(chain) }
     }
 
     /// Hands the frame in `bounce` to the driver, if it has the room.
@@ -539,7 +607,7 @@ struct NetDataPlane {
             guard chain.writableLength >= UInt64(length) else {
                 // The driver's buffers are smaller than the frame: drop it, keep them.
                 pendingLength = nil
-                netCounters.receiveDropped.add(1, ordering: .relaxed)
+                netCounters.receiveDropped.wrappingAdd(1, ordering: .relaxed)
                 return .dropped
             }
         }
@@ -552,50 +620,59 @@ struct NetDataPlane {
     /// fills to the driver, setting num_buffers. The frame is already in the
     /// chains (direct read) or is copied from `bounce`.
     mutating func commit(_ queue: inout Virtqueue, length: Int, fromBounce: Bool) throws(VirtqueueError) {
-        var sizes: [UInt32] = []
+        // How many spare chains the frame fills (only the first without
+        // MRG_RXBUF); each but the last is filled whole.
+        var chainCount = 0
         var left = UInt64(length)
-        for chain in spare where left > 0 {
-            let used = min(left, chain.writableLength)
-            sizes.append(UInt32(used))
-            left -= used
+        while left > 0, chainCount < spare.count {
+            left -= min(left, spare[chainCount].writableLength)
+            chainCount += 1
             if !mergeable { break }
         }
-        let bufferCount = UInt16(clamping: sizes.count)
-        let countBytes = [UInt8(truncatingIfNeeded: bufferCount), UInt8(truncatingIfNeeded: bufferCount >> 8)]
-        let chains = spare[..<sizes.count]
+        let bufferCount = UInt16(clamping: chainCount)
         if fromBounce {
-            bounce[VirtioNetHeader.bufferCountOffset] = countBytes[0]
-            bounce[VirtioNetHeader.bufferCountOffset + 1] = countBytes[1]
+            bounce[VirtioNetHeader.bufferCountOffset] = UInt8(truncatingIfNeeded: bufferCount)
+            bounce[VirtioNetHeader.bufferCountOffset + 1] = UInt8(truncatingIfNeeded: bufferCount >> 8)
             let memory = memory
-            // SAFETY: the slices stay inside `bounce` (sizes sum to length <= bounce.count).
+            let spare = spare
+            // SAFETY: the slices stay inside `bounce` (they sum to length <= bounce.count).
             let copied = bounce.withUnsafeBytes { frame in
                 Result { () throws(GuestMemoryError) in
                     var offset = 0
-                    for (chain, size) in zip(chains, sizes) {
-                        var writer = ChainWriter(memory: memory, buffers: chain.writable)
-                        try writer.write(UnsafeRawBufferPointer(rebasing: frame[offset..<(offset + Int(size))]))
-                        offset += Int(size)
+                    for index in 0..<chainCount {
+                        let size = min(length - offset, Int(spare[index].writableLength))
+                        var writer = ChainWriter(memory: memory, buffers: spare[index].writable)
+                        try writer.write(UnsafeRawBufferPointer(rebasing: frame[offset..<(offset + size)]))
+                        offset += size
                     }
                 }
             }
             if case let .failure(error) = copied { throw .memory(error) }
         } else {
-            // The tap leaves num_buffers alone: set it in the first chain.
-            var writer = ChainWriter(memory: memory, buffers: chains[chains.startIndex].writable)
-            writer.advance(by: UInt64(VirtioNetHeader.bufferCountOffset))
-            do {
-                try writer.write(bytes: countBytes)
-            } catch {
-                throw .memory(error)
+            // The tap leaves num_buffers alone: set it in the first chain
+            // (straight into its first buffer when the header fits there).
+            let first = spare[0].writable[0]
+            if first.length >= UInt32(VirtioNetHeader.size) {
+                do {
+                    try memory.write(bufferCount.littleEndian, at: first.address + UInt64(VirtioNetHeader.bufferCountOffset))
+                } catch {
+                    throw .memory(error)
+                }
+            } else {
+                try writeBufferCount(bufferCount, chain: spare[0])
             }
         }
-        for (chain, size) in zip(chains, sizes) {
-            try queue.addUsed(head: chain.head, writtenLength: size)
-            spareRoom -= chain.writableLength
+        var offset = 0
+        for index in 0..<chainCount {
+            let room = spare[index].writableLength
+            let size = min(UInt64(length - offset), room)
+            try queue.addUsed(head: spare[index].head, writtenLength: UInt32(size))
+            offset += Int(size)
+            spareRoom -= room
         }
-        spare.removeFirst(sizes.count)
-        netCounters.framesReceived.add(1, ordering: .relaxed)
-        counters.requests.add(UInt64(sizes.count), ordering: .relaxed)
-        counters.bytesToGuest.add(UInt64(length), ordering: .relaxed)
+        for _ in 0..<chainCount { recycle(spare.removeFirst()) }
+        receiveTally.frames += 1
+        receiveTally.chains += UInt64(chainCount)
+        receiveTally.bytes += UInt64(length)
     }
 }

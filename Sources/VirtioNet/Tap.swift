@@ -191,10 +191,10 @@ public final class Tap: TapBackend {
     }
 
     public func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int {
-        try systemCall("readv \(label)") { readv(file.rawValue, vectors.baseAddress, Int32(vectors.count)) }
+        try systemCall("readv \(label)") { ckvm_readv(file.rawValue, vectors.baseAddress, Int32(vectors.count)) }
     }
 
     public func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemCallError) -> Int {
-        try systemCall("writev \(label)") { writev(file.rawValue, vectors.baseAddress, Int32(vectors.count)) }
+        try systemCall("writev \(label)") { ckvm_writev(file.rawValue, vectors.baseAddress, Int32(vectors.count)) }
     }
 }

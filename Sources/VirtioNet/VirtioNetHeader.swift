@@ -72,9 +72,16 @@ public struct VirtioNetHeader: Equatable, Sendable {
 
     /// Decodes the first 12 bytes (little-endian); nil if fewer.
     public init?(bytes: [UInt8]) {
-        guard bytes.count >= Self.size else { return nil }
-        func u16(_ at: Int) -> UInt16 { UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8 }
-        self.init(flags: bytes[0], gsoType: bytes[1], headerLength: u16(2), gsoSize: u16(4),
+        // SAFETY: the array's bytes are read only within this call.
+        guard let header = bytes.withUnsafeBytes({ VirtioNetHeader(raw: $0) }) else { return nil }
+        self = header
+    }
+
+    /// Parses the first 12 bytes of `raw` (nil if it is shorter).
+    public init?(raw: UnsafeRawBufferPointer) {
+        guard raw.count >= Self.size else { return nil }
+        func u16(_ at: Int) -> UInt16 { UInt16(raw[at]) | UInt16(raw[at + 1]) << 8 }
+        self.init(flags: raw[0], gsoType: raw[1], headerLength: u16(2), gsoSize: u16(4),
                   checksumStart: u16(6), checksumOffset: u16(8), bufferCount: u16(10))
     }
 
@@ -172,21 +179,23 @@ public enum VirtioNetFrame {
         return .success(clean)
     }
 
-    /// Splits a TX chain into its (validated, cleaned) header and the guest
-    /// buffers holding the frame. The header may span buffers.
-    public static func parseTransmit(chain: DescriptorChain, memory: GuestMemory, features: UInt64) -> Result<(VirtioNetHeader, [GuestBuffer]), TransmitFrameProblem> {
+    /// Reads and validates a TX chain's header (which may span buffers). The
+    /// frame is the chain's readable buffers less their first
+    /// `VirtioNetHeader.size` bytes; nothing is copied or allocated.
+    public static func parseTransmit(chain: DescriptorChain, memory: GuestMemory, features: UInt64) -> Result<VirtioNetHeader, TransmitFrameProblem> {
         guard chain.writable.isEmpty else { return .failure(.writableBuffers) }
         let total = chain.readableLength
+        guard total >= UInt64(VirtioNetHeader.size) else { return .failure(.headerTooShort(length: total)) }
+        // At most one more iovec than buffers (the header prefix) goes to writev.
+        guard chain.readable.count < maximumIOVectors else { return .failure(.tooManyBuffers(chain.readable.count)) }
         var reader = ChainReader(memory: memory, buffers: chain.readable)
-        guard total >= UInt64(VirtioNetHeader.size),
-              let bytes = try? reader.readBytes(count: VirtioNetHeader.size),
-              let header = VirtioNetHeader(bytes: bytes) else {
-            return .failure(.headerTooShort(length: total))
+        // SAFETY: the 12-byte stack buffer is filled by the reader and parsed within this call.
+        let parsed = withUnsafeTemporaryAllocation(byteCount: VirtioNetHeader.size, alignment: 2) { raw -> VirtioNetHeader? in
+            guard (try? reader.read(into: raw)) == VirtioNetHeader.size else { return nil }
+            return VirtioNetHeader(raw: UnsafeRawBufferPointer(raw))
         }
-        let data = reader.remainingBuffers
-        guard data.count < maximumIOVectors else { return .failure(.tooManyBuffers(data.count)) }
+        guard let header = parsed else { return .failure(.headerTooShort(length: total)) }
         return validateTransmit(header: header, frameLength: total - UInt64(VirtioNetHeader.size), features: features)
-            .map { ($0, data) }
     }
 
     /// The TUN_F_* offload flags matching what the driver can receive.

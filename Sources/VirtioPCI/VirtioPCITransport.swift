@@ -485,7 +485,7 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
     }
 
     public func signalConfigurationChange() {
-        configurationGeneration.add(1, ordering: .relaxed)
+        configurationGeneration.wrappingAdd(1, ordering: .relaxed)
         interrupts.withLock { interrupts in
             raise(vector: interrupts.configurationVector, isrBit: VirtioPCILayout.isrConfiguration, &interrupts)
         }
@@ -509,10 +509,10 @@ public final class VirtioPCITransport: PCIFunction, BusDevice, VirtioInterrupt {
         case .disabled:
             interrupts.isr |= isrBit
             updateINTx(interrupts)
-            device.counters.interrupts.add(1, ordering: .relaxed)
+            device.counters.interrupts.wrappingAdd(1, ordering: .relaxed)
         case .delivered, .pending:
             // A masked vector's interrupt is sent when the driver unmasks it.
-            device.counters.interrupts.add(1, ordering: .relaxed)
+            device.counters.interrupts.wrappingAdd(1, ordering: .relaxed)
         case .noVector:
             return
         }

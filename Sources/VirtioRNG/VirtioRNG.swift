@@ -118,7 +118,7 @@ final class RequestQueue: Sendable {
     /// interrupts the driver if it asked.
     func serve(timerFired: Bool = false) {
         if (try? notification.consume()) != nil {
-            counters.notifications.add(1, ordering: .relaxed)
+            counters.notifications.wrappingAdd(1, ordering: .relaxed)
         }
         let result = state.withLock { state in
             if timerFired { state.limiter.timerFired() }
@@ -131,7 +131,7 @@ final class RequestQueue: Sendable {
             case let .queue(error): interrupt.reportDeviceError("request queue: \(error)")
             case let .memory(error): interrupt.reportDeviceError("writing random bytes: \(error)")
             case let .host(error):
-                counters.errors.add(1, ordering: .relaxed)
+                counters.errors.wrappingAdd(1, ordering: .relaxed)
                 interrupt.reportDeviceError("host entropy source: \(error)")
             }
         }
@@ -167,8 +167,8 @@ final class RequestQueue: Sendable {
                 }
                 let written = try fill(chain)
                 try checked { () throws(VirtqueueError) in try queue.addUsed(head: chain.head, writtenLength: written) }
-                counters.requests.add(1, ordering: .relaxed)
-                counters.bytesToGuest.add(UInt64(written), ordering: .relaxed)
+                counters.requests.wrappingAdd(1, ordering: .relaxed)
+                counters.bytesToGuest.wrappingAdd(UInt64(written), ordering: .relaxed)
             }
             if try checked({ () throws(VirtqueueError) in try queue.shouldInterrupt() }) {
                 interrupt.signalUsedBuffers(queue: index)

@@ -60,6 +60,6 @@ public final class VsockCounters: Sendable {
     }
 
     func count(_ counter: borrowing Atomic<UInt64>, _ amount: UInt64 = 1) {
-        counter.add(amount, ordering: .relaxed)
+        counter.wrappingAdd(amount, ordering: .relaxed)
     }
 }

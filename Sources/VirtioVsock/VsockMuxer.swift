@@ -182,7 +182,7 @@ final class VsockMuxer {
 
     func consume(_ notification: EventFD?) {
         if let count = try? notification?.consume() {
-            counters.notifications.add(count, ordering: .relaxed)
+            counters.notifications.wrappingAdd(count, ordering: .relaxed)
         }
     }
 
@@ -433,7 +433,7 @@ final class VsockMuxer {
             while let chain = try queue.popChain() {
                 receiveFromGuest(chain, now: now)
                 try queue.addUsed(head: chain.head, writtenLength: 0)
-                counters.requests.add(1, ordering: .relaxed)
+                counters.requests.wrappingAdd(1, ordering: .relaxed)
                 handled += 1
                 if handled >= limits.packetBudget {
                     // Let host sockets and RX have a turn; come straight back.
@@ -588,7 +588,7 @@ final class VsockMuxer {
             return
         }
         guard let socket = connection.socket else { return }
-        counters.bytesFromGuest.add(UInt64(length), ordering: .relaxed)
+        counters.bytesFromGuest.wrappingAdd(UInt64(length), ordering: .relaxed)
         var sent = 0
         if connection.transmitBuffer.isEmpty {
             let result = Result { () throws(GuestMemoryError) in
@@ -686,7 +686,7 @@ final class VsockMuxer {
             spareChain = nil
             try queue.addUsed(head: chain.head, writtenLength: written)
             vsockCounters.count(vsockCounters.packetsToGuest)
-            counters.requests.add(1, ordering: .relaxed)
+            counters.requests.wrappingAdd(1, ordering: .relaxed)
             delivered += 1
         }
         if delivered > 0 || refusedChains > 0, try queue.shouldInterrupt() { interrupt.signalUsedBuffers(queue: Vsock.receiveQueue) }
@@ -786,7 +786,7 @@ final class VsockMuxer {
         switch result {
         case let .success(count) where count > 0:
             connection.sentToGuest &+= UInt32(truncatingIfNeeded: count)
-            counters.bytesToGuest.add(UInt64(count), ordering: .relaxed)
+            counters.bytesToGuest.wrappingAdd(UInt64(count), ordering: .relaxed)
             header = self.header(.readWrite, for: connection, length: UInt32(count))
         case .success:
             // End of file: the host will send no more; the guest may still.

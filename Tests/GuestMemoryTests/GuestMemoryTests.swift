@@ -83,4 +83,26 @@ struct GuestMemoryTests {
         #expect(GuestAddress(UInt64.max - 1).alignedUp(to: 0x1000) == nil)
         #expect(GuestAddress(0x1001).alignedUp(to: 0x1800) == nil, "not a power of two")
     }
+
+    @Test("read(into:) and ioVector check bounds in every region; ioVector marks the range written")
+    func copyOutAndIOVector() throws {
+        // Two regions with a hole between them, as below and above the 32-bit gap.
+        let memory = try GuestMemory(ranges: [(GuestAddress(0), 0x2000), (GuestAddress(0x10000), 0x1000)], trackingDirtyPages: true)
+        try memory.write(bytes: [9, 8, 7, 6], at: GuestAddress(0x10FFC))
+        _ = memory.takeWrittenPages(region: 1)
+        var out = [UInt8](repeating: 0, count: 4)
+        try out.withUnsafeMutableBytes { try memory.read(into: $0, at: GuestAddress(0x10FFC)) }
+        #expect(out == [9, 8, 7, 6])
+        #expect(throws: GuestMemoryError.outOfBounds(address: GuestAddress(0x10FFD), length: 4)) {
+            try out.withUnsafeMutableBytes { try memory.read(into: $0, at: GuestAddress(0x10FFD)) }
+        }
+        // A range across the hole is in neither region.
+        #expect(throws: GuestMemoryError.outOfBounds(address: GuestAddress(0x1FF0), length: 0x20)) {
+            try memory.ioVector(at: GuestAddress(0x1FF0), length: 0x20)
+        }
+        let vector = try memory.ioVector(at: GuestAddress(0x10800), length: 16)
+        #expect(vector.iov_len == 16)
+        #expect(memory.takeWrittenPages(region: 1) == [1])
+        #expect(memory.contains(GuestAddress(0x10FFF)) && !memory.contains(GuestAddress(0x2000)))
+    }
 }

@@ -200,4 +200,33 @@ struct VirtqueueTests {
         #expect(try queue.enableNotifications() == false)
         #expect(driver.availableEvent == 2)
     }
+
+    @Test("popChain(into:) refills one chain in place: the previous chain's buffers are gone, the new ones match popChain()")
+    func popChainIntoReusesTheChain() throws {
+        let first = [buffer(16), buffer(8), buffer(64, writable: true)]
+        let second = [buffer(32, writable: true)]
+        let firstHead = driver.addChain(first)
+        let secondHead = driver.addChain(second)
+        var queue = try driver.deviceQueue()
+        var chain = DescriptorChain()
+        #expect(try queue.popChain(into: &chain))
+        #expect(chain.head == firstHead)
+        #expect(chain.readable.map(\.length) == [16, 8])
+        #expect(chain.writable.map(\.address) == [first[2].address])
+        #expect(try queue.popChain(into: &chain))
+        #expect(chain.head == secondHead)
+        #expect(chain.readable.isEmpty)
+        #expect(chain.writable == [GuestBuffer(address: second[0].address, length: 32)])
+        // Nothing left: false, and the chain keeps what it had.
+        #expect(try queue.popChain(into: &chain) == false)
+        #expect(chain.head == secondHead)
+    }
+
+    @Test("A bad chain popped into a reused chain still breaks the queue")
+    func popChainIntoValidates() throws {
+        driver.addChain([buffer(8, writable: true), buffer(8)])
+        var queue = try driver.deviceQueue()
+        var chain = DescriptorChain()
+        #expect(throws: VirtqueueError.readableAfterWritable(head: 0, descriptor: 1)) { try queue.popChain(into: &chain) }
+    }
 }

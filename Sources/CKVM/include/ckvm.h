@@ -109,6 +109,18 @@ int ckvm_tun_set_queue(int fd, short flags);
 // attached to: its name (into `name`, IFNAMSIZ bytes) and flags.
 int ckvm_tun_get_interface(int fd, char *name, short *flags);
 
+// readv/writev straight through syscall(2): glibc's wrappers are
+// cancellation points and bracket every call with two extra function calls
+// the data plane (one call per frame) does not need; Swiftlet never cancels
+// threads. Same results: -1 and errno on failure.
+#include <sys/uio.h>
+static inline long ckvm_readv(int fd, const struct iovec *vectors, int count) {
+    return syscall(SYS_readv, fd, vectors, count);
+}
+static inline long ckvm_writev(int fd, const struct iovec *vectors, int count) {
+    return syscall(SYS_writev, fd, vectors, count);
+}
+
 // ioctl is variadic in C; Swift needs fixed signatures.
 static inline int ckvm_ioctl_pointer(int fd, unsigned long request, void *argument) {
     return ioctl(fd, request, argument);

@@ -26,11 +26,9 @@ public struct ChainReader: Sendable {
             let available = Int(buffer.length - offsetInBuffer)
             let count = min(available, destination.count - copied)
             if count > 0 {
-                let bytes = try memory.readBytes(at: buffer.address + UInt64(offsetInBuffer), count: count)
-                // SAFETY: count ≤ destination.count - copied, so the copy stays inside destination.
-                bytes.withUnsafeBytes { source in
-                    UnsafeMutableRawBufferPointer(rebasing: destination[copied..<(copied + count)]).copyMemory(from: source)
-                }
+                // SAFETY: count ≤ destination.count - copied, so the slice stays inside destination.
+                try memory.read(into: UnsafeMutableRawBufferPointer(rebasing: destination[copied..<(copied + count)]),
+                                at: buffer.address + UInt64(offsetInBuffer))
             }
             copied += count
             offsetInBuffer += UInt32(count)
@@ -55,9 +53,17 @@ public struct ChainReader: Sendable {
 
     /// Reads a plain little-endian value, or nil if fewer bytes remain.
     public mutating func read<T: GuestMemoryValue>(_ type: T.Type = T.self) throws(GuestMemoryError) -> T? {
-        guard let bytes = try readBytes(count: MemoryLayout<T>.size) else { return nil }
-        // SAFETY: bytes holds exactly size-of-T bytes; T is plain data.
-        return bytes.withUnsafeBytes { $0.loadUnaligned(as: T.self) }
+        let size = MemoryLayout<T>.size
+        guard UInt64(size) <= remaining else { return nil }
+        // SAFETY: the stack buffer holds exactly size-of-T bytes, all copied
+        // from the chain before the load; T is plain data.
+        let value = withUnsafeTemporaryAllocation(byteCount: size, alignment: MemoryLayout<T>.alignment) { raw in
+            Result { () throws(GuestMemoryError) -> T in
+                _ = try read(into: raw)
+                return raw.loadUnaligned(as: T.self)
+            }
+        }
+        return try value.get()
     }
 
     /// The buffers not yet read (the first one trimmed), for zero-copy I/O.

@@ -16,14 +16,19 @@ public struct GuestBuffer: Sendable, Equatable {
 /// device) followed by the device-writable ones, indirect tables flattened.
 /// `head` is what goes back in the used ring.
 public struct DescriptorChain: Sendable, Equatable {
-    public let head: UInt16
-    public let readable: [GuestBuffer]
-    public let writable: [GuestBuffer]
+    public internal(set) var head: UInt16
+    public internal(set) var readable: [GuestBuffer]
+    public internal(set) var writable: [GuestBuffer]
 
     public init(head: UInt16, readable: [GuestBuffer], writable: [GuestBuffer]) {
         self.head = head
         self.readable = readable
         self.writable = writable
+    }
+
+    /// An empty chain, for `Virtqueue.popChain(into:)` to fill.
+    public init() {
+        self.init(head: 0, readable: [], writable: [])
     }
 
     /// Total bytes the device may read (cannot overflow: at most 2^16 buffers of < 2^32 bytes).

@@ -154,21 +154,36 @@ public struct Virtqueue: Sendable {
 
     /// The next available chain, validated; nil when the driver has made none available.
     public mutating func popChain() throws(VirtqueueError) -> DescriptorChain? {
+        var chain = DescriptorChain()
+        return try popChain(into: &chain) ? chain : nil
+    }
+
+    /// Like `popChain()`, filling `chain` in place: its buffer arrays keep
+    /// their storage, so a data plane that reuses one chain per frame
+    /// allocates nothing. False (chain untouched) when none is available.
+    public mutating func popChain(into chain: inout DescriptorChain) throws(VirtqueueError) -> Bool {
         let available = try availableIndex()
         let pending = available &- nextAvailable
-        guard pending != 0 else { return nil }
+        guard pending != 0 else { return false }
         guard pending <= size else {
             throw .availableIndexJump(previous: nextAvailable, current: available, size: size)
         }
         let slot = configuration.availableRing + (Self.ringEntriesOffset + 2 * UInt64(nextAvailable % size))
         let head = try load(UInt16.self, at: slot)
-        let chain = try walkChain(head: head)
+        try walkChain(head: head, into: &chain)
         nextAvailable &+= 1
-        return chain
+        return true
     }
 
     /// Follows the chain starting at `head`, flattening an indirect table.
     func walkChain(head: UInt16) throws(VirtqueueError) -> DescriptorChain {
+        var chain = DescriptorChain()
+        try walkChain(head: head, into: &chain)
+        return chain
+    }
+
+    /// `walkChain(head:)` into `chain`'s storage.
+    func walkChain(head: UInt16, into chain: inout DescriptorChain) throws(VirtqueueError) {
         var table = configuration.descriptorTable
         var tableLength = UInt32(size)
         var inIndirectTable = false
@@ -176,8 +191,9 @@ public struct Virtqueue: Sendable {
         var visited = 0
         var limit = Int(size)
         var totalLength: UInt64 = 0
-        var readable: [GuestBuffer] = []
-        var writable: [GuestBuffer] = []
+        chain.head = head
+        chain.readable.removeAll(keepingCapacity: true)
+        chain.writable.removeAll(keepingCapacity: true)
         while true {
             guard UInt32(index) < tableLength else {
                 throw .descriptorIndexOutOfRange(index: index, tableLength: tableLength)
@@ -229,15 +245,14 @@ public struct Virtqueue: Sendable {
                 throw .bufferOutOfBounds(descriptor: index, address: buffer.address, length: buffer.length)
             }
             if descriptor.flags & RawDescriptor.deviceWritable != 0 {
-                writable.append(buffer)
+                chain.writable.append(buffer)
             } else {
-                guard writable.isEmpty else { throw .readableAfterWritable(head: head, descriptor: index) }
-                readable.append(buffer)
+                guard chain.writable.isEmpty else { throw .readableAfterWritable(head: head, descriptor: index) }
+                chain.readable.append(buffer)
             }
             guard descriptor.flags & RawDescriptor.hasNext != 0 else { break }
             index = descriptor.next
         }
-        return DescriptorChain(head: head, readable: readable, writable: writable)
     }
 
     /// Returns `head` to the driver with `writtenLength` bytes written into its
