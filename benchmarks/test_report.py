@@ -44,7 +44,8 @@ def fabricated() -> dict:
         runs += [run("P1", "swiftlet", rnd, ms / 1000), run("P1", "qemu", rnd, 0.1), run("P1", "floor", rnd, 0.03)]
     # P2: Swiftlet 5.0 MiB -> goal <= 4.5 MiB not met.
     for rnd in range(3):
-        runs += [run("P2", "swiftlet", rnd, rss_excl_guest_mib=5.0), run("P2", "qemu", rnd, rss_excl_guest_mib=30.0)]
+        runs += [run("P2", "swiftlet", rnd, rss_excl_guest_mib=5.0, devices_rss_excl_guest_mib=4.0 + rnd / 10),
+                 run("P2", "qemu", rnd, rss_excl_guest_mib=30.0)]
     # P3: 20000 exits in 1.0 s (Swiftlet) and 0.8 s (QEMU): 20,000 vs 25,000 exits/s -> 0.8x, not met.
     for rnd in range(3):
         runs += [run("P3", "swiftlet", rnd, 0.05, iterations=0), run("P3", "swiftlet", rnd, 1.05, iterations=20000),
@@ -89,6 +90,10 @@ class RenderTests(unittest.TestCase):
         self.assertEqual(p2["median"]["swiftlet"], 5.0)
         self.assertFalse(p2["met"])                     # 5.0 MiB > 4.5 MiB
         self.assertEqual(p2["goal_text"], "≤ 4.5 MiB")
+        devices = self.rows["P2-devices"]             # Swiftlet only: 4.0, 4.1, 4.2 MiB
+        self.assertEqual(devices["median"], {"swiftlet": 4.1})
+        self.assertTrue(devices["met"])
+        self.assertNotIn("qemu", self.data["P2-devices"])
         self.assertAlmostEqual(p3["ratio"], 0.8)
         self.assertFalse(p3["met"])                     # 0.8x < 1.0x, higher is better
         self.assertTrue(self.rows["P4-randread"]["met"])  # 450k / 125k IOPS
