@@ -203,7 +203,9 @@ extension RateLimiterConfiguration {
 }
 
 extension VMConfiguration {
-    /// Every field, in declaration order; each disk with its size in bytes.
+    /// Every field, in declaration order; each disk with its size in bytes;
+    /// then each disk's format and each interface's queue pairs and MTU,
+    /// added later and so last (an older file lacks them).
     /// The MMDS attachment keeps its address, interfaces, version and IMDS
     /// compatibility, as Firecracker's MmdsState and network stack state
     /// do; the data store is not saved (Firecracker's neither): the
@@ -270,6 +272,13 @@ extension VMConfiguration {
         // written before formats were saved ends before it, and probes.
         encoder.encode(array: disks) { encoder, disk in
             encoder.encode(UInt8(disk.format == .raw ? 1 : disk.format == .qcow2 ? 2 : 0))
+        }
+        // Each interface's queue pairs and MTU (0: none), after the disk
+        // formats: a state file written before they were saved ends
+        // before them, and its interfaces have one pair and no MTU.
+        encoder.encode(array: networkInterfaces) { encoder, interface in
+            encoder.encode(UInt16(clamping: interface.queues))
+            encoder.encode(interface.mtu ?? 0)
         }
     }
 
@@ -353,6 +362,30 @@ extension VMConfiguration {
             }
             guard formats.count == configuration.disks.count else { throw .invalidValue(offset: start, what: "disk format count") }
             for (index, format) in formats.enumerated() { configuration.disks[index].format = format }
+        }
+        if !decoder.isAtEnd {
+            let start = decoder.offset
+            let shapes = try decoder.decodeArray(maximumCount: SnapshotLimits.devices, minimumElementSize: 4) {
+                (decoder) throws(StateDecodingError) -> (queues: Int, mtu: UInt16?) in
+                let queuesOffset = decoder.offset
+                let queues = Int(try decoder.decode(UInt16.self))
+                guard NetworkInterfaceConfiguration.queueRange.contains(queues) else {
+                    throw .invalidValue(offset: queuesOffset, what: "network interface queue pairs \(queues) (1 to \(NetworkInterfaceConfiguration.queueRange.upperBound))")
+                }
+                let mtuOffset = decoder.offset
+                let mtu = try decoder.decode(UInt16.self)
+                guard mtu == 0 || VirtioNetDevice.mtuRange.contains(Int(mtu)) else {
+                    throw .invalidValue(offset: mtuOffset, what: "network interface MTU \(mtu) (0 for none, or \(VirtioNetDevice.mtuRange.lowerBound) to \(VirtioNetDevice.mtuRange.upperBound))")
+                }
+                return (queues, mtu == 0 ? nil : mtu)
+            }
+            guard shapes.count == configuration.networkInterfaces.count else {
+                throw .invalidValue(offset: start, what: "queue and MTU list of \(shapes.count) network interfaces (\(configuration.networkInterfaces.count) configured)")
+            }
+            for (index, shape) in shapes.enumerated() {
+                configuration.networkInterfaces[index].queues = shape.queues
+                configuration.networkInterfaces[index].mtu = shape.mtu
+            }
         }
         return (configuration, sizes)
     }

@@ -239,6 +239,9 @@ struct NetDataPlane {
                     _ = try? updateEvent?.consume()
                     applyUpdates()
                     try processTransmit()
+                    // After a snapshot hold, control requests whose notification
+                    // the held worker consumed are waiting too.
+                    try processControl()
                     receive = true
                 case NetToken.control:
                     Self.consume(controlNotification, counters: counters)

@@ -44,6 +44,10 @@ public final class VirtioNetDevice: VirtioDevice {
     let pairSettings: [NetLimiterSettings]
     /// The clock rate limiters read; injectable for tests.
     let clock: any RateLimiterClock
+    /// The active pair count a snapshot restore brought back, for the
+    /// activation the transport makes right after it (taken once; a reset
+    /// forgets it, so a driver's own activation starts with one pair).
+    let restoredActivePairs = Mutex<Int?>(nil)
 
     /// `offloads: false` offers no checksum or segmentation offload (every
     /// frame is at most MTU-sized and fully checksummed). The rate limiters
@@ -103,6 +107,10 @@ public final class VirtioNetDevice: VirtioDevice {
     // MARK: Lifecycle
 
     public func activate(_ activation: VirtioActivation) throws(VirtioDeviceError) {
+        let restoredActive = restoredActivePairs.withLock { (pending) -> Int? in
+            defer { pending = nil }
+            return pending
+        }
         reset()
         for tap in taps {
             do {
@@ -124,6 +132,11 @@ public final class VirtioNetDevice: VirtioDevice {
         let negotiatedPairs = activation.features & VirtioNetFeature.multiqueue != 0 ? taps.count : 1
         let controlIndex = activation.features & VirtioNetFeature.controlQueue != 0 ? 2 * negotiatedPairs : nil
         let pairs = negotiatedPairs > 1 ? NetPairs(maximum: negotiatedPairs, wakers: timers.prefix(negotiatedPairs).map(\.update)) : nil
+        // A restored device goes on with the pairs the driver had enabled;
+        // the workers below attach or detach their tap queues to match.
+        if let pairs, let restoredActive, (1...pairs.maximum).contains(restoredActive) {
+            pairs.active.store(restoredActive, ordering: .releasing)
+        }
         // Under `active`'s lock: an update either lands before the settings
         // are read here or signals this worker.
         let failure = active.withLock { (active) -> VirtioDeviceError? in
@@ -150,7 +163,8 @@ public final class VirtioNetDevice: VirtioDevice {
             }
             active = started
             // The other pairs' workers look at once, and detach their tap
-            // queues until the driver enables their pairs.
+            // queues until the driver enables their pairs (or attach them,
+            // for pairs a restored driver had enabled).
             if pairs != nil {
                 for worker in started.dropFirst() { try? worker.updateEvent?.signal() }
             }
@@ -186,6 +200,7 @@ public final class VirtioNetDevice: VirtioDevice {
     }
 
     public func reset() {
+        restoredActivePairs.withLock { $0 = nil }
         let workers = active.withLock { (current: inout [NetWorker]) -> [NetWorker] in
             let workers = current
             current = []

@@ -19,13 +19,6 @@ struct GuestSnapshotCache {
 
     /// Whether a run with the user's swiftlet-vmm options can use a snapshot.
     static func accepts(_ userOptions: [String]) -> Bool {
-        // A virtio-net device with several queue pairs or an MTU is not saved in snapshots.
-        let unsaved = userOptions.contains { option in
-            option.split(separator: ",").contains { field in
-                field.hasPrefix("mtu=") || (field.hasPrefix("queues=") && field != "queues=1")
-            }
-        }
-        if unsaved { return false }
         return userOptions.allSatisfy { option in
             guard option.hasPrefix("--") else { return true }
             let name = option.dropFirst(2).split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""

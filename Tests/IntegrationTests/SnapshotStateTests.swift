@@ -18,7 +18,7 @@ struct SnapshotStateTests {
         configuration.transport = .mmio
         var interface = try NetworkInterfaceConfiguration.make(id: "eth0", tapName: "tap0", tapDescriptor: nil, mac: "52:54:00:12:34:56", offloads: false)
         interface.receiveRateLimiter = RateLimiterConfiguration(bandwidth: TokenBucketConfiguration(size: 1000, oneTimeBurst: 5, refillTimeMilliseconds: 100))
-        configuration.networkInterfaces = [interface, NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap1"))]
+        configuration.networkInterfaces = [interface, NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap1"), queues: 4, mtu: 9000)]
         configuration.disks = [DiskConfiguration(path: "/d/root.img", id: "rootfs", readOnly: true, directIO: true, serialFromImage: true,
                                                  rateLimiter: RateLimiterConfiguration(operations: TokenBucketConfiguration(size: 10, refillTimeMilliseconds: 1000))),
                                DiskConfiguration(path: "/d/data.qcow2", id: "data", format: .qcow2)]
@@ -74,11 +74,16 @@ struct SnapshotStateTests {
         #expect(NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap-of-the-clone")).effectiveMAC != guestMAC)
     }
 
-    /// The bytes of the disk formats that end VCFG.
+    /// The bytes of the interfaces' queue pairs and MTUs that end VCFG.
+    static func interfacesLength(_ saved: SavedMachine) -> Int {
+        4 + 4 * saved.configuration.networkInterfaces.count
+    }
+
+    /// The bytes of the disk formats and what follows them to VCFG's end.
     static func formatsLength(_ saved: SavedMachine) -> Int {
         var encoder = StateEncoder()
         encoder.encode(array: saved.configuration.disks) { encoder, _ in encoder.encode(UInt8(0)) }
-        return encoder.bytes.count
+        return encoder.bytes.count + interfacesLength(saved)
     }
 
     @Test("disk formats come back; a VCFG written before formats were saved probes every disk")
@@ -91,9 +96,40 @@ struct SnapshotStateTests {
         #expect(try SavedMachine(SnapshotFile(sections: older), path: "state").configuration.disks.map(\.format) == [nil, nil])
         var bad = sections
         var body = Array(sections[0].body)
-        body[body.count - 1] = 9
+        body[body.count - 1 - Self.interfacesLength(saved)] = 9
         bad[0] = SnapshotSection(tag: sections[0].tag, body: body[...])
         #expect(throws: VMMError.self) { try SavedMachine(SnapshotFile(sections: bad), path: "state") }
+    }
+
+    @Test("each interface's queue pairs and MTU come back; a VCFG written before they were saved has one pair and no MTU; bad values are refused")
+    func interfaceQueuesAndMTU() throws {
+        let saved = try Self.machine()
+        let sections = saved.sections()
+        let loaded = try SavedMachine(SnapshotFile(sections: sections), path: "state").configuration.networkInterfaces
+        #expect(loaded.map(\.queues) == [1, 4] && loaded.map(\.mtu) == [nil, 9000], "\(loaded)")
+        var older = sections
+        older[0] = SnapshotSection(tag: older[0].tag, body: older[0].body.dropLast(Self.interfacesLength(saved)))
+        let old = try SavedMachine(SnapshotFile(sections: older), path: "state").configuration
+        #expect(old.networkInterfaces.map(\.queues) == [1, 1] && old.networkInterfaces.map(\.mtu) == [nil, nil], "\(old.networkInterfaces)")
+        #expect(old.disks.map(\.format) == [nil, .qcow2], "the disk formats before them still read")
+        func refusal(_ change: (inout [UInt8], Int) -> Void) -> String? {
+            var body = Array(sections[0].body)
+            change(&body, body.count - Self.interfacesLength(saved))
+            var damaged = sections
+            damaged[0] = SnapshotSection(tag: sections[0].tag, body: body[...])
+            do {
+                _ = try SavedMachine(SnapshotFile(sections: damaged), path: "state")
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        // The list: count (UInt32), then per interface queue pairs and MTU (UInt16 each).
+        #expect(refusal { body, start in body[start + 8] = 17 }?.contains("queue pairs 17 (1 to 16)") == true)
+        #expect(refusal { body, start in body[start + 8] = 0 }?.contains("queue pairs 0 (1 to 16)") == true)
+        #expect(refusal { body, start in body[start + 10] = 67; body[start + 11] = 0 }?.contains("MTU 67 (0 for none, or 68 to 65535)") == true)
+        #expect(refusal { body, start in body[start] = 1; body.removeLast(4) }?.contains("queue and MTU list of 1 network interfaces (2 configured)") == true)
+        #expect(refusal { body, _ in body.removeLast() } != nil, "a truncated list")
     }
 
     @Test("MMDS as Firecracker saves it: version and IMDS flag come back, the data store does not; a VCFG without them reads as V1")

@@ -26,8 +26,9 @@ import VMM
 //
 //   0       SERI: the 8250's registers, restored into a UART
 //   1 K     VMIO: a virtio-mmio transport over device kind K (blk, net,
-//           rng, console, vsock), decoded and restored (queues started from
-//           the saved rings and walking state, in 256 MiB of RAM)
+//           rng, console, vsock, net with 2 queue pairs and an MTU),
+//           decoded and restored (queues started from the saved rings and
+//           walking state, in 256 MiB of RAM)
 //   2 K     VPCI: the same as a virtio-pci function (configuration space,
 //           MSI-X table and pending bits, vectors, ISR)
 //   3...7   a device's own state (VBLK, VNET, VRNG, VCON, VVSK) given to
@@ -36,6 +37,8 @@ import VMM
 //           tagged sections): SavedMachine decodes them and makes the
 //           checks a load makes before it sizes anything
 //   9       VirtioTransportState with queue counts and maxima from the input
+//   10      VNET (with its VNMQ part) given to the multiqueue net device's
+//           restoreSnapshot
 //
 // Each section that decodes must encode back to the bytes it was read from.
 // Devices run no worker: the transports see a proxy whose activation does
@@ -126,6 +129,7 @@ do {
         VirtioRNG(),
         try ConsoleDevice(output: NullOutput()),
         try VirtioVsockDevice(fuzzingWithGuestCID: 3),
+        VirtioNetDevice(tap: EmptyTap(), mac: MACAddress.derived(from: "fuzz"), additionalQueues: [EmptyTap()], mtu: 9000),
     ]
 } catch {
     fail("cannot build the devices: \(error)")
@@ -235,18 +239,30 @@ func fuzzTransportState(_ body: ArraySlice<UInt8>) -> Bool {
     return true
 }
 
+/// The multiqueue device's own state: what decodes must encode back to
+/// the same bytes, and restore into the device (2 pairs, MTU 9000) unless
+/// it names other pairs, another MTU or another MAC.
+@discardableResult
+func fuzzMultiqueueNet(_ body: ArraySlice<UInt8>) -> Bool {
+    var decoder = StateDecoder(body)
+    guard let state = try? NetSnapshotState.decode(from: &decoder), (try? decoder.finish()) != nil else { return false }
+    checkCanonical(body, state.encode, "virtio-net state")
+    return (try? devices[5].restoreSnapshot(device: Array(body))) != nil
+}
+
 /// Runs one input; true when it decoded (and, for a device's own state, restored).
 @discardableResult
 func fuzzOne(_ input: [UInt8]) -> Bool {
     guard let selector = input.first else { return false }
     let body = input.dropFirst()
-    switch selector % 10 {
+    switch selector % 11 {
     case 0: return fuzzSerial(body)
     case 1: return body.first.map { fuzzMMIO(devices[Int($0) % devices.count], body.dropFirst()) } ?? false
     case 2: return body.first.map { fuzzPCI(devices[Int($0) % devices.count], body.dropFirst()) } ?? false
-    case 3, 4, 5, 6, 7: return (try? devices[Int(selector % 10) - 3].restoreSnapshot(device: Array(body))) != nil
+    case 3, 4, 5, 6, 7: return (try? devices[Int(selector % 11) - 3].restoreSnapshot(device: Array(body))) != nil
     case 8: return fuzzMachine(body)
-    default: return fuzzTransportState(body)
+    case 9: return fuzzTransportState(body)
+    default: return fuzzMultiqueueNet(body)
     }
 }
 
@@ -262,7 +278,7 @@ func writeSeeds(to directory: String) {
     let serial = Serial8250State(interruptEnable: 0x03, lineControl: 0x1B, modemControl: 0x0B, scratch: 0x5A, divisorLow: 1,
                                  fifoControl: 0xC7, transmitterEmptyPending: true)
     seeds.append(("serial", [0] + section(serial.encode)))
-    let names = ["blk", "net", "rng", "console", "vsock"]
+    let names = ["blk", "net", "rng", "console", "vsock", "net-mq"]
     for (kind, device) in devices.enumerated() {
         let name = names[kind]
         do {
@@ -297,12 +313,16 @@ func writeSeeds(to directory: String) {
             fail("virtio-pci \(name) seed: \(error)")
         }
         do {
-            seeds.append(("device-\(name)", [UInt8(3 + kind)] + (try device.suspendForSnapshot().device)))
+            // Own-state selectors: 3...7 for the first five kinds, 10 for the multiqueue net device.
+            seeds.append(("device-\(name)", [UInt8(kind < 5 ? 3 + kind : 10)] + (try device.suspendForSnapshot().device)))
             device.resumeAfterSnapshot()
         } catch {
             fail("\(name) device seed: \(error)")
         }
     }
+    var enabled = StateEncoder()
+    NetSnapshotState(mac: MACAddress.derived(from: "fuzz").octets, queuePairs: 2, activePairs: 2, mtu: 9000).encode(into: &enabled)
+    seeds.append(("device-net-mq-enabled", [10] + enabled.bytes))
     seeds.append(("machine", [8] + machineSeed()))
     seeds.append(("transport", [9] + section { encoder in
         encoder.encode(UInt8(2))
@@ -350,7 +370,8 @@ func machineSeed() -> [UInt8] {
     var configuration = VMConfiguration(kernelPath: "/vmlinux", commandLine: "console=ttyS0", cpuCount: 2, memorySize: 256 << 20,
                                         serial: .file(path: "/tmp/serial.log"))
     configuration.disks = [DiskConfiguration(path: "/rootfs.ext4", id: "rootfs"), DiskConfiguration(path: "/data", id: "data", readOnly: true)]
-    configuration.networkInterfaces = [NetworkInterfaceConfiguration(id: "eth0", tap: .name("tap0"))]
+    configuration.networkInterfaces = [NetworkInterfaceConfiguration(id: "eth0", tap: .name("tap0")),
+                                       NetworkInterfaceConfiguration(id: "eth1", tap: .name("tap1"), queues: 2, mtu: 9000)]
     configuration.vsock = VsockConfiguration(guestCID: 3, udsPath: "/tmp/v.sock")
     configuration.entropyDevice = true
     configuration.metadataService = MetadataServiceAttachment(service: MetadataService(), interfaceIDs: ["eth0"])
