@@ -63,10 +63,20 @@ public struct VMDefinition: Codable, Sendable, Equatable {
         /// Generated (52:54:00:xx:xx:xx, unique among definitions) on define when absent.
         public var mac: String?
         public var id: String?
-        public init(tap: String? = nil, network: String? = nil, mac: String? = nil, id: String? = nil) {
-            self.tap = tap; self.network = network; self.mac = mac; self.id = id
+        /// Queue pairs (1-16, libvirt's `<driver queues='N'/>`): more than one
+        /// gives the guest multiqueue virtio-net on a multi-queue tap. Absent: 1.
+        public var queues: Int?
+        /// The MTU offered to the guest (68-65535, libvirt's `<mtu size='N'/>`,
+        /// VIRTIO_NET_F_MTU); absent: none offered, the guest uses 1500.
+        public var mtu: Int?
+        public init(tap: String? = nil, network: String? = nil, mac: String? = nil, id: String? = nil, queues: Int? = nil, mtu: Int? = nil) {
+            self.tap = tap; self.network = network; self.mac = mac; self.id = id; self.queues = queues; self.mtu = mtu
         }
-        enum CodingKeys: String, CodingKey, CaseIterable { case tap, network, mac, id }
+        /// `queues`, or the default single pair.
+        public var queuePairs: Int { queues ?? 1 }
+        public static let queueRange = 1...16
+        public static let mtuRange = 68...65535
+        enum CodingKeys: String, CodingKey, CaseIterable { case tap, network, mac, id, queues, mtu }
         public init(from decoder: any Decoder) throws {
             try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "nic")
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -74,6 +84,9 @@ public struct VMDefinition: Codable, Sendable, Equatable {
             network = try c.decodeIfPresent(String.self, forKey: .network)
             mac = try c.decodeIfPresent(String.self, forKey: .mac)
             id = try c.decodeIfPresent(String.self, forKey: .id)
+            // Absent in definitions stored before these fields existed; never null.
+            queues = try c.decodeWholeNumberIfPresent(forKey: .queues)
+            mtu = try c.decodeWholeNumberIfPresent(forKey: .mtu)
         }
     }
 
@@ -173,6 +186,21 @@ extension KeyedDecodingContainer {
     /// documents give these fields a type, never null).
     func decodeNonNullIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
         contains(key) ? try decode(type, forKey: key) : nil
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// An integer field that, when present, is a whole number (never null).
+    /// Foundation's decoder on Linux fails a fraction such as `2.5` with an
+    /// error of its own that becomes "not valid JSON" without a field; this
+    /// names the field instead.
+    func decodeWholeNumberIfPresent(forKey key: Key) throws -> Int? {
+        guard contains(key) else { return nil }
+        do { return try decode(Int.self, forKey: key) } catch let error as DecodingError {
+            throw error
+        } catch {
+            throw DecodingError.typeMismatch(Int.self, .init(codingPath: codingPath + [key], debugDescription: "expected a whole number"))
+        }
     }
 }
 

@@ -275,6 +275,7 @@ public final class Supervisor: Sendable {
         } catch {
             throw .internal("cannot prepare \(directory.path): \(error)")
         }
+        try NetworkManager.checkUserTaps(checked)
         // Each NIC on a network gets a fresh tap on its bridge: from here the definition names it.
         let definition: VMDefinition
         if checked.nics.contains(where: { $0.network != nil }) {

@@ -81,6 +81,13 @@ public enum DefinitionValidator {
                 }
             }
             if let id = nic.id { try validateIdentifier(id, field: "nics[\(index)].id") }
+            let range = VMDefinition.NIC.queueRange
+            if let queues = nic.queues, !range.contains(queues) {
+                throw .badRequest("invalid nics[\(index)].queues \(queues): expected \(range.lowerBound) to \(range.upperBound) queue pairs (default 1)")
+            }
+            if let mtu = nic.mtu, !VMDefinition.NIC.mtuRange.contains(mtu) {
+                throw .badRequest("invalid nics[\(index)].mtu \(mtu): expected \(VMDefinition.NIC.mtuRange.lowerBound) to \(VMDefinition.NIC.mtuRange.upperBound) (bytes), or no mtu to offer none")
+            }
         }
         guard ["log", "none"].contains(definition.console) else {
             throw .badRequest("invalid console '\(printable(definition.console))': expected log or none")

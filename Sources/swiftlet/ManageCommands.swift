@@ -90,7 +90,16 @@ func definitionJSON(fromFile path: String) throws -> Data {
 }
 
 struct Define: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Define a VM from a JSON or YAML file (docs/swiftletd.md shows the format).")
+    static let configuration = CommandConfiguration(
+        abstract: "Define a VM from a JSON or YAML file (docs/swiftletd.md shows the format).",
+        discussion: """
+            Each entry of nics takes tap: NAME (a tap you made) or network: NAME (a swiftletd \
+            network), and optionally mac, id, queues (1-16 queue pairs, default 1: multiqueue \
+            virtio-net, like libvirt's <driver queues='N'/>) and mtu (68-65535, offered to the \
+            guest, like libvirt's <mtu size='N'/>). For example:
+              nics:
+                - { network: default, queues: 4, mtu: 9000 }
+            """)
     @OptionGroup var daemon: DaemonOptions
     @Argument(help: "The definition file.") var file: String
     func run() throws {
@@ -224,7 +233,10 @@ struct Info: ParsableCommand {
                 ("Console log", info.consoleLog), ("Control API", info.controlAPI ? "yes" : "no"),
             ]
             for (index, disk) in d.disks.enumerated() { rows.append(("Disk \(index)", (disk.volume.map { "volume " + $0 } ?? disk.path ?? "-") + (disk.format.map { " (\($0))" } ?? "") + (disk.readonly ? " (read-only)" : ""))) }
-            for (index, nic) in d.nics.enumerated() { rows.append(("NIC \(index)", (nic.network.map { "network " + $0 } ?? nic.tap ?? "-") + (nic.mac.map { " " + $0 } ?? ""))) }
+            for (index, nic) in d.nics.enumerated() {
+                rows.append(("NIC \(index)", (nic.network.map { "network " + $0 } ?? nic.tap ?? "-") + (nic.mac.map { " " + $0 } ?? "")
+                    + (nic.queuePairs > 1 ? " (\(nic.queuePairs) queues)" : "") + (nic.mtu.map { " (MTU \($0))" } ?? "")))
+            }
             if let limits = d.limits {
                 rows.append(("Limits", "cpu \(limits.cpuPercent.map { "\($0)%" } ?? "-"), memory \(limits.memoryMiB.map { Format.memory($0) } ?? "-")"))
             }

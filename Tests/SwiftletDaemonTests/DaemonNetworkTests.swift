@@ -192,4 +192,52 @@ struct DaemonNetworkTests {
         #expect(!listed.contains("swiftlet"), "\(listed)")
         #expect(kill(pid_t(dnsmasq), 0) != 0, "dnsmasq stopped")
     }
+
+    /// The tap queues a process has open: its /dev/net/tun descriptors attached to `tap` (fdinfo's `iff:` line).
+    static func tapQueues(of pid: Int32, tap: String) -> Int {
+        let folder = "/proc/\(pid)/fdinfo"
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return entries.filter { entry in
+            let text = (try? String(contentsOfFile: folder + "/" + entry, encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").contains { $0.hasPrefix("iff:") && $0.split(separator: "\t").last.map(String.init) == tap }
+        }.count
+    }
+
+    @Test("in a namespace: NICs with queues 2 and mtu 9000 on taps the user made multi-queue or left to the VMM run with one tap queue per pair; a single-queue tap is refused at start with the fix",
+          .timeLimit(.minutes(3)),
+          .enabled(if: geteuid() == 0 && TestEnvironment.guestsRun, "needs root (a network namespace and taps) and /dev/kvm"))
+    func multiqueueTaps() throws {
+        let namespace = "swl-mq-\(getpid())"
+        Self.ip(["netns", "add", namespace])
+        defer { Self.ip(["netns", "del", namespace]) }
+        Self.ip(["-n", namespace, "link", "set", "lo", "up"])
+        #expect(Self.ip(["-n", namespace, "tuntap", "add", "dev", "swlmq0", "mode", "tap", "vnet_hdr", "multi_queue"]).status == 0)
+        #expect(Self.ip(["-n", namespace, "tuntap", "add", "dev", "swlsq0", "mode", "tap", "vnet_hdr"]).status == 0)
+        // Unjailed, so that the VMM (root in the namespace) may make the tap that does not exist yet.
+        let daemon = try DaemonHarness(label: "mq", extraArguments: ["--no-jail"], networkNamespace: namespace)
+        defer { daemon.tearDown() }
+        let kernel = try TestEnvironment.kitProgram("halt")
+        _ = try daemon.client.define(VMDefinition(name: "mq", cpus: 2, memoryMiB: 64, kernel: kernel,
+                                                  nics: [.init(tap: "swlmq0", queues: 2, mtu: 9000), .init(tap: "swlnew0", queues: 2)]))
+        _ = try daemon.client.define(VMDefinition(name: "sq", memoryMiB: 64, kernel: kernel, nics: [.init(tap: "swlsq0", queues: 2)]))
+
+        let started = try daemon.cli(["start", "mq"])
+        #expect(started.status == 0, "\(started); daemon log: \(daemon.log().suffix(2000))")
+        #expect(try daemon.consoleContains("mq", "KIT halt ready"))
+        let info = try daemon.client.get("mq")
+        #expect(info.state == .running)
+        let pid = try #require(info.pid)
+        #expect(Self.tapQueues(of: pid, tap: "swlmq0") == 2 && Self.tapQueues(of: pid, tap: "swlnew0") == 2)
+        let made = Self.ip(["-n", namespace, "-d", "link", "show", "swlnew0"]).output
+        #expect(made.contains("multi_queue"), "\(made)")
+        let shown = try daemon.cli(["info", "mq"]).stdout
+        #expect(shown.contains("swlmq0") && shown.contains("(2 queues) (MTU 9000)"), "\(shown)")
+
+        let refused = try daemon.cli(["start", "sq"])
+        #expect(refused.status != 0 && refused.stderr.contains("tap 'swlsq0' is single-queue")
+                && refused.stderr.contains("ip tuntap add dev swlsq0 mode tap multi_queue"), "\(refused)")
+        #expect(try daemon.client.get("sq").state == .shutOff)
+
+        #expect(try daemon.cli(["destroy", "mq"]).status == 0)
+    }
 }

@@ -11,7 +11,8 @@ import Glibc
 /// (and its command line) as JSON lines in `calls.log` beside it, answers
 /// `PUT /snapshot/create` on a paused VM by writing the two files, and
 /// `PUT /snapshot/load` on an unconfigured VMM by checking them, with
-/// Firecracker's 400 `{"fault_message"}` otherwise. No guest, no KVM.
+/// Firecracker's 400 `{"fault_message"}` otherwise (also, as swiftlet-vmm
+/// does, for a `--net` with `queues=` or `mtu=`). No guest, no KVM.
 enum SnapshotFakeVMM {
     static let memoryBytes = 8192
     static let script = #"""
@@ -61,8 +62,12 @@ enum SnapshotFakeVMM {
             state = "Paused" if request["state"] == "Paused" else "Running"
             answer(conn, "204 No Content")
         elif method == "PUT" and target == "/snapshot/create":
+            multiqueue = [a for a in args if a.startswith("tap=") and ("queues=" in a or "mtu=" in a)]
             if state != "Paused":
                 fault(conn, "the microVM must be paused to take a snapshot")
+            elif multiqueue:
+                # swiftlet-vmm's refusal, word for word (VirtioNetDevice+Snapshot.swift).
+                fault(conn, "Create snapshot error: virtio-net (tap-web) with 2 queue pairs (queues=2): this device kind is not saved in snapshots yet")
             else:
                 with open(request["snapshot_path"], "w") as f: f.write("FAKE-STATE")
                 with open(request["mem_file_path"], "wb") as f: f.write(b"\x00" * @MEMORY@)
@@ -86,9 +91,17 @@ enum SnapshotFakeVMM {
     /// Writes the fake into `folder`; its path, for `--vmm`.
     static func install(in folder: String) throws -> String {
         let path = folder + "/snapshot-fake-vmm"
-        try script.replacingOccurrences(of: "@LOG@", with: folder + "/calls.log")
+        let text = script.replacingOccurrences(of: "@LOG@", with: folder + "/calls.log")
             .replacingOccurrences(of: "@MEMORY@", with: String(memoryBytes))
-            .write(toFile: path, atomically: true, encoding: .utf8)
+        // Close-on-exec: a process other tests spawn meanwhile must not inherit
+        // the writable descriptor, which would make executing the fake fail
+        // with ETXTBSY ("Text file busy") for as long as that process lives.
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        guard descriptor >= 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+        let bytes = Array(text.utf8)
+        let written = write(descriptor, bytes, bytes.count)
+        close(descriptor)
+        guard written == bytes.count else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
         chmod(path, 0o755)
         return path
     }
@@ -192,6 +205,24 @@ struct DaemonSnapshotTests {
         #expect(try daemon.wait(for: "web", state: .shutOff).state == .shutOff)
         #expect(try daemon.client.snapshots(of: "web").map(\.name) == ["s1", "s2", "s3", "s4"])
         #expect(try daemon.client.metrics().contains("swiftletd_snapshots_total 4"))
+    }
+
+    @Test("a NIC with queues or mtu reaches the VMM's --net, and the VMM's refusal to snapshot it is a 409 quoting it; the VM keeps running")
+    func multiqueueRefusal() throws {
+        let setup = try Self.setUp("snap-mq", running: false)
+        let daemon = setup.daemon
+        defer { setup.tearDown() }
+        var definition = try daemon.client.get("web").definition
+        definition.nics[0].queues = 2
+        definition.nics[0].mtu = 9000
+        _ = try daemon.client.update("web", json: SwiftletJSON.encoder().encode(definition))
+        _ = try daemon.client.action("web", "start")
+        let argv = try #require(setup.calls().compactMap { $0["argv"] as? [String] }.last { $0.contains("--api-sock") })
+        #expect(DriverTests.values("--net", in: argv) == ["tap=tap-web,mac=52:54:00:12:34:56,queues=2,mtu=9000"], "\(argv)")
+        try expectError(daemon, "POST", "/v1/vms/web/snapshots", body: #"{"name":"s1"}"#, status: 409,
+                        mentions: "with 2 queue pairs (queues=2): this device kind is not saved in snapshots yet")
+        #expect(try daemon.client.snapshots().isEmpty)
+        #expect(try daemon.client.get("web").state == .running)
     }
 
     @Test("refusals: not running 409, bad names 400, unknown VM or snapshot 404, bad bodies 400; nothing is stored")

@@ -23,7 +23,8 @@ protocol HypervisorDriver: Sendable {
     var supportsSnapshots: Bool { get }
     /// A vsock device for the guest agent.
     var supportsAgent: Bool { get }
-    /// Whether the VM's network taps are made multi-queue.
+    /// Whether the VM's network taps are all made multi-queue; when not,
+    /// only those of NICs with `queues` > 1 are.
     var multiQueueTaps: Bool { get }
 
     /// Why this driver cannot start VMs now (its binary is missing), or nil.

@@ -21,6 +21,7 @@ struct QEMUDriver: HypervisorDriver {
     var supportsSnapshots: Bool { false }
     /// The agent rides on vsock, which QEMU offers only through vhost-vsock.
     var supportsAgent: Bool { false }
+    /// A NIC with `queues` > 1 still gets a multi-queue tap (QEMU then opens it with IFF_MULTI_QUEUE).
     var multiQueueTaps: Bool { false }
 
     static let defaultBinary = "/usr/bin/qemu-system-x86_64"
@@ -164,9 +165,17 @@ struct QEMUDriver: HypervisorDriver {
             arguments += ["-drive", drive, "-device", device]
         }
         for (index, nic) in definition.nics.enumerated() {
-            arguments += ["-netdev", "tap,id=net\(index),ifname=\(nic.tap ?? ""),script=no,downscript=no"]
+            var netdev = "tap,id=net\(index),ifname=\(nic.tap ?? ""),script=no,downscript=no"
             var device = "virtio-net-pci,netdev=net\(index),disable-legacy=on"
             if let mac = nic.mac { device += ",mac=\(mac)" }
+            if nic.queuePairs > 1 {
+                // QEMU opens the tap once per pair (IFF_MULTI_QUEUE); the device
+                // needs an MSI-X vector per queue, plus the control queue and config.
+                netdev += ",queues=\(nic.queuePairs)"
+                device += ",mq=on,vectors=\(2 * nic.queuePairs + 2)"
+            }
+            if let mtu = nic.mtu { device += ",host_mtu=\(mtu)" }
+            arguments += ["-netdev", netdev]
             arguments += ["-device", device]
         }
         for device in options.devices { arguments += ["-device", device] }

@@ -26,6 +26,13 @@ struct SwiftletDriver: HypervisorDriver {
         hasDiskFormats = help.contains("format=raw")
     }
 
+    /// A driver whose binary is not asked what it supports (tests).
+    init(binary: String, hasControl: Bool, hasDiskFormats: Bool) {
+        self.binary = binary
+        self.hasControl = hasControl
+        self.hasDiskFormats = hasDiskFormats
+    }
+
     /// `swiftlet-vmm --help`, to learn what this VMM binary supports.
     static func helpText(_ binary: String) -> String { programOutput(binary, ["--help"], withErrors: true) }
 
@@ -80,6 +87,9 @@ struct SwiftletDriver: HypervisorDriver {
                 var value = "tap=\(nic.tap ?? "")"
                 if let mac = nic.mac { value += ",mac=\(mac)" }
                 if let id = nic.id { value += ",id=\(id)" }
+                // Left out at their defaults, so a single-queue NIC's argument is as before.
+                if nic.queuePairs > 1 { value += ",queues=\(nic.queuePairs)" }
+                if let mtu = nic.mtu { value += ",mtu=\(mtu)" }
                 arguments += ["--net", value]
             }
         }

@@ -63,6 +63,21 @@ enum HostNetwork {
     static func interfaceExists(_ name: String) -> Bool { access("/sys/class/net/" + name, F_OK) == 0 }
     static func isBridge(_ name: String) -> Bool { access("/sys/class/net/\(name)/bridge", F_OK) == 0 }
 
+    /// IFF_MULTI_QUEUE (linux/if_tun.h).
+    static let multiQueueTapFlag = 0x0100
+
+    /// A tap's IFF_* flags (sysfs `tun_flags`, e.g. `0x1902`); nil when `name` is no tap here.
+    static func tapFlags(_ name: String) -> Int? {
+        guard let text = try? String(contentsOfFile: "/sys/class/net/\(name)/tun_flags", encoding: .utf8) else { return nil }
+        return parseTapFlags(text)
+    }
+
+    static func parseTapFlags(_ text: String) -> Int? {
+        let digits = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard digits.hasPrefix("0x") else { return nil }
+        return Int(digits.dropFirst(2), radix: 16)
+    }
+
     /// Every IPv4 address on the host's interfaces (`ip -j addr`), as (interface, subnet, address).
     static func hostAddresses() throws -> [(interface: String, subnet: IPv4Subnet, address: IPv4)] {
         let text = try run("ip", ["-j", "-4", "addr", "show"])

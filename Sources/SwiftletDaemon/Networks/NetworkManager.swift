@@ -303,7 +303,9 @@ public final class NetworkManager: Sendable {
     /// network's bridge and records them in `tapsFile`; returns the
     /// definition with each such NIC's `tap` set. All or nothing.
     /// `multiQueue`: QEMU opens a single-queue tap without IFF_MULTI_QUEUE,
-    /// which a multi-queue tap refuses, so its taps are single-queue.
+    /// which a multi-queue tap refuses, so its taps are single-queue, except
+    /// for a NIC with `queues` > 1, which QEMU opens with IFF_MULTI_QUEUE once
+    /// per pair and which therefore needs a multi-queue tap.
     func attach(_ definition: VMDefinition, tapsFile: String, multiQueue: Bool = true) throws(DaemonError) -> VMDefinition {
         guard definition.nics.contains(where: { $0.network != nil }) else { return definition }
         return try operations.withLock { _ throws(DaemonError) in
@@ -320,7 +322,8 @@ public final class NetworkManager: Sendable {
                     guard row.active else {
                         throw DaemonError.conflict("cannot start '\(definition.name)': its network '\(name)' is not active; `swiftlet net-start \(name)` starts it")
                     }
-                    let tap = try createTap(bridge: row.definition.bridge ?? "", multiQueue: multiQueue)
+                    let tap = try createTap(bridge: row.definition.bridge ?? "", multiQueue: Self.needsMultiQueueTap(resolved.nics[index], driverDefault: multiQueue),
+                                            mtu: resolved.nics[index].mtu)
                     created.append((name, tap))
                     resolved.nics[index].tap = tap
                 }
@@ -338,15 +341,15 @@ public final class NetworkManager: Sendable {
     }
 
     /// The lowest free `swltapN`, persistent, multi-queue, owned by the VMM's user, up on `bridge`.
-    func createTap(bridge: String, multiQueue: Bool = true) throws(DaemonError) -> String {
+    /// `mtu`: the NIC's, given to the tap too (as libvirt does), so that the
+    /// bridge forwards the guest's larger frames to it.
+    func createTap(bridge: String, multiQueue: Bool = true, mtu: Int? = nil) throws(DaemonError) -> String {
         guard let name = (0..<4096).lazy.map({ "swltap\($0)" }).first(where: { !HostNetwork.interfaceExists($0) }) else {
             throw .unavailable("no free tap name (swltap0 to swltap4095 all exist)")
         }
         do {
-            // Multi-queue, so that a VMM may attach a queue pair per vCPU.
-            var add = ["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"] + (multiQueue ? ["multi_queue"] : [])
-            if let owner = tapOwner { add += ["user", String(owner.uid), "group", String(owner.gid)] }
-            try HostNetwork.run("ip", add)
+            try HostNetwork.run("ip", Self.tapAddArguments(name: name, multiQueue: multiQueue, owner: tapOwner))
+            if let mtu { try HostNetwork.run("ip", ["link", "set", "dev", name, "mtu", String(mtu)]) }
             try HostNetwork.run("ip", ["link", "set", "dev", name, "master", bridge])
             try HostNetwork.run("ip", ["link", "set", "dev", name, "up"])
         } catch {
@@ -354,6 +357,34 @@ public final class NetworkManager: Sendable {
             throw .internal("cannot create a tap on bridge \(bridge): \(error)")
         }
         return name
+    }
+
+    /// Whether a network NIC's tap is made multi-queue: always when the driver
+    /// wants it (swiftlet-vmm attaches either way), and for `queues` > 1,
+    /// which every VMM opens with IFF_MULTI_QUEUE once per pair.
+    static func needsMultiQueueTap(_ nic: VMDefinition.NIC, driverDefault: Bool) -> Bool {
+        driverDefault || nic.queuePairs > 1
+    }
+
+    /// Refuses, before a VMM is spawned, a tap the user named for a NIC with
+    /// `queues` > 1 that exists single-queue: the VMM would open it with
+    /// IFF_MULTI_QUEUE and fail. A tap that does not exist yet is made by the VMM.
+    /// `tapFlags` reads a tap's flags (nil: no such tap).
+    static func checkUserTaps(_ definition: VMDefinition, tapFlags: (String) -> Int? = HostNetwork.tapFlags) throws(DaemonError) {
+        for (index, nic) in definition.nics.enumerated() where nic.network == nil && nic.queuePairs > 1 {
+            guard let tap = nic.tap, let flags = tapFlags(tap) else { continue }
+            if flags & HostNetwork.multiQueueTapFlag == 0 {
+                throw .badRequest("cannot start '\(definition.name)': nics[\(index)] has queues \(nic.queuePairs) but tap '\(tap)' is single-queue; recreate it multi-queue (ip tuntap add dev \(tap) mode tap multi_queue), or set queues to 1")
+            }
+        }
+    }
+
+    /// `ip` arguments creating the persistent tap `name` with vnet headers;
+    /// multi-queue so that a VMM may attach a queue pair per vCPU.
+    static func tapAddArguments(name: String, multiQueue: Bool, owner: (uid: UInt32, gid: UInt32)?) -> [String] {
+        var add = ["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"] + (multiQueue ? ["multi_queue"] : [])
+        if let owner { add += ["user", String(owner.uid), "group", String(owner.gid)] }
+        return add
     }
 
     func removeTap(_ name: String) {
