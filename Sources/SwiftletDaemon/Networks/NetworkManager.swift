@@ -111,6 +111,7 @@ public final class NetworkManager: Sendable {
             let row = try row(name)
             if row.active { throw .conflict("network '\(name)' is already active; `swiftlet net-destroy \(name)` stops it") }
             let network = try ResolvedNetwork(row.definition)
+            try Self.checkHostTools(for: name)
             try checkHostConflicts(network)
             do throws(DaemonError) { try bringUp(network) } catch {
                 tearDown(network)
@@ -137,6 +138,18 @@ public final class NetworkManager: Sendable {
             do { try store.setNetworkActive(name, false) } catch { throw .internal("recording network '\(name)' as inactive: \(error)") }
             logger.info("network destroyed", metadata: ["network": "\(name)"])
             return info(DefinitionStore.NetworkRow(definition: row.definition, active: false))
+        }
+    }
+
+    /// The host tools a network needs, with the Debian package that has each.
+    static let hostTools = [("ip", "iproute2"), ("nft", "nftables"), ("dnsmasq", "dnsmasq-base")]
+
+    /// A missing tool is the host's state, not a fault in the request or the
+    /// daemon: 503 naming the tool and its package, before anything is made.
+    static func checkHostTools(for name: String, locate: (String) -> String? = HostNetwork.locate) throws(DaemonError) {
+        let missing = hostTools.filter { locate($0.0) == nil }
+        guard missing.isEmpty else {
+            throw .unavailable("cannot start network '\(name)': \(missing.map(\.0).joined(separator: ", ")) not installed (Debian: apt install \(missing.map(\.1).joined(separator: " ")))")
         }
     }
 
