@@ -31,8 +31,11 @@ struct QEMUDriver: HypervisorDriver {
     /// faster but a guest must find PCI through ECAM alone.
     static let defaultMachine = "q35"
     /// The host CPU as swiftlet-vmm offers it (no KVM PV features that use
-    /// hypercalls), so a guest sees the same CPU under both drivers.
-    static let defaultCPU = "host,-kvm-pv-ipi,-kvm-pv-sched-yield,-kvm-pv-unhalt"
+    /// hypercalls), so a guest sees the same CPU under both drivers. Without
+    /// ARCH_CAPABILITIES: swiftlet-vmm does not set that MSR, and QEMU aborts
+    /// at start on hosts whose KVM lists it but refuses the value QEMU
+    /// writes (kvm_pvm on AMD: "failed to set MSR 0x10a").
+    static let defaultCPU = "host,-arch-capabilities,-kvm-pv-ipi,-kvm-pv-sched-yield,-kvm-pv-unhalt"
     static let firmwareCode = "OVMF_CODE_4M.fd"
     static let firmwareVariables = "OVMF_VARS_4M.fd"
 
