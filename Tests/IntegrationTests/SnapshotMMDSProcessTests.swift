@@ -21,6 +21,33 @@ struct SnapshotMMDSProcessTests {
         (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
     }
 
+    /// Pauses the VM behind `socket`, saves it to `directory`/state and
+    /// /memory, stops `original`, and loads the files, resumed, into a fresh
+    /// swiftlet-vmm started in `namespace`. The fresh VMM, its API socket and
+    /// its serial file; the caller stops it.
+    static func saveAndLoad(_ original: HostCommand, socket: String, in namespace: NetworkNamespace,
+                            directory: String) throws -> (vmm: HostCommand, socket: String, serial: String) {
+        let state = directory + "/state", memory = directory + "/memory"
+        #expect(try UnixHTTP.request(socket, "PATCH", "/vm", body: #"{"state": "Paused"}"#).status == 204)
+        let created = try UnixHTTP.request(socket, "PUT", "/snapshot/create",
+                                           body: #"{"snapshot_path": "\#(state)", "mem_file_path": "\#(memory)"}"#)
+        #expect(created.status == 204, "\(created.body)")
+        original.stop()
+
+        let loadedSocket = directory + "/loaded.sock", loadedSerial = directory + "/loaded.serial"
+        let loaded = try namespace.start([ProcessTests.binary("swiftlet-vmm"), "--api-sock", loadedSocket, "--serial", "file:\(loadedSerial)"])
+        do {
+            try #require(waitFor(30) { FileManager.default.fileExists(atPath: loadedSocket) }, "stderr: \(loaded.errors)")
+            let load = try UnixHTTP.request(loadedSocket, "PUT", "/snapshot/load",
+                                            body: #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memory)"}, "resume_vm": true}"#)
+            try #require(load.status == 204, "\(load.body)")
+        } catch {
+            loaded.stop()
+            throw error
+        }
+        return (loaded, loadedSocket, loadedSerial)
+    }
+
     @Test("a loaded snapshot has the saved MMDS configuration (V2, imds_compat, address, interfaces) and an empty data store that PUT /mmds fills")
     func mmdsConfigurationNotData() throws {
         let namespace = try NetworkNamespace()
@@ -30,7 +57,6 @@ struct SnapshotMMDSProcessTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let config = directory + "/vm.json", metadata = directory + "/metadata.json"
-        let state = directory + "/state", memory = directory + "/memory"
         try Data("""
             {"boot-source": {"kernel_image_path": "\(try KitGuest.program("resume"))", "boot_args": "rounds=2000000000"},
              "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
@@ -39,7 +65,7 @@ struct SnapshotMMDSProcessTests {
             """.utf8).write(to: URL(fileURLWithPath: config))
         try Data(#"{"latest": {"meta-data": {"ami-id": "ami-of-the-original"}}}"#.utf8).write(to: URL(fileURLWithPath: metadata))
 
-        let binary = try ProcessTests.binary("swiftlet-vmm")
+        let binary = ProcessTests.binary("swiftlet-vmm")
         let originalSocket = directory + "/original.sock", originalSerial = directory + "/original.serial"
         let original = try namespace.start([binary, "--config-file", config, "--metadata", metadata,
                                             "--api-sock", originalSocket, "--serial", "file:\(originalSerial)"])
@@ -47,19 +73,8 @@ struct SnapshotMMDSProcessTests {
         try #require(Self.waitFor(60) { ((try? String(contentsOfFile: originalSerial, encoding: .utf8)) ?? "").contains("KIT resume started") },
                      "stderr: \(original.errors)")
         #expect(try UnixHTTP.request(originalSocket, "GET", "/mmds").body.contains("ami-of-the-original"))
-        #expect(try UnixHTTP.request(originalSocket, "PATCH", "/vm", body: #"{"state": "Paused"}"#).status == 204)
-        let created = try UnixHTTP.request(originalSocket, "PUT", "/snapshot/create",
-                                           body: #"{"snapshot_path": "\#(state)", "mem_file_path": "\#(memory)"}"#)
-        #expect(created.status == 204, "\(created.body)")
-        original.stop()
-
-        let loadedSocket = directory + "/loaded.sock"
-        let loaded = try namespace.start([binary, "--api-sock", loadedSocket, "--serial", "file:\(directory)/loaded.serial"])
+        let (loaded, loadedSocket, _) = try Self.saveAndLoad(original, socket: originalSocket, in: namespace, directory: directory)
         defer { loaded.stop() }
-        try #require(Self.waitFor(30) { FileManager.default.fileExists(atPath: loadedSocket) }, "stderr: \(loaded.errors)")
-        let load = try UnixHTTP.request(loadedSocket, "PUT", "/snapshot/load",
-                                        body: #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memory)"}, "resume_vm": true}"#)
-        try #require(load.status == 204, "\(load.body)")
 
         let vmConfig = try UnixHTTP.request(loadedSocket, "GET", "/vm/config")
         let mmds = Self.json(vmConfig.body)["mmds-config"] as? [String: Any]

@@ -17,7 +17,6 @@ struct SnapshotMultiqueueProcessTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-snap-mq-\(getpid())").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let state = directory + "/state", memory = directory + "/memory"
         let binary = try ProcessTests.binary("swiftlet-vmm")
         let originalSocket = directory + "/original.sock", originalSerial = directory + "/original.serial"
         let original = try namespace.start([binary, "--kernel", try KitGuest.program("resume"), "--cmdline", "rounds=\(SnapshotKVMTests.rounds)",
@@ -26,20 +25,9 @@ struct SnapshotMultiqueueProcessTests {
         defer { original.stop() }
         func serial(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
         try #require(SnapshotMMDSProcessTests.waitFor(60) { serial(originalSerial).contains("KIT resume started") }, "stderr: \(original.errors)")
-        #expect(try UnixHTTP.request(originalSocket, "PATCH", "/vm", body: #"{"state": "Paused"}"#).status == 204)
-        let created = try UnixHTTP.request(originalSocket, "PUT", "/snapshot/create",
-                                           body: #"{"snapshot_path": "\#(state)", "mem_file_path": "\#(memory)"}"#)
-        #expect(created.status == 204, "\(created.body)")
-        #expect(SnapshotKVMTests.resultLine(serial(originalSerial)) == nil, "the computation ended before the pause")
-        original.stop()
-
-        let loadedSocket = directory + "/loaded.sock", loadedSerial = directory + "/loaded.serial"
-        let loaded = try namespace.start([binary, "--api-sock", loadedSocket, "--serial", "file:\(loadedSerial)"])
+        let (loaded, _, loadedSerial) = try SnapshotMMDSProcessTests.saveAndLoad(original, socket: originalSocket, in: namespace, directory: directory)
         defer { loaded.stop() }
-        try #require(SnapshotMMDSProcessTests.waitFor(30) { FileManager.default.fileExists(atPath: loadedSocket) }, "stderr: \(loaded.errors)")
-        let load = try UnixHTTP.request(loadedSocket, "PUT", "/snapshot/load",
-                                        body: #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memory)"}, "resume_vm": true}"#)
-        try #require(load.status == 204, "\(load.body)")
+        #expect(SnapshotKVMTests.resultLine(serial(originalSerial)) == nil, "the computation ended before the pause")
         #expect(SnapshotMMDSProcessTests.waitFor(90) { serial(loadedSerial).contains("KIT resume PASS") }, "serial: \(serial(loadedSerial)) stderr: \(loaded.errors)")
         #expect(!serial(loadedSerial).contains("KIT resume started"), "the loaded guest goes on, it does not boot again")
     }
