@@ -214,7 +214,8 @@ struct DaemonNetworkTests {
         #expect(Self.ip(["-n", namespace, "tuntap", "add", "dev", "swlmq0", "mode", "tap", "vnet_hdr", "multi_queue"]).status == 0)
         #expect(Self.ip(["-n", namespace, "tuntap", "add", "dev", "swlsq0", "mode", "tap", "vnet_hdr"]).status == 0)
         // Unjailed, so that the VMM (root in the namespace) may make the tap that does not exist yet.
-        let daemon = try DaemonHarness(label: "mq", extraArguments: ["--no-jail"], networkNamespace: namespace)
+        // No default network: this test needs none, and its dnsmasq would outlive the daemon.
+        let daemon = try DaemonHarness(label: "mq", extraArguments: ["--no-jail", "--no-default-network"], networkNamespace: namespace)
         defer { daemon.tearDown() }
         let kernel = try TestEnvironment.kitProgram("halt")
         _ = try daemon.client.define(VMDefinition(name: "mq", cpus: 2, memoryMiB: 64, kernel: kernel,
