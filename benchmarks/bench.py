@@ -718,6 +718,14 @@ def main() -> int:
             skipped.append(v)
             bench.skip_reason[n] = f"binary not found or not executable: {v.binary}"
             print(f"bench: {v.label}: {bench.skip_reason[n]}", file=sys.stderr)
+    if skipped:
+        # A comparison without one of its VMMs is not what was asked for: stop
+        # before measuring (and before --write), and say how to get it.
+        hints = {"swiftlet": "swift build -c release --product swiftlet-vmm", "floor": "make -C benchmarks/floor-vmm",
+                 "qemu": "apt install qemu-system-x86"}
+        print("bench: nothing run; build or install the missing VMMs, or leave them out with --vmms: "
+              + "; ".join(f"{v.label}: {hints[v.name]}" for v in skipped), file=sys.stderr)
+        return 2
     bench.vmms, bench.skipped = vmms, skipped
     needed = {"P1": ["hello"], "P2": ["exitloop"], "P3": ["exitloop"]}
     missing = sorted({p for b in only for p in needed[b] if not bench.elf(p).is_file()})

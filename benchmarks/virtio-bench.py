@@ -456,7 +456,7 @@ def main() -> int:
     ap.add_argument("--only", default="P4,P5", help="P4, P5, Q4 (qcow2), comma-separated (default P4,P5)")
     ap.add_argument("--vmms", default="swiftlet,qemu", help="VMMs to run (default swiftlet,qemu)")
     ap.add_argument("--swiftlet", default=None,
-                    help="swiftlet-vmm binary (default .build/release/swiftlet-vmm, else .build/debug)")
+                    help="swiftlet-vmm binary (default .build/release/swiftlet-vmm)")
     ap.add_argument("--qemu", default="qemu-system-x86_64")
     ap.add_argument("--qemu-machine", default="microvm,pcie=on,acpi=on")
     ap.add_argument("--qemu-cpu", default="host,-arch-capabilities")
@@ -487,8 +487,14 @@ def main() -> int:
         mhz = core.tsc_mhz()
         args.tsc_hz = int(mhz * 1e6) if mhz else 0
     if args.swiftlet is None:
-        rel, dbg = REPO / ".build/release/swiftlet-vmm", REPO / ".build/debug/swiftlet-vmm"
-        args.swiftlet = str(rel if rel.exists() or not dbg.exists() else dbg)
+        # Only the release build: a debug build's data plane is several times
+        # slower, and its numbers would be published as Swiftlet's.
+        release = REPO / ".build/release/swiftlet-vmm"
+        if "swiftlet" in args.vmms and not args.from_json and not os.access(release, os.X_OK):
+            log(f"virtio-bench: {release} is missing: swift build -c release --product swiftlet-vmm "
+                "(or name a binary with --swiftlet)")
+            return 2
+        args.swiftlet = str(release)
     binaries = {"swiftlet": args.swiftlet, "qemu": args.qemu}
     vmms = []
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
