@@ -9,8 +9,10 @@ import Synchronization
 public protocol TapBackend: AnyObject, Sendable {
     /// Polled by the device's worker for readable frames.
     var descriptor: Int32 { get }
-    /// Names the tap in messages.
+    /// Names the tap in messages (a multi-queue tap's queues: "NAME queue N").
     var label: String { get }
+    /// The interface as the user named it, shared by all its queues.
+    var interfaceName: String { get }
     /// Tells the host which offloads (TUN_F_* bits) the driver accepts, so
     /// it hands over only frames the driver can take.
     func setOffloads(_ flags: UInt32) throws(VirtioNetError)
@@ -27,6 +29,7 @@ public protocol TapBackend: AnyObject, Sendable {
 }
 
 extension TapBackend {
+    public var interfaceName: String { label }
     public func setQueueAttached(_ attached: Bool) throws(VirtioNetError) {}
 }
 
@@ -35,6 +38,7 @@ extension TapBackend {
 public final class Tap: TapBackend {
     public let file: OwnedFileDescriptor
     public let label: String
+    public let interfaceName: String
     /// Opened as one queue of several (`open(name:queues:)`).
     let isQueue: Bool
     /// Whether this queue is attached (TUNSETQUEUE), when `isQueue`.
@@ -63,6 +67,7 @@ public final class Tap: TapBackend {
     init(name: String, multiQueue: Bool, label: String) throws(VirtioNetError) {
         try Self.validate(name: name)
         self.label = label
+        interfaceName = name
         isQueue = multiQueue
         do {
             file = try OwnedFileDescriptor.open("/dev/net/tun", flags: O_RDWR | O_NONBLOCK)
@@ -84,6 +89,7 @@ public final class Tap: TapBackend {
     public init(name: String) throws(VirtioNetError) {
         try Self.validate(name: name)
         label = name
+        interfaceName = name
         isQueue = false
         do {
             file = try OwnedFileDescriptor.open("/dev/net/tun", flags: O_RDWR | O_NONBLOCK)
@@ -137,6 +143,7 @@ public final class Tap: TapBackend {
         guard Int32(flags) & IFF_VNET_HDR != 0 else { throw .notATap(tap: label, reason: "it was opened without IFF_VNET_HDR") }
         guard Int32(flags) & IFF_NO_PI != 0 else { throw .notATap(tap: label, reason: "it was opened without IFF_NO_PI") }
         self.label = "\(label) (\(String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))"
+        interfaceName = self.label
         do {
             // O_NONBLOCK lives in the open file description, shared with the original.
             let status = try systemCall("fcntl F_GETFL") { fcntl(duplicate, F_GETFL) }

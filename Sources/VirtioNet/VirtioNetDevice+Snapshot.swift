@@ -127,12 +127,8 @@ public struct NetSnapshotState: Sendable, Equatable {
 }
 
 extension VirtioNetDevice {
-    /// The device as errors name it: its tap (the interface), without the
-    /// " queue 0" a multiqueue tap's first queue is labelled with.
-    var snapshotName: String {
-        let label = tap.label
-        return "virtio-net (\(taps.count > 1 && label.hasSuffix(" queue 0") ? String(label.dropLast(8)) : label))"
-    }
+    /// The device as errors name it: its tap interface, not one queue of it.
+    var snapshotName: String { "virtio-net (\(tap.interfaceName))" }
 
     /// Holds every pair's worker, enabled or not (pair 0's first: it serves
     /// the control queue, so the active pair count cannot change after
